@@ -1,0 +1,65 @@
+"""lacal: post-hoc logit adjustment for classifiers trained on long-tailed data.
+
+Predict argmax_y f_y(x) - tau * log(pi_y), where pi is the training label prior and tau is fitted on validation data
+(Menon et al., "Long-Tail Learning via Logit Adjustment", ICLR 2021).
+
+    >>> import lacal
+    >>> priors = lacal.priors_from_labels(train_labels, num_classes=100)
+    >>> fit = lacal.fit_tau(val_logits, val_labels, priors)
+    >>> calibration = lacal.Calibration.from_fit(fit, priors)
+    >>> calibration.save("calibration.json")
+    >>> adjusted = calibration.adjust(test_logits)
+
+The names below are imported on first use, so `import lacal` (and `lacal --help`) does not load torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "LacalError": "errors", "InputFileError": "errors", "InputDataError": "errors", "PriorsError": "errors",
+    "OptionError": "errors", "MismatchError": "errors", "OutputError": "errors",
+    "read_logits": "load", "read_labels": "load", "read_classes": "load", "LogitsSource": "load",
+    "Priors": "priors", "class_counts": "priors", "priors_from_counts": "priors", "priors_from_labels": "priors",
+    "read_priors": "priors",
+    "offsets": "adjust", "adjust_logits": "adjust",
+    "ClassEvaluation": "metrics", "evaluate": "metrics", "evaluate_predictions": "metrics",
+    "balanced_error": "metrics", "worst_class_error": "metrics", "shot_groups": "metrics", "group_errors": "metrics",
+    "TauFit": "search", "fit_tau": "search",
+    "Calibration": "calibration",
+    "Report": "report",
+    "resolve_device": "device",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'lacal' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(__all__)
+
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .adjust import adjust_logits, offsets
+    from .calibration import Calibration
+    from .device import resolve_device
+    from .errors import (InputDataError, InputFileError, LacalError, MismatchError, OptionError, OutputError,
+                         PriorsError)
+    from .load import LogitsSource, read_classes, read_labels, read_logits
+    from .metrics import (ClassEvaluation, balanced_error, evaluate, evaluate_predictions, group_errors,
+                          shot_groups, worst_class_error)
+    from .priors import Priors, class_counts, priors_from_counts, priors_from_labels, read_priors
+    from .report import Report
+    from .search import TauFit, fit_tau

@@ -1,0 +1,40 @@
+"""Logit adjustment: f_y(x) - tau * log(pi_y)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _as_priors_array(priors) -> np.ndarray:
+    values = getattr(priors, "priors", priors)
+    values = np.asarray(values.cpu() if hasattr(values, "cpu") else values, dtype=np.float64).ravel()
+    if values.size == 0 or not np.all(np.isfinite(values)) or values.min() <= 0:
+        raise ValueError("priors must be positive and finite; a zero prior has no logarithm")
+    return values / values.sum()
+
+
+def offsets(priors, tau: float) -> np.ndarray:
+    """The per-class offset -tau * log(pi) (float64) that logit adjustment adds to every row of logits.
+
+    `priors` is a vector of class priors (or counts) or a `Priors` object.
+    """
+    return -float(tau) * np.log(_as_priors_array(priors))
+
+
+def adjust_logits(logits, priors=None, tau: float = 1.0, *, offset=None):
+    """Return logits - tau * log(pi) (or logits + `offset`), same shape and type (numpy in, numpy out; torch in,
+    torch out) and dtype. The sum runs in float32, or float64 for float64 input."""
+    import torch
+
+    if offset is None:
+        if priors is None:
+            raise ValueError("give priors (with tau) or an offset vector")
+        offset = offsets(priors, tau)
+    is_numpy = not isinstance(logits, torch.Tensor)
+    tensor = torch.from_numpy(np.asarray(logits)) if is_numpy else logits
+    if tensor.ndim != 2 or tensor.shape[1] != len(offset):
+        raise ValueError(f"logits of shape {tuple(tensor.shape)} do not match {len(offset)} class offsets")
+    compute = torch.float64 if tensor.dtype == torch.float64 else torch.float32
+    shift = torch.as_tensor(np.asarray(offset), dtype=compute, device=tensor.device)
+    result = (tensor.to(compute) + shift).to(tensor.dtype)
+    return result.numpy() if is_numpy else result

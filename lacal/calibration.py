@@ -1,0 +1,124 @@
+"""A fitted calibration: tau and the priors it adjusts by, saved as a versioned JSON file."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputDataError, InputFileError, MismatchError
+from .load import check_readable
+
+CALIBRATION_FORMAT = "lacal-calibration"
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """tau and the training priors; `offsets` = -tau * log(pi) is what adjustment adds to every row of logits.
+
+    `validation` holds the metrics measured when tau was fitted, `inputs` the path and sha256 of each input file.
+    """
+
+    tau: float
+    priors: np.ndarray
+    counts: np.ndarray | None = None
+    class_names: list[str] | None = None
+    smoothing: float = 0.0
+    tau_interval: tuple[float, float] | None = None
+    metric: str | None = None
+    search: str | None = None
+    validation: dict | None = field(default=None, compare=False)
+    inputs: dict | None = field(default=None, compare=False)
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.priors.shape[0])
+
+    @property
+    def offsets(self) -> np.ndarray:
+        return -self.tau * np.log(self.priors)
+
+    @classmethod
+    def from_fit(cls, fit, priors, class_names=None, inputs=None) -> "Calibration":
+        """Build from a `TauFit` and the `Priors` it was fitted with."""
+        return cls(tau=fit.tau, priors=np.asarray(priors.priors, dtype=np.float64), counts=priors.counts,
+                   class_names=class_names or priors.classes, smoothing=priors.smoothing,
+                   tau_interval=fit.interval, metric=fit.metric, search=fit.search, validation=fit.to_dict(),
+                   inputs=inputs)
+
+    def adjust(self, logits):
+        """logits + offsets, same type, shape and dtype as given."""
+        from .adjust import adjust_logits
+
+        self.check_num_classes(int(logits.shape[1]), "logits")
+        return adjust_logits(logits, offset=self.offsets)
+
+    def check_num_classes(self, num_classes: int, what: str, name: str | None = None) -> None:
+        if num_classes != self.num_classes:
+            raise MismatchError(f"the calibration is for {self.num_classes} classes but the {what} have "
+                                f"{num_classes}", name)
+
+    def to_dict(self) -> dict:
+        return {
+            "format": CALIBRATION_FORMAT,
+            "schema_version": SCHEMA_VERSION,
+            "tau": self.tau,
+            "tau_interval": None if self.tau_interval is None else list(self.tau_interval),
+            "metric": self.metric,
+            "search": self.search,
+            "num_classes": self.num_classes,
+            "counts": None if self.counts is None else [int(c) for c in self.counts],
+            "smoothing": self.smoothing,
+            "priors": [float(p) for p in self.priors],
+            "offsets": [float(o) for o in self.offsets],
+            "class_names": self.class_names,
+            "validation": self.validation,
+            "inputs": self.inputs,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict, name: str | None = None) -> "Calibration":
+        if not isinstance(data, dict) or data.get("format") != CALIBRATION_FORMAT:
+            raise InputDataError("is not a lacal calibration file (no \"format\": \"lacal-calibration\")", name)
+        version = data.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise InputDataError(f"has schema version {version!r}; this lacal reads version {SCHEMA_VERSION}", name)
+        try:
+            tau = float(data["tau"])
+            priors = np.asarray(data["priors"], dtype=np.float64)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InputDataError(f"is missing or has a bad field: {exc}", name) from None
+        if not math.isfinite(tau) or priors.ndim != 1 or priors.size < 2 or not np.all(priors > 0) \
+                or not np.all(np.isfinite(priors)) or abs(priors.sum() - 1) > 1e-6:
+            raise InputDataError("holds an invalid tau or priors (need finite tau and positive priors summing "
+                                 "to 1)", name)
+        names = data.get("class_names")
+        if names is not None and len(names) != priors.size:
+            raise InputDataError(f"has {len(names)} class names for {priors.size} classes", name)
+        counts = data.get("counts")
+        interval = data.get("tau_interval")
+        return cls(tau=tau, priors=priors, counts=None if counts is None else np.asarray(counts, dtype=np.int64),
+                   class_names=names, smoothing=float(data.get("smoothing", 0.0)),
+                   tau_interval=None if interval is None else (float(interval[0]), float(interval[1])),
+                   metric=data.get("metric"), search=data.get("search"), validation=data.get("validation"),
+                   inputs=data.get("inputs"))
+
+    def save(self, path: str | os.PathLike, force: bool = False, inputs=()) -> None:
+        """Write the calibration as JSON, atomically."""
+        from .write import write_text
+
+        write_text(path, json.dumps(self.to_dict(), indent=2) + "\n", force=force, inputs=inputs)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Calibration":
+        path = check_readable(path)
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise InputFileError(f"is not a JSON calibration file: {exc}", path) from None
+        return cls.from_dict(data, str(path))

@@ -1,0 +1,520 @@
+"""The `lacal` command line: a thin shell over the library. Results go to stdout, warnings and errors to stderr.
+
+torch and the numeric modules are imported inside the commands, so `lacal --help` stays quick.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .errors import EXIT_CODES, LacalError, OptionError
+
+EXIT_CODE_HELP = "Exit codes: " + "; ".join(f"{code} {text}" for code, text in EXIT_CODES.items()) + "."
+
+app = typer.Typer(
+    name="lacal",
+    help="Post-hoc logit adjustment for classifiers trained on long-tailed data: predict argmax_y f_y(x) - tau * "
+         "log(pi_y), with pi the training label prior and tau fitted on validation data. Start with `lacal demo`.",
+    epilog=EXIT_CODE_HELP,
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+class Search(str, Enum):
+    exact = "exact"
+    grid = "grid"
+
+
+class Metric(str, Enum):
+    balanced_error = "balanced-error"
+    worst_class_error = "worst-class-error"
+
+
+class SortBy(str, Enum):
+    class_ = "class"
+    error = "error"
+    count = "count"
+
+
+# -------------------------------------------------------------------------------------------------- shared options
+
+DeviceOpt = Annotated[str, typer.Option("--device", help="Where to compute: auto (CUDA when present), cpu, cuda, "
+                                                         "cuda:N or mps.")]
+KeyOpt = Annotated[Optional[str], typer.Option("--key", help="Array or tensor name inside a .npz, .safetensors or "
+                                                             ".pt file that holds several.")]
+ClassesOpt = Annotated[Optional[Path], typer.Option("--classes", help="Class names in id order: one per line, or a "
+                                                                      "JSON list. Labels may then be names.")]
+LabelColumnOpt = Annotated[Optional[str], typer.Option("--label-column", help="Column of a CSV labels file: a header "
+                                                                              "name or a 0-based index.")]
+TrainLabelsOpt = Annotated[Optional[Path], typer.Option("--train-labels", help="Training labels (.npy, .txt, .csv); "
+                                                                               "their class frequencies are pi.")]
+PriorsOpt = Annotated[Optional[Path], typer.Option("--priors", help="Priors file: the JSON `lacal priors` writes, or "
+                                                                    "a vector of counts or probabilities (.json list,"
+                                                                    " .npy, .txt).")]
+SmoothingOpt = Annotated[float, typer.Option("--smoothing", min=0.0, help="Add ALPHA to every training count (needed "
+                                                                           "when a class has no training samples).",
+                                             metavar="ALPHA")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout instead of tables.")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Replace an existing output file.")]
+
+
+def _handled(command):
+    """Turn a LacalError into one line on stderr and its exit code."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except LacalError as error:
+            typer.echo(f"lacal: error: {error.message}", err=True)
+            raise typer.Exit(error.exit_code) from None
+
+    return wrapper
+
+
+def _warn(message: str) -> None:
+    typer.echo(f"lacal: warning: {message}", err=True)
+
+
+def _stdout_console():
+    from rich.console import Console
+
+    return Console(highlight=False)
+
+
+def _parse_range(text: str) -> tuple[float, float]:
+    from .search import check_tau_range
+
+    parts = text.replace(" ", "").split(",")
+    if len(parts) != 2:
+        raise OptionError(f"expected LO,HI (two numbers and a comma), got {text!r}", "--tau-range")
+    try:
+        values = (float(parts[0]), float(parts[1]))
+    except ValueError:
+        raise OptionError(f"expected LO,HI (two numbers and a comma), got {text!r}", "--tau-range") from None
+    return check_tau_range(values)
+
+
+def _open_logits(path: Path, key: Optional[str]):
+    from .load import read_logits
+
+    source = read_logits(path, key)
+    for note in source.notes:
+        _warn(note)
+    return source
+
+
+def _open_labels(path: Path, source, classes, column):
+    from .errors import InputDataError
+    from .load import read_labels
+    from .priors import check_labels
+
+    labels = read_labels(path, classes, column)
+    if labels.shape[0] != source.num_samples:
+        raise InputDataError(f"holds {labels.shape[0]} labels but {source.name} has {source.num_samples} rows", path)
+    check_labels(labels, source.num_classes, str(path))
+    return labels
+
+
+def _class_names(classes_path: Optional[Path], num_classes: int):
+    from .errors import MismatchError
+    from .load import read_classes
+
+    if classes_path is None:
+        return None
+    names = read_classes(classes_path)
+    if len(names) != num_classes:
+        raise MismatchError(f"lists {len(names)} class names but the logits have {num_classes} classes", classes_path)
+    return names
+
+
+def _open_priors(train_labels, priors_path, num_classes, smoothing, classes, column=None, required=True):
+    from .priors import check_num_classes, read_priors, read_train_labels
+
+    if train_labels is not None and priors_path is not None:
+        raise OptionError("give --train-labels or --priors, not both", "--priors")
+    if train_labels is not None:
+        return read_train_labels(train_labels, num_classes, smoothing, classes, column)
+    if priors_path is not None:
+        priors = read_priors(priors_path, smoothing, classes)
+        check_num_classes(priors, num_classes, "the logits", str(priors_path))
+        return priors
+    if required:
+        raise OptionError("the training priors are needed: give --train-labels FILE or --priors FILE",
+                          "--train-labels")
+    return None
+
+
+def _inputs(*paths) -> dict:
+    from .load import sha256_file
+
+    return {Path(p).name if Path(p).name else str(p): {"path": str(p), "sha256": sha256_file(p)}
+            for p in paths if p is not None}
+
+
+def _percent(value) -> str:
+    return "-" if value is None or value != value else f"{100 * value:.2f}%"
+
+
+# --------------------------------------------------------------------------------------------------------- priors
+
+
+@app.command("priors")
+@_handled
+def priors_command(
+    train_labels: Annotated[Path, typer.Argument(help="Training labels: .npy, .txt (one per line) or .csv.",
+                                                 show_default=False)],
+    out: Annotated[Optional[Path], typer.Option("--out", help="Write the counts and priors as JSON here.")] = None,
+    num_classes: Annotated[Optional[int], typer.Option("--num-classes", min=2, help="Number of classes (default: "
+                                                       "from --classes, else the largest label + 1). Give it so that "
+                                                       "a class missing from the labels is caught.")] = None,
+    classes: ClassesOpt = None,
+    label_column: LabelColumnOpt = None,
+    smoothing: SmoothingOpt = 0.0,
+    json_out: JsonOpt = False,
+    force: ForceOpt = False,
+):
+    """Count training labels and write the class priors pi (for --priors)."""
+    from .errors import MismatchError
+    from .load import read_classes, read_labels, sha256_file
+    from .priors import priors_from_labels
+
+    names = read_classes(classes) if classes is not None else None
+    if out is not None:
+        from .write import check_output
+
+        check_output(out, force, [train_labels])
+    labels = read_labels(train_labels, names, label_column)
+    if names is not None and num_classes is not None and len(names) != num_classes:
+        raise MismatchError(f"lists {len(names)} class names but --num-classes is {num_classes}", classes)
+    count = num_classes or (len(names) if names else int(labels.max()) + 1)
+    priors = priors_from_labels(labels, count, smoothing, names,
+                                {"path": str(train_labels), "sha256": sha256_file(train_labels)}, str(train_labels))
+    if out is not None:
+        from .write import write_text
+
+        write_text(out, json.dumps(priors.to_dict(), indent=2) + "\n", force, [train_labels])
+        typer.echo(f"lacal: wrote {out}", err=True)
+    if json_out:
+        typer.echo(json.dumps(priors.to_dict()))
+    elif out is None:
+        from rich.table import Table
+
+        table = Table(title=f"Priors from {train_labels} ({labels.shape[0]} labels, {count} classes)")
+        for column in ("class", "name", "count", "prior"):
+            table.add_column(column, justify="left" if column == "name" else "right")
+        for c in range(count):
+            table.add_row(str(c), names[c] if names else "", str(int(priors.counts[c])), f"{priors.priors[c]:.6f}")
+        _stdout_console().print(table)
+
+
+# -------------------------------------------------------------------------------------------------------- fit-tau
+
+
+@app.command("fit-tau")
+@_handled
+def fit_tau_command(
+    val_logits: Annotated[Path, typer.Argument(help="Validation logits: .npy, .npz, .safetensors, .pt/.pth or .csv "
+                                                    "(N x C).", show_default=False)],
+    val_labels: Annotated[Path, typer.Argument(help="Validation labels: .npy, .txt or .csv (N).",
+                                               show_default=False)],
+    train_labels: TrainLabelsOpt = None,
+    priors: PriorsOpt = None,
+    tau_range: Annotated[str, typer.Option("--tau-range", help="Search tau in LO,HI.", metavar="LO,HI")] = "0,4",
+    search: Annotated[Search, typer.Option("--search", help="exact: a true minimiser over the whole range; grid: the "
+                                                            "best of --grid-size evenly spaced values.")
+                      ] = Search.exact,
+    grid_size: Annotated[int, typer.Option("--grid-size", min=2, help="Grid points for --search grid.")] = 401,
+    metric: Annotated[Metric, typer.Option("--metric", help="What tau minimises on the validation set.")
+                      ] = Metric.balanced_error,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Write a calibration file (JSON) for `lacal apply`.")
+                   ] = None,
+    json_out: JsonOpt = False,
+    classes: ClassesOpt = None,
+    label_column: LabelColumnOpt = None,
+    smoothing: SmoothingOpt = 0.0,
+    key: KeyOpt = None,
+    device: DeviceOpt = "auto",
+    force: ForceOpt = False,
+):
+    """Find the tau that minimises the validation balanced error of argmax f(x) - tau * log(pi)."""
+    from .calibration import Calibration
+    from .device import resolve_device
+    from .search import fit_tau
+
+    low_high = _parse_range(tau_range)
+    compute = resolve_device(device)
+    if out is not None:
+        from .write import check_output
+
+        check_output(out, force, [val_logits, val_labels, train_labels, priors])
+    source = _open_logits(val_logits, key)
+    names = _class_names(classes, source.num_classes)
+    labels = _open_labels(val_labels, source, names, label_column)
+    prior = _open_priors(train_labels, priors, source.num_classes, smoothing, names, label_column)
+    names = names or prior.classes
+    fit = fit_tau(source, labels, prior, low_high, search.value, metric.value, grid_size, compute)
+    if out is not None:
+        calibration = Calibration.from_fit(fit, prior, names,
+                                           _inputs(val_logits, val_labels, train_labels, priors, classes))
+        calibration.save(out, force, [val_logits, val_labels, train_labels, priors])
+        typer.echo(f"lacal: wrote {out}", err=True)
+    if json_out:
+        typer.echo(json.dumps(fit.to_dict()))
+        return
+    _render_fit(fit, val_logits)
+
+
+def _render_fit(fit, name) -> None:
+    from rich.table import Table
+
+    console = _stdout_console()
+    console.print(f"[bold]tau = {fit.tau:.4f}[/bold]  {fit.search} search over [{fit.tau_range[0]:g}, "
+                  f"{fit.tau_range[1]:g}] for the lowest {fit.metric.replace('-', ' ')}")
+    console.print(f"the same {fit.metric.replace('-', ' ')} for every tau in ({fit.interval[0]:.4f}, "
+                  f"{fit.interval[1]:.4f})" if fit.search == "exact" else
+                  f"grid points in [{fit.interval[0]:.4f}, {fit.interval[1]:.4f}] share this value")
+    table = Table(title=f"{name}: {fit.num_samples} samples, {fit.num_classes} classes")
+    table.add_column("validation")
+    for header in ("before (tau=0)", "tau=1", f"after (tau={fit.tau:.3f})"):
+        table.add_column(header, justify="right")
+    for label, attribute in (("balanced error", "balanced_error"), ("worst-class error", "worst_class_error"),
+                             ("accuracy", "accuracy")):
+        table.add_row(label, *(_percent(getattr(e, attribute)) for e in (fit.before, fit.at_one, fit.after)))
+    console.print(table)
+    if fit.before.classes_without_samples:
+        _warn(f"{len(fit.before.classes_without_samples)} class(es) have no validation samples and are left out of "
+              f"the errors: {fit.before.classes_without_samples[:20]}")
+
+
+# ---------------------------------------------------------------------------------------------------------- apply
+
+
+def _calibration_for(calibration, tau, train_labels, priors, num_classes, smoothing, names, column, required=True):
+    from .calibration import Calibration
+
+    if calibration is not None:
+        if tau is not None or train_labels is not None or priors is not None:
+            raise OptionError("give --calibration, or --tau with --train-labels/--priors, not both", "--calibration")
+        loaded = Calibration.load(calibration)
+        loaded.check_num_classes(num_classes, "logits", str(calibration))
+        return loaded
+    if tau is None:
+        if required:
+            raise OptionError("give --calibration FILE, or --tau T with --train-labels FILE or --priors FILE",
+                              "--calibration")
+        return None
+    prior = _open_priors(train_labels, priors, num_classes, smoothing, names, column)
+    return Calibration(tau=tau, priors=prior.priors, counts=prior.counts, class_names=names or prior.classes,
+                       smoothing=prior.smoothing)
+
+
+@app.command("apply")
+@_handled
+def apply_command(
+    logits: Annotated[Path, typer.Argument(help="Logits to adjust: .npy, .npz, .safetensors, .pt/.pth or .csv.",
+                                           show_default=False)],
+    out: Annotated[Path, typer.Option("--out", help="Output: .npy, .npz, .safetensors or .pt for adjusted logits "
+                                                    "(same shape and dtype); .csv for predictions.",
+                                      show_default=False)],
+    calibration: Annotated[Optional[Path], typer.Option("--calibration", help="A calibration file from `lacal "
+                                                                              "fit-tau --out`.")] = None,
+    tau: Annotated[Optional[float], typer.Option("--tau", help="Use this tau (with --train-labels or --priors) "
+                                                               "instead of a calibration file.")] = None,
+    train_labels: TrainLabelsOpt = None,
+    priors: PriorsOpt = None,
+    top_k: Annotated[int, typer.Option("--top-k", min=1, help="For .csv output: also list the classes ranked 2..K.")
+                     ] = 1,
+    classes: ClassesOpt = None,
+    label_column: LabelColumnOpt = None,
+    smoothing: SmoothingOpt = 0.0,
+    key: KeyOpt = None,
+    device: DeviceOpt = "auto",
+    force: ForceOpt = False,
+):
+    """Write adjusted logits f - tau * log(pi), or a CSV of adjusted predictions."""
+    from .device import resolve_device
+    from .scoring import iter_adjusted
+    from .write import PREDICTION_SUFFIXES, check_output, write_logits, write_predictions
+
+    compute = resolve_device(device)
+    inputs = [logits, calibration, train_labels, priors]
+    check_output(out, force, inputs)
+    source = _open_logits(logits, key)
+    names = _class_names(classes, source.num_classes)
+    fitted = _calibration_for(calibration, tau, train_labels, priors, source.num_classes, smoothing, names,
+                              label_column)
+    names = names or fitted.class_names
+    blocks = iter_adjusted(source, fitted.offsets, compute)
+    if out.suffix.lower() in PREDICTION_SUFFIXES:
+        if top_k > source.num_classes:
+            raise OptionError(f"--top-k {top_k} is more than the {source.num_classes} classes", "--top-k")
+        write_predictions(out, blocks, names, top_k, force, inputs)
+    else:
+        for note in write_logits(out, blocks, source.shape, source.dtype_name, force, inputs):
+            _warn(note)
+    typer.echo(f"lacal: wrote {out} ({source.num_samples} samples, tau = {fitted.tau:.4f})", err=True)
+
+
+# --------------------------------------------------------------------------------------------------------- report
+
+
+@app.command("report")
+@_handled
+def report_command(
+    logits: Annotated[Path, typer.Argument(help="Logits: .npy, .npz, .safetensors, .pt/.pth or .csv.",
+                                           show_default=False)],
+    labels: Annotated[Path, typer.Argument(help="Labels: .npy, .txt or .csv.", show_default=False)],
+    calibration: Annotated[Optional[Path], typer.Option("--calibration", help="Report the adjustment of this "
+                                                                              "calibration file.")] = None,
+    tau: Annotated[Optional[float], typer.Option("--tau", help="Report the adjustment with this tau (needs "
+                                                               "--train-labels or --priors).")] = None,
+    train_labels: TrainLabelsOpt = None,
+    priors: PriorsOpt = None,
+    sort: Annotated[SortBy, typer.Option("--sort", help="Order of the per-class rows: class id, error after "
+                                                        "(worst first), or training count (largest first).")
+                    ] = SortBy.class_,
+    limit: Annotated[Optional[int], typer.Option("--limit", min=0, help="Show only the first N rows of the "
+                                                                        "per-class table (the summary covers all).")
+                     ] = None,
+    json_out: JsonOpt = False,
+    classes: ClassesOpt = None,
+    label_column: LabelColumnOpt = None,
+    smoothing: SmoothingOpt = 0.0,
+    key: KeyOpt = None,
+    device: DeviceOpt = "auto",
+):
+    """Per-class errors before and after adjustment, grouped into many/medium/few-shot classes."""
+    import numpy as np
+
+    from .device import resolve_device
+    from .metrics import ClassEvaluation
+    from .report import Report
+    from .scoring import score_pass
+
+    compute = resolve_device(device)
+    source = _open_logits(logits, key)
+    names = _class_names(classes, source.num_classes)
+    values = _open_labels(labels, source, names, label_column)
+    fitted = _calibration_for(calibration, tau, train_labels, priors, source.num_classes, smoothing, names,
+                              label_column, required=False)
+    counts = fitted.counts if fitted is not None else None
+    if fitted is None and (train_labels is not None or priors is not None):
+        counts = _open_priors(train_labels, priors, source.num_classes, smoothing, names, label_column).counts
+    names = names or (fitted.class_names if fitted is not None else None)
+    offsets = [np.zeros(source.num_classes)] + ([fitted.offsets] if fitted is not None else [])
+    stats = score_pass(source, values, offsets, device=compute)
+    report = Report(baseline=ClassEvaluation(stats.support, stats.correct[0]),
+                    adjusted=ClassEvaluation(stats.support, stats.correct[1]) if fitted is not None else None,
+                    train_counts=counts, class_names=names, tau=None if fitted is None else fitted.tau)
+    if json_out:
+        typer.echo(json.dumps(report.to_dict()))
+        return
+    _render_report(report, sort.value, logits, limit)
+
+
+def _render_report(report, sort: str, name, limit: Optional[int] = None) -> None:
+    import numpy as np
+    from rich.table import Table
+
+    from .metrics import GROUPS, shot_groups
+
+    console = _stdout_console()
+    adjusted = report.adjusted is not None
+    after = report.main
+    before_errors, after_errors = report.baseline.errors, after.errors
+    groups = shot_groups(report.train_counts) if report.train_counts is not None else None
+    title = f"{name}: per-class error" + (f", tau = {report.tau:.4f}" if adjusted else " (no adjustment given)")
+    table = Table(title=title)
+    columns = ["class", "name", "train", "group", "support", "error"] + (["after", "change"] if adjusted else [])
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("name", "group") else "right")
+    order = report.order(sort)
+    for c in order[:limit]:
+        row = [str(c), report.class_names[c] if report.class_names else "",
+               "-" if report.train_counts is None else str(int(report.train_counts[c])),
+               "-" if groups is None else str(groups[c]), str(int(after.support[c])),
+               _percent(None if np.isnan(before_errors[c]) else before_errors[c])]
+        if adjusted:
+            change = after_errors[c] - before_errors[c]
+            row += [_percent(None if np.isnan(after_errors[c]) else after_errors[c]),
+                    "-" if np.isnan(change) else f"{100 * change:+.2f}"]
+        table.add_row(*row)
+    if limit is not None and limit < len(order):
+        table.caption = f"first {limit} of {len(order)} classes (--limit)"
+    console.print(table)
+    summary = Table(title="summary" + (" (error before -> after)" if adjusted else ""))
+    summary.add_column("")
+    summary.add_column("before" if adjusted else "value", justify="right")
+    if adjusted:
+        summary.add_column("after", justify="right")
+    rows = [("accuracy", "accuracy"), ("balanced error", "balanced_error"),
+            ("worst-class error", "worst_class_error")]
+    for label, attribute in rows:
+        values = [getattr(report.baseline, attribute)] + ([getattr(after, attribute)] if adjusted else [])
+        summary.add_row(label, *map(_percent, values))
+    if groups is not None:
+        before_groups = report.groups(report.baseline)
+        after_groups = report.groups(after)
+        for group in GROUPS:
+            size = before_groups[group]["classes"]
+            label = f"{group}-shot error ({size} classes)"
+            values = [before_groups[group]["error"]] + ([after_groups[group]["error"]] if adjusted else [])
+            summary.add_row(label, *map(_percent, values))
+    console.print(summary)
+    if groups is None:
+        _warn("no training counts given (--train-labels, or counts in --priors or --calibration), so classes are not "
+              "grouped into many/medium/few-shot")
+    missing = after.classes_without_samples
+    if missing:
+        _warn(f"{len(missing)} class(es) have no samples in {name} and are left out of the balanced and worst-class "
+              f"errors: {missing[:20]}{' ...' if len(missing) > 20 else ''}")
+
+
+# ----------------------------------------------------------------------------------------------------------- demo
+
+
+@app.command("demo")
+@_handled
+def demo_command(
+    directory: Annotated[Path, typer.Option("--dir", help="Folder for the demo's files.")] = Path("lacal-demo"),
+    seed: Annotated[int, typer.Option("--seed", help="Random seed of the synthetic problem.")] = 0,
+    force: ForceOpt = False,
+):
+    """Build a seeded long-tailed problem, train a classifier on it, then run fit-tau, apply and report."""
+    from .demo import DEMO_FILES, run_demo
+
+    directory.mkdir(parents=True, exist_ok=True)
+    clashes = [name for name in DEMO_FILES if (directory / name).exists()]
+    if clashes and not force:
+        from .errors import OutputError
+
+        raise OutputError(f"already holds {', '.join(clashes)}; pass --force to replace them, or choose another "
+                          f"--dir", directory)
+    run_demo(directory, seed, echo=typer.echo, invoke=_invoke)
+
+
+def _invoke(arguments: list[str]) -> None:
+    """Run a lacal command in this process, as a user would type it."""
+    typer.echo("\n$ lacal " + " ".join(arguments))
+    code = app(arguments, standalone_mode=False)
+    if code:
+        raise typer.Exit(code)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,74 @@
+"""The one exception family lacal raises for bad input, with the CLI exit code of each kind.
+
+click already uses exit code 1 (an error) and 2 (a usage error), so lacal's own failures start at 3.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+class LacalError(Exception):
+    """A problem with the user's input or options, reported as one line with a documented exit code."""
+
+    exit_code = 9
+
+    def __init__(self, problem: str, source: str | os.PathLike | None = None):
+        self.problem = problem
+        self.source = None if source is None else str(source)
+        super().__init__(self.message)
+
+    @property
+    def message(self) -> str:
+        return self.problem if self.source is None else f"{self.source}: {self.problem}"
+
+
+class InputFileError(LacalError):
+    """A file is missing, unreadable, or in a format lacal does not read."""
+
+    exit_code = 3
+
+
+class InputDataError(LacalError):
+    """A file was read but its content is unusable: shape, dtype, NaN/Inf, sample counts, labels, class names."""
+
+    exit_code = 4
+
+
+class PriorsError(LacalError):
+    """Class counts or priors are unusable: a class with no training samples, values that are neither counts nor
+    probabilities."""
+
+    exit_code = 5
+
+
+class OptionError(LacalError):
+    """An option value lacal checks itself: an empty or reversed tau range, a device that is not there."""
+
+    exit_code = 6
+
+
+class MismatchError(LacalError):
+    """Two inputs disagree: a calibration made for another number of classes than the logits have."""
+
+    exit_code = 7
+
+
+class OutputError(LacalError):
+    """An output was refused: it exists and --force was not given, it would overwrite an input, or it cannot be
+    written."""
+
+    exit_code = 8
+
+
+EXIT_CODES = {
+    0: "success",
+    1: "unexpected internal error (please report it with the traceback)",
+    2: "usage error from click: unknown option, missing argument, value of the wrong type",
+    InputFileError.exit_code: "input file missing, unreadable, or in a format lacal does not read",
+    InputDataError.exit_code: "input data unusable: shape, dtype, NaN/Inf, sample counts, labels, class names",
+    PriorsError.exit_code: "priors unusable: a class with no training samples, values neither counts nor probabilities",
+    OptionError.exit_code: "option value refused: empty or reversed tau range, missing device, conflicting options",
+    MismatchError.exit_code: "inputs disagree: a calibration or class list for another number of classes",
+    OutputError.exit_code: "output refused: it exists (no --force), it is an input, or it cannot be written",
+}

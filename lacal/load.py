@@ -1,0 +1,399 @@
+"""Readers: logits, labels, class names. Each reader names the file in every error it raises.
+
+Logits are returned as a `LogitsSource`, which hands out row blocks as CPU tensors, so that later stages can stream a
+memory-mapped file without loading it whole. New input kinds register a reader in `LOGITS_READERS`.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import pickle
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .errors import InputDataError, InputFileError
+
+LOGIT_DTYPES = ("float16", "bfloat16", "float32", "float64")
+PROBABILITY_CHECK_ROWS = 1024
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_readable(path: str | os.PathLike) -> Path:
+    """Raise InputFileError unless `path` is an existing, readable file."""
+    path = Path(path)
+    if not path.exists():
+        raise InputFileError("no such file", path)
+    if path.is_dir():
+        raise InputFileError("is a folder, expected a file", path)
+    if not os.access(path, os.R_OK):
+        raise InputFileError("permission denied", path)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------------- logits
+
+
+class LogitsSource:
+    """An N x C block of logits that can be read a range of rows at a time.
+
+    `rows(start, stop)` returns a CPU torch tensor in the file's dtype. `notes` holds warnings found while opening
+    (for example, rows that look like probabilities), for the caller to show.
+    """
+
+    def __init__(self, name: str, shape: tuple[int, int], dtype_name: str, read_rows: Callable[[int, int], "object"]):
+        self.name = name
+        self.shape = shape
+        self.dtype_name = dtype_name
+        self._read_rows = read_rows
+        self.notes: list[str] = []
+
+    @property
+    def num_samples(self) -> int:
+        return self.shape[0]
+
+    @property
+    def num_classes(self) -> int:
+        return self.shape[1]
+
+    def rows(self, start: int, stop: int):
+        return self._read_rows(start, stop)
+
+    def __repr__(self) -> str:
+        return f"LogitsSource({self.name!r}, shape={self.shape}, dtype={self.dtype_name})"
+
+
+def _dtype_name(dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+def source_from_array(array, name: str = "<array>") -> LogitsSource:
+    """Wrap an in-memory or memory-mapped numpy array, or a torch tensor, as a LogitsSource."""
+    import torch
+
+    if isinstance(array, LogitsSource):
+        return array
+    if isinstance(array, torch.Tensor):
+        tensor = array.detach()
+        _check_shape_dtype(tuple(tensor.shape), _dtype_name(tensor.dtype), name)
+        source = LogitsSource(name, tuple(tensor.shape), _dtype_name(tensor.dtype),
+                              lambda a, b: tensor[a:b])
+    else:
+        array = np.asarray(array) if not isinstance(array, np.ndarray) else array
+        _check_shape_dtype(array.shape, array.dtype.name, name)
+        source = LogitsSource(name, tuple(array.shape), array.dtype.name,
+                              lambda a, b: torch.from_numpy(np.array(array[a:b])))
+    _note_probabilities(source)
+    return source
+
+
+def _check_shape_dtype(shape: tuple, dtype_name: str, name: str) -> None:
+    if len(shape) != 2:
+        raise InputDataError(f"logits must be a 2-D array (samples x classes), got shape {tuple(shape)}", name)
+    if dtype_name not in LOGIT_DTYPES:
+        raise InputDataError(f"logits have dtype {dtype_name}; expected one of {', '.join(LOGIT_DTYPES)}", name)
+    if shape[0] == 0:
+        raise InputDataError("logits have no rows", name)
+    if shape[1] < 2:
+        raise InputDataError(f"logits need at least 2 classes (columns), got {shape[1]}", name)
+
+
+def _note_probabilities(source: LogitsSource) -> None:
+    head = source.rows(0, min(PROBABILITY_CHECK_ROWS, source.num_samples)).double()
+    if not bool(head.isfinite().all()):
+        return  # the scorer reports non-finite values with their row
+    if bool((head >= 0).all()) and bool(((head.sum(1) - 1).abs() < 1e-3).all()):
+        source.notes.append(
+            f"{source.name}: every row is non-negative and sums to 1, so these look like probabilities, not logits; "
+            "pass the logits (the scores before softmax), or log-probabilities (for example numpy.log(p))")
+
+
+def _pick_key(keys: list[str], key: str | None, path: Path, what: str) -> str:
+    if key is not None:
+        if key not in keys:
+            raise InputDataError(f"no {what} named {key!r}; it holds {', '.join(map(repr, keys)) or 'nothing'}", path)
+        return key
+    if len(keys) != 1:
+        raise InputDataError(f"holds {len(keys)} {what}s ({', '.join(map(repr, keys[:10]))}); "
+                             f"choose one with --key NAME", path)
+    return keys[0]
+
+
+def _read_npy(path: Path, key: str | None) -> LogitsSource:
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except ValueError as exc:
+        raise InputFileError(f"cannot read as .npy: {exc}", path) from None
+    return source_from_array(array, str(path))
+
+
+def _read_npz(path: Path, key: str | None) -> LogitsSource:
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            name = _pick_key(list(archive.files), key, path, "array")
+            array = archive[name]
+    except (ValueError, OSError) as exc:
+        raise InputFileError(f"cannot read as .npz: {exc}", path) from None
+    return source_from_array(array, str(path))
+
+
+def _read_safetensors(path: Path, key: str | None) -> LogitsSource:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        handle = safe_open(str(path), framework="pt")
+        name = _pick_key(list(handle.keys()), key, path, "tensor")
+        tensor_slice = handle.get_slice(name)
+        shape = tuple(tensor_slice.get_shape())
+        dtype_name = {"F16": "float16", "BF16": "bfloat16", "F32": "float32", "F64": "float64"}.get(
+            tensor_slice.get_dtype(), tensor_slice.get_dtype().lower())
+    except (SafetensorError, OSError) as exc:
+        raise InputFileError(f"cannot read as safetensors: {exc}", path) from None
+    _check_shape_dtype(shape, dtype_name, str(path))
+    source = LogitsSource(str(path), shape, dtype_name, lambda a, b: tensor_slice[a:b])
+    source._handle = handle  # keep the file open while the source lives
+    _note_probabilities(source)
+    return source
+
+
+def load_torch_file(path: Path):
+    """torch.load with weights_only=True; a file that needs code to unpickle is refused, never run."""
+    import torch
+
+    try:
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as exc:
+            if "mmap" not in str(exc) and "zip" not in str(exc):
+                raise
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsupported object"
+        raise InputFileError(
+            "refused: this PyTorch file needs code to load (lacal only loads tensors and plain containers, "
+            f"with weights_only=True): {first}", path) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputFileError(f"cannot read as a PyTorch file: {first}", path) from None
+
+
+def _read_torch(path: Path, key: str | None) -> LogitsSource:
+    import torch
+
+    obj = load_torch_file(path)
+    if isinstance(obj, dict):
+        tensors = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+        obj = tensors[_pick_key(list(tensors), key, path, "tensor")]
+    if not isinstance(obj, torch.Tensor):
+        raise InputDataError(f"holds a {type(obj).__name__}, expected a tensor of logits", path)
+    return source_from_array(obj, str(path))
+
+
+def _read_csv_logits(path: Path, key: str | None) -> LogitsSource:
+    rows = _read_csv_rows(path)
+    if rows and not _all_numeric(rows[0]):
+        rows = rows[1:]  # a header
+    if not rows:
+        raise InputDataError("holds no numeric rows", path)
+    width = len(rows[0])
+    for number, row in enumerate(rows, start=1):
+        if len(row) != width:
+            raise InputDataError(f"row {number} has {len(row)} values, the first row has {width}", path)
+        if not _all_numeric(row):
+            raise InputDataError(f"row {number} holds a value that is not a number: {row}", path)
+    return source_from_array(np.array(rows, dtype=np.float64), str(path))
+
+
+def _read_csv_rows(path: Path) -> list[list[str]]:
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            return [[cell.strip() for cell in row] for row in csv.reader(handle) if any(c.strip() for c in row)]
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise InputFileError(f"cannot read as CSV text: {exc}", path) from None
+
+
+def _all_numeric(row: list[str]) -> bool:
+    try:
+        for cell in row:
+            float(cell)
+    except ValueError:
+        return False
+    return True
+
+
+LOGITS_READERS: dict[str, Callable[[Path, str | None], LogitsSource]] = {
+    ".npy": _read_npy,
+    ".npz": _read_npz,
+    ".safetensors": _read_safetensors,
+    ".pt": _read_torch,
+    ".pth": _read_torch,
+    ".csv": _read_csv_logits,
+}
+
+
+def read_logits(path: str | os.PathLike, key: str | None = None) -> LogitsSource:
+    """Open a logits file (.npy memory-mapped, .npz, .safetensors, .pt/.pth, .csv) as a LogitsSource."""
+    path = check_readable(path)
+    reader = LOGITS_READERS.get(path.suffix.lower())
+    if reader is None:
+        raise InputFileError(f"unknown logits format {path.suffix or '(no suffix)'!r}; "
+                             f"use one of {', '.join(LOGITS_READERS)}", path)
+    return reader(path, key)
+
+
+# ---------------------------------------------------------------------------------------------------------- labels
+
+LABEL_COLUMN_NAMES = ("label", "labels", "target", "targets", "y", "class")
+
+
+def read_classes(path: str | os.PathLike) -> list[str]:
+    """Class names, in id order: a text file with one name per line, or a JSON list (or an id -> name object)."""
+    path = check_readable(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise InputFileError("is not UTF-8 text", path) from None
+    if path.suffix.lower() == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise InputFileError(f"is not valid JSON: {exc}", path) from None
+        if isinstance(data, dict) and "id2label" in data:
+            data = data["id2label"]
+        if isinstance(data, dict):
+            try:
+                ids = sorted(int(k) for k in data)
+            except ValueError:
+                raise InputDataError("a JSON object of class names must map integer ids to names", path) from None
+            if ids != list(range(len(ids))):
+                raise InputDataError("class ids in the JSON object must be 0..C-1 without gaps", path)
+            names = [str(data[str(i)]) for i in ids]
+        elif isinstance(data, list) and all(isinstance(n, (str, int)) for n in data):
+            names = [str(n) for n in data]
+        else:
+            raise InputDataError("expected a JSON list of class names", path)
+    else:
+        lines = text.splitlines()
+        while lines and not lines[-1].strip():
+            lines.pop()
+        names = [line.strip() for line in lines]
+        if "" in names:
+            raise InputDataError(f"line {names.index('') + 1} is empty; expected one class name per line", path)
+    if not names:
+        raise InputDataError("holds no class names", path)
+    seen: dict[str, int] = {}
+    for index, name in enumerate(names):
+        if name in seen:
+            raise InputDataError(f"class name {name!r} appears twice (ids {seen[name]} and {index})", path)
+        seen[name] = index
+    return names
+
+
+def read_labels(path: str | os.PathLike, classes: list[str] | None = None,
+                column: str | None = None) -> np.ndarray:
+    """Integer class ids (int64, 1-D) from .npy, .txt (one per line) or .csv (`column`: a header name or 0-based
+    index). Names are mapped to ids through `classes`."""
+    path = check_readable(path)
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        try:
+            array = np.load(path, allow_pickle=False)
+        except ValueError as exc:
+            raise InputFileError(f"cannot read as .npy: {exc}", path) from None
+        if array.ndim == 2 and array.shape[1] == 1:
+            array = array[:, 0]
+        if array.ndim != 1:
+            raise InputDataError(f"labels must be a 1-D array, got shape {array.shape}", path)
+        if array.dtype.kind in "iu":
+            ids = array.astype(np.int64)
+        elif array.dtype.kind == "f":
+            if not np.all(np.isfinite(array)) or not np.all(array == np.round(array)):
+                raise InputDataError("labels are floats that are not whole numbers; expected integer class ids", path)
+            ids = array.astype(np.int64)
+        elif array.dtype.kind in "US":
+            ids = _tokens_to_ids([str(t) for t in array.astype(str)], classes, path)
+        else:
+            raise InputDataError(f"labels have dtype {array.dtype}; expected integer class ids or names", path)
+    elif suffix == ".txt":
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError:
+            raise InputFileError("is not UTF-8 text", path) from None
+        while lines and not lines[-1].strip():
+            lines.pop()
+        tokens = [line.strip() for line in lines]
+        if "" in tokens:
+            raise InputDataError(f"line {tokens.index('') + 1} is empty; expected one label per line", path)
+        ids = _tokens_to_ids(tokens, classes, path)
+    elif suffix == ".csv":
+        ids = _tokens_to_ids(_csv_label_column(path, column), classes, path)
+    else:
+        raise InputFileError(f"unknown labels format {suffix or '(no suffix)'!r}; use .npy, .txt or .csv", path)
+    if ids.size == 0:
+        raise InputDataError("holds no labels", path)
+    if ids.min() < 0:
+        raise InputDataError(f"label {int(ids.min())} is negative; class ids start at 0", path)
+    return ids
+
+
+def _csv_label_column(path: Path, column: str | None) -> list[str]:
+    rows = _read_csv_rows(path)
+    if not rows:
+        raise InputDataError("holds no rows", path)
+    header = [cell.lower() for cell in rows[0]]
+    if column is not None and column.lower() in header:
+        index, rows = header.index(column.lower()), rows[1:]
+    elif column is not None:
+        try:
+            index = int(column)
+        except ValueError:
+            raise InputDataError(f"has no column named {column!r}; its first row is {rows[0]}", path) from None
+        if not 0 <= index < len(rows[0]):
+            raise InputDataError(f"has {len(rows[0])} columns, so --label-column {index} is out of range", path)
+        if not rows[0][index].lstrip("-").isdigit() and len(rows) > 1 and rows[1][index].lstrip("-").isdigit():
+            rows = rows[1:]  # a header above integer labels
+    else:
+        named = [i for i, name in enumerate(header) if name in LABEL_COLUMN_NAMES]
+        if named:
+            index, rows = named[0], rows[1:]
+        elif len(rows[0]) == 1:
+            index = 0
+        else:
+            raise InputDataError(f"has {len(rows[0])} columns and none is named "
+                                 f"{'/'.join(LABEL_COLUMN_NAMES)}; choose one with --label-column NAME_OR_INDEX",
+                                 path)
+    tokens = []
+    for number, row in enumerate(rows, start=1):
+        if index >= len(row):
+            raise InputDataError(f"data row {number} has no column {index}", path)
+        tokens.append(row[index])
+    return tokens
+
+
+def _tokens_to_ids(tokens: list[str], classes: list[str] | None, path: Path) -> np.ndarray:
+    if classes is not None:
+        lookup = {name: i for i, name in enumerate(classes)}
+        if all(token in lookup for token in tokens):
+            return np.array([lookup[t] for t in tokens], dtype=np.int64)
+    ids = []
+    for number, token in enumerate(tokens, start=1):
+        try:
+            ids.append(int(token))
+        except ValueError:
+            if classes is None:
+                raise InputDataError(f"label {token!r} (entry {number}) is not an integer class id; "
+                                     "pass --classes FILE to map class names to ids", path) from None
+            raise InputDataError(f"unknown class name {token!r} (entry {number}); it is not in the --classes list",
+                                 path) from None
+    return np.array(ids, dtype=np.int64)

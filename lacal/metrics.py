@@ -1,0 +1,117 @@
+"""Per-class errors, balanced error, worst-class error and accuracy, and the many/medium/few-shot groups.
+
+Classes with no validation samples have no error: they are left out of the balanced and worst-class errors (the rule
+scikit-learn's balanced accuracy follows) and listed in `classes_without_samples`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+MANY_SHOT_ABOVE = 100
+FEW_SHOT_BELOW = 20
+GROUPS = ("many", "medium", "few")
+
+
+@dataclass(frozen=True)
+class ClassEvaluation:
+    """Per-class counts of validation samples (`support`) and of correct predictions (`correct`)."""
+
+    support: np.ndarray
+    correct: np.ndarray
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.support.shape[0])
+
+    @property
+    def num_samples(self) -> int:
+        return int(self.support.sum())
+
+    @property
+    def errors(self) -> np.ndarray:
+        """Per-class error rate; NaN where a class has no samples."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(self.support > 0, 1.0 - self.correct / np.maximum(self.support, 1), np.nan)
+
+    @property
+    def classes_without_samples(self) -> list[int]:
+        return np.flatnonzero(self.support == 0).tolist()
+
+    @property
+    def balanced_error(self) -> float:
+        return float(np.nanmean(self.errors)) if self.support.any() else float("nan")
+
+    @property
+    def worst_class_error(self) -> float:
+        return float(np.nanmax(self.errors)) if self.support.any() else float("nan")
+
+    @property
+    def accuracy(self) -> float:
+        return float(self.correct.sum() / self.support.sum()) if self.support.any() else float("nan")
+
+    def metric(self, name: str) -> float:
+        return {"balanced-error": self.balanced_error, "worst-class-error": self.worst_class_error}[name]
+
+    def to_dict(self) -> dict:
+        return {"balanced_error": self.balanced_error, "accuracy": self.accuracy,
+                "worst_class_error": self.worst_class_error}
+
+
+def evaluate_predictions(predictions, labels, num_classes: int) -> ClassEvaluation:
+    """Per-class counts from predicted and true class ids."""
+    predictions = np.asarray(predictions).astype(np.int64).ravel()
+    labels = np.asarray(labels).astype(np.int64).ravel()
+    support = np.bincount(labels, minlength=num_classes)
+    correct = np.bincount(labels[predictions == labels], minlength=num_classes)
+    return ClassEvaluation(support=support[:num_classes], correct=correct[:num_classes])
+
+
+def evaluate(logits, labels, priors=None, tau: float = 0.0, *, offset=None, device="cpu",
+             rows: int | None = None) -> ClassEvaluation:
+    """Evaluate argmax(logits - tau * log(pi)) (or argmax(logits + offset)) against `labels`.
+
+    `logits` is an N x C array, tensor or LogitsSource; with neither priors nor offset, the raw logits are scored.
+    """
+    from .adjust import offsets
+    from .scoring import score_pass
+
+    if offset is None:
+        offset = np.zeros(_num_classes(logits)) if priors is None else offsets(priors, tau)
+    stats = score_pass(logits, labels, [offset], device=device, rows=rows)
+    return ClassEvaluation(support=stats.support, correct=stats.correct[0])
+
+
+def _num_classes(logits) -> int:
+    return int(logits.shape[1])
+
+
+def balanced_error(logits, labels, priors=None, tau: float = 0.0, **kwargs) -> float:
+    """Mean over classes with samples of the per-class error of argmax(logits - tau * log(pi))."""
+    return evaluate(logits, labels, priors, tau, **kwargs).balanced_error
+
+
+def worst_class_error(logits, labels, priors=None, tau: float = 0.0, **kwargs) -> float:
+    """Largest per-class error of argmax(logits - tau * log(pi)) over classes with samples."""
+    return evaluate(logits, labels, priors, tau, **kwargs).worst_class_error
+
+
+def shot_groups(train_counts) -> np.ndarray:
+    """'many' (> 100 training samples), 'medium' (20 to 100) or 'few' (< 20) for each class."""
+    counts = np.asarray(train_counts)
+    return np.where(counts > MANY_SHOT_ABOVE, "many", np.where(counts < FEW_SHOT_BELOW, "few", "medium"))
+
+
+def group_errors(evaluation: ClassEvaluation, train_counts) -> dict[str, dict]:
+    """For each shot group: how many classes it has, how many have validation samples, and their mean error."""
+    groups = shot_groups(train_counts)
+    errors = evaluation.errors
+    result = {}
+    for group in GROUPS:
+        members = groups == group
+        scored = members & (evaluation.support > 0)
+        result[group] = {"classes": int(members.sum()), "classes_with_samples": int(scored.sum()),
+                         "error": float(errors[scored].mean()) if scored.any() else None}
+    return result

@@ -1,0 +1,69 @@
+"""The per-class picture before and after adjustment, as data (rendering lives in the CLI)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .metrics import ClassEvaluation, group_errors, shot_groups
+
+SORT_KEYS = ("class", "error", "count")
+
+
+@dataclass(frozen=True)
+class Report:
+    """Evaluations of the raw logits (`baseline`) and of the adjusted ones (`adjusted`, None when no tau was
+    given), with the training counts (for shot groups) and class names when known."""
+
+    baseline: ClassEvaluation
+    adjusted: ClassEvaluation | None = None
+    train_counts: np.ndarray | None = None
+    class_names: list[str] | None = None
+    tau: float | None = None
+
+    @property
+    def main(self) -> ClassEvaluation:
+        return self.adjusted if self.adjusted is not None else self.baseline
+
+    def order(self, sort: str = "class") -> np.ndarray:
+        """Class ids in display order: by id, by error after (worst first), or by training count (largest first)."""
+        ids = np.arange(self.baseline.num_classes)
+        if sort == "error":
+            errors = np.nan_to_num(self.main.errors, nan=-1.0)
+            return ids[np.lexsort((ids, -errors))]
+        if sort == "count":
+            counts = self.train_counts if self.train_counts is not None else self.main.support
+            return ids[np.lexsort((ids, -np.asarray(counts)))]
+        return ids
+
+    def groups(self, evaluation: ClassEvaluation) -> dict | None:
+        return None if self.train_counts is None else group_errors(evaluation, self.train_counts)
+
+    def _section(self, evaluation: ClassEvaluation) -> dict:
+        errors = evaluation.errors
+        names = self.class_names
+        counts = self.train_counts
+        return {
+            **evaluation.to_dict(),
+            "num_samples": evaluation.num_samples,
+            "per_class": [
+                {"class": c, "name": names[c] if names else None,
+                 "train_count": None if counts is None else int(counts[c]),
+                 "support": int(evaluation.support[c]),
+                 "error": None if np.isnan(errors[c]) else float(errors[c])}
+                for c in range(evaluation.num_classes)],
+            "groups": self.groups(evaluation),
+        }
+
+    def to_dict(self) -> dict:
+        result = self._section(self.main)
+        result["tau"] = self.tau
+        result["num_classes"] = self.main.num_classes
+        result["classes_without_samples"] = self.main.classes_without_samples
+        result["baseline"] = self._section(self.baseline)
+        return result
+
+
+def shot_group_names(train_counts) -> list[str] | None:
+    return None if train_counts is None else shot_groups(train_counts).tolist()

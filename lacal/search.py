@@ -1,0 +1,263 @@
+"""Finding tau: the exact minimiser of the balanced (or worst-class) error over a range, or the best of a grid.
+
+Each validation sample is classified correctly on one open tau-interval (possibly empty; see
+`scoring.correct_intervals`). The metric is therefore piecewise constant in tau, changing only at interval endpoints:
+sorting the endpoints inside the range splits it into segments, and a cumulative sum over the sorted endpoints gives
+each segment's metric. Among optimal segments (adjacent ones merged into runs) the run nearest tau = 1 wins and its
+midpoint is returned.
+
+Balanced error is summed in exact integer arithmetic (each class weighted by lcm(supports) / support) whenever that
+fits in int64, which it does for the usual class-balanced validation sets; otherwise in float64, and segments within
+1e-12 of the best are taken as tied. Worst-class error is exact: a binary search over the candidate values j / n_c.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import OptionError
+from .metrics import ClassEvaluation
+
+METRICS = ("balanced-error", "worst-class-error")
+SEARCHES = ("exact", "grid")
+DEFAULT_TAU_RANGE = (0.0, 4.0)
+DEFAULT_GRID_SIZE = 401
+FLOAT_TIE_TOLERANCE = 1e-12
+
+
+@dataclass(frozen=True)
+class TauFit:
+    """The fitted tau, the open interval around it on which the metric takes the same optimal value, and the
+    validation evaluations at tau = 0 (`before`), tau = 1 (`at_one`) and the fitted tau (`after`)."""
+
+    tau: float
+    interval: tuple[float, float]
+    metric: str
+    search: str
+    tau_range: tuple[float, float]
+    before: ClassEvaluation
+    at_one: ClassEvaluation
+    after: ClassEvaluation
+    grid_taus: np.ndarray | None = field(default=None, repr=False)
+    grid_values: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def num_samples(self) -> int:
+        return self.before.num_samples
+
+    @property
+    def num_classes(self) -> int:
+        return self.before.num_classes
+
+    def to_dict(self) -> dict:
+        result = {"tau": self.tau, "tau_interval": list(self.interval), "metric": self.metric,
+                  "search": self.search, "tau_range": list(self.tau_range),
+                  "num_classes": self.num_classes, "num_samples": self.num_samples}
+        for suffix, evaluation in (("before", self.before), ("tau1", self.at_one), ("after", self.after)):
+            for key, value in evaluation.to_dict().items():
+                result[f"{key}_{suffix}"] = value
+        result["classes_without_samples"] = self.before.classes_without_samples
+        return result
+
+
+def check_tau_range(tau_range) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in tau_range)
+    except (TypeError, ValueError):
+        raise OptionError(f"expected two numbers LO,HI, got {tau_range!r}", "--tau-range") from None
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise OptionError(f"the range must be finite, got {lo:g},{hi:g}", "--tau-range")
+    if lo >= hi:
+        kind = "empty" if lo == hi else "reversed"
+        raise OptionError(f"the range {lo:g},{hi:g} is {kind}; give LO < HI, for example 0,4", "--tau-range")
+    return lo, hi
+
+
+def fit_tau(logits, labels, priors, tau_range=DEFAULT_TAU_RANGE, search: str = "exact",
+            metric: str = "balanced-error", grid_size: int = DEFAULT_GRID_SIZE, device="cpu",
+            rows: int | None = None) -> TauFit:
+    """Find the tau in `tau_range` that minimises `metric` for argmax(logits - tau * log(pi)) on (logits, labels).
+
+    `logits`: N x C array, tensor or LogitsSource; `labels`: N class ids; `priors`: C priors or counts, or a Priors.
+    `search='exact'` returns a true minimiser over the whole range; `'grid'` the best of `grid_size` evenly spaced
+    values. Ties go to the optimum nearest tau = 1.
+    """
+    import torch
+
+    from .adjust import _as_priors_array
+    from .scoring import score_pass
+
+    if metric not in METRICS:
+        raise OptionError(f"unknown metric {metric!r}; use one of {', '.join(METRICS)}", "--metric")
+    if search not in SEARCHES:
+        raise OptionError(f"unknown search {search!r}; use one of {', '.join(SEARCHES)}", "--search")
+    if search == "grid" and grid_size < 2:
+        raise OptionError(f"the grid needs at least 2 points, got {grid_size}", "--grid-size")
+    lo_tau, hi_tau = check_tau_range(tau_range)
+    log_priors = np.log(_as_priors_array(priors))
+    device = torch.device(device)
+
+    stats = score_pass(logits, labels, [np.zeros_like(log_priors), -log_priors], log_priors, device, rows)
+    before = ClassEvaluation(stats.support, stats.correct[0])
+    at_one = ClassEvaluation(stats.support, stats.correct[1])
+    support = torch.as_tensor(stats.support, device=device)
+    grid_taus = grid_values = None
+    if search == "exact":
+        tau, interval = _exact(stats.lo, stats.hi, stats.labels, support, lo_tau, hi_tau, metric)
+    else:
+        grid_taus, grid_values, tau, interval = _grid(stats.lo, stats.hi, stats.labels, support, lo_tau, hi_tau,
+                                                      grid_size, metric)
+    after_stats = score_pass(logits, labels, [-tau * log_priors], device=device, rows=rows)
+    after = ClassEvaluation(after_stats.support, after_stats.correct[0])
+    return TauFit(tau=float(tau), interval=(float(interval[0]), float(interval[1])), metric=metric, search=search,
+                  tau_range=(lo_tau, hi_tau), before=before, at_one=at_one, after=after,
+                  grid_taus=grid_taus, grid_values=grid_values)
+
+
+# ------------------------------------------------------------------------------------------------ class weights
+
+
+def _balanced_weights(support):
+    """Per-class integer weights lcm / n_c when the sums fit in int64 (exact), else float64 weights 1 / n_c."""
+    import torch
+
+    sizes = sorted(set(support[support > 0].tolist()))
+    classes = max(1, int((support > 0).sum()))
+    common = 1
+    for size in sizes:
+        common = math.lcm(common, int(size))
+        if common > (1 << 62) // classes:
+            weights = torch.where(support > 0, 1.0 / support.clamp(min=1).double(), 0.0)
+            return weights, False
+    weights = torch.where(support > 0, common // support.clamp(min=1), 0)
+    return weights.to(torch.int64), True
+
+
+def _best_mask(values, exact: bool):
+    best = values.max()
+    if exact:
+        return values == best
+    return values >= best - FLOAT_TIE_TOLERANCE * max(1.0, float(best))
+
+
+# --------------------------------------------------------------------------------------------------- exact search
+
+
+def _exact(lo, hi, labels, support, lo_tau: float, hi_tau: float, metric: str):
+    import torch
+
+    keep = (lo < hi) & (lo < hi_tau) & (hi > lo_tau)
+    starts = lo[keep].clamp(min=lo_tau)
+    ends = hi[keep].clamp(max=hi_tau)
+    classes = labels[keep]
+    bounds = torch.tensor([lo_tau, hi_tau], dtype=torch.float64, device=lo.device)
+    points, where = torch.unique(torch.cat([bounds, starts, ends]), sorted=True, return_inverse=True)
+    count = starts.numel()
+    start_at, end_at = where[2:2 + count], where[2 + count:]
+    segments = points.numel() - 1
+    if metric == "balanced-error":
+        weights, exact = _balanced_weights(support)
+        step = torch.zeros(segments + 1, dtype=weights.dtype, device=lo.device)
+        step.index_add_(0, start_at, weights[classes]).index_add_(0, end_at, -weights[classes])
+        optimal = _best_mask(step.cumsum(0)[:segments], exact)
+    else:
+        optimal = _worst_class_optimal(start_at, end_at, classes, support, segments)
+    return _choose(points.cpu().numpy(), optimal.cpu().numpy())
+
+
+def _worst_class_optimal(start_at, end_at, classes, support, segments: int):
+    """Mask of the segments where the worst-class error is smallest, found by a binary search over its possible
+    values j / n_c (exact integer arithmetic)."""
+    import torch
+
+    device = support.device
+    key = torch.cat([classes, classes]) * (segments + 1) + torch.cat([start_at, end_at])
+    delta = torch.cat([torch.ones_like(start_at), -torch.ones_like(end_at)])
+    group_key, group_of = torch.unique(key, sorted=True, return_inverse=True)
+    group_delta = torch.zeros(group_key.numel(), dtype=torch.int64, device=device).index_add_(0, group_of, delta)
+    group_class = group_key // (segments + 1)
+    group_at = group_key % (segments + 1)
+    running = group_delta.cumsum(0)
+    first = torch.ones_like(group_class, dtype=torch.bool)
+    first[1:] = group_class[1:] != group_class[:-1]
+    class_base = torch.zeros(support.numel(), dtype=torch.int64, device=device)
+    class_base[group_class[first]] = (running - group_delta)[first]
+    after = running - class_base[group_class]  # correct count of the class from segment group_at on
+    before = after - group_delta
+    supported = support > 0
+    needed_classes = int(supported.sum())
+
+    def satisfied(j: int, n: int):
+        need = support - (j * support) // n  # correct samples each class needs for error <= j / n
+        change = (after >= need[group_class]).long() - (before >= need[group_class]).long()
+        ok = torch.zeros(segments + 1, dtype=torch.int64, device=device).index_add_(0, group_at, change)
+        return (int(((need <= 0) & supported).sum()) + ok.cumsum(0)[:segments]) == needed_classes
+
+    sizes = sorted(set(support[supported].tolist()))
+    candidates = sorted({(j / n, j, n) for n in sizes for j in range(n + 1)})
+    low, high = 0, len(candidates) - 1  # the last candidate (error 1) is always satisfied
+    while low < high:
+        middle = (low + high) // 2
+        if bool(satisfied(candidates[middle][1], candidates[middle][2]).any()):
+            high = middle
+        else:
+            low = middle + 1
+    return satisfied(candidates[low][1], candidates[low][2])
+
+
+def _choose(points: np.ndarray, optimal: np.ndarray):
+    """The midpoint of the run of optimal segments nearest tau = 1 (the lower run on a tie), and the run."""
+    index = np.flatnonzero(optimal)
+    breaks = np.flatnonzero(np.diff(index) > 1)
+    first = index[np.r_[0, breaks + 1]]
+    last = index[np.r_[breaks, index.size - 1]]
+    left, right = points[first], points[last + 1]
+    distance = np.where(right < 1, 1 - right, np.where(left > 1, left - 1, 0.0))
+    pick = np.lexsort((left, distance))[0]
+    tau = (left[pick] + right[pick]) / 2
+    at = int(np.searchsorted(points, tau))
+    if at < points.size - 1 and points[at] == tau:  # the midpoint is an endpoint inside the run: use a segment's
+        tau = (points[at] + points[at + 1]) / 2
+    return float(tau), (float(left[pick]), float(right[pick]))
+
+
+# ---------------------------------------------------------------------------------------------------- grid search
+
+GRID_BLOCK_ELEMENTS = 1 << 24
+
+
+def _grid(lo, hi, labels, support, lo_tau: float, hi_tau: float, grid_size: int, metric: str):
+    """Evaluate the metric at every grid point at once: correct[g, c] counts the samples of class c whose interval
+    holds grid point g."""
+    import torch
+
+    device = lo.device
+    taus = torch.linspace(lo_tau, hi_tau, grid_size, dtype=torch.float64, device=device)
+    correct = torch.zeros(grid_size, support.numel(), dtype=torch.int64, device=device)
+    step = max(1, GRID_BLOCK_ELEMENTS // grid_size)
+    for start in range(0, lo.numel(), step):
+        a, b, y = lo[start:start + step], hi[start:start + step], labels[start:start + step]
+        inside = (a[None, :] < taus[:, None]) & (taus[:, None] < b[None, :])
+        correct.index_add_(1, y, inside.to(torch.int64))
+    supported = support > 0
+    if metric == "balanced-error":
+        weights, exact = _balanced_weights(support)
+        score = (correct * weights[None, :]).sum(1)
+        optimal = _best_mask(score, exact)
+        values = 1.0 - (correct[:, supported].double() / support[supported].double()).mean(1)
+    else:
+        errors = (support[supported] - correct[:, supported]).double() / support[supported].double()
+        values = errors.max(1).values
+        optimal = values == values.min()
+    taus_np, optimal_np = taus.cpu().numpy(), optimal.cpu().numpy()
+    index = np.flatnonzero(optimal_np)
+    pick = index[np.lexsort((taus_np[index], np.abs(taus_np[index] - 1.0)))[0]]
+    first = last = pick
+    while first > 0 and optimal_np[first - 1]:
+        first -= 1
+    while last < grid_size - 1 and optimal_np[last + 1]:
+        last += 1
+    return taus_np, values.cpu().numpy(), float(taus_np[pick]), (float(taus_np[first]), float(taus_np[last]))
