@@ -17,7 +17,7 @@ CALIBRATION_FORMAT = "lacal-calibration"
 SCHEMA_VERSION = 1
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Calibration:
     """tau and the training priors; `offsets` = -tau * log(pi) is what adjustment adds to every row of logits.
 
@@ -34,6 +34,17 @@ class Calibration:
     search: str | None = None
     validation: dict | None = field(default=None, compare=False)
     inputs: dict | None = field(default=None, compare=False)
+
+    def __eq__(self, other) -> bool:
+        """Equal when tau, priors, counts, names and fit details are (validation and input hashes aside)."""
+        if not isinstance(other, Calibration):
+            return NotImplemented
+        ignore = ("validation", "inputs")
+        mine = {k: v for k, v in self.to_dict().items() if k not in ignore}
+        theirs = {k: v for k, v in other.to_dict().items() if k not in ignore}
+        return mine == theirs
+
+    __hash__ = None
 
     @property
     def num_classes(self) -> int:

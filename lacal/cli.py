@@ -436,12 +436,14 @@ def _render_report(report, sort: str, name, limit: Optional[int] = None) -> None
     groups = shot_groups(report.train_counts) if report.train_counts is not None else None
     title = f"{name}: per-class error" + (f", tau = {report.tau:.4f}" if adjusted else " (no adjustment given)")
     table = Table(title=title)
-    columns = ["class", "name", "train", "group", "support", "error"] + (["after", "change"] if adjusted else [])
+    named = report.class_names is not None
+    columns = (["class"] + (["name"] if named else []) + ["train", "group", "support"]
+               + (["before", "after", "change (pts)"] if adjusted else ["error"]))
     for column in columns:
         table.add_column(column, justify="left" if column in ("name", "group") else "right")
     order = report.order(sort)
     for c in order[:limit]:
-        row = [str(c), report.class_names[c] if report.class_names else "",
+        row = [str(c)] + ([report.class_names[c]] if named else []) + [
                "-" if report.train_counts is None else str(int(report.train_counts[c])),
                "-" if groups is None else str(groups[c]), str(int(after.support[c])),
                _percent(None if np.isnan(before_errors[c]) else before_errors[c])]

@@ -169,23 +169,33 @@ def _read_safetensors(path: Path, key: str | None) -> LogitsSource:
 
 def load_torch_file(path: Path):
     """torch.load with weights_only=True; a file that needs code to unpickle is refused, never run."""
+    import warnings
+
     import torch
 
     try:
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as exc:
-            if "mmap" not in str(exc) and "zip" not in str(exc):
-                raise
-            return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # protocol notes from the safe unpickler
+            return _torch_load(torch, path)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsupported object"
+        details = [line.strip() for line in str(exc).splitlines()
+                   if line.strip().startswith(("Unsupported", "Trying to load", "Unsupported global"))]
+        detail = details[0].rstrip(".") if details else "it holds objects other than tensors and plain containers"
         raise InputFileError(
-            "refused: this PyTorch file needs code to load (lacal only loads tensors and plain containers, "
-            f"with weights_only=True): {first}", path) from None
+            "refused: loading this PyTorch file would run code from it (lacal loads only tensors and plain "
+            f"containers, with weights_only=True): {detail}", path) from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InputFileError(f"cannot read as a PyTorch file: {first}", path) from None
+
+
+def _torch_load(torch, path: Path):
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as exc:
+        if "mmap" not in str(exc) and "zip" not in str(exc):
+            raise
+        return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def _read_torch(path: Path, key: str | None) -> LogitsSource:
@@ -382,10 +392,10 @@ def _csv_label_column(path: Path, column: str | None) -> list[str]:
 
 
 def _tokens_to_ids(tokens: list[str], classes: list[str] | None, path: Path) -> np.ndarray:
-    if classes is not None:
-        lookup = {name: i for i, name in enumerate(classes)}
-        if all(token in lookup for token in tokens):
-            return np.array([lookup[t] for t in tokens], dtype=np.int64)
+    """Names are looked up in `classes`; a file of only integers (none of them a class name) holds ids."""
+    lookup = {name: i for i, name in enumerate(classes)} if classes is not None else {}
+    if classes is not None and all(token in lookup for token in tokens):
+        return np.array([lookup[t] for t in tokens], dtype=np.int64)
     ids = []
     for number, token in enumerate(tokens, start=1):
         try:
@@ -394,6 +404,7 @@ def _tokens_to_ids(tokens: list[str], classes: list[str] | None, path: Path) -> 
             if classes is None:
                 raise InputDataError(f"label {token!r} (entry {number}) is not an integer class id; "
                                      "pass --classes FILE to map class names to ids", path) from None
-            raise InputDataError(f"unknown class name {token!r} (entry {number}); it is not in the --classes list",
-                                 path) from None
+            unknown = next((n, t) for n, t in enumerate(tokens, start=1) if t not in lookup)
+            raise InputDataError(f"unknown class name {unknown[1]!r} (entry {unknown[0]}); it is not in the "
+                                 "--classes list", path) from None
     return np.array(ids, dtype=np.int64)

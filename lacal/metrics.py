@@ -15,12 +15,18 @@ FEW_SHOT_BELOW = 20
 GROUPS = ("many", "medium", "few")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class ClassEvaluation:
     """Per-class counts of validation samples (`support`) and of correct predictions (`correct`)."""
 
     support: np.ndarray
     correct: np.ndarray
+
+    def __eq__(self, other) -> bool:
+        return (isinstance(other, ClassEvaluation) and np.array_equal(self.support, other.support)
+                and np.array_equal(self.correct, other.correct))
+
+    __hash__ = None
 
     @property
     def num_classes(self) -> int:

@@ -1,0 +1,35 @@
+import os
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("COLUMNS", "120")
+
+
+def long_tail_problem(num_samples=600, num_classes=8, seed=0, margin=1.5, imbalance=50.0, dtype=np.float32):
+    """Logits that behave like an ERM model's: class evidence plus log pi, on class-balanced validation labels.
+    Returns (logits, labels, train_counts)."""
+    rng = np.random.default_rng(seed)
+    counts = np.array([max(1, int(400 * imbalance ** (-i / (num_classes - 1)))) for i in range(num_classes)])
+    labels = rng.integers(0, num_classes, num_samples)
+    logits = rng.normal(size=(num_samples, num_classes))
+    logits[np.arange(num_samples), labels] += margin
+    logits += np.log(counts / counts.sum())[None, :]
+    return logits.astype(dtype), labels.astype(np.int64), counts
+
+
+@pytest.fixture
+def problem():
+    return long_tail_problem()
+
+
+@pytest.fixture
+def files(tmp_path, problem):
+    """The problem written as user files: val logits (.npy), val labels (.npy), train labels (.txt)."""
+    logits, labels, counts = problem
+    np.save(tmp_path / "val_logits.npy", logits)
+    np.save(tmp_path / "val_labels.npy", labels)
+    train = np.repeat(np.arange(len(counts)), counts)
+    np.random.default_rng(1).shuffle(train)
+    (tmp_path / "train_labels.txt").write_text("\n".join(map(str, train)) + "\n")
+    return tmp_path

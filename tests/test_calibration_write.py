@@ -1,0 +1,81 @@
+import json
+import os
+import stat
+
+import numpy as np
+import pytest
+import torch
+
+import lacal
+from lacal.errors import InputDataError, MismatchError, OutputError
+from lacal.write import atomic_path, write_logits, write_text
+
+from .conftest import long_tail_problem
+
+
+def test_calibration_round_trip(tmp_path):
+    logits, labels, counts = long_tail_problem(dtype=np.float64)
+    priors = lacal.priors_from_counts(counts)
+    fit = lacal.fit_tau(logits, labels, priors)
+    calibration = lacal.Calibration.from_fit(fit, priors, [f"c{i}" for i in range(len(counts))],
+                                             {"val": {"path": "v.npy", "sha256": "0" * 64}})
+    calibration.save(tmp_path / "cal.json")
+    again = lacal.Calibration.load(tmp_path / "cal.json")
+    assert again == calibration
+    assert again.validation["balanced_error_after"] == fit.after.balanced_error
+    data = json.loads((tmp_path / "cal.json").read_text())
+    assert data["schema_version"] == 1 and data["format"] == "lacal-calibration"
+    np.testing.assert_allclose(data["offsets"], -fit.tau * np.log(counts / counts.sum()))
+    np.testing.assert_allclose(again.adjust(logits), lacal.adjust_logits(logits, counts, fit.tau))
+
+
+def test_calibration_checks(tmp_path):
+    calibration = lacal.Calibration(tau=1.0, priors=np.array([0.5, 0.5]))
+    with pytest.raises(MismatchError, match="for 2 classes but the logits have 3"):
+        calibration.adjust(np.zeros((4, 3)))
+    (tmp_path / "x.json").write_text('{"format": "lacal-calibration", "schema_version": 99}')
+    with pytest.raises(InputDataError, match="schema version 99"):
+        lacal.Calibration.load(tmp_path / "x.json")
+    (tmp_path / "y.json").write_text('{"tau": 1}')
+    with pytest.raises(InputDataError, match="not a lacal calibration"):
+        lacal.Calibration.load(tmp_path / "y.json")
+
+
+def test_failure_mid_write_leaves_no_file(tmp_path):
+    def blocks():
+        yield 0, torch.zeros(2, 3)
+        raise RuntimeError("disk on fire")
+
+    for name in ("out.npy", "out.safetensors", "out.pt"):
+        with pytest.raises(RuntimeError, match="disk on fire"):
+            write_logits(tmp_path / name, blocks(), (4, 3), "float32")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_existing_file_survives_a_failed_forced_write(tmp_path):
+    target = tmp_path / "out.txt"
+    target.write_text("precious")
+    with pytest.raises(ZeroDivisionError):
+        with atomic_path(target, force=True) as temporary:
+            temporary.write_text("half")
+            1 / 0
+    assert target.read_text() == "precious"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+
+
+def test_output_refusals(tmp_path):
+    (tmp_path / "in.npy").write_bytes(b"x")
+    with pytest.raises(OutputError, match="already exists; pass --force"):
+        write_text(tmp_path / "in.npy", "y")
+    with pytest.raises(OutputError, match="is also an input"):
+        write_text(tmp_path / "in.npy", "y", force=True, inputs=[tmp_path / "in.npy"])
+    with pytest.raises(OutputError, match="does not exist"):
+        write_text(tmp_path / "no" / "out.json", "y")
+    assert (tmp_path / "in.npy").read_bytes() == b"x"
+
+
+def test_written_files_get_normal_permissions(tmp_path):
+    write_text(tmp_path / "out.json", "{}")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE((tmp_path / "out.json").stat().st_mode) == 0o666 & ~mask

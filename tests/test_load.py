@@ -1,0 +1,183 @@
+import json
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from safetensors.numpy import save_file as save_numpy
+from safetensors.torch import save_file as save_torch
+
+import lacal
+from lacal.errors import InputDataError, InputFileError
+from lacal.load import read_classes, read_labels, read_logits
+
+
+def _all_rows(source):
+    return source.rows(0, source.num_samples)
+
+
+@pytest.fixture
+def logits():
+    return np.random.default_rng(0).normal(size=(20, 4)).astype(np.float32)
+
+
+def test_npy_is_memory_mapped(tmp_path, logits):
+    np.save(tmp_path / "a.npy", logits)
+    source = read_logits(tmp_path / "a.npy")
+    assert source.shape == (20, 4) and source.dtype_name == "float32"
+    np.testing.assert_array_equal(_all_rows(source).numpy(), logits)
+    cells = [c.cell_contents for c in source._read_rows.__closure__ if isinstance(c.cell_contents, np.ndarray)]
+    assert cells and isinstance(cells[0], np.memmap)
+
+
+def test_npz_single_and_key(tmp_path, logits):
+    np.savez(tmp_path / "one.npz", scores=logits)
+    np.testing.assert_array_equal(_all_rows(read_logits(tmp_path / "one.npz")).numpy(), logits)
+    np.savez(tmp_path / "two.npz", a=logits, b=logits * 2)
+    with pytest.raises(InputDataError, match="--key"):
+        read_logits(tmp_path / "two.npz")
+    np.testing.assert_array_equal(_all_rows(read_logits(tmp_path / "two.npz", key="b")).numpy(), logits * 2)
+    with pytest.raises(InputDataError, match="no array named 'c'"):
+        read_logits(tmp_path / "two.npz", key="c")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_safetensors_dtypes(tmp_path, logits, dtype):
+    tensor = torch.from_numpy(logits).to(dtype)
+    save_torch({"logits": tensor, "other": torch.zeros(3)}, tmp_path / "a.safetensors")
+    source = read_logits(tmp_path / "a.safetensors", key="logits")
+    assert source.dtype_name == str(dtype).replace("torch.", "")
+    assert torch.equal(source.rows(3, 9), tensor[3:9])
+
+
+def test_safetensors_single_tensor(tmp_path, logits):
+    save_numpy({"x": logits}, str(tmp_path / "a.safetensors"))
+    np.testing.assert_array_equal(_all_rows(read_logits(tmp_path / "a.safetensors")).numpy(), logits)
+
+
+def test_pt_tensor_and_dict(tmp_path, logits):
+    torch.save(torch.from_numpy(logits), tmp_path / "a.pt")
+    np.testing.assert_array_equal(_all_rows(read_logits(tmp_path / "a.pt")).numpy(), logits)
+    torch.save({"logits": torch.from_numpy(logits), "epoch": 3}, tmp_path / "b.pth")
+    np.testing.assert_array_equal(_all_rows(read_logits(tmp_path / "b.pth")).numpy(), logits)
+
+
+class _Exploit:
+    def __init__(self, target):
+        self.target = target
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.target}",))
+
+
+def test_malicious_pickle_is_refused_and_never_runs(tmp_path):
+    marker = tmp_path / "pwned"
+    with open(tmp_path / "evil.pt", "wb") as handle:
+        pickle.dump(_Exploit(marker), handle)
+    torch.save({"logits": torch.zeros(2, 2), "payload": _Exploit(marker)}, tmp_path / "evil2.pt")
+    for name in ("evil.pt", "evil2.pt"):
+        with pytest.raises(InputFileError, match="refused: loading this PyTorch file would run code"):
+            read_logits(tmp_path / name)
+    assert not marker.exists()
+
+
+def test_csv_with_and_without_header(tmp_path, logits):
+    body = "\n".join(",".join(f"{v:.9g}" for v in row) for row in logits)
+    (tmp_path / "a.csv").write_text(body + "\n")
+    (tmp_path / "b.csv").write_text("c0,c1,c2,c3\n" + body + "\n")
+    for name in ("a.csv", "b.csv"):
+        source = read_logits(tmp_path / name)
+        assert source.dtype_name == "float64"
+        np.testing.assert_allclose(_all_rows(source).numpy(), logits, rtol=1e-7)
+
+
+def test_csv_ragged_rows_name_the_row(tmp_path):
+    (tmp_path / "a.csv").write_text("1,2,3\n4,5\n")
+    with pytest.raises(InputDataError, match="row 2 has 2 values"):
+        read_logits(tmp_path / "a.csv")
+
+
+@pytest.mark.parametrize("array, problem", [
+    (np.zeros(5, dtype=np.float32), "2-D array"),
+    (np.zeros((3, 4), dtype=np.int64), "dtype int64"),
+    (np.zeros((3, 1), dtype=np.float32), "at least 2 classes"),
+    (np.zeros((0, 3), dtype=np.float32), "no rows"),
+])
+def test_bad_logit_arrays(tmp_path, array, problem):
+    np.save(tmp_path / "a.npy", array)
+    with pytest.raises(InputDataError, match=problem):
+        read_logits(tmp_path / "a.npy")
+
+
+def test_missing_folder_and_unknown_format(tmp_path):
+    with pytest.raises(InputFileError, match="no such file"):
+        read_logits(tmp_path / "nope.npy")
+    with pytest.raises(InputFileError, match="folder"):
+        read_logits(tmp_path)
+    (tmp_path / "a.h5").write_bytes(b"x")
+    with pytest.raises(InputFileError, match="unknown logits format '.h5'"):
+        read_logits(tmp_path / "a.h5")
+    (tmp_path / "bad.npy").write_bytes(b"not numpy")
+    with pytest.raises(InputFileError, match="cannot read as .npy"):
+        read_logits(tmp_path / "bad.npy")
+
+
+def test_probabilities_are_noticed(tmp_path):
+    probabilities = torch.softmax(torch.randn(30, 5), 1).numpy()
+    np.save(tmp_path / "p.npy", probabilities)
+    assert any("look like probabilities" in note for note in read_logits(tmp_path / "p.npy").notes)
+    np.save(tmp_path / "l.npy", np.log(probabilities))
+    assert read_logits(tmp_path / "l.npy").notes == []
+
+
+def test_labels_formats(tmp_path):
+    ids = np.array([0, 2, 1, 1])
+    np.save(tmp_path / "a.npy", ids)
+    np.save(tmp_path / "col.npy", ids[:, None].astype(np.float32))
+    (tmp_path / "a.txt").write_text("0\n2\n1\n1\n\n")
+    (tmp_path / "a.csv").write_text("path,label\nx.png,0\ny.png,2\nz.png,1\nw.png,1\n")
+    (tmp_path / "b.csv").write_text("x.png,0\ny.png,2\nz.png,1\nw.png,1\n")
+    for name, column in (("a.npy", None), ("col.npy", None), ("a.txt", None), ("a.csv", None), ("a.csv", "label"),
+                         ("a.csv", "1"), ("b.csv", "1")):
+        np.testing.assert_array_equal(read_labels(tmp_path / name, column=column), ids)
+    with pytest.raises(InputDataError, match="--label-column"):
+        read_labels(tmp_path / "b.csv")
+
+
+def test_label_names_through_classes(tmp_path):
+    (tmp_path / "classes.txt").write_text("cat\ndog\nbird\n")
+    (tmp_path / "classes.json").write_text(json.dumps(["cat", "dog", "bird"]))
+    (tmp_path / "labels.txt").write_text("dog\nbird\ncat\n")
+    for classes_file in ("classes.txt", "classes.json"):
+        classes = read_classes(tmp_path / classes_file)
+        np.testing.assert_array_equal(read_labels(tmp_path / "labels.txt", classes), [1, 2, 0])
+    (tmp_path / "bad.txt").write_text("dog\nfish\n")
+    with pytest.raises(InputDataError, match="unknown class name 'fish'"):
+        read_labels(tmp_path / "bad.txt", ["cat", "dog"])
+    with pytest.raises(InputDataError, match="not an integer class id; pass --classes"):
+        read_labels(tmp_path / "labels.txt")
+
+
+def test_classes_from_id2label_and_duplicates(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"id2label": {"1": "dog", "0": "cat"}}))
+    assert read_classes(tmp_path / "config.json") == ["cat", "dog"]
+    (tmp_path / "dup.txt").write_text("cat\ncat\n")
+    with pytest.raises(InputDataError, match="appears twice"):
+        read_classes(tmp_path / "dup.txt")
+
+
+def test_bad_labels(tmp_path):
+    np.save(tmp_path / "f.npy", np.array([0.5, 1.0]))
+    with pytest.raises(InputDataError, match="not whole numbers"):
+        read_labels(tmp_path / "f.npy")
+    (tmp_path / "neg.txt").write_text("0\n-1\n")
+    with pytest.raises(InputDataError, match="negative"):
+        read_labels(tmp_path / "neg.txt")
+    (tmp_path / "gap.txt").write_text("0\n\n1\n")
+    with pytest.raises(InputDataError, match="line 2 is empty"):
+        read_labels(tmp_path / "gap.txt")
+
+
+def test_public_api_reexports_readers():
+    assert lacal.read_logits is read_logits and lacal.read_labels is read_labels

@@ -1,0 +1,126 @@
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import lacal
+from lacal.errors import OptionError
+
+from . import reference
+from .conftest import long_tail_problem
+
+METRICS = ["balanced-error", "worst-class-error"]
+
+
+@pytest.mark.parametrize("metric", METRICS)
+@pytest.mark.parametrize("seed", range(5))
+def test_exact_search_reaches_the_brute_force_minimum(metric, seed):
+    logits, labels, counts = long_tail_problem(num_samples=60, num_classes=5, seed=seed, dtype=np.float64)
+    fit = lacal.fit_tau(logits, labels, counts, (0, 4), metric=metric)
+    best = reference.brute_force_minimum(logits, labels, counts, 0.0, 4.0, metric)
+    assert reference.metric_at(logits, labels, counts, fit.tau, metric) == pytest.approx(best, abs=1e-12)
+    assert fit.after.metric(metric) == pytest.approx(best, abs=1e-12)
+    assert fit.interval[0] < fit.tau < fit.interval[1]
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_whole_interval_is_optimal(metric):
+    logits, labels, counts = long_tail_problem(num_samples=80, num_classes=6, seed=11, dtype=np.float64)
+    fit = lacal.fit_tau(logits, labels, counts, metric=metric)
+    low, high = fit.interval
+    for t in np.linspace(low, high, 9)[1:-1]:
+        assert reference.metric_at(logits, labels, counts, t, metric) == pytest.approx(fit.after.metric(metric))
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 100_000), classes=st.integers(2, 6), samples=st.integers(1, 50),
+       metric=st.sampled_from(METRICS), low=st.floats(-2, 2), width=st.floats(0.1, 5))
+def test_exact_is_never_worse_than_any_grid_point(seed, classes, samples, metric, low, width):
+    logits, labels, counts = long_tail_problem(num_samples=samples, num_classes=classes, seed=seed,
+                                               dtype=np.float64)
+    fit = lacal.fit_tau(logits, labels, counts, (low, low + width), metric=metric)
+    found = reference.metric_at(logits, labels, counts, fit.tau, metric)
+    for t in np.linspace(low, low + width, 23):
+        assert found <= reference.metric_at(logits, labels, counts, t, metric) + 1e-12
+    assert low <= fit.interval[0] < fit.tau < fit.interval[1] <= low + width
+
+
+def test_tie_goes_to_the_run_nearest_one():
+    # Every sample is right for every tau: one optimal run, the whole range, and its midpoint.
+    logits = np.eye(3)[[0, 1, 2]] * 100.0
+    fit = lacal.fit_tau(logits, np.array([0, 1, 2]), [100, 10, 1], (0, 4))
+    assert fit.interval == (0.0, 4.0) and fit.tau == 2.0
+
+
+def test_of_two_optimal_runs_the_one_nearer_one_wins():
+    # Two classes, priors 0.9/0.1, slope log(0.1/0.9) = -2.197. A class-1 sample is right for tau > its lo.
+    # Sample A (label 0) is right for tau < a; sample B (label 1) for tau > b. With a < b the balanced error is
+    # 0.5 on (low, a) and on (b, high), 1.0 between: two optimal runs.
+    slope = np.log(0.9 / 0.1)
+    a, b = 0.5, 2.5
+    logits = np.array([[a * slope, 0.0], [0.0, -b * slope]])
+    labels = np.array([0, 1])
+    fit = lacal.fit_tau(logits, labels, [9, 1], (0, 4))
+    assert fit.interval == pytest.approx((0.0, a)) and fit.tau == pytest.approx(a / 2)
+    fit = lacal.fit_tau(logits, labels, [9, 1], (0.2, 4))
+    assert fit.interval == pytest.approx((0.2, a))
+    far = lacal.fit_tau(logits, labels, [9, 1], (-4, 0.9))
+    assert far.interval == pytest.approx((-4, a))
+
+
+@pytest.mark.parametrize("metric", METRICS)
+@pytest.mark.parametrize("search", ["exact", "grid"])
+def test_block_size_does_not_change_the_result(metric, search):
+    logits, labels, counts = long_tail_problem(num_samples=101, num_classes=7, seed=5)
+    fits = [lacal.fit_tau(logits, labels, counts, metric=metric, search=search, rows=rows) for rows in (1, 7, None)]
+    for fit in fits[1:]:
+        assert (fit.tau, fit.interval, fit.after) == (fits[0].tau, fits[0].interval, fits[0].after)
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_grid_values_match_direct_evaluation(metric):
+    logits, labels, counts = long_tail_problem(num_samples=120, num_classes=6, seed=2, dtype=np.float64)
+    fit = lacal.fit_tau(logits, labels, counts, (0, 3), search="grid", grid_size=31, metric=metric)
+    expected = [reference.metric_at(logits, labels, counts, t, metric) for t in np.linspace(0, 3, 31)]
+    np.testing.assert_allclose(fit.grid_values, expected, atol=1e-12)
+    assert fit.tau in set(np.linspace(0, 3, 31).round(12)) or np.isclose(np.linspace(0, 3, 31), fit.tau).any()
+    assert reference.metric_at(logits, labels, counts, fit.tau, metric) == pytest.approx(min(expected))
+    best = [t for t, v in zip(np.linspace(0, 3, 31), expected) if v == pytest.approx(min(expected))]
+    assert abs(fit.tau - 1) == pytest.approx(min(abs(t - 1) for t in best))
+
+
+def test_exact_is_no_worse_than_grid():
+    logits, labels, counts = long_tail_problem(num_samples=500, num_classes=10, seed=8)
+    exact = lacal.fit_tau(logits, labels, counts)
+    grid = lacal.fit_tau(logits, labels, counts, search="grid")
+    assert exact.after.balanced_error <= grid.after.balanced_error
+
+
+def test_equal_priors_and_tied_logits_agree_with_brute_force():
+    rng = np.random.default_rng(4)
+    logits = rng.integers(-2, 3, size=(80, 5)).astype(np.float64)  # many exact ties
+    labels = rng.integers(0, 5, 80)
+    counts = [50, 50, 20, 20, 5]  # equal priors in pairs
+    for metric in METRICS:
+        fit = lacal.fit_tau(logits, labels, counts, metric=metric)
+        best = reference.brute_force_minimum(logits, labels, counts, 0.0, 4.0, metric)
+        assert reference.metric_at(logits, labels, counts, fit.tau, metric) == pytest.approx(best)
+
+
+def test_before_and_tau_one_are_reported():
+    logits, labels, counts = long_tail_problem(seed=3, dtype=np.float64)
+    fit = lacal.fit_tau(logits, labels, counts)
+    assert fit.before.balanced_error == pytest.approx(reference.metric_at(logits, labels, counts, 0.0))
+    assert fit.at_one.balanced_error == pytest.approx(reference.metric_at(logits, labels, counts, 1.0))
+    data = fit.to_dict()
+    for key in ("tau", "tau_interval", "balanced_error_before", "balanced_error_after", "balanced_error_tau1",
+                "metric", "num_classes", "num_samples"):
+        assert key in data
+    assert 0 <= data["balanced_error_after"] <= data["balanced_error_before"] <= 1
+
+
+@pytest.mark.parametrize("bad", [(1, 1), (3, 1), (0, float("inf"))])
+def test_bad_tau_ranges_are_refused(bad):
+    logits, labels, counts = long_tail_problem(num_samples=10)
+    with pytest.raises(OptionError):
+        lacal.fit_tau(logits, labels, counts, bad)
