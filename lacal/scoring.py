@@ -60,12 +60,16 @@ class PassStats:
     labels: object = None
 
 
-def _labels_tensor(labels, num_samples: int, name: str, device):
+def _labels_tensor(labels, source: LogitsSource, device):
     import torch
 
+    from .priors import check_labels
+
     labels = np.asarray(labels.cpu() if hasattr(labels, "cpu") else labels).astype(np.int64).ravel()
-    if labels.shape[0] != num_samples:
-        raise InputDataError(f"logits have {num_samples} rows but there are {labels.shape[0]} labels", name)
+    if labels.shape[0] != source.num_samples:
+        raise InputDataError(f"logits have {source.num_samples} rows but there are {labels.shape[0]} labels",
+                             source.name)
+    check_labels(labels, source.num_classes, source.name)
     return torch.from_numpy(labels).to(device)
 
 
@@ -81,10 +85,7 @@ def score_pass(source, labels, offsets=(), log_priors=None, device="cpu", rows: 
     source = source_from_array(source) if not isinstance(source, LogitsSource) else source
     device = torch.device(device)
     num_classes = source.num_classes
-    targets = _labels_tensor(labels, source.num_samples, source.name, device)
-    from .priors import check_labels
-
-    check_labels(targets.cpu().numpy(), num_classes, source.name)
+    targets = _labels_tensor(labels, source, device)
     dtype = compute_dtype(source)
     shifts = [torch.as_tensor(np.asarray(o), dtype=dtype, device=device) for o in offsets]
     correct = torch.zeros(len(shifts), num_classes, dtype=torch.int64, device=device)

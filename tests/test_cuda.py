@@ -1,0 +1,61 @@
+"""GPU paths. CI has no GPU: these skip there, and run on a machine with CUDA."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import lacal
+from lacal.cli import app
+from lacal.errors import OptionError
+
+from .conftest import long_tail_problem
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+runner = CliRunner()
+
+
+@cuda
+@pytest.mark.parametrize("metric", ["balanced-error", "worst-class-error"])
+@pytest.mark.parametrize("search", ["exact", "grid"])
+def test_fit_tau_on_cuda_equals_cpu(metric, search):
+    logits, labels, counts = long_tail_problem(num_samples=3000, num_classes=50, seed=7)
+    on_cpu = lacal.fit_tau(logits, labels, counts, metric=metric, search=search, device="cpu")
+    on_gpu = lacal.fit_tau(logits, labels, counts, metric=metric, search=search, device="cuda")
+    assert on_gpu.tau == pytest.approx(on_cpu.tau, abs=1e-6)
+    assert on_gpu.after == on_cpu.after and on_gpu.before == on_cpu.before
+
+
+@cuda
+def test_adjust_and_evaluate_on_cuda_tensors():
+    logits, labels, counts = long_tail_problem(num_samples=500, num_classes=20, seed=3)
+    on_gpu = lacal.adjust_logits(torch.from_numpy(logits).cuda(), counts, 1.3)
+    assert on_gpu.is_cuda
+    np.testing.assert_allclose(on_gpu.cpu().numpy(), lacal.adjust_logits(logits, counts, 1.3), rtol=1e-6)
+    assert lacal.evaluate(logits, labels, counts, 1.3, device="cuda") == lacal.evaluate(logits, labels, counts, 1.3)
+
+
+@cuda
+def test_cli_on_cuda_matches_cpu(files):
+    base = ["fit-tau", str(files / "val_logits.npy"), str(files / "val_labels.npy"), "--train-labels",
+            str(files / "train_labels.txt"), "--json"]
+    on_gpu = json.loads(runner.invoke(app, base + ["--device", "cuda"]).stdout)
+    on_cpu = json.loads(runner.invoke(app, base + ["--device", "cpu"]).stdout)
+    assert on_gpu["tau"] == pytest.approx(on_cpu["tau"], abs=1e-6)
+    assert on_gpu["balanced_error_after"] == on_cpu["balanced_error_after"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_cuda_without_a_gpu_is_refused(files):
+    with pytest.raises(OptionError, match="no CUDA device"):
+        lacal.resolve_device("cuda")
+    result = runner.invoke(app, ["report", str(files / "val_logits.npy"), str(files / "val_labels.npy"),
+                                 "--device", "cuda"])
+    assert result.exit_code == 6 and "--device: cuda was asked for" in result.stderr
+
+
+def test_unknown_device_is_refused():
+    with pytest.raises(OptionError, match="unknown device"):
+        lacal.resolve_device("tpu")
