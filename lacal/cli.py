@@ -66,6 +66,15 @@ SmoothingOpt = Annotated[float, typer.Option("--smoothing", min=0.0, help="Add A
                                              metavar="ALPHA")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout instead of tables.")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Replace an existing output file.")]
+CheckpointOpt = Annotated[Optional[Path], typer.Option("--checkpoint", help="With --features, in place of a logits "
+                                                       "file: a checkpoint (.safetensors, .pt/.pth/.bin or a Hugging "
+                                                       "Face folder) whose classifier head turns the features into "
+                                                       "logits.")]
+FeaturesOpt = Annotated[Optional[Path], typer.Option("--features", help="Penultimate-layer features (N x D) for "
+                                                     "--checkpoint, in any of the logits formats.")]
+HeadOpt = Annotated[Optional[str], typer.Option("--head", help="The classifier layer's name in the checkpoint (for "
+                                                "example fc or head.fc); found by shape and usual names when "
+                                                "omitted.", metavar="NAME")]
 
 
 def _handled(command):
@@ -158,8 +167,37 @@ def _open_priors(train_labels, priors_path, num_classes, smoothing, classes, col
 def _inputs(*paths) -> dict:
     from .load import sha256_file
 
-    return {Path(p).name if Path(p).name else str(p): {"path": str(p), "sha256": sha256_file(p)}
+    return {Path(p).name or str(p): {"path": str(p), "sha256": None if Path(p).is_dir() else sha256_file(p)}
             for p in paths if p is not None}
+
+
+def _logits_input(inputs: list[Path], checkpoint, features, head, key, classes, device):
+    """The logits source and the labels path: from LOGITS LABELS, or from LABELS with --checkpoint and --features
+    (logits = features @ W.T + b by the checkpoint's head). Also returns class names the checkpoint knows."""
+    if (checkpoint is None) != (features is None):
+        raise OptionError("--checkpoint and --features go together", "--checkpoint" if checkpoint is None
+                          else "--features")
+    if checkpoint is None:
+        if len(inputs) != 2:
+            raise OptionError(f"expected the logits and the labels files, got {len(inputs)} path(s); or give only "
+                              "the labels with --checkpoint and --features", "arguments")
+        return _open_logits(inputs[0], key), inputs[1], None
+    from .checkpoints import find_head, open_checkpoint
+    from .load import read_classes, read_logits
+    from .scoring import head_logits
+
+    if len(inputs) != 1:
+        raise OptionError(f"with --checkpoint and --features, give only the labels file, got {len(inputs)} paths",
+                          "arguments")
+    model = open_checkpoint(checkpoint)
+    if model.patch is not None:
+        _warn(f"{checkpoint} already carries a lacal patch (tau = {model.patch.get('tau')}), so its logits are "
+              "already adjusted; fit on the original checkpoint")
+    names = read_classes(classes) if classes is not None else model.class_names
+    layer = find_head(model, len(names) if names else None, head)
+    source = head_logits(read_logits(features, key, what="features"), model.tensor(layer.weight),
+                         model.tensor(layer.bias) if layer.bias else None, device)
+    return source, inputs[0], model.class_names
 
 
 def _percent(value) -> str:
@@ -224,10 +262,10 @@ def priors_command(
 @app.command("fit-tau")
 @_handled
 def fit_tau_command(
-    val_logits: Annotated[Path, typer.Argument(help="Validation logits: .npy, .npz, .safetensors, .pt/.pth or .csv "
-                                                    "(N x C).", show_default=False)],
-    val_labels: Annotated[Path, typer.Argument(help="Validation labels: .npy, .txt or .csv (N).",
-                                               show_default=False)],
+    inputs: Annotated[list[Path], typer.Argument(help="VAL_LOGITS VAL_LABELS: validation logits (N x C: .npy, .npz, "
+                                                      ".safetensors, .pt/.pth or .csv) and labels (N: .npy, .txt or "
+                                                      ".csv). Only VAL_LABELS with --checkpoint and --features.",
+                                                 metavar="[VAL_LOGITS] VAL_LABELS", show_default=False)],
     train_labels: TrainLabelsOpt = None,
     priors: PriorsOpt = None,
     tau_range: Annotated[str, typer.Option("--tau-range", help="Search tau in LO,HI.", metavar="LO,HI")] = "0,4",
@@ -246,6 +284,9 @@ def fit_tau_command(
     key: KeyOpt = None,
     device: DeviceOpt = "auto",
     force: ForceOpt = False,
+    checkpoint: CheckpointOpt = None,
+    features: FeaturesOpt = None,
+    head: HeadOpt = None,
 ):
     """Find the tau that minimises the validation balanced error of argmax f(x) - tau * log(pi)."""
     from .calibration import Calibration
@@ -257,22 +298,22 @@ def fit_tau_command(
     if out is not None:
         from .write import check_output
 
-        check_output(out, force, [val_logits, val_labels, train_labels, priors])
-    source = _open_logits(val_logits, key)
-    names = _class_names(classes, source.num_classes)
+        check_output(out, force, [*inputs, train_labels, priors, checkpoint, features])
+    source, val_labels, known_names = _logits_input(inputs, checkpoint, features, head, key, classes, compute)
+    names = _class_names(classes, source.num_classes) or known_names
     labels = _open_labels(val_labels, source, names, label_column)
     prior = _open_priors(train_labels, priors, source.num_classes, smoothing, names, label_column)
     names = names or prior.classes
     fit = fit_tau(source, labels, prior, low_high, search.value, metric.value, grid_size, compute)
     if out is not None:
-        calibration = Calibration.from_fit(fit, prior, names,
-                                           _inputs(val_logits, val_labels, train_labels, priors, classes))
-        calibration.save(out, force, [val_logits, val_labels, train_labels, priors])
+        calibration = Calibration.from_fit(fit, prior, names, _inputs(*inputs, train_labels, priors, classes,
+                                                                      checkpoint, features))
+        calibration.save(out, force, [*inputs, train_labels, priors, checkpoint, features])
         typer.echo(f"lacal: wrote {out}", err=True)
     if json_out:
         typer.echo(json.dumps(fit.to_dict()))
         return
-    _render_fit(fit, val_logits)
+    _render_fit(fit, source.name)
 
 
 def _render_fit(fit, name) -> None:
@@ -307,7 +348,8 @@ def _calibration_for(calibration, tau, train_labels, priors, num_classes, smooth
         if tau is not None or train_labels is not None or priors is not None:
             raise OptionError("give --calibration, or --tau with --train-labels/--priors, not both", "--calibration")
         loaded = Calibration.load(calibration)
-        loaded.check_num_classes(num_classes, "logits", str(calibration))
+        if num_classes is not None:
+            loaded.check_num_classes(num_classes, "logits", str(calibration))
         return loaded
     if tau is None:
         if required:
@@ -322,11 +364,13 @@ def _calibration_for(calibration, tau, train_labels, priors, num_classes, smooth
 @app.command("apply")
 @_handled
 def apply_command(
-    logits: Annotated[Path, typer.Argument(help="Logits to adjust: .npy, .npz, .safetensors, .pt/.pth or .csv.",
-                                           show_default=False)],
-    out: Annotated[Path, typer.Option("--out", help="Output: .npy, .npz, .safetensors or .pt for adjusted logits "
-                                                    "(same shape and dtype); .csv for predictions.",
-                                      show_default=False)],
+    source_path: Annotated[Path, typer.Argument(
+        help="Logits (.npy, .npz, .safetensors, .pt/.pth, .csv), or a checkpoint to patch: a .safetensors or "
+             ".pt/.pth/.bin state dict with several tensors, or a Hugging Face model folder.",
+        metavar="LOGITS_OR_CHECKPOINT", show_default=False)],
+    out: Annotated[Optional[Path], typer.Option(
+        "--out", help="Logits output: .npy, .npz, .safetensors or .pt (adjusted logits, same shape and dtype) or "
+                      ".csv (predictions). Checkpoint output: a file of the input's kind, or a folder.")] = None,
     calibration: Annotated[Optional[Path], typer.Option("--calibration", help="A calibration file from `lacal "
                                                                               "fit-tau --out`.")] = None,
     tau: Annotated[Optional[float], typer.Option("--tau", help="Use this tau (with --train-labels or --priors) "
@@ -340,14 +384,44 @@ def apply_command(
     smoothing: SmoothingOpt = 0.0,
     key: KeyOpt = None,
     device: DeviceOpt = "auto",
-    force: ForceOpt = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing output; for a checkpoint, also patch "
+                                                        "one that already carries a lacal patch.")] = False,
+    head: HeadOpt = None,
+    add_bias: Annotated[bool, typer.Option("--add-bias", help="Give a head without a bias one (the model's code must "
+                                                              "then build that layer with bias=True).")] = False,
+    in_place: Annotated[bool, typer.Option("--in-place", help="Rewrite the checkpoint itself (atomically) instead "
+                                                              "of writing --out.")] = False,
+    link: Annotated[bool, typer.Option("--link", help="For a Hugging Face folder: hard-link the files that do not "
+                                                      "change instead of copying them.")] = False,
+    verify_features: Annotated[Optional[Path], typer.Option(
+        "--verify-features", help="Features (N x D) to check, before writing, that the patched head gives the "
+                                  "adjusted logits.")] = None,
 ):
-    """Write adjusted logits f - tau * log(pi), or a CSV of adjusted predictions."""
+    """Write adjusted logits f - tau * log(pi), a CSV of adjusted predictions, or a checkpoint whose classifier bias
+    carries the adjustment."""
+    from .checkpoints import is_checkpoint
     from .device import resolve_device
+
+    compute = resolve_device(device)
+    if is_checkpoint(source_path, key):
+        _apply_checkpoint(source_path, out, calibration, tau, train_labels, priors, classes, label_column, smoothing,
+                          compute, force, head, add_bias, in_place, link, verify_features, key)
+        return
+    if out is None:
+        raise OptionError("give --out FILE for the adjusted logits or predictions", "--out")
+    for flag, given in (("--in-place", in_place), ("--add-bias", add_bias), ("--link", link), ("--head", head),
+                        ("--verify-features", verify_features)):
+        if given:
+            raise OptionError(f"{source_path} is a logits file, and {flag} is for checkpoints", flag)
+    _apply_logits(source_path, out, calibration, tau, train_labels, priors, top_k, classes, label_column, smoothing,
+                  key, compute, force)
+
+
+def _apply_logits(logits, out, calibration, tau, train_labels, priors, top_k, classes, label_column, smoothing, key,
+                  compute, force):
     from .scoring import iter_adjusted
     from .write import PREDICTION_SUFFIXES, check_output, write_logits, write_predictions
 
-    compute = resolve_device(device)
     inputs = [logits, calibration, train_labels, priors]
     check_output(out, force, inputs)
     source = _open_logits(logits, key)
@@ -366,15 +440,58 @@ def apply_command(
     typer.echo(f"lacal: wrote {out} ({source.num_samples} samples, tau = {fitted.tau:.4f})", err=True)
 
 
+def _apply_checkpoint(path, out, calibration, tau, train_labels, priors, classes, label_column, smoothing, compute,
+                      force, head, add_bias, in_place, link, verify_features, key):
+    from .checkpoints import find_head, open_checkpoint
+    from .load import read_classes, read_logits, sha256_file
+    from .patch import make_patch, verify_patch, write_checkpoint
+
+    if in_place and out is not None:
+        raise OptionError("give --out PATH or --in-place, not both", "--in-place")
+    if not in_place and out is None:
+        raise OptionError("give --out PATH for the patched checkpoint, or --in-place to rewrite it", "--out")
+    if out is not None and not path.is_dir():
+        from .write import check_output
+
+        check_output(out, force, [path])
+    model = open_checkpoint(path)
+    fitted = None
+    if calibration is not None:
+        fitted = _calibration_for(calibration, tau, train_labels, priors, None, smoothing, None, label_column)
+    names = read_classes(classes) if classes is not None else model.class_names
+    layer = find_head(model, fitted.num_classes if fitted else (len(names) if names else None), head)
+    if fitted is not None:
+        fitted.check_num_classes(layer.num_classes, "checkpoint's head", str(calibration))
+    else:
+        fitted = _calibration_for(None, tau, train_labels, priors, layer.num_classes, smoothing, names, label_column)
+    patch = make_patch(model, layer, fitted.offsets, fitted.tau,
+                       sha256_file(calibration) if calibration is not None else None, add_bias, force)
+    if patch.added_bias:
+        _warn(f"added a bias to {layer.name!r}; the model's code must build this layer with bias=True")
+    if verify_features is not None:
+        features = read_logits(verify_features, key, what="features")
+        worst, tolerance = verify_patch(model, patch, features, fitted.offsets, compute)
+        typer.echo(f"lacal: verified on {features.num_samples} samples: the patched head gives the adjusted logits "
+                   f"(max |difference| {worst:.3g}, tolerance {tolerance:.3g})", err=True)
+    if layer.dtype in ("float16", "bfloat16"):
+        typer.echo(f"lacal: the bias stays {layer.dtype}; rounding moved the offsets by at most "
+                   f"{patch.max_rounding_error:.3g}", err=True)
+    for note in write_checkpoint(model, patch, out, force, in_place, link):
+        typer.echo(f"lacal: {note}", err=True)
+    typer.echo(f"lacal: patched {layer.name!r} ({layer.num_classes} classes, tau = {fitted.tau:.4f}) and wrote "
+               f"{path if in_place else out}", err=True)
+
+
 # --------------------------------------------------------------------------------------------------------- report
 
 
 @app.command("report")
 @_handled
 def report_command(
-    logits: Annotated[Path, typer.Argument(help="Logits: .npy, .npz, .safetensors, .pt/.pth or .csv.",
-                                           show_default=False)],
-    labels: Annotated[Path, typer.Argument(help="Labels: .npy, .txt or .csv.", show_default=False)],
+    inputs: Annotated[list[Path], typer.Argument(help="LOGITS LABELS: logits (N x C: .npy, .npz, .safetensors, "
+                                                      ".pt/.pth or .csv) and labels (N: .npy, .txt or .csv). Only "
+                                                      "LABELS with --checkpoint and --features.",
+                                                 metavar="[LOGITS] LABELS", show_default=False)],
     calibration: Annotated[Optional[Path], typer.Option("--calibration", help="Report the adjustment of this "
                                                                               "calibration file.")] = None,
     tau: Annotated[Optional[float], typer.Option("--tau", help="Report the adjustment with this tau (needs "
@@ -393,6 +510,9 @@ def report_command(
     smoothing: SmoothingOpt = 0.0,
     key: KeyOpt = None,
     device: DeviceOpt = "auto",
+    checkpoint: CheckpointOpt = None,
+    features: FeaturesOpt = None,
+    head: HeadOpt = None,
 ):
     """Per-class errors before and after adjustment, grouped into many/medium/few-shot classes."""
     import numpy as np
@@ -403,8 +523,8 @@ def report_command(
     from .scoring import score_pass
 
     compute = resolve_device(device)
-    source = _open_logits(logits, key)
-    names = _class_names(classes, source.num_classes)
+    source, labels, known_names = _logits_input(inputs, checkpoint, features, head, key, classes, compute)
+    names = _class_names(classes, source.num_classes) or known_names
     values = _open_labels(labels, source, names, label_column)
     fitted = _calibration_for(calibration, tau, train_labels, priors, source.num_classes, smoothing, names,
                               label_column, required=False)
@@ -420,7 +540,7 @@ def report_command(
     if json_out:
         typer.echo(json.dumps(report.to_dict()))
         return
-    _render_report(report, sort.value, logits, limit)
+    _render_report(report, sort.value, source.name, limit)
 
 
 def _render_report(report, sort: str, name, limit: Optional[int] = None) -> None:

@@ -9,9 +9,10 @@ import os
 
 
 class LacalError(Exception):
-    """A problem with the user's input or options, reported as one line with a documented exit code."""
+    """A problem with the user's input or options, reported as one line with a documented exit code. Raise one of
+    the subclasses below; each has its own code."""
 
-    exit_code = 9
+    exit_code = 1
 
     def __init__(self, problem: str, source: str | os.PathLike | None = None):
         self.problem = problem
@@ -61,6 +62,19 @@ class OutputError(LacalError):
     exit_code = 8
 
 
+class CheckpointError(LacalError):
+    """A checkpoint cannot be patched as asked: no classifier head, several candidates, a head without a bias, or a
+    lacal patch already in it."""
+
+    exit_code = 9
+
+
+class VerificationError(LacalError):
+    """The patched head did not reproduce the adjusted logits within tolerance (--verify-features)."""
+
+    exit_code = 10
+
+
 EXIT_CODES = {
     0: "success",
     1: "unexpected internal error (please report it with the traceback)",
@@ -71,4 +85,6 @@ EXIT_CODES = {
     OptionError.exit_code: "option value refused: empty or reversed tau range, missing device, conflicting options",
     MismatchError.exit_code: "inputs disagree: a calibration or class list for another number of classes",
     OutputError.exit_code: "output refused: it exists (no --force), it is an input, or it cannot be written",
+    CheckpointError.exit_code: "checkpoint refused: no classifier head, an ambiguous head, no bias, already patched",
+    VerificationError.exit_code: "verification failed: the patched head does not give the adjusted logits",
 }

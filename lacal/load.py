@@ -78,34 +78,37 @@ def _dtype_name(dtype) -> str:
     return str(dtype).replace("torch.", "")
 
 
-def source_from_array(array, name: str = "<array>") -> LogitsSource:
-    """Wrap an in-memory or memory-mapped numpy array, or a torch tensor, as a LogitsSource."""
+def source_from_array(array, name: str = "<array>", what: str = "logits") -> LogitsSource:
+    """Wrap an in-memory or memory-mapped numpy array, or a torch tensor, as a LogitsSource. `what` names the
+    content in errors ("logits" or "features"); only logits are checked for rows that look like probabilities."""
     import torch
 
     if isinstance(array, LogitsSource):
         return array
     if isinstance(array, torch.Tensor):
         tensor = array.detach()
-        _check_shape_dtype(tuple(tensor.shape), _dtype_name(tensor.dtype), name)
+        _check_shape_dtype(tuple(tensor.shape), _dtype_name(tensor.dtype), name, what)
         source = LogitsSource(name, tuple(tensor.shape), _dtype_name(tensor.dtype),
                               lambda a, b: tensor[a:b])
     else:
         array = np.asarray(array) if not isinstance(array, np.ndarray) else array
-        _check_shape_dtype(array.shape, array.dtype.name, name)
+        _check_shape_dtype(array.shape, array.dtype.name, name, what)
         source = LogitsSource(name, tuple(array.shape), array.dtype.name,
                               lambda a, b: torch.from_numpy(np.array(array[a:b])))
-    _note_probabilities(source)
+    if what == "logits":
+        _note_probabilities(source)
     return source
 
 
-def _check_shape_dtype(shape: tuple, dtype_name: str, name: str) -> None:
+def _check_shape_dtype(shape: tuple, dtype_name: str, name: str, what: str = "logits") -> None:
+    columns = "classes" if what == "logits" else "features"
     if len(shape) != 2:
-        raise InputDataError(f"logits must be a 2-D array (samples x classes), got shape {tuple(shape)}", name)
+        raise InputDataError(f"{what} must be a 2-D array (samples x {columns}), got shape {tuple(shape)}", name)
     if dtype_name not in LOGIT_DTYPES:
-        raise InputDataError(f"logits have dtype {dtype_name}; expected one of {', '.join(LOGIT_DTYPES)}", name)
+        raise InputDataError(f"{what} have dtype {dtype_name}; expected one of {', '.join(LOGIT_DTYPES)}", name)
     if shape[0] == 0:
-        raise InputDataError("logits have no rows", name)
-    if shape[1] < 2:
+        raise InputDataError(f"{what} have no rows", name)
+    if what == "logits" and shape[1] < 2:
         raise InputDataError(f"logits need at least 2 classes (columns), got {shape[1]}", name)
 
 
@@ -130,25 +133,25 @@ def _pick_key(keys: list[str], key: str | None, path: Path, what: str) -> str:
     return keys[0]
 
 
-def _read_npy(path: Path, key: str | None) -> LogitsSource:
+def _read_npy(path: Path, key: str | None, what: str = "logits") -> LogitsSource:
     try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
     except ValueError as exc:
         raise InputFileError(f"cannot read as .npy: {exc}", path) from None
-    return source_from_array(array, str(path))
+    return source_from_array(array, str(path), what)
 
 
-def _read_npz(path: Path, key: str | None) -> LogitsSource:
+def _read_npz(path: Path, key: str | None, what: str = "logits") -> LogitsSource:
     try:
         with np.load(path, allow_pickle=False) as archive:
             name = _pick_key(list(archive.files), key, path, "array")
             array = archive[name]
     except (ValueError, OSError) as exc:
         raise InputFileError(f"cannot read as .npz: {exc}", path) from None
-    return source_from_array(array, str(path))
+    return source_from_array(array, str(path), what)
 
 
-def _read_safetensors(path: Path, key: str | None) -> LogitsSource:
+def _read_safetensors(path: Path, key: str | None, what: str = "logits") -> LogitsSource:
     from safetensors import SafetensorError, safe_open
 
     try:
@@ -160,10 +163,11 @@ def _read_safetensors(path: Path, key: str | None) -> LogitsSource:
             tensor_slice.get_dtype(), tensor_slice.get_dtype().lower())
     except (SafetensorError, OSError) as exc:
         raise InputFileError(f"cannot read as safetensors: {exc}", path) from None
-    _check_shape_dtype(shape, dtype_name, str(path))
+    _check_shape_dtype(shape, dtype_name, str(path), what)
     source = LogitsSource(str(path), shape, dtype_name, lambda a, b: tensor_slice[a:b])
     source._handle = handle  # keep the file open while the source lives
-    _note_probabilities(source)
+    if what == "logits":
+        _note_probabilities(source)
     return source
 
 
@@ -198,7 +202,7 @@ def _torch_load(torch, path: Path):
         return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def _read_torch(path: Path, key: str | None) -> LogitsSource:
+def _read_torch(path: Path, key: str | None, what: str = "logits") -> LogitsSource:
     import torch
 
     obj = load_torch_file(path)
@@ -206,11 +210,11 @@ def _read_torch(path: Path, key: str | None) -> LogitsSource:
         tensors = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
         obj = tensors[_pick_key(list(tensors), key, path, "tensor")]
     if not isinstance(obj, torch.Tensor):
-        raise InputDataError(f"holds a {type(obj).__name__}, expected a tensor of logits", path)
-    return source_from_array(obj, str(path))
+        raise InputDataError(f"holds a {type(obj).__name__}, expected a tensor of {what}", path)
+    return source_from_array(obj, str(path), what)
 
 
-def _read_csv_logits(path: Path, key: str | None) -> LogitsSource:
+def _read_csv_logits(path: Path, key: str | None, what: str = "logits") -> LogitsSource:
     rows = _read_csv_rows(path)
     if rows and not _all_numeric(rows[0]):
         rows = rows[1:]  # a header
@@ -222,7 +226,7 @@ def _read_csv_logits(path: Path, key: str | None) -> LogitsSource:
             raise InputDataError(f"row {number} has {len(row)} values, the first row has {width}", path)
         if not _all_numeric(row):
             raise InputDataError(f"row {number} holds a value that is not a number: {row}", path)
-    return source_from_array(np.array(rows, dtype=np.float64), str(path))
+    return source_from_array(np.array(rows, dtype=np.float64), str(path), what)
 
 
 def _read_csv_rows(path: Path) -> list[list[str]]:
@@ -242,7 +246,7 @@ def _all_numeric(row: list[str]) -> bool:
     return True
 
 
-LOGITS_READERS: dict[str, Callable[[Path, str | None], LogitsSource]] = {
+LOGITS_READERS: dict[str, Callable[..., LogitsSource]] = {
     ".npy": _read_npy,
     ".npz": _read_npz,
     ".safetensors": _read_safetensors,
@@ -252,14 +256,15 @@ LOGITS_READERS: dict[str, Callable[[Path, str | None], LogitsSource]] = {
 }
 
 
-def read_logits(path: str | os.PathLike, key: str | None = None) -> LogitsSource:
-    """Open a logits file (.npy memory-mapped, .npz, .safetensors, .pt/.pth, .csv) as a LogitsSource."""
+def read_logits(path: str | os.PathLike, key: str | None = None, what: str = "logits") -> LogitsSource:
+    """Open a logits file (.npy memory-mapped, .npz, .safetensors, .pt/.pth, .csv) as a LogitsSource. With
+    what="features" the same readers open an N x D array of penultimate-layer features."""
     path = check_readable(path)
     reader = LOGITS_READERS.get(path.suffix.lower())
     if reader is None:
-        raise InputFileError(f"unknown logits format {path.suffix or '(no suffix)'!r}; "
+        raise InputFileError(f"unknown {what} format {path.suffix or '(no suffix)'!r}; "
                              f"use one of {', '.join(LOGITS_READERS)}", path)
-    return reader(path, key)
+    return reader(path, key, what)
 
 
 # ---------------------------------------------------------------------------------------------------------- labels

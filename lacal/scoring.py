@@ -142,3 +142,24 @@ def iter_adjusted(source: LogitsSource, offset, device="cpu", rows: int | None =
     out_dtype = getattr(torch, source.dtype_name)
     for start, block in iter_blocks(source, device, rows):
         yield start, (block + shift).to(out_dtype).cpu()
+
+
+def head_logits(features: LogitsSource, weight, bias=None, device="cpu") -> LogitsSource:
+    """Logits computed from N x D `features` by a linear head: features @ weight.T + bias, a block at a time on
+    `device` (float32, or float64 for a float64 head)."""
+    import torch
+    import torch.nn.functional as F
+
+    if features.num_classes != weight.shape[1]:
+        raise InputDataError(f"features have {features.num_classes} columns but the head takes {weight.shape[1]}",
+                             features.name)
+    device = torch.device(device)
+    dtype = torch.float64 if weight.dtype == torch.float64 else torch.float32
+    weight = weight.to(device=device, dtype=dtype)
+    bias = None if bias is None else bias.to(device=device, dtype=dtype)
+
+    def rows(start: int, stop: int):
+        return F.linear(features.rows(start, stop).to(device=device, dtype=dtype), weight, bias)
+
+    return LogitsSource(features.name, (features.num_samples, int(weight.shape[0])), str(dtype).replace("torch.", ""),
+                        rows)

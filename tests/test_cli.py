@@ -289,8 +289,10 @@ def test_bad_input_gives_one_line_and_no_output(files, problem, name, build, cod
 
 
 def test_usage_errors_keep_click_code(files):
-    result = run("fit-tau", files / "val_logits.npy")
-    assert result.exit_code == 2
+    assert run("fit-tau", files / "val_logits.npy", files / "val_labels.npy", "--no-such-option").exit_code == 2
+    assert run("fit-tau").exit_code == 2
+    one = run("fit-tau", files / "val_logits.npy", "--train-labels", files / "train_labels.txt")
+    assert one.exit_code == 6 and "expected the logits and the labels files, got 1 path(s)" in one.stderr
 
 
 # -------------------------------------------------------------------------------------------------- entry points

@@ -1,0 +1,298 @@
+"""Writing a checkpoint whose classifier bias carries the adjustment: b' = b - tau * log(pi).
+
+Everything else is kept: in a safetensors file the header entries, their order, the other tensors' bytes and the
+file metadata are copied as they are, and only the bias bytes change; in a PyTorch file the loaded object is saved
+again with only the bias replaced. Each patch records its provenance (tau, offsets, the calibration's sha256) so that
+a second patch of the same checkpoint is caught.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .checkpoints import (PATCH_FILE, PATCH_METADATA_KEY, Checkpoint, Head, _is_safetensors, patch_record_path,
+                          read_safetensors_header)
+from .errors import CheckpointError, OptionError, OutputError, VerificationError
+from .write import atomic_path, check_output, write_text
+
+PATCH_FORMAT = "lacal-patch"
+PATCH_VERSION = 1
+TORCH_TO_SAFETENSORS = {"float16": "F16", "bfloat16": "BF16", "float32": "F32", "float64": "F64"}
+
+
+@dataclass(frozen=True)
+class Patch:
+    """The new bias for `head` (in the head's dtype), how far dtype rounding moved it from b + offsets, and the
+    provenance record written with it."""
+
+    head: Head
+    bias: object
+    max_rounding_error: float
+    added_bias: bool
+    record: dict
+
+
+def make_patch(checkpoint: Checkpoint, head: Head, offsets, tau: float, calibration_sha256: str | None = None,
+               add_bias: bool = False, force: bool = False) -> Patch:
+    """Compute b + offsets for the head; refuse a head without a bias (unless add_bias) and an already patched
+    checkpoint (unless force)."""
+    import torch
+
+    if checkpoint.patch is not None and not force:
+        earlier = checkpoint.patch.get("tau")
+        raise CheckpointError(
+            f"already carries a lacal patch{'' if earlier is None else f' (tau = {earlier:.4g})'}; patching again "
+            "would add the offset twice; pass --force if that is really what you want", checkpoint.path)
+    offsets = np.asarray(offsets, dtype=np.float64)
+    if offsets.shape != (head.num_classes,):
+        raise CheckpointError(f"head {head.name!r} has {head.num_classes} outputs but the calibration is for "
+                              f"{offsets.shape[0]} classes", checkpoint.path)
+    if head.bias is None:
+        if not add_bias:
+            raise CheckpointError(
+                f"head {head.name!r} has a weight {list((head.num_classes, head.in_features))} but no bias, and the "
+                "adjustment is a change of bias; pass --add-bias to add one (the model's code must then build this "
+                "layer with bias=True)", checkpoint.path)
+        old = torch.zeros(head.num_classes, dtype=getattr(torch, head.dtype))
+    else:
+        old = checkpoint.tensor(head.bias)
+    exact = old.double() + torch.from_numpy(offsets)
+    new = exact.to(old.dtype)
+    rounding = float((new.double() - exact).abs().max())
+    record = {"format": PATCH_FORMAT, "version": PATCH_VERSION, "head": head.name,
+              "bias": head.bias or f"{head.name}.bias", "added_bias": head.bias is None, "tau": float(tau),
+              "offsets": offsets.tolist(), "calibration_sha256": calibration_sha256, "bias_dtype": str(old.dtype)
+              .replace("torch.", ""), "max_rounding_error": rounding}
+    return Patch(head, new, rounding, head.bias is None, record)
+
+
+def verify_patch(checkpoint: Checkpoint, patch: Patch, features, offsets, device="cpu") -> tuple[float, float]:
+    """Run the original and the patched head on `features` (a LogitsSource of N x D) in the head's dtype and check
+    that patched == original + offsets. Returns (max absolute difference, tolerance); raises VerificationError."""
+    import torch
+    import torch.nn.functional as F
+
+    from .scoring import block_rows
+
+    head = patch.head
+    if features.num_classes != head.in_features:
+        raise VerificationError(f"features have {features.num_classes} columns but head {head.name!r} takes "
+                                f"{head.in_features}", features.name)
+    device = torch.device(device)
+    weight = checkpoint.tensor(head.weight).to(device)
+    old = (checkpoint.tensor(head.bias) if head.bias else torch.zeros_like(patch.bias)).to(device)
+    new = patch.bias.to(device)
+    shift = torch.as_tensor(np.asarray(offsets), dtype=torch.float64, device=device)
+    if device.type == "cpu" and weight.dtype in (torch.float16, torch.bfloat16):
+        weight, old, new = weight.float(), old.float(), new.float()  # CPU half matmuls are slow; same rounding
+    worst = scale = 0.0
+    step = block_rows(features)
+    for start in range(0, features.num_samples, step):
+        x = features.rows(start, min(start + step, features.num_samples)).to(device=device, dtype=weight.dtype)
+        expected = F.linear(x, weight, old).double() + shift
+        patched = F.linear(x, weight, new).double()
+        worst = max(worst, float((patched - expected).abs().max()))
+        scale = max(scale, float(expected.abs().max()))
+    eps = torch.finfo(getattr(torch, head.dtype)).eps
+    tolerance = 4 * eps * (1 + scale) + patch.max_rounding_error
+    if not worst <= tolerance:
+        raise VerificationError(f"the patched head's logits differ from the adjusted logits by up to {worst:.3g} "
+                                f"(tolerance {tolerance:.3g}); nothing was written", features.name)
+    return worst, tolerance
+
+
+# ------------------------------------------------------------------------------------------------------- writing
+
+
+def _tensor_bytes(tensor) -> bytes:
+    import torch
+
+    return tensor.contiguous().view(torch.uint8).numpy().tobytes()
+
+
+def write_safetensors(source: Path, target: Path, replace: dict, add: dict, metadata: dict) -> None:
+    """Copy `source` to `target`, replacing the bytes of the tensors in `replace` (same dtype and shape), appending
+    the tensors in `add`, and merging `metadata` into __metadata__. Everything else is copied unchanged."""
+    header, data_start = read_safetensors_header(source)
+    new_header = {}
+    if "__metadata__" not in header:
+        new_header["__metadata__"] = {}
+    end = 0
+    for name, entry in header.items():
+        new_header[name] = dict(entry) if name == "__metadata__" else entry
+        if name != "__metadata__":
+            end = max(end, entry["data_offsets"][1])
+    new_header["__metadata__"] = {**(new_header["__metadata__"] or {}), **metadata}
+    appended = []
+    for name, tensor in add.items():
+        data = _tensor_bytes(tensor)
+        dtype = TORCH_TO_SAFETENSORS[str(tensor.dtype).replace("torch.", "")]
+        new_header[name] = {"dtype": dtype, "shape": list(tensor.shape), "data_offsets": [end, end + len(data)]}
+        appended.append(data)
+        end += len(data)
+    encoded = json.dumps(new_header, separators=(",", ":")).encode("utf-8")
+    encoded += b" " * (-len(encoded) % 8)
+    with open(source, "rb") as reader, open(target, "wb") as writer:
+        writer.write(len(encoded).to_bytes(8, "little"))
+        writer.write(encoded)
+        new_start = 8 + len(encoded)
+        reader.seek(data_start)
+        shutil.copyfileobj(reader, writer, 1 << 24)
+        for data in appended:
+            writer.write(data)
+        for name, tensor in replace.items():
+            begin, stop = header[name]["data_offsets"]
+            data = _tensor_bytes(tensor)
+            if len(data) != stop - begin:
+                raise CheckpointError(f"new bytes for {name!r} do not fit its slot", source)
+            writer.seek(new_start + begin)
+            writer.write(data)
+
+
+def write_torch(checkpoint: Checkpoint, file: Path, target: Path, replace: dict, add: dict) -> None:
+    """Save the loaded object of `file` again to `target` with the tensors in `replace` swapped and those in `add`
+    inserted right after their layer's weight."""
+    import torch
+
+    obj, keys = checkpoint.torch_object(file)
+    state = checkpoint.state_dict(file)
+    new_state = type(state)() if isinstance(state, dict) else {}
+    for name, tensor in state.items():
+        new_state[name] = replace.get(name, tensor)
+        for added, value in add.items():
+            if name == added[: -len(".bias")] + ".weight":
+                new_state[added] = value
+    if hasattr(state, "_metadata"):
+        new_state._metadata = state._metadata
+    if keys:
+        outer = type(obj)(obj)
+        outer[keys[0]] = new_state
+        new_obj = outer
+    else:
+        new_obj = new_state
+    torch.save(new_obj, target)
+
+
+def _changes(patch: Patch) -> tuple[dict, dict]:
+    name = patch.record["bias"]
+    return ({}, {name: patch.bias}) if patch.added_bias else ({name: patch.bias}, {})
+
+
+def _write_one(checkpoint: Checkpoint, file: Path, target: Path, patch: Patch) -> None:
+    replace, add = _changes(patch)
+    if _is_safetensors(file):
+        write_safetensors(file, target, replace, add, {PATCH_METADATA_KEY: json.dumps(patch.record)})
+    else:
+        write_torch(checkpoint, file, target, replace, add)
+
+
+def write_checkpoint(checkpoint: Checkpoint, patch: Patch, out: Path | None, force: bool = False,
+                     in_place: bool = False, link: bool = False) -> list[str]:
+    """Write the patched checkpoint to `out` (or over the input with in_place), atomically. Returns notes."""
+    if in_place == (out is not None):
+        raise OptionError("give --out PATH, or --in-place to rewrite the checkpoint itself", "--out")
+    if checkpoint.kind == "folder":
+        return _write_folder(checkpoint, patch, out, force, in_place, link)
+    target = checkpoint.path if in_place else Path(out)
+    allowed = (".safetensors",) if checkpoint.kind == "safetensors" else (".pt", ".pth", ".bin")
+    if target.suffix.lower() not in allowed:
+        raise OutputError(f"a patched {checkpoint.kind} checkpoint is written as {' or '.join(allowed)}", target)
+    with atomic_path(target, force or in_place, [] if in_place else [checkpoint.path]) as temporary:
+        _write_one(checkpoint, checkpoint.path, temporary, patch)
+    if checkpoint.kind == "torch":
+        write_text(patch_record_path(target), json.dumps(patch.record, indent=2) + "\n", force=True)
+        return [f"provenance written to {patch_record_path(target)}"]
+    return []
+
+
+def _head_file(checkpoint: Checkpoint, patch: Patch) -> Path:
+    name = patch.record["bias"] if not patch.added_bias else patch.head.weight
+    return checkpoint.tensors[name].file
+
+
+def _write_folder(checkpoint: Checkpoint, patch: Patch, out: Path | None, force: bool, in_place: bool,
+                  link: bool) -> list[str]:
+    source = checkpoint.path
+    shard = _head_file(checkpoint, patch)
+    index = checkpoint.index_file
+    if in_place:
+        with atomic_path(shard, force=True) as temporary:
+            _write_one(checkpoint, shard, temporary, patch)
+        if index is not None and patch.added_bias:
+            write_text(index, _index_with_bias(index, patch, shard), force=True)
+        write_text(source / PATCH_FILE, json.dumps(patch.record, indent=2) + "\n", force=True)
+        return []
+    out = Path(out)
+    if out.exists() and (out.resolve() == source.resolve() or source.resolve() in out.resolve().parents
+                         or out.resolve() in source.resolve().parents):
+        raise OutputError("is the input folder or inside it; choose another --out, or pass --in-place", out)
+    if out.exists() and not force:
+        raise OutputError("already exists; pass --force to replace it", out)
+    if not out.parent.is_dir():
+        raise OutputError(f"folder {out.parent} does not exist", out)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".lacal-tmp", dir=out.parent))
+    notes = []
+    try:
+        for item in sorted(source.rglob("*")):
+            relative = item.relative_to(source)
+            target = staging / relative
+            if item.is_dir():
+                target.mkdir(parents=True, exist_ok=True)
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if item == shard:
+                _write_one(checkpoint, shard, target, patch)
+            elif item == index and patch.added_bias:
+                target.write_text(_index_with_bias(index, patch, shard), encoding="utf-8")
+            elif item.name == PATCH_FILE:
+                continue
+            elif link:
+                try:
+                    os.link(item, target)
+                except OSError as exc:
+                    shutil.copy2(item, target)
+                    notes.append(f"could not hard-link {item} ({exc.strerror}); copied it")
+            else:
+                shutil.copy2(item, target)
+        (staging / PATCH_FILE).write_text(json.dumps(patch.record, indent=2) + "\n", encoding="utf-8")
+        os.chmod(staging, 0o777 & ~_umask())
+        _replace_folder(staging, out)
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise OutputError(f"cannot write: {exc.strerror or exc}", out) from None
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return notes
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _replace_folder(staging: Path, out: Path) -> None:
+    if not out.exists():
+        os.replace(staging, out)
+        return
+    backup = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".lacal-old", dir=out.parent))
+    os.rmdir(backup)
+    os.replace(out, backup)
+    os.replace(staging, out)
+    shutil.rmtree(backup, ignore_errors=True)
+
+
+def _index_with_bias(index: Path, patch: Patch, shard: Path) -> str:
+    data = json.loads(index.read_text(encoding="utf-8"))
+    data["weight_map"][patch.record["bias"]] = shard.name
+    if isinstance(data.get("metadata"), dict) and "total_size" in data["metadata"]:
+        data["metadata"]["total_size"] += patch.bias.numel() * patch.bias.element_size()
+    return json.dumps(data, indent=2) + "\n"
