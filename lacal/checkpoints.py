@@ -310,7 +310,8 @@ def find_head(checkpoint: Checkpoint, num_classes: int | None = None, name: str 
         shapes = [f"{n} {list(i.shape)}" for n, i in checkpoint.tensors.items()
                   if n.endswith(".weight") and len(i.shape) == 2][-5:]
         raise CheckpointError(f"no 2-D weight with {num_classes} rows (one per class); 2-D weights include: "
-                              f"{', '.join(shapes) or 'none'}; name the classifier with --head NAME",
+                              f"{', '.join(shapes) or 'none'}; name the classifier with --head NAME (or, if this "
+                              "file holds logits rather than a model, choose the array with --key NAME)",
                               checkpoint.path)
     raise CheckpointError(f"{len(layers)} layers could be the classifier head ({num_classes} outputs): "
                           f"{'; '.join(_describe(layer) for layer in layers)}; choose one with --head NAME",

@@ -171,9 +171,10 @@ def _inputs(*paths) -> dict:
             for p in paths if p is not None}
 
 
-def _logits_input(inputs: list[Path], checkpoint, features, head, key, classes, device):
+def _logits_input(inputs: list[Path], checkpoint, features, head, key, classes, device, adjusting: bool):
     """The logits source and the labels path: from LOGITS LABELS, or from LABELS with --checkpoint and --features
-    (logits = features @ W.T + b by the checkpoint's head). Also returns class names the checkpoint knows."""
+    (logits = features @ W.T + b by the checkpoint's head). Also returns class names the checkpoint knows.
+    `adjusting`: the command will adjust these logits, so a checkpoint patched already deserves a warning."""
     if (checkpoint is None) != (features is None):
         raise OptionError("--checkpoint and --features go together", "--checkpoint" if checkpoint is None
                           else "--features")
@@ -190,13 +191,14 @@ def _logits_input(inputs: list[Path], checkpoint, features, head, key, classes, 
         raise OptionError(f"with --checkpoint and --features, give only the labels file, got {len(inputs)} paths",
                           "arguments")
     model = open_checkpoint(checkpoint)
-    if model.patch is not None:
+    if model.patch is not None and adjusting:
         _warn(f"{checkpoint} already carries a lacal patch (tau = {model.patch.get('tau')}), so its logits are "
-              "already adjusted; fit on the original checkpoint")
+              "adjusted already; use the original checkpoint")
     names = read_classes(classes) if classes is not None else model.class_names
     layer = find_head(model, len(names) if names else None, head)
     source = head_logits(read_logits(features, key, what="features"), model.tensor(layer.weight),
-                         model.tensor(layer.bias) if layer.bias else None, device)
+                         model.tensor(layer.bias) if layer.bias else None, device,
+                         f"{features} through {checkpoint} ({layer.name})")
     return source, inputs[0], model.class_names
 
 
@@ -299,7 +301,7 @@ def fit_tau_command(
         from .write import check_output
 
         check_output(out, force, [*inputs, train_labels, priors, checkpoint, features])
-    source, val_labels, known_names = _logits_input(inputs, checkpoint, features, head, key, classes, compute)
+    source, val_labels, known_names = _logits_input(inputs, checkpoint, features, head, key, classes, compute, True)
     names = _class_names(classes, source.num_classes) or known_names
     labels = _open_labels(val_labels, source, names, label_column)
     prior = _open_priors(train_labels, priors, source.num_classes, smoothing, names, label_column)
@@ -523,7 +525,8 @@ def report_command(
     from .scoring import score_pass
 
     compute = resolve_device(device)
-    source, labels, known_names = _logits_input(inputs, checkpoint, features, head, key, classes, compute)
+    source, labels, known_names = _logits_input(inputs, checkpoint, features, head, key, classes, compute,
+                                                calibration is not None or tau is not None)
     names = _class_names(classes, source.num_classes) or known_names
     values = _open_labels(labels, source, names, label_column)
     fitted = _calibration_for(calibration, tau, train_labels, priors, source.num_classes, smoothing, names,

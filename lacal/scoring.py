@@ -144,7 +144,7 @@ def iter_adjusted(source: LogitsSource, offset, device="cpu", rows: int | None =
         yield start, (block + shift).to(out_dtype).cpu()
 
 
-def head_logits(features: LogitsSource, weight, bias=None, device="cpu") -> LogitsSource:
+def head_logits(features: LogitsSource, weight, bias=None, device="cpu", name: str | None = None) -> LogitsSource:
     """Logits computed from N x D `features` by a linear head: features @ weight.T + bias, a block at a time on
     `device` (float32, or float64 for a float64 head)."""
     import torch
@@ -161,5 +161,5 @@ def head_logits(features: LogitsSource, weight, bias=None, device="cpu") -> Logi
     def rows(start: int, stop: int):
         return F.linear(features.rows(start, stop).to(device=device, dtype=dtype), weight, bias)
 
-    return LogitsSource(features.name, (features.num_samples, int(weight.shape[0])), str(dtype).replace("torch.", ""),
-                        rows)
+    return LogitsSource(name or features.name, (features.num_samples, int(weight.shape[0])),
+                        str(dtype).replace("torch.", ""), rows)

@@ -12,3 +12,15 @@ def test_python_api_example_runs_and_improves():
     assert result.returncode == 0, result.stderr
     before, after = map(float, re.search(r"balanced error\s+([\d.]+)%\s+([\d.]+)%", result.stdout).groups())
     assert after < before
+
+
+def test_make_checkpoints_example_writes_patchable_layouts(tmp_path):
+    from lacal.checkpoints import find_head, open_checkpoint
+
+    result = subprocess.run([sys.executable, str(EXAMPLES / "make_checkpoints.py"), "--dir", str(tmp_path)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    for name, head in (("model.safetensors", "fc"), ("checkpoint.pth", "module.fc"), ("hf-model", "fc")):
+        checkpoint = open_checkpoint(tmp_path / name)
+        assert find_head(checkpoint, 100).name == head
+    assert open_checkpoint(tmp_path / "hf-model").class_names[3] == "species-03"
