@@ -100,22 +100,35 @@ class Calibration:
         if version != SCHEMA_VERSION:
             raise InputDataError(f"has schema version {version!r}; this lacal reads version {SCHEMA_VERSION}", name)
         try:
-            tau = float(data["tau"])
-            priors = np.asarray(data["priors"], dtype=np.float64)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise InputDataError(f"is missing or has a bad field: {exc}", name) from None
-        if not math.isfinite(tau) or priors.ndim != 1 or priors.size < 2 or not np.all(priors > 0) \
-                or not np.all(np.isfinite(priors)) or abs(priors.sum() - 1) > 1e-6:
-            raise InputDataError("holds an invalid tau or priors (need finite tau and positive priors summing "
-                                 "to 1)", name)
+            return cls._parse(data)
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            detail = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
+            raise InputDataError(f"has an invalid calibration: {detail}", name) from None
+
+    @classmethod
+    def _parse(cls, data: dict) -> "Calibration":
+        tau = _finite(data["tau"], "tau")
+        priors = np.asarray(data["priors"], dtype=np.float64)
+        if priors.ndim != 1 or priors.size < 2 or not np.all(np.isfinite(priors)) or not np.all(priors > 0) \
+                or abs(priors.sum() - 1) > 1e-6:
+            raise ValueError("\"priors\" must be at least 2 positive numbers summing to 1")
         names = data.get("class_names")
-        if names is not None and len(names) != priors.size:
-            raise InputDataError(f"has {len(names)} class names for {priors.size} classes", name)
+        if names is not None and not (isinstance(names, list) and all(isinstance(n, str) for n in names)
+                                      and len(names) == priors.size):
+            raise ValueError(f"\"class_names\" must be a list of {priors.size} names")
         counts = data.get("counts")
+        if counts is not None:
+            counts = np.asarray(counts, dtype=np.float64)
+            if counts.shape != priors.shape or not np.all(counts == np.round(counts)) or counts.min() < 0:
+                raise ValueError(f"\"counts\" must be {priors.size} whole numbers >= 0")
+            counts = counts.astype(np.int64)
         interval = data.get("tau_interval")
-        return cls(tau=tau, priors=priors, counts=None if counts is None else np.asarray(counts, dtype=np.int64),
-                   class_names=names, smoothing=float(data.get("smoothing", 0.0)),
-                   tau_interval=None if interval is None else (float(interval[0]), float(interval[1])),
+        if interval is not None:
+            if not isinstance(interval, list) or len(interval) != 2:
+                raise ValueError("\"tau_interval\" must be a list [low, high]")
+            interval = (float(interval[0]), float(interval[1]))
+        return cls(tau=tau, priors=priors, counts=counts, class_names=names,
+                   smoothing=_finite(data.get("smoothing", 0.0), "smoothing"), tau_interval=interval,
                    metric=data.get("metric"), search=data.get("search"), validation=data.get("validation"),
                    inputs=data.get("inputs"))
 
@@ -133,3 +146,9 @@ class Calibration:
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise InputFileError(f"is not a JSON calibration file: {exc}", path) from None
         return cls.from_dict(data, str(path))
+
+
+def _finite(value, field_name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"\"{field_name}\" must be a finite number, got {value!r}")
+    return float(value)

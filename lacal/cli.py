@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import sys
 from enum import Enum
 from pathlib import Path
@@ -233,7 +234,7 @@ def priors_command(
     if out is not None:
         from .write import check_output
 
-        check_output(out, force, [train_labels])
+        check_output(out, force, [train_labels, classes])
     labels = read_labels(train_labels, names, label_column)
     if names is not None and num_classes is not None and len(names) != num_classes:
         raise MismatchError(f"lists {len(names)} class names but --num-classes is {num_classes}", classes)
@@ -243,7 +244,7 @@ def priors_command(
     if out is not None:
         from .write import write_text
 
-        write_text(out, json.dumps(priors.to_dict(), indent=2) + "\n", force, [train_labels])
+        write_text(out, json.dumps(priors.to_dict(), indent=2) + "\n", force, [train_labels, classes])
         typer.echo(f"lacal: wrote {out}", err=True)
     if json_out:
         typer.echo(json.dumps(priors.to_dict()))
@@ -300,7 +301,7 @@ def fit_tau_command(
     if out is not None:
         from .write import check_output
 
-        check_output(out, force, [*inputs, train_labels, priors, checkpoint, features])
+        check_output(out, force, [*inputs, train_labels, priors, checkpoint, features, classes])
     source, val_labels, known_names = _logits_input(inputs, checkpoint, features, head, key, classes, compute, True)
     names = _class_names(classes, source.num_classes) or known_names
     labels = _open_labels(val_labels, source, names, label_column)
@@ -310,7 +311,7 @@ def fit_tau_command(
     if out is not None:
         calibration = Calibration.from_fit(fit, prior, names, _inputs(*inputs, train_labels, priors, classes,
                                                                       checkpoint, features))
-        calibration.save(out, force, [*inputs, train_labels, priors, checkpoint, features])
+        calibration.save(out, force, [*inputs, train_labels, priors, checkpoint, features, classes])
         typer.echo(f"lacal: wrote {out}", err=True)
     if json_out:
         typer.echo(json.dumps(fit.to_dict()))
@@ -324,9 +325,13 @@ def _render_fit(fit, name) -> None:
     console = _stdout_console()
     console.print(f"[bold]tau = {fit.tau:.4f}[/bold]  {fit.search} search over [{fit.tau_range[0]:g}, "
                   f"{fit.tau_range[1]:g}] for the lowest {fit.metric.replace('-', ' ')}")
-    console.print(f"the same {fit.metric.replace('-', ' ')} for every tau in ({fit.interval[0]:.4f}, "
-                  f"{fit.interval[1]:.4f})" if fit.search == "exact" else
-                  f"grid points in [{fit.interval[0]:.4f}, {fit.interval[1]:.4f}] share this value")
+    metric = fit.metric.replace("-", " ")
+    if fit.interval[0] == fit.interval[1]:
+        console.print(f"only the single point tau = {fit.tau:g} reaches this {metric} (exact ties in the logits)")
+    elif fit.search == "exact":
+        console.print(f"the same {metric} for every tau in ({fit.interval[0]:.4f}, {fit.interval[1]:.4f})")
+    else:
+        console.print(f"grid points in [{fit.interval[0]:.4f}, {fit.interval[1]:.4f}] share this value")
     table = Table(title=f"{name}: {fit.num_samples} samples, {fit.num_classes} classes")
     table.add_column("validation")
     for header in ("before (tau=0)", "tau=1", f"after (tau={fit.tau:.3f})"):
@@ -358,6 +363,8 @@ def _calibration_for(calibration, tau, train_labels, priors, num_classes, smooth
             raise OptionError("give --calibration FILE, or --tau T with --train-labels FILE or --priors FILE",
                               "--calibration")
         return None
+    if not math.isfinite(tau):
+        raise OptionError(f"tau must be a finite number, got {tau}", "--tau")
     prior = _open_priors(train_labels, priors, num_classes, smoothing, names, column)
     return Calibration(tau=tau, priors=prior.priors, counts=prior.counts, class_names=names or prior.classes,
                        smoothing=prior.smoothing)
@@ -424,19 +431,20 @@ def _apply_logits(logits, out, calibration, tau, train_labels, priors, top_k, cl
     from .scoring import iter_adjusted
     from .write import PREDICTION_SUFFIXES, check_output, write_logits, write_predictions
 
-    inputs = [logits, calibration, train_labels, priors]
+    inputs = [logits, calibration, train_labels, priors, classes]
     check_output(out, force, inputs)
     source = _open_logits(logits, key)
     names = _class_names(classes, source.num_classes)
     fitted = _calibration_for(calibration, tau, train_labels, priors, source.num_classes, smoothing, names,
                               label_column)
     names = names or fitted.class_names
-    blocks = iter_adjusted(source, fitted.offsets, compute)
     if out.suffix.lower() in PREDICTION_SUFFIXES:
         if top_k > source.num_classes:
             raise OptionError(f"--top-k {top_k} is more than the {source.num_classes} classes", "--top-k")
+        blocks = iter_adjusted(source, fitted.offsets, compute, keep_dtype=False)
         write_predictions(out, blocks, names, top_k, force, inputs)
     else:
+        blocks = iter_adjusted(source, fitted.offsets, compute)
         for note in write_logits(out, blocks, source.shape, source.dtype_name, force, inputs):
             _warn(note)
     typer.echo(f"lacal: wrote {out} ({source.num_samples} samples, tau = {fitted.tau:.4f})", err=True)
@@ -455,7 +463,7 @@ def _apply_checkpoint(path, out, calibration, tau, train_labels, priors, classes
     if out is not None and not path.is_dir():
         from .write import check_output
 
-        check_output(out, force, [path])
+        check_output(out, force, [path, calibration, train_labels, priors, classes, verify_features])
     model = open_checkpoint(path)
     fitted = None
     if calibration is not None:

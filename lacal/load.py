@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import pickle
+import zipfile
 from pathlib import Path
 from typing import Callable
 
@@ -133,11 +134,14 @@ def _pick_key(keys: list[str], key: str | None, path: Path, what: str) -> str:
     return keys[0]
 
 
+NUMPY_READ_ERRORS = (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError)
+
+
 def _read_npy(path: Path, key: str | None, what: str = "logits") -> LogitsSource:
     try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
-    except ValueError as exc:
-        raise InputFileError(f"cannot read as .npy: {exc}", path) from None
+    except NUMPY_READ_ERRORS as exc:
+        raise InputFileError(f"cannot read as .npy: {exc or 'the file is empty or cut short'}", path) from None
     return source_from_array(array, str(path), what)
 
 
@@ -146,8 +150,8 @@ def _read_npz(path: Path, key: str | None, what: str = "logits") -> LogitsSource
         with np.load(path, allow_pickle=False) as archive:
             name = _pick_key(list(archive.files), key, path, "array")
             array = archive[name]
-    except (ValueError, OSError) as exc:
-        raise InputFileError(f"cannot read as .npz: {exc}", path) from None
+    except NUMPY_READ_ERRORS as exc:
+        raise InputFileError(f"cannot read as .npz: {exc or type(exc).__name__}", path) from None
     return source_from_array(array, str(path), what)
 
 
@@ -324,8 +328,8 @@ def read_labels(path: str | os.PathLike, classes: list[str] | None = None,
     if suffix == ".npy":
         try:
             array = np.load(path, allow_pickle=False)
-        except ValueError as exc:
-            raise InputFileError(f"cannot read as .npy: {exc}", path) from None
+        except NUMPY_READ_ERRORS as exc:
+            raise InputFileError(f"cannot read as .npy: {exc or 'the file is empty or cut short'}", path) from None
         if array.ndim == 2 and array.shape[1] == 1:
             array = array[:, 0]
         if array.ndim != 1:

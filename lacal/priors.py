@@ -134,17 +134,8 @@ def read_priors(path: str | os.PathLike, smoothing: float = 0.0, classes: list[s
         if suffix == ".json":
             data = json.loads(path.read_text(encoding="utf-8"))
             if isinstance(data, dict):
-                if data.get("format") != PRIORS_FORMAT:
-                    raise PriorsError("is a JSON object but not a lacal priors file; expected the output of "
-                                      "`lacal priors` or a JSON list of counts or probabilities", path)
-                classes = classes or data.get("classes")
-                if data.get("counts") is not None:
-                    return priors_from_counts(data["counts"], smoothing or data.get("smoothing", 0.0), classes,
-                                              source, str(path))
-                return priors_from_vector(data["priors"], smoothing, classes, source, str(path))
-            if not isinstance(data, list) or not all(isinstance(v, (int, float)) for v in data):
-                raise PriorsError("expected a JSON list of numbers", path)
-            values = np.array(data, dtype=np.float64)
+                return _priors_from_json_object(data, path, smoothing, classes, source)
+            values = _numbers(data, path, "a JSON list of numbers")
         elif suffix == ".npy":
             values = np.load(path, allow_pickle=False)
             if values.dtype.kind not in "iuf":
@@ -153,10 +144,37 @@ def read_priors(path: str | os.PathLike, smoothing: float = 0.0, classes: list[s
             values = np.array([float(line) for line in path.read_text(encoding="utf-8").split()], dtype=np.float64)
         else:
             raise InputFileError(f"unknown priors format {suffix or '(no suffix)'!r}; use .json, .npy or .txt", path)
-    except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as exc:
-        raise InputFileError(f"cannot read priors: {exc}", path) from None
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError, OSError, EOFError) as exc:
+        raise InputFileError(f"cannot read priors: {exc or 'the file is empty or cut short'}", path) from None
     if values.ndim != 1:
         raise PriorsError(f"expected a 1-D vector, got shape {values.shape}", path)
+    return priors_from_vector(values, smoothing, classes, source, str(path))
+
+
+def _numbers(data, path: Path, what: str) -> np.ndarray:
+    """A list of JSON numbers (booleans are not numbers here) as float64."""
+    if not isinstance(data, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in data):
+        raise PriorsError(f"expected {what}", path)
+    return np.array(data, dtype=np.float64)
+
+
+def _priors_from_json_object(data: dict, path: Path, smoothing: float, classes, source) -> Priors:
+    if data.get("format") != PRIORS_FORMAT:
+        raise PriorsError("is a JSON object but not a lacal priors file; expected the output of `lacal priors` or a "
+                          "JSON list of counts or probabilities", path)
+    names = data.get("classes")
+    if names is not None and not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+        raise PriorsError("\"classes\" must be a list of class names", path)
+    stored = data.get("smoothing", 0.0)
+    if isinstance(stored, bool) or not isinstance(stored, (int, float)):
+        raise PriorsError("\"smoothing\" must be a number", path)
+    classes = classes or names
+    if data.get("counts") is not None:
+        counts = _numbers(data["counts"], path, "\"counts\" to be a list of numbers")
+        return priors_from_counts(counts, smoothing or float(stored), classes, source, str(path))
+    if data.get("priors") is None:
+        raise PriorsError("holds neither \"counts\" nor \"priors\"", path)
+    values = _numbers(data["priors"], path, "\"priors\" to be a list of numbers")
     return priors_from_vector(values, smoothing, classes, source, str(path))
 
 

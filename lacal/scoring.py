@@ -132,14 +132,16 @@ def correct_intervals(block, y, lp, equal_priors: bool = True):
     return lo.double(), hi.double()
 
 
-def iter_adjusted(source: LogitsSource, offset, device="cpu", rows: int | None = None):
-    """Yield (start, block + offset) as CPU tensors in the source's dtype (bfloat16 and float16 are summed in
-    float32, then rounded back)."""
+def iter_adjusted(source: LogitsSource, offset, device="cpu", rows: int | None = None, keep_dtype: bool = True):
+    """Yield (start, block + offset) as CPU tensors. The sum runs in float32 (float64 for float64 input); with
+    keep_dtype it is rounded back to the source's dtype, as for writing adjusted logits. Predictions should use
+    keep_dtype=False, so that rounding to float16/bfloat16 creates no new ties: they then match what fit-tau and
+    report score."""
     import torch
 
     device = torch.device(device)
     shift = torch.as_tensor(np.asarray(offset), dtype=compute_dtype(source), device=device)
-    out_dtype = getattr(torch, source.dtype_name)
+    out_dtype = getattr(torch, source.dtype_name) if keep_dtype else compute_dtype(source)
     for start, block in iter_blocks(source, device, rows):
         yield start, (block + shift).to(out_dtype).cpu()
 

@@ -100,21 +100,55 @@ def fit_tau(logits, labels, priors, tau_range=DEFAULT_TAU_RANGE, search: str = "
     log_priors = np.log(_as_priors_array(priors))
     device = torch.device(device)
 
-    stats = score_pass(logits, labels, [np.zeros_like(log_priors), -log_priors], log_priors, device, rows)
-    before = ClassEvaluation(stats.support, stats.correct[0])
-    at_one = ClassEvaluation(stats.support, stats.correct[1])
+    # tau = 0, 1 and the range's ends are also scored directly: exact ties in the logits (common in float16 and
+    # bfloat16) can make a single point better than the open segments around it, and argmax decides those ties.
+    special = sorted({0.0, 1.0, lo_tau, hi_tau})
+    stats = score_pass(logits, labels, [-t * log_priors for t in special], log_priors, device, rows)
+    direct = {t: ClassEvaluation(stats.support, stats.correct[k]) for k, t in enumerate(special)}
+    points = {t: e for t, e in direct.items() if lo_tau <= t <= hi_tau}
     support = torch.as_tensor(stats.support, device=device)
+    weights, exact_sums = _balanced_weights(support)
     grid_taus = grid_values = None
     if search == "exact":
-        tau, interval = _exact(stats.lo, stats.hi, stats.labels, support, lo_tau, hi_tau, metric)
+        tau, interval, best = _exact(stats.lo, stats.hi, stats.labels, support, lo_tau, hi_tau, metric, weights,
+                                     exact_sums)
+        point_scores = {t: _score(e, metric, weights) for t, e in points.items()}
+        winner = max(point_scores, key=lambda t: (point_scores[t], -abs(t - 1.0)))
+        if _better(point_scores[winner], best, exact_sums):
+            tau, interval = winner, (winner, winner)
     else:
         grid_taus, grid_values, tau, interval = _grid(stats.lo, stats.hi, stats.labels, support, lo_tau, hi_tau,
-                                                      grid_size, metric)
-    after_stats = score_pass(logits, labels, [-tau * log_priors], device=device, rows=rows)
-    after = ClassEvaluation(after_stats.support, after_stats.correct[0])
+                                                      grid_size, metric, weights, exact_sums, points)
+    if tau in direct:
+        after = direct[tau]
+    else:
+        after_stats = score_pass(logits, labels, [-tau * log_priors], device=device, rows=rows)
+        after = ClassEvaluation(after_stats.support, after_stats.correct[0])
+        # Guard against float rounding between the interval arithmetic and argmax on extreme logits: never return
+        # a tau that scores worse than one of the points scored directly.
+        fallback = min(points, key=lambda t: (points[t].metric(metric), abs(t - 1.0)))
+        if points[fallback].metric(metric) < after.metric(metric) - FLOAT_TIE_TOLERANCE:
+            tau, interval, after = fallback, (fallback, fallback), points[fallback]
     return TauFit(tau=float(tau), interval=(float(interval[0]), float(interval[1])), metric=metric, search=search,
-                  tau_range=(lo_tau, hi_tau), before=before, at_one=at_one, after=after,
+                  tau_range=(lo_tau, hi_tau), before=direct[0.0], at_one=direct[1.0], after=after,
                   grid_taus=grid_taus, grid_values=grid_values)
+
+
+def _score(evaluation: ClassEvaluation, metric: str, weights):
+    """How good an evaluation is, in the units the sweep uses (higher is better): the weighted count of correct
+    samples for balanced error, minus the worst-class error for worst-class error."""
+    if metric == "balanced-error":
+        correct = evaluation.correct
+        values = weights.cpu().numpy()
+        return int((correct.astype(np.int64) * values).sum()) if values.dtype.kind == "i" else \
+            float((correct * values).sum())
+    return -evaluation.worst_class_error
+
+
+def _better(candidate, best, exact: bool) -> bool:
+    if isinstance(candidate, int) and isinstance(best, int):
+        return candidate > best
+    return candidate > best + FLOAT_TIE_TOLERANCE * max(1.0, abs(float(best)))
 
 
 # ------------------------------------------------------------------------------------------------ class weights
@@ -146,7 +180,8 @@ def _best_mask(values, exact: bool):
 # --------------------------------------------------------------------------------------------------- exact search
 
 
-def _exact(lo, hi, labels, support, lo_tau: float, hi_tau: float, metric: str):
+def _exact(lo, hi, labels, support, lo_tau: float, hi_tau: float, metric: str, weights, exact: bool):
+    """The optimal run of open segments: (its midpoint, the run, the best score in `_score`'s units)."""
     import torch
 
     keep = (lo < hi) & (lo < hi_tau) & (hi > lo_tau)
@@ -159,18 +194,21 @@ def _exact(lo, hi, labels, support, lo_tau: float, hi_tau: float, metric: str):
     start_at, end_at = where[2:2 + count], where[2 + count:]
     segments = points.numel() - 1
     if metric == "balanced-error":
-        weights, exact = _balanced_weights(support)
         step = torch.zeros(segments + 1, dtype=weights.dtype, device=lo.device)
         step.index_add_(0, start_at, weights[classes]).index_add_(0, end_at, -weights[classes])
-        optimal = _best_mask(step.cumsum(0)[:segments], exact)
+        values = step.cumsum(0)[:segments]
+        optimal = _best_mask(values, exact)
+        best = values.max().item()
     else:
-        optimal = _worst_class_optimal(start_at, end_at, classes, support, segments)
-    return _choose(points.cpu().numpy(), optimal.cpu().numpy())
+        optimal, worst = _worst_class_optimal(start_at, end_at, classes, support, segments)
+        best = -worst
+    tau, run = _choose(points.cpu().numpy(), optimal.cpu().numpy())
+    return tau, run, best
 
 
 def _worst_class_optimal(start_at, end_at, classes, support, segments: int):
-    """Mask of the segments where the worst-class error is smallest, found by a binary search over its possible
-    values j / n_c (exact integer arithmetic)."""
+    """Mask of the segments where the worst-class error is smallest, and that error, found by a binary search over
+    its possible values j / n_c (exact integer arithmetic)."""
     import torch
 
     device = support.device
@@ -205,7 +243,7 @@ def _worst_class_optimal(start_at, end_at, classes, support, segments: int):
             high = middle
         else:
             low = middle + 1
-    return satisfied(candidates[low][1], candidates[low][2])
+    return satisfied(candidates[low][1], candidates[low][2]), candidates[low][1] / candidates[low][2]
 
 
 def _choose(points: np.ndarray, optimal: np.ndarray):
@@ -229,22 +267,29 @@ def _choose(points: np.ndarray, optimal: np.ndarray):
 GRID_BLOCK_ELEMENTS = 1 << 24
 
 
-def _grid(lo, hi, labels, support, lo_tau: float, hi_tau: float, grid_size: int, metric: str):
+def _grid(lo, hi, labels, support, lo_tau: float, hi_tau: float, grid_size: int, metric: str, weights, exact: bool,
+          points: dict):
     """Evaluate the metric at every grid point at once: correct[g, c] counts the samples of class c whose interval
-    holds grid point g."""
+    holds grid point g. Grid points that were scored directly (`points`: tau -> ClassEvaluation) use those counts,
+    which settle exact ties the way argmax does."""
     import torch
 
     device = lo.device
     taus = torch.linspace(lo_tau, hi_tau, grid_size, dtype=torch.float64, device=device)
+    taus[0], taus[-1] = lo_tau, hi_tau
     correct = torch.zeros(grid_size, support.numel(), dtype=torch.int64, device=device)
     step = max(1, GRID_BLOCK_ELEMENTS // grid_size)
     for start in range(0, lo.numel(), step):
         a, b, y = lo[start:start + step], hi[start:start + step], labels[start:start + step]
         inside = (a[None, :] < taus[:, None]) & (taus[:, None] < b[None, :])
         correct.index_add_(1, y, inside.to(torch.int64))
+    for tau, evaluation in points.items():
+        near = torch.isclose(taus, torch.tensor(tau, dtype=torch.float64, device=device), rtol=0, atol=1e-12)
+        for g in near.nonzero().flatten().tolist():
+            taus[g] = tau
+            correct[g] = torch.as_tensor(evaluation.correct, device=device)
     supported = support > 0
     if metric == "balanced-error":
-        weights, exact = _balanced_weights(support)
         score = (correct * weights[None, :]).sum(1)
         optimal = _best_mask(score, exact)
         values = 1.0 - (correct[:, supported].double() / support[supported].double()).mean(1)

@@ -71,7 +71,9 @@ def all_breakpoints(logits, labels, priors):
 
 
 def brute_force_minimum(logits, labels, priors, lo, hi, metric="balanced-error"):
-    """The metric minimised over the midpoints of all segments between breakpoints inside (lo, hi)."""
+    """The metric minimised over the midpoints of all segments between breakpoints inside (lo, hi), and over the
+    single points lo, hi, 0 and 1 (where exact ties in the logits can make a point better than its neighbours)."""
     points = [lo] + [p for p in all_breakpoints(logits, labels, priors) if lo < p < hi] + [hi]
-    midpoints = [(a + b) / 2 for a, b in zip(points[:-1], points[1:]) if b > a]
-    return min(metric_at(logits, labels, priors, t, metric) for t in midpoints)
+    candidates = [(a + b) / 2 for a, b in zip(points[:-1], points[1:]) if b > a]
+    candidates += [t for t in {lo, hi, 0.0, 1.0} if lo <= t <= hi]
+    return min(metric_at(logits, labels, priors, t, metric) for t in candidates)

@@ -228,6 +228,13 @@ def _bad(tmp_path, problem):
     (d / "zero_train.txt").write_text("0\n1\n2\n")
     (d / "x.h5").write_bytes(b"hdf")
     (d / "cal9.json").write_text(json.dumps(lacal.Calibration(tau=1.0, priors=np.full(9, 1 / 9)).to_dict()))
+    good = lacal.Calibration(tau=1.0, priors=np.full(8, 1 / 8)).to_dict()
+    (d / "cal_names.json").write_text(json.dumps({**good, "class_names": 5}))
+    (d / "cal_interval.json").write_text(json.dumps({**good, "tau_interval": [1]}))
+    (d / "empty.npy").write_bytes(b"")
+    (d / "broken.npz").write_bytes(b"PK\x03\x04x")
+    (d / "priors_object.json").write_text('{"format": "lacal-priors"}')
+    (d / "priors_bools.json").write_text("[true, 2, 3, 4, 5, 6, 7, 8]")
     return d
 
 
@@ -264,6 +271,22 @@ CASES = [
     ("garbled tau range", lambda d: ["fit-tau", d / "val_logits.npy", d / "val_labels.npy", "--train-labels",
                                      d / "train_labels.txt", "--tau-range", "zero"], 6, "expected LO,HI"),
     ("no priors", lambda d: ["fit-tau", d / "val_logits.npy", d / "val_labels.npy"], 6, "--train-labels FILE or"),
+    ("empty npy", lambda d: ["fit-tau", d / "empty.npy", d / "val_labels.npy", "--train-labels",
+                             d / "train_labels.txt"], 3, "empty.npy: cannot read as .npy"),
+    ("broken npz", lambda d: ["fit-tau", d / "broken.npz", d / "val_labels.npy", "--train-labels",
+                              d / "train_labels.txt"], 3, "broken.npz: cannot read as .npz"),
+    ("empty labels", lambda d: ["fit-tau", d / "val_logits.npy", d / "empty.npy", "--train-labels",
+                                d / "train_labels.txt"], 3, "empty.npy: cannot read as .npy"),
+    ("priors object without values", lambda d: ["fit-tau", d / "val_logits.npy", d / "val_labels.npy", "--priors",
+                                                d / "priors_object.json"], 5, "holds neither \"counts\" nor"),
+    ("priors booleans", lambda d: ["fit-tau", d / "val_logits.npy", d / "val_labels.npy", "--priors",
+                                   d / "priors_bools.json"], 5, "expected a JSON list of numbers"),
+    ("calibration bad names", lambda d: ["apply", d / "val_logits.npy", "--calibration", d / "cal_names.json"],
+     4, "cal_names.json: has an invalid calibration: \"class_names\" must be a list of 8 names"),
+    ("calibration bad interval", lambda d: ["apply", d / "val_logits.npy", "--calibration", d / "cal_interval.json"],
+     4, "\"tau_interval\" must be a list [low, high]"),
+    ("tau not finite", lambda d: ["apply", d / "val_logits.npy", "--tau", "nan", "--train-labels",
+                                  d / "train_labels.txt"], 6, "--tau: tau must be a finite number, got nan"),
     ("calibration class count", lambda d: ["apply", d / "val_logits.npy", "--calibration", d / "cal9.json"],
      7, "cal9.json: the calibration is for 9 classes but the logits have 8"),
     ("report calibration class count", lambda d: ["report", d / "val_logits.npy", d / "val_labels.npy",
@@ -286,6 +309,34 @@ def test_bad_input_gives_one_line_and_no_output(files, problem, name, build, cod
     assert "Traceback" not in result.output
     assert result.stdout == ""
     assert sorted(p.name for p in d.iterdir()) == before  # no output, no temporary left behind
+
+
+def test_class_list_is_never_overwritten(files):
+    (files / "classes.txt").write_text("\n".join(f"c{i}" for i in range(8)) + "\n")
+    before = (files / "classes.txt").read_bytes()
+    for args in (fit_args(files, "--classes", files / "classes.txt", "--out", files / "classes.txt", "--force"),
+                 ["priors", files / "train_labels.txt", "--classes", files / "classes.txt", "--out",
+                  files / "classes.txt", "--force"]):
+        result = run(*args)
+        assert result.exit_code == 8 and "is also an input" in result.stderr
+    assert (files / "classes.txt").read_bytes() == before
+
+
+def test_csv_predictions_from_bfloat16_match_what_report_scores(tmp_path, problem):
+    from safetensors.torch import save_file
+
+    logits, labels, counts = problem
+    tensor = torch.from_numpy(logits * 4).to(torch.bfloat16)
+    save_file({"logits": tensor}, tmp_path / "l.safetensors")
+    np.save(tmp_path / "y.npy", labels)
+    np.save(tmp_path / "counts.npy", counts)
+    common = ["--tau", 1.0, "--priors", tmp_path / "counts.npy"]
+    assert run("apply", tmp_path / "l.safetensors", "--out", tmp_path / "p.csv", *common).exit_code == 0
+    predicted = np.array([int(r["class"]) for r in csv.DictReader(open(tmp_path / "p.csv"))])
+    expected = reference.predictions(reference.adjusted(tensor.double().numpy(), counts, 1.0))
+    assert (predicted == expected).mean() > 0.999  # float32 sums, as scored; not re-rounded to bfloat16
+    report = json.loads(run("report", tmp_path / "l.safetensors", tmp_path / "y.npy", *common, "--json").stdout)
+    assert report["accuracy"] == pytest.approx(np.mean(predicted == labels))
 
 
 def test_usage_errors_keep_click_code(files):

@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -105,6 +106,35 @@ def test_equal_priors_and_tied_logits_agree_with_brute_force():
         fit = lacal.fit_tau(logits, labels, counts, metric=metric)
         best = reference.brute_force_minimum(logits, labels, counts, 0.0, 4.0, metric)
         assert reference.metric_at(logits, labels, counts, fit.tau, metric) == pytest.approx(best)
+
+
+def test_exact_ties_at_zero_are_settled_like_argmax():
+    # Sample 0 ties at tau = 0 and argmax gives the tie to class 0, its label: right only at tau <= 0. Sample 1
+    # needs tau > 4.5. On the open range the balanced error is 1; at tau = 0 it is 0.5.
+    logits, labels = np.array([[0.0, 0.0], [0.0, -10.0]]), np.array([0, 1])
+    for search in ("exact", "grid"):
+        fit = lacal.fit_tau(logits, labels, [9, 1], (0, 4), search=search)
+        assert fit.tau == 0.0 and fit.interval == (0.0, 0.0)
+        assert fit.after.balanced_error == fit.before.balanced_error == 0.5
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 100_000), metric=st.sampled_from(METRICS),
+       dtype=st.sampled_from(["float16", "bfloat16", "integers"]))
+def test_coarse_logits_with_many_ties(seed, metric, dtype):
+    rng = np.random.default_rng(seed)
+    counts = rng.integers(1, 30, 5)
+    labels = rng.integers(0, 5, 40)
+    if dtype == "integers":
+        logits = rng.integers(-2, 3, size=(40, 5)).astype(np.float64)
+    else:
+        logits = torch.from_numpy(rng.normal(size=(40, 5)) * 3).to(getattr(torch, dtype)).double().numpy()
+    fit = lacal.fit_tau(logits, labels, counts, (0, 4), metric=metric)
+    found = reference.metric_at(logits, labels, counts, fit.tau, metric)
+    assert found == pytest.approx(fit.after.metric(metric), abs=1e-12)
+    assert found == pytest.approx(reference.brute_force_minimum(logits, labels, counts, 0.0, 4.0, metric), abs=1e-12)
+    assert fit.after.metric(metric) <= fit.before.metric(metric) + 1e-12
+    assert fit.after.metric(metric) <= fit.at_one.metric(metric) + 1e-12
 
 
 def test_before_and_tau_one_are_reported():
