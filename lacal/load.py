@@ -138,6 +138,51 @@ NUMPY_READ_ERRORS = (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError
 
 
 def _read_npy(path: Path, key: str | None, what: str = "logits") -> LogitsSource:
+    """A .npy file is read a block of rows at a time, with positioned reads: nothing of it stays in memory beyond
+    the block in hand (pages of a memory map would stay resident and count against the memory budget)."""
+    try:
+        handle = open(path, "rb")
+        version = np.lib.format.read_magic(handle)
+        reader = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+        if version not in reader:
+            handle.close()
+            return _read_npy_mapped(path, what)
+        shape, fortran_order, dtype = reader[version](handle)
+        offset = handle.tell()
+    except NUMPY_READ_ERRORS as exc:
+        raise InputFileError(f"cannot read as .npy: {exc or 'the file is empty or cut short'}", path) from None
+    if fortran_order or dtype.hasobject:
+        handle.close()
+        return _read_npy_mapped(path, what)
+    _check_shape_dtype(shape, dtype.name, str(path), what)
+    row_bytes = shape[1] * dtype.itemsize
+    if os.fstat(handle.fileno()).st_size < offset + shape[0] * row_bytes:
+        handle.close()
+        raise InputFileError(f"is cut short: the header promises {shape[0]} x {shape[1]} {dtype.name} values",
+                             path)
+    native = dtype.newbyteorder("=")
+
+    def read_rows(start: int, stop: int):
+        import torch
+
+        block = np.empty((stop - start, shape[1]), dtype=dtype)
+        view = memoryview(block.reshape(-1).view(np.uint8))
+        done = 0
+        while done < len(view):
+            got = os.preadv(handle.fileno(), [view[done:]], offset + start * row_bytes + done)
+            if got == 0:
+                raise InputFileError("ended before its last row", path)
+            done += got
+        return torch.from_numpy(block if dtype.isnative else block.astype(native))
+
+    source = LogitsSource(str(path), tuple(shape), dtype.name, read_rows)
+    source._handle = handle  # keep the file open while the source lives
+    if what == "logits":
+        _note_probabilities(source)
+    return source
+
+
+def _read_npy_mapped(path: Path, what: str) -> LogitsSource:
     try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
     except NUMPY_READ_ERRORS as exc:

@@ -13,7 +13,10 @@ import numpy as np
 from .errors import InputDataError
 from .load import LogitsSource, source_from_array
 
-DEFAULT_BLOCK_BYTES = 64 << 20
+DEFAULT_MEMORY_BUDGET = 1 << 30
+WORK_BYTES_PER_VALUE = 24  # a block's logits in the compute dtype plus the temporaries a pass makes of it
+CPU_BLOCK_BYTES = 4 << 20  # blocks this size stay in the CPU's cache while several operations run over them
+CUDA_BLOCK_BYTES = 256 << 20
 
 
 def compute_dtype(source: LogitsSource):
@@ -22,21 +25,29 @@ def compute_dtype(source: LogitsSource):
     return torch.float64 if source.dtype_name == "float64" else torch.float32
 
 
-def block_rows(source: LogitsSource, block_rows: int | None = None) -> int:
-    """Rows per block: as given, or enough to fill about DEFAULT_BLOCK_BYTES of float32 work per temporary."""
-    if block_rows is not None:
-        if block_rows < 1:
-            raise ValueError("block_rows must be at least 1")
-        return int(block_rows)
-    return max(1, DEFAULT_BLOCK_BYTES // (8 * source.num_classes))
+def block_rows(source: LogitsSource, rows: int | None = None, memory_budget: int | None = None,
+               device=None) -> int:
+    """Rows per block: as given, else what the device works best with (a few MiB on a CPU, to stay in cache;
+    larger on a GPU), never more than `memory_budget` (bytes) allows."""
+    if rows is not None:
+        if rows < 1:
+            raise ValueError("rows must be at least 1")
+        return int(rows)
+    value_bytes = 8 if source.dtype_name == "float64" else 4
+    on_gpu = device is not None and getattr(device, "type", str(device)) != "cpu"
+    target = (CUDA_BLOCK_BYTES if on_gpu else CPU_BLOCK_BYTES) // (value_bytes * source.num_classes)
+    budget = (memory_budget or DEFAULT_MEMORY_BUDGET) // (WORK_BYTES_PER_VALUE * source.num_classes)
+    return max(1, min(target, budget))
 
 
-def iter_blocks(source: LogitsSource, device, rows: int | None = None):
-    """Yield (start, logits block on `device` in the compute dtype), checking every value is finite."""
+def iter_blocks(source: LogitsSource, device, rows: int | None = None, progress=None,
+                memory_budget: int | None = None):
+    """Yield (start, logits block on `device` in the compute dtype), checking every value is finite.
+    `progress(rows_done)` is called after each block."""
     import torch
 
     dtype = compute_dtype(source)
-    step = block_rows(source, rows)
+    step = block_rows(source, rows, memory_budget, device)
     for start in range(0, source.num_samples, step):
         block = source.rows(start, min(start + step, source.num_samples)).to(device=device, dtype=dtype)
         finite = torch.isfinite(block)
@@ -46,18 +57,17 @@ def iter_blocks(source: LogitsSource, device, rows: int | None = None):
             raise InputDataError(f"logits hold {kind} values (the first non-finite row is {row + 1})",
                                  source.name)
         yield start, block
+        if progress is not None:
+            progress(start + block.shape[0])
 
 
 @dataclass(frozen=True)
 class PassStats:
     """What one pass gathered: `correct[k, c]`, how many samples of class c were predicted correctly with offset
-    vector k added; and, when asked for, each sample's open tau-interval (lo, hi) of correct classification."""
+    vector k added."""
 
     support: np.ndarray
     correct: np.ndarray
-    lo: object = None
-    hi: object = None
-    labels: object = None
 
 
 def _labels_tensor(labels, source: LogitsSource, device):
@@ -73,66 +83,108 @@ def _labels_tensor(labels, source: LogitsSource, device):
     return torch.from_numpy(labels).to(device)
 
 
-def score_pass(source, labels, offsets=(), log_priors=None, device="cpu", rows: int | None = None) -> PassStats:
-    """One pass over `source` (a LogitsSource or an array).
+def score_pass(source, labels, offsets=(), device="cpu", rows: int | None = None, progress=None,
+               memory_budget: int | None = None) -> PassStats:
+    """One pass over `source` (a LogitsSource or an array): for each offset vector in `offsets`, count per class
+    how many samples argmax(logits + offset) gets right (torch.argmax takes the first of tied maxima)."""
+    import torch
 
-    For each offset vector in `offsets`, counts per class how many samples argmax(logits + offset) gets right
-    (torch.argmax takes the first of tied maxima). With `log_priors`, also returns each sample's correct
-    tau-interval for scores logits - tau * log_priors.
+    source = source_from_array(source) if not isinstance(source, LogitsSource) else source
+    device = torch.device(device)
+    targets = _labels_tensor(labels, source, device)
+    dtype = compute_dtype(source)
+    shifts = [torch.as_tensor(np.asarray(o), dtype=dtype, device=device) for o in offsets]
+    correct = torch.zeros(len(shifts), source.num_classes, dtype=torch.int64, device=device)
+    for start, block in iter_blocks(source, device, rows, progress, memory_budget):
+        y = targets[start:start + block.shape[0]]
+        for k, shift in enumerate(shifts):
+            hit = (block + shift).argmax(1) == y
+            correct[k].index_add_(0, y, hit.to(torch.int64))
+    support = torch.bincount(targets, minlength=source.num_classes)
+    return PassStats(support=support.cpu().numpy(), correct=correct.cpu().numpy())
+
+
+@dataclass(frozen=True)
+class IntervalStats:
+    """What the tau-search pass gathers, mergeable over blocks.
+
+    `points[tau][c]`: samples of class c that argmax(logits - tau * log pi) gets right, for each tau asked for.
+    `lo`, `hi`: each sample's open interval of correct classification, clipped to the search range (lo >= hi when it
+    is empty). `labels`: the class of each sample (on the device).
+    """
+
+    support: np.ndarray
+    points: dict
+    lo: object
+    hi: object
+    labels: object
+
+
+def interval_pass(source, labels, log_priors, tau_range: tuple[float, float], points=(), device="cpu",
+                  rows: int | None = None, progress=None, memory_budget: int | None = None) -> IntervalStats:
+    """One pass over the logits that gives every sample's correct tau-interval within `tau_range`, and the per-class
+    correct counts at the taus in `points`, with argmax's tie rule.
+
+    Scores are s(tau) = logits + float(-tau * log pi), computed as `apply` computes them. A class j can only take a
+    sample from its label y somewhere in [LO, HI] if it ties or beats y at LO or at HI (the scores are linear in
+    tau), so two comparisons over the block find those (sample, class) pairs, and the exact work runs on the pairs
+    alone. A sample right at tau is one where no pair beats it at tau.
     """
     import torch
 
     source = source_from_array(source) if not isinstance(source, LogitsSource) else source
     device = torch.device(device)
-    num_classes = source.num_classes
     targets = _labels_tensor(labels, source, device)
     dtype = compute_dtype(source)
-    shifts = [torch.as_tensor(np.asarray(o), dtype=dtype, device=device) for o in offsets]
-    correct = torch.zeros(len(shifts), num_classes, dtype=torch.int64, device=device)
-    support = torch.bincount(targets, minlength=num_classes)
+    lo_tau, hi_tau = tau_range
+    inside = [t for t in points if lo_tau <= t <= hi_tau]
+    outside = [t for t in points if t not in inside]
+    log_priors = np.asarray(log_priors, dtype=np.float64)
+    lp = torch.as_tensor(log_priors, dtype=dtype, device=device)
+    shift = {t: torch.as_tensor(-t * log_priors, dtype=dtype, device=device) for t in {lo_tau, hi_tau, *points}}
+    counts = {t: torch.zeros(source.num_classes, dtype=torch.int64, device=device) for t in points}
+    columns = torch.arange(source.num_classes, device=device)
     los, his = [], []
-    lp = None if log_priors is None else torch.as_tensor(np.asarray(log_priors), dtype=dtype, device=device)
-    equal_priors = lp is not None and torch.unique(lp).numel() < num_classes
-    for start, block in iter_blocks(source, device, rows):
+    for start, block in iter_blocks(source, device, rows, progress, memory_budget):
         y = targets[start:start + block.shape[0]]
-        for k, shift in enumerate(shifts):
-            hit = (block + shift).argmax(1) == y
-            correct[k].index_add_(0, y, hit.to(torch.int64))
-        if lp is not None:
-            lo, hi = correct_intervals(block, y, lp, equal_priors)
-            los.append(lo)
-            his.append(hi)
-    stats = PassStats(support=support.cpu().numpy(), correct=correct.cpu().numpy())
-    if lp is not None:
-        stats = PassStats(stats.support, stats.correct, torch.cat(los), torch.cat(his), targets)
-    return stats
+        at_lo = block if lo_tau == 0 else block + shift[lo_tau]
+        at_hi = block + shift[hi_tau]
+        rivals = (at_lo >= at_lo.gather(1, y[:, None])) | (at_hi >= at_hi.gather(1, y[:, None]))
+        row, col = rivals.nonzero(as_tuple=True)
+        keep = col != y[row]
+        row, col = row[keep], col[keep]
+        label = y[row]
+        f_y, f_j = block[row, label], block[row, col]
+        gap, slope = f_y - f_j, lp[label] - lp[col]
+        ratio = gap / slope
+        n = block.shape[0]
+        lo = torch.full((n,), -torch.inf, dtype=dtype, device=device)
+        hi = torch.full((n,), torch.inf, dtype=dtype, device=device)
+        lo.scatter_reduce_(0, row[slope < 0], ratio[slope < 0], reduce="amax")
+        hi.scatter_reduce_(0, row[slope > 0], ratio[slope > 0], reduce="amin")
+        flat = slope == 0  # equal priors: the order of the two scores never changes
+        never = torch.zeros(n, dtype=torch.bool, device=device)
+        never[row[flat & ((gap < 0) | ((gap == 0) & (col < label)))]] = True
+        lo = torch.where(never, torch.inf, lo.clamp(min=lo_tau)).double()
+        hi = torch.where(never, -torch.inf, hi.clamp(max=hi_tau)).double()
+        los.append(lo)
+        his.append(hi)
+        for t in inside:
+            s_y, s_j = f_y + shift[t][label], f_j + shift[t][col]
+            beaten = (s_j > s_y) | ((s_j == s_y) & (col < label))
+            lost = torch.zeros(n, dtype=torch.bool, device=device)
+            lost[row[beaten]] = True
+            counts[t].index_add_(0, y, (~lost).to(torch.int64))
+        for t in outside:
+            hit = (block + shift[t]).argmax(1) == y
+            counts[t].index_add_(0, y, hit.to(torch.int64))
+    support = torch.bincount(targets, minlength=source.num_classes)
+    return IntervalStats(support=support.cpu().numpy(), points={t: c.cpu().numpy() for t, c in counts.items()},
+                         lo=torch.cat(los), hi=torch.cat(his), labels=targets)
 
 
-def correct_intervals(block, y, lp, equal_priors: bool = True):
-    """For each row, the open interval (lo, hi) of tau on which argmax_j (f_j - tau * lp_j) equals the label.
-
-    Row i is correct iff (f_y - f_j) > tau * (lp_y - lp_j) for every j != y: an upper bound on tau where
-    lp_y > lp_j, a lower bound where lp_y < lp_j. Where lp_y == lp_j the condition does not depend on tau; if it
-    fails (f_j wins, or ties and comes first, as argmax picks the first maximum) the row is never correct, and its
-    interval is returned empty (lo = +inf, hi = -inf).
-    """
-    import torch
-
-    gap = block.gather(1, y[:, None]) - block
-    slope = lp[y][:, None] - lp[None, :]
-    ratio = gap / slope
-    lo = torch.where(slope < 0, ratio, -torch.inf).amax(1)
-    hi = torch.where(slope > 0, ratio, torch.inf).amin(1)
-    if equal_priors:
-        columns = torch.arange(block.shape[1], device=block.device)
-        blocked = (slope == 0) & ((gap < 0) | ((gap == 0) & (columns[None, :] < y[:, None])))
-        never = blocked.any(1)
-        lo = torch.where(never, torch.inf, lo)
-        hi = torch.where(never, -torch.inf, hi)
-    return lo.double(), hi.double()
-
-
-def iter_adjusted(source: LogitsSource, offset, device="cpu", rows: int | None = None, keep_dtype: bool = True):
+def iter_adjusted(source: LogitsSource, offset, device="cpu", rows: int | None = None, keep_dtype: bool = True,
+                  progress=None, memory_budget: int | None = None):
     """Yield (start, block + offset) as CPU tensors. The sum runs in float32 (float64 for float64 input); with
     keep_dtype it is rounded back to the source's dtype, as for writing adjusted logits. Predictions should use
     keep_dtype=False, so that rounding to float16/bfloat16 creates no new ties: they then match what fit-tau and
@@ -142,7 +194,7 @@ def iter_adjusted(source: LogitsSource, offset, device="cpu", rows: int | None =
     device = torch.device(device)
     shift = torch.as_tensor(np.asarray(offset), dtype=compute_dtype(source), device=device)
     out_dtype = getattr(torch, source.dtype_name) if keep_dtype else compute_dtype(source)
-    for start, block in iter_blocks(source, device, rows):
+    for start, block in iter_blocks(source, device, rows, progress, memory_budget):
         yield start, (block + shift).to(out_dtype).cpu()
 
 

@@ -1,7 +1,7 @@
 """Finding tau: the exact minimiser of the balanced (or worst-class) error over a range, or the best of a grid.
 
 Each validation sample is classified correctly on one open tau-interval (possibly empty; see
-`scoring.correct_intervals`). The metric is therefore piecewise constant in tau, changing only at interval endpoints:
+`scoring.interval_pass`). The metric is therefore piecewise constant in tau, changing only at interval endpoints:
 sorting the endpoints inside the range splits it into segments, and a cumulative sum over the sorted endpoints gives
 each segment's metric. Among optimal segments (adjacent ones merged into runs) the run nearest tau = 1 wins and its
 midpoint is returned.
@@ -78,17 +78,19 @@ def check_tau_range(tau_range) -> tuple[float, float]:
 
 def fit_tau(logits, labels, priors, tau_range=DEFAULT_TAU_RANGE, search: str = "exact",
             metric: str = "balanced-error", grid_size: int = DEFAULT_GRID_SIZE, device="cpu",
-            rows: int | None = None) -> TauFit:
+            rows: int | None = None, progress=None, memory_budget: int | None = None) -> TauFit:
     """Find the tau in `tau_range` that minimises `metric` for argmax(logits - tau * log(pi)) on (logits, labels).
 
     `logits`: N x C array, tensor or LogitsSource; `labels`: N class ids; `priors`: C priors or counts, or a Priors.
     `search='exact'` returns a true minimiser over the whole range; `'grid'` the best of `grid_size` evenly spaced
-    values. Ties go to the optimum nearest tau = 1.
+    values. Ties go to the optimum nearest tau = 1. `rows` (rows per block), `memory_budget` (bytes) and
+    `progress` (called with the rows done) go to the scorer.
     """
     import torch
 
     from .adjust import _as_priors_array
-    from .scoring import score_pass
+    from .load import LogitsSource, source_from_array
+    from .scoring import interval_pass
 
     if metric not in METRICS:
         raise OptionError(f"unknown metric {metric!r}; use one of {', '.join(METRICS)}", "--metric")
@@ -103,8 +105,10 @@ def fit_tau(logits, labels, priors, tau_range=DEFAULT_TAU_RANGE, search: str = "
     # tau = 0, 1 and the range's ends are also scored directly: exact ties in the logits (common in float16 and
     # bfloat16) can make a single point better than the open segments around it, and argmax decides those ties.
     special = sorted({0.0, 1.0, lo_tau, hi_tau})
-    stats = score_pass(logits, labels, [-t * log_priors for t in special], log_priors, device, rows)
-    direct = {t: ClassEvaluation(stats.support, stats.correct[k]) for k, t in enumerate(special)}
+    source = logits if isinstance(logits, LogitsSource) else source_from_array(logits)
+    stats = interval_pass(source, labels, log_priors, (lo_tau, hi_tau), special, device, rows, progress,
+                          memory_budget)
+    direct = {t: ClassEvaluation(stats.support, stats.points[t]) for t in special}
     points = {t: e for t, e in direct.items() if lo_tau <= t <= hi_tau}
     support = torch.as_tensor(stats.support, device=device)
     weights, exact_sums = _balanced_weights(support)
@@ -122,8 +126,7 @@ def fit_tau(logits, labels, priors, tau_range=DEFAULT_TAU_RANGE, search: str = "
     if tau in direct:
         after = direct[tau]
     else:
-        after_stats = score_pass(logits, labels, [-tau * log_priors], device=device, rows=rows)
-        after = ClassEvaluation(after_stats.support, after_stats.correct[0])
+        after = _evaluate_inside(source, stats, tau, log_priors, device)
         # Guard against float rounding between the interval arithmetic and argmax on extreme logits: never return
         # a tau that scores worse than one of the points scored directly.
         fallback = min(points, key=lambda t: (points[t].metric(metric), abs(t - 1.0)))
@@ -132,6 +135,27 @@ def fit_tau(logits, labels, priors, tau_range=DEFAULT_TAU_RANGE, search: str = "
     return TauFit(tau=float(tau), interval=(float(interval[0]), float(interval[1])), metric=metric, search=search,
                   tau_range=(lo_tau, hi_tau), before=direct[0.0], at_one=direct[1.0], after=after,
                   grid_taus=grid_taus, grid_values=grid_values)
+
+
+AMBIGUOUS_GAP = 1e-6
+
+
+def _evaluate_inside(source, stats, tau: float, log_priors, device) -> ClassEvaluation:
+    """Per-class counts at a tau inside the range: a sample is right where its interval holds tau. Samples with an
+    interval end within a hair of tau (where float rounding could tip argmax either way) are scored directly."""
+    import torch
+
+    from .scoring import compute_dtype
+
+    inside = (stats.lo < tau) & (tau < stats.hi)
+    near = ((stats.lo - tau).abs() < AMBIGUOUS_GAP * (1 + abs(tau))) | \
+        ((stats.hi - tau).abs() < AMBIGUOUS_GAP * (1 + abs(tau)))
+    shift = torch.as_tensor(-tau * np.asarray(log_priors), dtype=compute_dtype(source), device=device)
+    for index in near.nonzero().flatten().tolist():
+        row = source.rows(index, index + 1).to(device=device, dtype=shift.dtype)
+        inside[index] = bool((row + shift).argmax(1)[0] == stats.labels[index])
+    correct = torch.bincount(stats.labels[inside], minlength=int(stats.support.shape[0]))
+    return ClassEvaluation(stats.support, correct.cpu().numpy())
 
 
 def _score(evaluation: ClassEvaluation, metric: str, weights):

@@ -22,13 +22,45 @@ def logits():
     return np.random.default_rng(0).normal(size=(20, 4)).astype(np.float32)
 
 
-def test_npy_is_memory_mapped(tmp_path, logits):
+def test_npy_rows_are_read_on_demand(tmp_path, logits):
     np.save(tmp_path / "a.npy", logits)
     source = read_logits(tmp_path / "a.npy")
     assert source.shape == (20, 4) and source.dtype_name == "float32"
     np.testing.assert_array_equal(_all_rows(source).numpy(), logits)
-    cells = [c.cell_contents for c in source._read_rows.__closure__ if isinstance(c.cell_contents, np.ndarray)]
-    assert cells and isinstance(cells[0], np.memmap)
+    np.testing.assert_array_equal(source.rows(5, 9).numpy(), logits[5:9])
+
+
+def test_streaming_a_large_npy_never_holds_it_whole(tmp_path):
+    import tracemalloc
+
+    big = np.lib.format.open_memmap(tmp_path / "big.npy", mode="w+", dtype=np.float32, shape=(10_000, 1_000))
+    big[:] = 1.0
+    big[::7, 3] = 5.0
+    big.flush()
+    del big
+    tracemalloc.start()
+    source = read_logits(tmp_path / "big.npy")
+    total = 0.0
+    for start in range(0, source.num_samples, 500):
+        total += float(source.rows(start, start + 500).double().sum())
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert total == 10_000 * 1_000 + 4.0 * len(range(0, 10_000, 7))
+    assert peak < 40_000_000 / 4  # the file is 40 MB; a block is 2 MB
+
+
+def test_npy_other_layouts(tmp_path):
+    data = np.arange(12, dtype=np.float32).reshape(3, 4)
+    np.save(tmp_path / "big_endian.npy", data.astype(">f4"))
+    np.save(tmp_path / "fortran.npy", np.asfortranarray(data))
+    for name in ("big_endian.npy", "fortran.npy"):
+        np.testing.assert_array_equal(read_logits(tmp_path / name).rows(1, 3).numpy(), data[1:3])
+    raw = (tmp_path / "fortran.npy").read_bytes()
+    np.save(tmp_path / "cut.npy", data)
+    (tmp_path / "cut.npy").write_bytes((tmp_path / "cut.npy").read_bytes()[:-8])
+    with pytest.raises(InputFileError, match="is cut short"):
+        read_logits(tmp_path / "cut.npy")
+    assert raw
 
 
 def test_npz_single_and_key(tmp_path, logits):
