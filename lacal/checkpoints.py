@@ -14,7 +14,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import CheckpointError, InputDataError, InputFileError
+from .errors import CheckpointError, InputDataError, InputFileError, MismatchError
 from .load import check_readable, load_torch_file
 
 STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "network")
@@ -65,10 +65,13 @@ class Checkpoint:
         """The named tensor, on the CPU."""
         info = self.tensors[name]
         if _is_safetensors(info.file):
-            from safetensors import safe_open
+            from safetensors import SafetensorError, safe_open
 
-            with safe_open(str(info.file), framework="pt") as handle:
-                return handle.get_tensor(name)
+            try:
+                with safe_open(str(info.file), framework="pt") as handle:
+                    return handle.get_tensor(name)
+            except (SafetensorError, OSError, ValueError) as exc:
+                raise InputFileError(f"cannot read tensor {name!r}: {exc}", info.file) from None
         return self.state_dict(info.file)[name]
 
     def torch_object(self, file: Path):
@@ -108,14 +111,24 @@ def read_safetensors_header(path: Path) -> tuple[dict, int]:
 
 
 def _safetensors_tensors(path: Path) -> tuple[dict[str, TensorInfo], dict]:
-    header, _ = read_safetensors_header(path)
+    header, data_start = read_safetensors_header(path)
     metadata = header.get("__metadata__") or {}
+    if not isinstance(metadata, dict):
+        raise InputFileError("cannot read as safetensors: __metadata__ is not a JSON object", path)
+    data_size = os.path.getsize(path) - data_start
     tensors = {}
     for name, entry in header.items():
         if name == "__metadata__":
             continue
-        dtype = SAFETENSORS_DTYPES.get(entry["dtype"], entry["dtype"].lower())
-        tensors[name] = TensorInfo(name, tuple(entry["shape"]), dtype, path, int(entry["data_offsets"][0]))
+        try:
+            dtype, shape, (begin, end) = entry["dtype"], tuple(int(n) for n in entry["shape"]), entry["data_offsets"]
+            if not (isinstance(dtype, str) and isinstance(begin, int) and isinstance(end, int)
+                    and 0 <= begin <= end <= data_size):
+                raise ValueError
+        except (KeyError, TypeError, ValueError):
+            raise InputFileError(f"cannot read as safetensors: the header entry for {name!r} is malformed or points "
+                                 "past the end of the file", path) from None
+        tensors[name] = TensorInfo(name, shape, SAFETENSORS_DTYPES.get(dtype, dtype.lower()), path, begin)
     return tensors, metadata
 
 
@@ -132,8 +145,8 @@ def _locate_state_dict(obj, path: Path) -> list[str]:
         for key in STATE_DICT_KEYS:
             if key in obj and _is_state_dict(obj[key]):
                 return [key]
-    raise CheckpointError("holds no state dict: expected a dict of tensors, or one under "
-                          f"{', '.join(repr(k) for k in STATE_DICT_KEYS[:3])}", path)
+    raise InputDataError("holds no state dict: expected a dict of tensors, or one under "
+                         f"{', '.join(repr(k) for k in STATE_DICT_KEYS[:3])}", path)
 
 
 def _torch_tensors(checkpoint: Checkpoint, path: Path) -> dict[str, TensorInfo]:
@@ -152,21 +165,38 @@ def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
         tensors, metadata = _safetensors_tensors(path)
         return Checkpoint(path, "safetensors", tensors, patch=_patch_from_metadata(metadata, path))
     if path.suffix.lower() in (".pt", ".pth", ".bin"):
-        checkpoint = Checkpoint(path, "torch", {}, patch=_patch_beside(path))
+        checkpoint = Checkpoint(path, "torch", {})
         checkpoint.tensors = _torch_tensors(checkpoint, path)
+        checkpoint.patch = _patch_in_torch(checkpoint, path) or _patch_beside(path)
         return checkpoint
     raise InputFileError(f"unknown checkpoint format {path.suffix or '(no suffix)'!r}; use .safetensors, .pt, .pth, "
                          ".bin or a Hugging Face model folder", path)
 
 
+def _as_record(value, where: str) -> dict:
+    """A provenance record as a dict; anything else found where a record belongs still counts as a patch."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            pass
+    return value if isinstance(value, dict) else {"unreadable": where}
+
+
 def _patch_from_metadata(metadata: dict, path: Path):
     text = metadata.get(PATCH_METADATA_KEY)
-    if text is None:
-        return None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return {"unreadable": text}
+    return None if text is None else _as_record(text, str(path))
+
+
+def _patch_in_torch(checkpoint: "Checkpoint", path: Path):
+    """A record lacal left inside a PyTorch object: in the state dict's _metadata, or beside the state dict in a
+    training checkpoint."""
+    obj, keys = checkpoint.torch_object(path)
+    state = checkpoint.state_dict(path)
+    record = getattr(state, "_metadata", {}).get(PATCH_METADATA_KEY) if hasattr(state, "_metadata") else None
+    if record is None and keys and isinstance(obj, dict):
+        record = obj.get(PATCH_METADATA_KEY)
+    return None if record is None else _as_record(record, str(path))
 
 
 def patch_record_path(path: Path) -> Path:
@@ -179,8 +209,8 @@ def _patch_beside(path: Path):
     if not record.exists():
         return None
     try:
-        return json.loads(record.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        return _as_record(json.loads(record.read_text(encoding="utf-8")), str(record))
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError):
         return {"unreadable": str(record)}
 
 
@@ -194,11 +224,15 @@ def _open_folder(path: Path) -> Checkpoint:
         try:
             index = json.loads(chosen.read_text(encoding="utf-8"))
             files = list(dict.fromkeys(index["weight_map"].values()))
+            if not all(isinstance(name, str) for name in files):
+                raise TypeError("shard names must be strings")
         except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
             raise InputDataError(f"is not a valid weight index: {exc}", chosen) from None
         checkpoint.index_file = chosen
         shards = [path / name for name in files]
-        for shard in shards:
+        for name, shard in zip(files, shards):
+            if Path(name).is_absolute() or ".." in Path(name).parts:  # symlinks (a hub cache's blobs) are fine
+                raise InputDataError(f"names a shard outside the folder: {name!r}", chosen)
             check_readable(shard)
     else:
         shards = [chosen]
@@ -212,7 +246,7 @@ def _open_folder(path: Path) -> Checkpoint:
         for name, info in tensors.items():
             checkpoint.tensors[name] = TensorInfo(name, info.shape, info.dtype, shard, offset + info.position)
         offset += 1 << 48  # later shards come after earlier ones
-    if (path / PATCH_FILE).is_file():
+    if (path / PATCH_FILE).exists():
         checkpoint.patch = checkpoint.patch or _patch_beside_folder(path)
     checkpoint.class_names = read_config_classes(path / "config.json")
     return checkpoint
@@ -220,8 +254,8 @@ def _open_folder(path: Path) -> Checkpoint:
 
 def _patch_beside_folder(path: Path):
     try:
-        return json.loads((path / PATCH_FILE).read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        return _as_record(json.loads((path / PATCH_FILE).read_text(encoding="utf-8")), str(path / PATCH_FILE))
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError):
         return {"unreadable": str(path / PATCH_FILE)}
 
 
@@ -261,10 +295,10 @@ def _plain_name(module: str) -> str:
 def _layers(checkpoint: Checkpoint, num_classes: int | None) -> list[Head]:
     """Every `X.weight` that is 2-D (with [C, D] when C is known), with `X.bias` when that is 1-D of length C."""
     layers = []
-    for name, info in sorted(checkpoint.tensors.items(), key=lambda item: item[1].position):
-        if not name.endswith(".weight") or len(info.shape) != 2:
+    for name, info in sorted(checkpoint.tensors.items(), key=lambda item: _order(item[1])):
+        if not name.endswith(".weight") or not _linear_shape(info.shape):
             continue
-        rows, columns = info.shape
+        rows, columns = info.shape[:2]
         if num_classes is not None and rows != num_classes:
             continue
         module = name[: -len(".weight")]
@@ -274,41 +308,60 @@ def _layers(checkpoint: Checkpoint, num_classes: int | None) -> list[Head]:
     return layers
 
 
+def _linear_shape(shape: tuple) -> bool:
+    """[C, D], or [C, D, 1, 1] (a 1x1 convolution used as the classifier, as in BiT and SqueezeNet)."""
+    return len(shape) == 2 or (len(shape) == 4 and shape[2:] == (1, 1))
+
+
+def _natural(name: str) -> tuple:
+    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name))
+
+
+def _order(info: TensorInfo) -> tuple:
+    """File order for PyTorch files (the order the model defined its modules); safetensors files are written sorted
+    by name, so there module names in natural order (classifier.9 before classifier.10) stand in for it."""
+    if _is_safetensors(info.file):
+        return (info.position >> 48, _natural(info.name))
+    return (info.position >> 48, info.position)
+
+
 def _describe(layer: Head) -> str:
     return f"{layer.name} [{layer.num_classes}, {layer.in_features}]" + ("" if layer.bias else " (no bias)")
 
 
 def find_head(checkpoint: Checkpoint, num_classes: int | None = None, name: str | None = None) -> Head:
-    """The classifier head: `name` when given (a module name or its '.weight'); else the layer with the usual head
-    name (fc, head, head.fc, classifier, classifier.N, heads.head, under module./model. prefixes), the last in the
-    file when several have one; else the only [C, D] layer. A head without a bias is returned with bias=None."""
+    """The classifier head: `name` when given (a module name, with or without a `module.`-style prefix or
+    '.weight'); else the last layer with a usual head name (fc, head, head.fc, classifier, classifier.N,
+    heads.head, under module./model. prefixes); else the only [C, D] layer. A head without a bias is returned with
+    bias=None; several candidates and no usual name is an error that lists them."""
     if name is not None:
         module = name[: -len(".weight")] if name.endswith(".weight") else name
-        matches = [layer for layer in _layers(checkpoint, None) if layer.name == module]
-        if not matches:
-            raise CheckpointError(f"--head {name!r}: no 2-D tensor {module + '.weight'!r} in the checkpoint",
-                                  checkpoint.path)
+        every = _layers(checkpoint, None)
+        matches = [layer for layer in every if layer.name == module] or \
+            [layer for layer in every if _plain_name(layer.name) == _plain_name(module)]
+        if len(matches) != 1:
+            found = "several layers match it" if matches else f"no 2-D tensor {module + '.weight'!r}"
+            raise CheckpointError(f"--head {name!r}: {found} in the checkpoint", checkpoint.path)
         if num_classes is not None and matches[0].num_classes != num_classes:
-            raise CheckpointError(f"--head {name!r} has {matches[0].num_classes} outputs but the calibration is for "
-                                  f"{num_classes} classes", checkpoint.path)
+            raise MismatchError(f"--head {name!r} has {matches[0].num_classes} outputs but the calibration is for "
+                                f"{num_classes} classes", checkpoint.path)
         return matches[0]
     layers = _layers(checkpoint, num_classes)
-    outputs = f"{num_classes} outputs" if num_classes is not None else "a usual head name"
     usual = [layer for layer in layers if USUAL_HEAD.match(_plain_name(layer.name))]
     if usual:
         return usual[-1]
     if num_classes is None:
-        raise CheckpointError(f"no layer with {outputs}; name the classifier with --head NAME", checkpoint.path)
-    with_bias = [layer for layer in layers if layer.bias]
-    if len(with_bias) == 1 or (len(layers) == 1):
-        return with_bias[0] if with_bias else layers[0]
+        raise CheckpointError("no layer with a usual head name (fc, head, head.fc, classifier, classifier.N, "
+                              "heads.head); name the classifier with --head NAME", checkpoint.path)
+    if len(layers) == 1:
+        return layers[0]
     if not layers:
         heads = [layer for layer in _layers(checkpoint, None) if USUAL_HEAD.match(_plain_name(layer.name))]
         if heads:
-            raise CheckpointError(f"the head {heads[-1].name!r} has {heads[-1].num_classes} outputs but the "
-                                  f"calibration is for {num_classes} classes", checkpoint.path)
+            raise MismatchError(f"the head {heads[-1].name!r} has {heads[-1].num_classes} outputs but the "
+                                f"calibration is for {num_classes} classes", checkpoint.path)
         shapes = [f"{n} {list(i.shape)}" for n, i in checkpoint.tensors.items()
-                  if n.endswith(".weight") and len(i.shape) == 2][-5:]
+                  if n.endswith(".weight") and _linear_shape(i.shape)][-5:]
         raise CheckpointError(f"no 2-D weight with {num_classes} rows (one per class); 2-D weights include: "
                               f"{', '.join(shapes) or 'none'}; name the classifier with --head NAME (or, if this "
                               "file holds logits rather than a model, choose the array with --key NAME)",

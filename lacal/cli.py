@@ -476,6 +476,11 @@ def _apply_checkpoint(path, out, calibration, tau, train_labels, priors, classes
         fitted = _calibration_for(None, tau, train_labels, priors, layer.num_classes, smoothing, names, label_column)
     patch = make_patch(model, layer, fitted.offsets, fitted.tau,
                        sha256_file(calibration) if calibration is not None else None, add_bias, force)
+    if patch.earlier is not None:
+        from .patch import describe_patch
+
+        _warn(f"{path} already carries a lacal patch{describe_patch(patch.earlier)}; --force patches it again, so "
+              "the offsets add up")
     if patch.added_bias:
         _warn(f"added a bias to {layer.name!r}; the model's code must build this layer with bias=True")
     if verify_features is not None:
@@ -483,10 +488,11 @@ def _apply_checkpoint(path, out, calibration, tau, train_labels, priors, classes
         worst, tolerance = verify_patch(model, patch, features, fitted.offsets, compute)
         typer.echo(f"lacal: verified on {features.num_samples} samples: the patched head gives the adjusted logits "
                    f"(max |difference| {worst:.3g}, tolerance {tolerance:.3g})", err=True)
-    if layer.dtype in ("float16", "bfloat16"):
+    if layer.dtype not in ("float32", "float64"):
         typer.echo(f"lacal: the bias stays {layer.dtype}; rounding moved the offsets by at most "
                    f"{patch.max_rounding_error:.3g}", err=True)
-    for note in write_checkpoint(model, patch, out, force, in_place, link):
+    inputs = [calibration, train_labels, priors, classes, verify_features]
+    for note in write_checkpoint(model, patch, out, force, in_place, link, inputs):
         typer.echo(f"lacal: {note}", err=True)
     typer.echo(f"lacal: patched {layer.name!r} ({layer.num_classes} classes, tau = {fitted.tau:.4f}) and wrote "
                f"{path if in_place else out}", err=True)

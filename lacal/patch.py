@@ -8,6 +8,7 @@ a second patch of the same checkpoint is caught.
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import shutil
@@ -19,7 +20,7 @@ import numpy as np
 
 from .checkpoints import (PATCH_FILE, PATCH_METADATA_KEY, Checkpoint, Head, _is_safetensors, patch_record_path,
                           read_safetensors_header)
-from .errors import CheckpointError, OptionError, OutputError, VerificationError
+from .errors import CheckpointError, MismatchError, OptionError, OutputError, VerificationError
 from .write import atomic_path, check_output, write_text
 
 PATCH_FORMAT = "lacal-patch"
@@ -37,6 +38,7 @@ class Patch:
     max_rounding_error: float
     added_bias: bool
     record: dict
+    earlier: dict | None = None  # the record of a patch already in the checkpoint (patched again with force)
 
 
 def make_patch(checkpoint: Checkpoint, head: Head, offsets, tau: float, calibration_sha256: str | None = None,
@@ -46,14 +48,13 @@ def make_patch(checkpoint: Checkpoint, head: Head, offsets, tau: float, calibrat
     import torch
 
     if checkpoint.patch is not None and not force:
-        earlier = checkpoint.patch.get("tau")
-        raise CheckpointError(
-            f"already carries a lacal patch{'' if earlier is None else f' (tau = {earlier:.4g})'}; patching again "
-            "would add the offset twice; pass --force if that is really what you want", checkpoint.path)
+        raise CheckpointError(f"already carries a lacal patch{describe_patch(checkpoint.patch)}; patching again "
+                              "would add the offset twice; pass --force if that is really what you want",
+                              checkpoint.path)
     offsets = np.asarray(offsets, dtype=np.float64)
     if offsets.shape != (head.num_classes,):
-        raise CheckpointError(f"head {head.name!r} has {head.num_classes} outputs but the calibration is for "
-                              f"{offsets.shape[0]} classes", checkpoint.path)
+        raise MismatchError(f"head {head.name!r} has {head.num_classes} outputs but the calibration is for "
+                            f"{offsets.shape[0]} classes", checkpoint.path)
     if head.bias is None:
         if not add_bias:
             raise CheckpointError(
@@ -70,7 +71,12 @@ def make_patch(checkpoint: Checkpoint, head: Head, offsets, tau: float, calibrat
               "bias": head.bias or f"{head.name}.bias", "added_bias": head.bias is None, "tau": float(tau),
               "offsets": offsets.tolist(), "calibration_sha256": calibration_sha256, "bias_dtype": str(old.dtype)
               .replace("torch.", ""), "max_rounding_error": rounding}
-    return Patch(head, new, rounding, head.bias is None, record)
+    return Patch(head, new, rounding, head.bias is None, record, checkpoint.patch)
+
+
+def describe_patch(record: dict) -> str:
+    tau = record.get("tau")
+    return f" (tau = {tau:.4g})" if isinstance(tau, (int, float)) and not isinstance(tau, bool) else ""
 
 
 def verify_patch(checkpoint: Checkpoint, patch: Patch, features, offsets, device="cpu") -> tuple[float, float]:
@@ -79,7 +85,7 @@ def verify_patch(checkpoint: Checkpoint, patch: Patch, features, offsets, device
     import torch
     import torch.nn.functional as F
 
-    from .scoring import block_rows
+    from .scoring import iter_blocks
 
     head = patch.head
     if features.num_classes != head.in_features:
@@ -87,15 +93,15 @@ def verify_patch(checkpoint: Checkpoint, patch: Patch, features, offsets, device
                                 f"{head.in_features}", features.name)
     device = torch.device(device)
     weight = checkpoint.tensor(head.weight).to(device)
+    weight = weight.reshape(weight.shape[0], -1)
     old = (checkpoint.tensor(head.bias) if head.bias else torch.zeros_like(patch.bias)).to(device)
     new = patch.bias.to(device)
     shift = torch.as_tensor(np.asarray(offsets), dtype=torch.float64, device=device)
     if device.type == "cpu" and weight.dtype in (torch.float16, torch.bfloat16):
         weight, old, new = weight.float(), old.float(), new.float()  # CPU half matmuls are slow; same rounding
     worst = scale = 0.0
-    step = block_rows(features)
-    for start in range(0, features.num_samples, step):
-        x = features.rows(start, min(start + step, features.num_samples)).to(device=device, dtype=weight.dtype)
+    for _, block in iter_blocks(features, device):
+        x = block.to(weight.dtype)
         expected = F.linear(x, weight, old).double() + shift
         patched = F.linear(x, weight, new).double()
         worst = max(worst, float((patched - expected).abs().max()))
@@ -129,7 +135,8 @@ def write_safetensors(source: Path, target: Path, replace: dict, add: dict, meta
         new_header[name] = dict(entry) if name == "__metadata__" else entry
         if name != "__metadata__":
             end = max(end, entry["data_offsets"][1])
-    new_header["__metadata__"] = {**(new_header["__metadata__"] or {}), **metadata}
+    # transformers refuses a safetensors file whose metadata lacks "format"; files saved without metadata get "pt"
+    new_header["__metadata__"] = {"format": "pt", **(new_header["__metadata__"] or {}), **metadata}
     appended = []
     for name, tensor in add.items():
         data = _tensor_bytes(tensor)
@@ -156,9 +163,10 @@ def write_safetensors(source: Path, target: Path, replace: dict, add: dict, meta
             writer.write(data)
 
 
-def write_torch(checkpoint: Checkpoint, file: Path, target: Path, replace: dict, add: dict) -> None:
+def write_torch(checkpoint: Checkpoint, file: Path, target: Path, replace: dict, add: dict, record: dict) -> None:
     """Save the loaded object of `file` again to `target` with the tensors in `replace` swapped and those in `add`
-    inserted right after their layer's weight."""
+    inserted right after their layer's weight. The provenance `record` goes into the state dict's _metadata (which
+    load_state_dict ignores for names that are no module), or beside the state dict in a training checkpoint."""
     import torch
 
     obj, keys = checkpoint.torch_object(file)
@@ -170,14 +178,22 @@ def write_torch(checkpoint: Checkpoint, file: Path, target: Path, replace: dict,
             if name == added[: -len(".bias")] + ".weight":
                 new_state[added] = value
     if hasattr(state, "_metadata"):
-        new_state._metadata = state._metadata
+        new_state._metadata = type(state._metadata)(state._metadata)
+    elif isinstance(new_state, collections.OrderedDict):
+        new_state._metadata = collections.OrderedDict()
+    if hasattr(new_state, "_metadata"):
+        new_state._metadata[PATCH_METADATA_KEY] = record
     if keys:
         outer = type(obj)(obj)
         outer[keys[0]] = new_state
+        outer[PATCH_METADATA_KEY] = record
         new_obj = outer
     else:
         new_obj = new_state
-    torch.save(new_obj, target)
+    try:
+        torch.save(new_obj, target)
+    except RuntimeError as exc:
+        raise OSError(str(exc).splitlines()[0] if str(exc) else "torch.save failed") from None
 
 
 def _changes(patch: Patch) -> tuple[dict, dict]:
@@ -190,25 +206,27 @@ def _write_one(checkpoint: Checkpoint, file: Path, target: Path, patch: Patch) -
     if _is_safetensors(file):
         write_safetensors(file, target, replace, add, {PATCH_METADATA_KEY: json.dumps(patch.record)})
     else:
-        write_torch(checkpoint, file, target, replace, add)
+        write_torch(checkpoint, file, target, replace, add, patch.record)
 
 
 def write_checkpoint(checkpoint: Checkpoint, patch: Patch, out: Path | None, force: bool = False,
-                     in_place: bool = False, link: bool = False) -> list[str]:
-    """Write the patched checkpoint to `out` (or over the input with in_place), atomically. Returns notes."""
+                     in_place: bool = False, link: bool = False, inputs=()) -> list[str]:
+    """Write the patched checkpoint to `out` (or over the input with in_place), atomically; `inputs` are other
+    files the output must not replace. Returns notes."""
     if in_place == (out is not None):
         raise OptionError("give --out PATH, or --in-place to rewrite the checkpoint itself", "--out")
     if checkpoint.kind == "folder":
-        return _write_folder(checkpoint, patch, out, force, in_place, link)
+        return _write_folder(checkpoint, patch, out, force, in_place, link, inputs)
     target = checkpoint.path if in_place else Path(out)
     allowed = (".safetensors",) if checkpoint.kind == "safetensors" else (".pt", ".pth", ".bin")
     if target.suffix.lower() not in allowed:
         raise OutputError(f"a patched {checkpoint.kind} checkpoint is written as {' or '.join(allowed)}", target)
-    with atomic_path(target, force or in_place, [] if in_place else [checkpoint.path]) as temporary:
+    with atomic_path(target, force or in_place, [] if in_place else [checkpoint.path, *inputs]) as temporary:
         _write_one(checkpoint, checkpoint.path, temporary, patch)
+        if checkpoint.kind == "torch":  # before the rename: a failure here leaves no patched file either
+            write_text(patch_record_path(target), json.dumps(patch.record, indent=2) + "\n", force=True)
     if checkpoint.kind == "torch":
-        write_text(patch_record_path(target), json.dumps(patch.record, indent=2) + "\n", force=True)
-        return [f"provenance written to {patch_record_path(target)}"]
+        return [f"provenance written into the checkpoint and to {patch_record_path(target)}"]
     return []
 
 
@@ -218,7 +236,7 @@ def _head_file(checkpoint: Checkpoint, patch: Patch) -> Path:
 
 
 def _write_folder(checkpoint: Checkpoint, patch: Patch, out: Path | None, force: bool, in_place: bool,
-                  link: bool) -> list[str]:
+                  link: bool, inputs=()) -> list[str]:
     source = checkpoint.path
     shard = _head_file(checkpoint, patch)
     index = checkpoint.index_file
@@ -230,9 +248,13 @@ def _write_folder(checkpoint: Checkpoint, patch: Patch, out: Path | None, force:
         write_text(source / PATCH_FILE, json.dumps(patch.record, indent=2) + "\n", force=True)
         return []
     out = Path(out)
-    if out.exists() and (out.resolve() == source.resolve() or source.resolve() in out.resolve().parents
-                         or out.resolve() in source.resolve().parents):
+    resolved = out.resolve()
+    if resolved == source.resolve() or source.resolve() in resolved.parents:
         raise OutputError("is the input folder or inside it; choose another --out, or pass --in-place", out)
+    for item in [source, *inputs]:
+        if item is not None and resolved in Path(item).resolve().parents:
+            raise OutputError(f"holds an input ({item}); lacal never writes over its inputs, choose another --out",
+                              out)
     if out.exists() and not force:
         raise OutputError("already exists; pass --force to replace it", out)
     if not out.parent.is_dir():
@@ -255,7 +277,7 @@ def _write_folder(checkpoint: Checkpoint, patch: Patch, out: Path | None, force:
                 continue
             elif link:
                 try:
-                    os.link(item, target)
+                    os.link(os.path.realpath(item), target)  # through symlinks, as in a Hugging Face cache
                 except OSError as exc:
                     shutil.copy2(item, target)
                     notes.append(f"could not hard-link {item} ({exc.strerror}); copied it")

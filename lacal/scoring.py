@@ -204,6 +204,7 @@ def head_logits(features: LogitsSource, weight, bias=None, device="cpu", name: s
     import torch
     import torch.nn.functional as F
 
+    weight = weight.reshape(weight.shape[0], -1)  # a 1x1 convolution head is a linear layer
     if features.num_classes != weight.shape[1]:
         raise InputDataError(f"features have {features.num_classes} columns but the head takes {weight.shape[1]}",
                              features.name)

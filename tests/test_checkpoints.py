@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 import lacal
 from lacal.checkpoints import find_head, open_checkpoint, read_safetensors_header
 from lacal.cli import app
-from lacal.errors import CheckpointError, VerificationError
+from lacal.errors import CheckpointError, MismatchError, VerificationError
 from lacal.patch import Patch, make_patch, verify_patch, write_checkpoint
 
 from .models import C, D, TimmLike, TorchvisionLike, TwoHeads, VggLike, build, save_hf_folder
@@ -94,7 +94,7 @@ def test_ambiguous_head_lists_candidates(tmp_path, calibration):
 
 def test_head_with_the_wrong_class_count(tmp_path):
     save_file(build(TorchvisionLike).state_dict(), tmp_path / "m.safetensors")
-    with pytest.raises(CheckpointError, match="the head 'fc' has 6 outputs but the calibration is for 10"):
+    with pytest.raises(MismatchError, match="the head .fc. has 6 outputs but the calibration is for 10"):
         find_head(open_checkpoint(tmp_path / "m.safetensors"), 10)
 
 
@@ -367,3 +367,138 @@ def test_safetensors_metadata_is_readable_by_safetensors(tmp_path, calibration):
                tmp_path / "p.safetensors").exit_code == 0
     with safe_open(str(tmp_path / "p.safetensors"), framework="pt") as handle:
         assert json.loads(handle.metadata()["lacal_patch"])["head"] == "fc"
+
+
+# ------------------------------------------------------------------------------------------ review regressions
+
+
+def test_hub_cache_symlinks_with_link(tmp_path, calibration):
+    model = build(TimmLike)
+    save_hf_folder(model, tmp_path / "plain", 2)
+    snapshot, blobs = tmp_path / "cache" / "snapshots" / "abc", tmp_path / "cache" / "blobs"
+    snapshot.mkdir(parents=True)
+    blobs.mkdir()
+    for item in (tmp_path / "plain").iterdir():
+        (blobs / item.name).write_bytes(item.read_bytes())
+        (snapshot / item.name).symlink_to(os.path.join("..", "..", "blobs", item.name))
+    result = run("apply", snapshot, "--calibration", calibration, "--out", tmp_path / "out", "--link")
+    assert result.exit_code == 0, result.output
+    assert not any(p.is_symlink() for p in (tmp_path / "out").iterdir())
+    checkpoint = open_checkpoint(tmp_path / "out")
+    _assert_predicts_adjusted(TimmLike, model, {n: checkpoint.tensor(n) for n in checkpoint.tensors})
+
+
+def test_folder_output_never_lands_on_inputs(tmp_path, calibration):
+    save_hf_folder(build(TimmLike), tmp_path / "hf")
+    inside = run("apply", tmp_path / "hf", "--calibration", calibration, "--out", tmp_path / "hf" / "patched")
+    assert inside.exit_code == 8 and "is the input folder or inside it" in inside.stderr
+    assert not (tmp_path / "hf" / "patched").exists()
+    assert not [p for p in (tmp_path / "hf").iterdir() if "lacal-tmp" in p.name]
+    holder = run("apply", tmp_path / "hf", "--calibration", calibration, "--out", tmp_path, "--force")
+    assert holder.exit_code == 8 and "holds an input" in holder.stderr
+    assert calibration.exists()
+
+
+def test_patch_record_travels_inside_pytorch_files(tmp_path, calibration):
+    torch.save(build(TorchvisionLike).state_dict(), tmp_path / "m.pt")
+    assert run("apply", tmp_path / "m.pt", "--calibration", calibration, "--out", tmp_path / "p.pt").exit_code == 0
+    (tmp_path / "p.pt.lacal.json").unlink()
+    (tmp_path / "p.pt").rename(tmp_path / "renamed.pt")
+    again = run("apply", tmp_path / "renamed.pt", "--calibration", calibration, "--out", tmp_path / "q.pt")
+    assert again.exit_code == 9 and "already carries a lacal patch (tau = 1.3)" in again.stderr
+    state = torch.load(tmp_path / "renamed.pt", weights_only=True)
+    TorchvisionLike().load_state_dict(state, strict=True)  # the record does not disturb loading
+    forced = run("apply", tmp_path / "renamed.pt", "--calibration", calibration, "--out", tmp_path / "q.pt",
+                 "--force")
+    assert forced.exit_code == 0 and "--force patches it again, so the offsets add up" in forced.stderr
+
+
+def test_hidden_layer_never_stands_in_for_a_head_without_bias(tmp_path, calibration):
+    state = {"proj.weight": torch.randn(C, D), "proj.bias": torch.randn(C), "logits.weight": torch.randn(C, C)}
+    save_file(state, tmp_path / "m.safetensors")
+    result = run("apply", tmp_path / "m.safetensors", "--calibration", calibration, "--out", tmp_path / "p.safetensors")
+    assert result.exit_code == 9 and "2 layers could be the classifier head" in result.stderr
+    assert "logits [6, 6] (no bias)" in result.stderr
+
+
+def test_head_option_without_the_wrapper_prefix(tmp_path, calibration):
+    wrapped = {f"module.{k}": v for k, v in build(TorchvisionLike).state_dict().items()}
+    torch.save({"state_dict": wrapped}, tmp_path / "ddp.pth")
+    for name in ("fc", "fc.weight", "module.fc"):
+        result = run("apply", tmp_path / "ddp.pth", "--calibration", calibration, "--out", tmp_path / "p.pth",
+                     "--head", name, "--force")
+        assert result.exit_code == 0 and "'module.fc'" in result.stderr, result.output
+
+
+def test_one_by_one_convolution_head(tmp_path, calibration):
+    torch.manual_seed(0)
+    model = nn_conv_model()
+    save_file(model.state_dict(), tmp_path / "m.safetensors")
+    assert find_head(open_checkpoint(tmp_path / "m.safetensors"), C).name == "head.fc"
+    result = run("apply", tmp_path / "m.safetensors", "--calibration", calibration, "--out",
+                 tmp_path / "p.safetensors")
+    assert result.exit_code == 0, result.output
+    patched = nn_conv_model()
+    patched.load_state_dict(load_file(tmp_path / "p.safetensors"))
+    x = torch.randn(4, D, 3, 3)
+    with torch.no_grad():
+        torch.testing.assert_close(patched(x).double(), model(x).double() + torch.from_numpy(OFFSETS)[:, None, None],
+                                   rtol=1e-5, atol=1e-5)
+
+
+def nn_conv_model():
+    from torch import nn
+
+    model = nn.Module()
+    model.head = nn.Module()
+    model.head.fc = nn.Conv2d(D, C, 1)
+    model.forward = lambda x: model.head.fc(x)
+    return model
+
+
+def test_natural_order_of_sequential_heads(tmp_path):
+    state = {f"classifier.{i}.weight": torch.randn(C, C) for i in (0, 9, 10)}
+    state.update({f"classifier.{i}.bias": torch.randn(C) for i in (0, 9, 10)})
+    save_file(state, tmp_path / "m.safetensors")
+    assert find_head(open_checkpoint(tmp_path / "m.safetensors"), C).name == "classifier.10"
+
+
+def test_metadata_gets_a_format_for_transformers(tmp_path, calibration):
+    save_file(build(TorchvisionLike).state_dict(), tmp_path / "m.safetensors")  # no metadata at all
+    assert run("apply", tmp_path / "m.safetensors", "--calibration", calibration, "--out",
+               tmp_path / "p.safetensors").exit_code == 0
+    assert _safetensors_bytes(tmp_path / "p.safetensors")[1]["format"] == "pt"
+
+
+def test_more_bad_checkpoints(tmp_path, calibration):
+    model = build(TorchvisionLike)
+    save_file(model.state_dict(), tmp_path / "m.safetensors")
+    raw = (tmp_path / "m.safetensors").read_bytes()
+    size = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + size])
+    header["fc.bias"]["data_offsets"] = [0, 10 ** 9]
+    encoded = json.dumps(header).encode()
+    (tmp_path / "bad.safetensors").write_bytes(len(encoded).to_bytes(8, "little") + encoded + raw[8 + size:])
+    save_hf_folder(model, tmp_path / "hf", 2)
+    index = json.loads((tmp_path / "hf" / "model.safetensors.index.json").read_text())
+    index["weight_map"] = {k: "../" + v for k, v in index["weight_map"].items()}
+    (tmp_path / "hf" / "model.safetensors.index.json").write_text(json.dumps(index))
+    np.save(tmp_path / "nan.npy", np.full((3, D), np.nan, dtype=np.float32))
+    torch.save([torch.zeros(2)], tmp_path / "list.pt")
+    other = tmp_path / "cal10.json"
+    lacal.Calibration(tau=1.0, priors=np.full(10, 0.1)).save(other)
+    cases = [
+        (["apply", tmp_path / "bad.safetensors", "--calibration", calibration], 3, "points past the end of the file"),
+        (["apply", tmp_path / "hf", "--calibration", calibration], 4, "names a shard outside the folder"),
+        (["apply", tmp_path / "m.safetensors", "--calibration", calibration, "--verify-features",
+          tmp_path / "nan.npy"], 4, "hold NaN values"),
+        (["apply", tmp_path / "list.pt", "--calibration", calibration], 4, "holds no state dict"),
+        (["apply", tmp_path / "m.safetensors", "--calibration", other], 7, "has 6 outputs but the calibration is "
+                                                                             "for 10 classes"),
+    ]
+    for args, code, message in cases:
+        before = sorted(p.name for p in tmp_path.iterdir())
+        result = run(*args, "--out", tmp_path / "out.safetensors")
+        assert result.exit_code == code, (args, result.output)
+        assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr, result.stderr
+        assert sorted(p.name for p in tmp_path.iterdir()) == before
