@@ -94,8 +94,11 @@ def source_from_array(array, name: str = "<array>", what: str = "logits") -> Log
     else:
         array = np.asarray(array) if not isinstance(array, np.ndarray) else array
         _check_shape_dtype(array.shape, array.dtype.name, name, what)
+        # a writable in-memory array is viewed; a read-only or memory-mapped one is copied a block at a time
+        view = array.flags.writeable and not isinstance(array, np.memmap)
         source = LogitsSource(name, tuple(array.shape), array.dtype.name,
-                              lambda a, b: torch.from_numpy(np.array(array[a:b])))
+                              (lambda a, b: torch.from_numpy(array[a:b])) if view else
+                              (lambda a, b: torch.from_numpy(np.array(array[a:b]))))
     if what == "logits":
         _note_probabilities(source)
     return source

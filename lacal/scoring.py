@@ -15,7 +15,7 @@ from .load import LogitsSource, source_from_array
 
 DEFAULT_MEMORY_BUDGET = 1 << 30
 WORK_BYTES_PER_VALUE = 24  # a block's logits in the compute dtype plus the temporaries a pass makes of it
-CPU_BLOCK_BYTES = 4 << 20  # blocks this size stay in the CPU's cache while several operations run over them
+CPU_BLOCK_BYTES = 2 << 20  # blocks this size stay in the CPU's cache while several operations run over them
 CUDA_BLOCK_BYTES = 256 << 20
 
 
@@ -50,8 +50,8 @@ def iter_blocks(source: LogitsSource, device, rows: int | None = None, progress=
     step = block_rows(source, rows, memory_budget, device)
     for start in range(0, source.num_samples, step):
         block = source.rows(start, min(start + step, source.num_samples)).to(device=device, dtype=dtype)
-        finite = torch.isfinite(block)
-        if not bool(finite.all()):
+        if not bool(torch.isfinite(block.sum())) and not bool(torch.isfinite(block).all()):  # a sum is cheap;
+            finite = torch.isfinite(block)  # an overflowing one is checked value by value
             row = start + int((~finite).any(1).nonzero()[0, 0])
             kind = "NaN" if bool(torch.isnan(block).any()) else "Inf"
             raise InputDataError(f"logits hold {kind} values (the first non-finite row is {row + 1})",
@@ -109,8 +109,8 @@ class IntervalStats:
     """What the tau-search pass gathers, mergeable over blocks.
 
     `points[tau][c]`: samples of class c that argmax(logits - tau * log pi) gets right, for each tau asked for.
-    `lo`, `hi`: each sample's open interval of correct classification, clipped to the search range (lo >= hi when it
-    is empty). `labels`: the class of each sample (on the device).
+    `lo`, `hi`: each sample's open interval of correct classification (lo >= hi when it is empty; -inf/+inf when
+    unbounded). `labels`: the class of each sample (on the device).
     """
 
     support: np.ndarray
@@ -120,15 +120,88 @@ class IntervalStats:
     labels: object
 
 
-def interval_pass(source, labels, log_priors, tau_range: tuple[float, float], points=(), device="cpu",
-                  rows: int | None = None, progress=None, memory_budget: int | None = None) -> IntervalStats:
-    """One pass over the logits that gives every sample's correct tau-interval within `tau_range`, and the per-class
-    correct counts at the taus in `points`, with argmax's tie rule.
+TABLE_SHARE = 4  # the per-label tables may take a quarter of the memory budget
+POINT_GAP = 1e-6  # interval ends this close to a scored point are settled by argmax itself
+SMALL_GROUP = 64  # classes sharing one prior, up to which they are checked by a gather
 
-    Scores are s(tau) = logits + float(-tau * log pi), computed as `apply` computes them. A class j can only take a
-    sample from its label y somewhere in [LO, HI] if it ties or beats y at LO or at HI (the scores are linear in
-    tau), so two comparisons over the block find those (sample, class) pairs, and the exact work runs on the pairs
-    alone. A sample right at tau is one where no pair beats it at tau.
+
+class _Bounds:
+    """What each label y needs to turn a block of logits into tau-intervals.
+
+    weight[y, j] = 1 / (lp_j - lp_y), so that (f_j - f_y) * weight[y, j] is the tau at which class j's adjusted
+    score crosses y's; lower[y] / upper[y] are 0 where that crossing is a lower bound on tau (lp_j > lp_y) or an
+    upper bound (lp_j < lp_y), and -inf / +inf elsewhere. They are C x C tables when those fit the memory budget,
+    else rows computed per block.
+
+    Classes with the same prior as y give no bound: y beats such a class for every tau or for none (f_j > f_y, or
+    f_j == f_y with j < y, since argmax keeps the first maximum). `peers[y]` lists them (padded with y) so that a
+    gather checks them; when a prior is shared by many classes, a dense mask does it.
+    """
+
+    def __init__(self, lp, dtype, device, memory_budget: int):
+        import torch
+
+        self.lp = lp
+        classes = lp.shape[0]
+        table_bytes = 3 * classes * classes * torch.finfo(dtype).bits // 8
+        self.tables = None
+        if table_bytes <= memory_budget // TABLE_SHARE:
+            self.tables = self._rows(torch.arange(classes, device=device))
+        values, group, sizes = torch.unique(lp, return_inverse=True, return_counts=True)
+        self.peers = None
+        self.dense_peers = int(sizes.max()) > SMALL_GROUP
+        if int(sizes.max()) > 1 and not self.dense_peers:
+            order = torch.argsort(group, stable=True)
+            starts = torch.cumsum(sizes, 0) - sizes
+            width = int(sizes.max())
+            slots = starts[group][:, None] + torch.arange(width, device=device)[None, :]
+            valid = torch.arange(width, device=device)[None, :] < sizes[group][:, None]
+            members = order[slots.clamp(max=classes - 1)]
+            own = torch.arange(classes, device=device)[:, None]
+            self.peers = torch.where(valid & (members != own), members, own)
+
+    def _rows(self, y):
+        import torch
+
+        diff = self.lp[None, :] - self.lp[y][:, None]
+        weight = torch.where(diff == 0, 0.0, 1 / diff).to(diff.dtype)
+        lower = torch.where(diff > 0, 0.0, -torch.inf).to(diff.dtype)
+        upper = torch.where(diff < 0, 0.0, torch.inf).to(diff.dtype)
+        return weight, lower, upper
+
+    def rows(self, y):
+        if self.tables is None:
+            return self._rows(y)
+        return tuple(table.index_select(0, y) for table in self.tables)
+
+    def never(self, block, y):
+        """Rows that a class with y's prior beats (or ties and precedes) at every tau."""
+        import torch
+
+        f_y = block.gather(1, y[:, None])
+        if self.dense_peers:
+            columns = torch.arange(block.shape[1], device=block.device)[None, :]
+            same = (self.lp[None, :] == self.lp[y][:, None]) & (columns != y[:, None])
+            return (same & ((block > f_y) | ((block == f_y) & (columns < y[:, None])))).any(1)
+        if self.peers is None:
+            return torch.zeros(block.shape[0], dtype=torch.bool, device=block.device)
+        peers = self.peers.index_select(0, y)
+        f_peer = block.gather(1, peers)
+        return ((f_peer > f_y) | ((f_peer == f_y) & (peers < y[:, None]))).any(1)
+
+
+def interval_pass(source, labels, log_priors, points=(), device="cpu", rows: int | None = None, progress=None,
+                  memory_budget: int | None = None) -> IntervalStats:
+    """One pass over the logits giving every sample's open tau-interval of correct classification, and the
+    per-class correct counts at the taus in `points` (with argmax's tie rule).
+
+    For a sample with label y, class j beats y at tau iff f_j - tau * lp_j > f_y - tau * lp_y, so each class gives
+    one bound, (f_j - f_y) / (lp_j - lp_y): a lower bound on tau where lp_j > lp_y, an upper bound where
+    lp_j < lp_y. The interval is (max of the lower bounds, min of the upper bounds). Per block this is a
+    subtraction, a product with a looked-up row of 1 / (lp_j - lp_y), and two masked reductions, on blocks small
+    enough to stay in the CPU's cache. A point is right for a sample when the open interval holds it; samples with
+    an interval end within a hair of the point are scored by argmax itself, which settles exact ties as `apply` and
+    `report` do.
     """
     import torch
 
@@ -136,51 +209,33 @@ def interval_pass(source, labels, log_priors, tau_range: tuple[float, float], po
     device = torch.device(device)
     targets = _labels_tensor(labels, source, device)
     dtype = compute_dtype(source)
-    lo_tau, hi_tau = tau_range
-    inside = [t for t in points if lo_tau <= t <= hi_tau]
-    outside = [t for t in points if t not in inside]
     log_priors = np.asarray(log_priors, dtype=np.float64)
     lp = torch.as_tensor(log_priors, dtype=dtype, device=device)
-    shift = {t: torch.as_tensor(-t * log_priors, dtype=dtype, device=device) for t in {lo_tau, hi_tau, *points}}
-    counts = {t: torch.zeros(source.num_classes, dtype=torch.int64, device=device) for t in points}
-    columns = torch.arange(source.num_classes, device=device)
+    budget = memory_budget or DEFAULT_MEMORY_BUDGET
+    bounds = _Bounds(lp, dtype, device, budget)
     los, his = [], []
-    for start, block in iter_blocks(source, device, rows, progress, memory_budget):
+    for start, block in iter_blocks(source, device, rows, progress, budget):
         y = targets[start:start + block.shape[0]]
-        at_lo = block if lo_tau == 0 else block + shift[lo_tau]
-        at_hi = block + shift[hi_tau]
-        rivals = (at_lo >= at_lo.gather(1, y[:, None])) | (at_hi >= at_hi.gather(1, y[:, None]))
-        row, col = rivals.nonzero(as_tuple=True)
-        keep = col != y[row]
-        row, col = row[keep], col[keep]
-        label = y[row]
-        f_y, f_j = block[row, label], block[row, col]
-        gap, slope = f_y - f_j, lp[label] - lp[col]
-        ratio = gap / slope
-        n = block.shape[0]
-        lo = torch.full((n,), -torch.inf, dtype=dtype, device=device)
-        hi = torch.full((n,), torch.inf, dtype=dtype, device=device)
-        lo.scatter_reduce_(0, row[slope < 0], ratio[slope < 0], reduce="amax")
-        hi.scatter_reduce_(0, row[slope > 0], ratio[slope > 0], reduce="amin")
-        flat = slope == 0  # equal priors: the order of the two scores never changes
-        never = torch.zeros(n, dtype=torch.bool, device=device)
-        never[row[flat & ((gap < 0) | ((gap == 0) & (col < label)))]] = True
-        lo = torch.where(never, torch.inf, lo.clamp(min=lo_tau)).double()
-        hi = torch.where(never, -torch.inf, hi.clamp(max=hi_tau)).double()
-        los.append(lo)
-        his.append(hi)
-        for t in inside:
-            s_y, s_j = f_y + shift[t][label], f_j + shift[t][col]
-            beaten = (s_j > s_y) | ((s_j == s_y) & (col < label))
-            lost = torch.zeros(n, dtype=torch.bool, device=device)
-            lost[row[beaten]] = True
-            counts[t].index_add_(0, y, (~lost).to(torch.int64))
-        for t in outside:
-            hit = (block + shift[t]).argmax(1) == y
-            counts[t].index_add_(0, y, hit.to(torch.int64))
+        weight, lower, upper = bounds.rows(y)
+        crossing = torch.sub(block, block.gather(1, y[:, None])).mul_(weight)
+        lo = crossing.add(lower).amax(1)
+        hi = crossing.add_(upper).amin(1)
+        del crossing, weight, lower, upper
+        never = bounds.never(block, y)
+        los.append(torch.where(never, torch.inf, lo).double())
+        his.append(torch.where(never, -torch.inf, hi).double())
+    lo, hi = torch.cat(los), torch.cat(his)
+    counts = {}
+    for t in points:
+        near = ((lo - t).abs() <= POINT_GAP * (1 + abs(t))) | ((hi - t).abs() <= POINT_GAP * (1 + abs(t)))
+        right = (lo < t) & (t < hi) & ~near
+        shift = torch.as_tensor(-t * log_priors, dtype=dtype, device=device)
+        for index in near.nonzero().flatten().tolist():
+            row = source.rows(index, index + 1).to(device=device, dtype=dtype)
+            right[index] = bool((row + shift).argmax(1)[0] == targets[index])
+        counts[t] = torch.bincount(targets[right], minlength=source.num_classes).cpu().numpy()
     support = torch.bincount(targets, minlength=source.num_classes)
-    return IntervalStats(support=support.cpu().numpy(), points={t: c.cpu().numpy() for t, c in counts.items()},
-                         lo=torch.cat(los), hi=torch.cat(his), labels=targets)
+    return IntervalStats(support=support.cpu().numpy(), points=counts, lo=lo, hi=hi, labels=targets)
 
 
 def iter_adjusted(source: LogitsSource, offset, device="cpu", rows: int | None = None, keep_dtype: bool = True,

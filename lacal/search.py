@@ -106,8 +106,7 @@ def fit_tau(logits, labels, priors, tau_range=DEFAULT_TAU_RANGE, search: str = "
     # bfloat16) can make a single point better than the open segments around it, and argmax decides those ties.
     special = sorted({0.0, 1.0, lo_tau, hi_tau})
     source = logits if isinstance(logits, LogitsSource) else source_from_array(logits)
-    stats = interval_pass(source, labels, log_priors, (lo_tau, hi_tau), special, device, rows, progress,
-                          memory_budget)
+    stats = interval_pass(source, labels, log_priors, special, device, rows, progress, memory_budget)
     direct = {t: ClassEvaluation(stats.support, stats.points[t]) for t in special}
     points = {t: e for t, e in direct.items() if lo_tau <= t <= hi_tau}
     support = torch.as_tensor(stats.support, device=device)
