@@ -372,12 +372,14 @@ def find_head(checkpoint: Checkpoint, num_classes: int | None = None, name: str 
 
 
 def is_checkpoint(path: str | os.PathLike, key: str | None = None) -> bool:
-    """Whether `lacal apply` should treat `path` as a checkpoint rather than a logits file: a folder, a .bin file, or
-    a .safetensors/.pt/.pth file with several tensors and no --key."""
+    """Whether `lacal apply` should treat `path` as a checkpoint rather than logits: a folder with model weights, a
+    .bin file, or a .safetensors/.pt/.pth file with several tensors and no --key."""
     import torch
 
     path = Path(path)
-    if path.is_dir() or path.suffix.lower() == ".bin":
+    if path.is_dir():  # a Hugging Face model folder, not a folder of logits shards
+        return any((path / name).is_file() for name in HF_WEIGHT_FILES)
+    if path.suffix.lower() == ".bin":
         return True
     if key is not None or not path.is_file():
         return False

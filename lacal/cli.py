@@ -67,6 +67,10 @@ SmoothingOpt = Annotated[float, typer.Option("--smoothing", min=0.0, help="Add A
                                              metavar="ALPHA")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout instead of tables.")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Replace an existing output file.")]
+BudgetOpt = Annotated[str, typer.Option("--memory-budget", help="Working memory for a pass over the logits (for "
+                                        "example 512MB or 4GB); data larger than this is streamed in blocks.",
+                                        metavar="SIZE")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 CheckpointOpt = Annotated[Optional[Path], typer.Option("--checkpoint", help="With --features, in place of a logits "
                                                        "file: a checkpoint (.safetensors, .pt/.pth/.bin or a Hugging "
                                                        "Face folder) whose classifier head turns the features into "
@@ -115,13 +119,73 @@ def _parse_range(text: str) -> tuple[float, float]:
     return check_tau_range(values)
 
 
-def _open_logits(path: Path, key: Optional[str]):
-    from .load import read_logits
+def _open_logits(paths, key: Optional[str]):
+    """One logits file, folder or glob of shards; or several files read one after another."""
+    from .load import concat_sources, read_logits
 
-    source = read_logits(path, key)
+    paths = [paths] if isinstance(paths, Path) else list(paths)
+    sources = [read_logits(path, key) for path in paths]
+    source = sources[0] if len(sources) == 1 else concat_sources(sources, f"{paths[0]} (+{len(paths) - 1} more)")
     for note in source.notes:
         _warn(note)
     return source
+
+
+SIZE_UNITS = {"": 1, "b": 1, "kb": 10 ** 3, "mb": 10 ** 6, "gb": 10 ** 9, "tb": 10 ** 12, "k": 1 << 10,
+              "kib": 1 << 10, "m": 1 << 20, "mib": 1 << 20, "g": 1 << 30, "gib": 1 << 30, "tib": 1 << 40}
+
+
+def _parse_size(text: str) -> int:
+    import re
+
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", text)
+    unit = match.group(2).lower() if match else None
+    if match is None or unit not in SIZE_UNITS or float(match.group(1)) * SIZE_UNITS[unit] < (1 << 20):
+        raise OptionError(f"expected a size of at least 1MB such as 512MB or 4GB, got {text!r}", "--memory-budget")
+    return int(float(match.group(1)) * SIZE_UNITS[unit])
+
+
+class _Progress:
+    """A progress bar on stderr with samples per second, shown once a pass has taken more than a second."""
+
+    DELAY = 1.0
+
+    def __init__(self, total: int, description: str, quiet: bool):
+        import time
+
+        self.total, self.description, self.quiet = total, description, quiet
+        self.started = time.monotonic()
+        self.bar = self.task = None
+
+    def __call__(self, done: int) -> None:
+        import time
+
+        if self.quiet:
+            return
+        if self.bar is None:
+            if time.monotonic() - self.started < self.DELAY:
+                return
+            from rich.console import Console
+            from rich.progress import BarColumn, Progress, ProgressColumn, TaskProgressColumn, TextColumn, \
+                TimeRemainingColumn
+            from rich.text import Text
+
+            class Rate(ProgressColumn):
+                def render(self, task):
+                    return Text(f"{task.speed or 0:,.0f} samples/s")
+
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), Rate(),
+                                TimeRemainingColumn(), console=Console(stderr=True), transient=True)
+            self.bar.start()
+            self.task = self.bar.add_task(self.description, total=self.total)
+        self.bar.update(self.task, completed=done)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.stop()
 
 
 def _open_labels(path: Path, source, classes, column):
@@ -180,17 +244,17 @@ def _logits_input(inputs: list[Path], checkpoint, features, head, key, classes, 
         raise OptionError("--checkpoint and --features go together", "--checkpoint" if checkpoint is None
                           else "--features")
     if checkpoint is None:
-        if len(inputs) != 2:
+        if len(inputs) < 2:
             raise OptionError(f"expected the logits and the labels files, got {len(inputs)} path(s); or give only "
                               "the labels with --checkpoint and --features", "arguments")
-        return _open_logits(inputs[0], key), inputs[1], None
+        return _open_logits(inputs[:-1], key), inputs[-1], None
     from .checkpoints import find_head, open_checkpoint
     from .load import read_classes, read_logits
     from .scoring import head_logits
 
     if len(inputs) != 1:
         raise OptionError(f"with --checkpoint and --features, give only the labels file, got {len(inputs)} paths",
-                          "arguments")
+                          "arguments")  # more would be logits shards
     model = open_checkpoint(checkpoint)
     if model.patch is not None and adjusting:
         _warn(f"{checkpoint} already carries a lacal patch (tau = {model.patch.get('tau')}), so its logits are "
@@ -290,13 +354,18 @@ def fit_tau_command(
     checkpoint: CheckpointOpt = None,
     features: FeaturesOpt = None,
     head: HeadOpt = None,
+    memory_budget: BudgetOpt = "1GiB",
+    quiet: QuietOpt = False,
 ):
-    """Find the tau that minimises the validation balanced error of argmax f(x) - tau * log(pi)."""
+    """Find the tau that minimises the validation balanced error of argmax f(x) - tau * log(pi).
+
+    VAL_LOGITS may be a folder or a quoted glob of shards, or several files (all paths but the last)."""
     from .calibration import Calibration
     from .device import resolve_device
     from .search import fit_tau
 
     low_high = _parse_range(tau_range)
+    budget = _parse_size(memory_budget)
     compute = resolve_device(device)
     if out is not None:
         from .write import check_output
@@ -307,7 +376,9 @@ def fit_tau_command(
     labels = _open_labels(val_labels, source, names, label_column)
     prior = _open_priors(train_labels, priors, source.num_classes, smoothing, names, label_column)
     names = names or prior.classes
-    fit = fit_tau(source, labels, prior, low_high, search.value, metric.value, grid_size, compute)
+    with _Progress(source.num_samples, "fit-tau", quiet or json_out) as progress:
+        fit = fit_tau(source, labels, prior, low_high, search.value, metric.value, grid_size, compute,
+                      progress=progress, memory_budget=budget)
     if out is not None:
         calibration = Calibration.from_fit(fit, prior, names, _inputs(*inputs, train_labels, priors, classes,
                                                                       checkpoint, features))
@@ -405,6 +476,8 @@ def apply_command(
     verify_features: Annotated[Optional[Path], typer.Option(
         "--verify-features", help="Features (N x D) to check, before writing, that the patched head gives the "
                                   "adjusted logits.")] = None,
+    memory_budget: BudgetOpt = "1GiB",
+    quiet: QuietOpt = False,
 ):
     """Write adjusted logits f - tau * log(pi), a CSV of adjusted predictions, or a checkpoint whose classifier bias
     carries the adjustment."""
@@ -423,11 +496,11 @@ def apply_command(
         if given:
             raise OptionError(f"{source_path} is a logits file, and {flag} is for checkpoints", flag)
     _apply_logits(source_path, out, calibration, tau, train_labels, priors, top_k, classes, label_column, smoothing,
-                  key, compute, force)
+                  key, compute, force, _parse_size(memory_budget), quiet)
 
 
 def _apply_logits(logits, out, calibration, tau, train_labels, priors, top_k, classes, label_column, smoothing, key,
-                  compute, force):
+                  compute, force, budget, quiet):
     from .scoring import iter_adjusted
     from .write import PREDICTION_SUFFIXES, check_output, write_logits, write_predictions
 
@@ -438,15 +511,17 @@ def _apply_logits(logits, out, calibration, tau, train_labels, priors, top_k, cl
     fitted = _calibration_for(calibration, tau, train_labels, priors, source.num_classes, smoothing, names,
                               label_column)
     names = names or fitted.class_names
-    if out.suffix.lower() in PREDICTION_SUFFIXES:
-        if top_k > source.num_classes:
-            raise OptionError(f"--top-k {top_k} is more than the {source.num_classes} classes", "--top-k")
-        blocks = iter_adjusted(source, fitted.offsets, compute, keep_dtype=False)
-        write_predictions(out, blocks, names, top_k, force, inputs)
-    else:
-        blocks = iter_adjusted(source, fitted.offsets, compute)
-        for note in write_logits(out, blocks, source.shape, source.dtype_name, force, inputs):
-            _warn(note)
+    predictions = out.suffix.lower() in PREDICTION_SUFFIXES
+    if predictions and top_k > source.num_classes:
+        raise OptionError(f"--top-k {top_k} is more than the {source.num_classes} classes", "--top-k")
+    with _Progress(source.num_samples, "apply", quiet) as progress:
+        blocks = iter_adjusted(source, fitted.offsets, compute, keep_dtype=not predictions, progress=progress,
+                               memory_budget=budget)
+        if predictions:
+            write_predictions(out, blocks, names, top_k, force, inputs)
+        else:
+            for note in write_logits(out, blocks, source.shape, source.dtype_name, force, inputs):
+                _warn(note)
     typer.echo(f"lacal: wrote {out} ({source.num_samples} samples, tau = {fitted.tau:.4f})", err=True)
 
 
@@ -529,8 +604,12 @@ def report_command(
     checkpoint: CheckpointOpt = None,
     features: FeaturesOpt = None,
     head: HeadOpt = None,
+    memory_budget: BudgetOpt = "1GiB",
+    quiet: QuietOpt = False,
 ):
-    """Per-class errors before and after adjustment, grouped into many/medium/few-shot classes."""
+    """Per-class errors before and after adjustment, grouped into many/medium/few-shot classes.
+
+    LOGITS may be a folder or a quoted glob of shards, or several files (all paths but the last)."""
     import numpy as np
 
     from .device import resolve_device
@@ -538,6 +617,7 @@ def report_command(
     from .report import Report
     from .scoring import score_pass
 
+    budget = _parse_size(memory_budget)
     compute = resolve_device(device)
     source, labels, known_names = _logits_input(inputs, checkpoint, features, head, key, classes, compute,
                                                 calibration is not None or tau is not None)
@@ -550,7 +630,8 @@ def report_command(
         counts = _open_priors(train_labels, priors, source.num_classes, smoothing, names, label_column).counts
     names = names or (fitted.class_names if fitted is not None else None)
     offsets = [np.zeros(source.num_classes)] + ([fitted.offsets] if fitted is not None else [])
-    stats = score_pass(source, values, offsets, device=compute)
+    with _Progress(source.num_samples, "report", quiet or json_out) as progress:
+        stats = score_pass(source, values, offsets, device=compute, progress=progress, memory_budget=budget)
     report = Report(baseline=ClassEvaluation(stats.support, stats.correct[0]),
                     adjusted=ClassEvaluation(stats.support, stats.correct[1]) if fitted is not None else None,
                     train_counts=counts, class_names=names, tau=None if fitted is None else fitted.tau)
@@ -618,6 +699,55 @@ def _render_report(report, sort: str, name, limit: Optional[int] = None) -> None
     if missing:
         _warn(f"{len(missing)} class(es) have no samples in {name} and are left out of the balanced and worst-class "
               f"errors: {missing[:20]}{' ...' if len(missing) > 20 else ''}")
+
+
+# ---------------------------------------------------------------------------------------------------------- score
+
+
+class Amp(str, Enum):
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+@app.command("score")
+@_handled
+def score_command(
+    model: Annotated[Path, typer.Argument(help="A TorchScript model (.pt, .pth, .ts; torch.jit.script(m).save) or a "
+                                               "torch.export program (.pt2; torch.export.save).",
+                                          show_default=False)],
+    inputs: Annotated[Path, typer.Argument(help="Model inputs, samples first: .npy (read in blocks), .safetensors, "
+                                                ".pt, .npz, or a folder or quoted glob of shards.",
+                                           show_default=False)],
+    out: Annotated[Path, typer.Option("--out", help="Where the logits go: .npy (written as they come, so outputs "
+                                                    "larger than memory work), .npz, .safetensors or .pt.",
+                                      show_default=False)],
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Samples per forward pass.")] = 256,
+    amp: Annotated[Optional[Amp], typer.Option("--amp", help="Run the model under autocast to bfloat16 or float16 "
+                                                             "(logits are stored as float32).")] = None,
+    key: KeyOpt = None,
+    device: DeviceOpt = "auto",
+    force: ForceOpt = False,
+    quiet: QuietOpt = False,
+):
+    """Run a model over inputs in batches and write its logits, for fit-tau, apply and report."""
+    from .device import resolve_device
+    from .load import read_logits
+    from .models import load_model
+    from .scoring import score_model
+    from .write import check_output, write_logits
+
+    compute = resolve_device(device)
+    check_output(out, force, [model, inputs])
+    source = read_logits(inputs, key, what="inputs")
+    network = load_model(model)
+    with _Progress(source.num_samples, "score", quiet) as progress:
+        import itertools
+
+        blocks = score_model(network, source, compute, batch_size, amp.value if amp else None, progress)
+        first = next(blocks)  # the first batch tells the number of classes
+        shape = (source.num_samples, first[1].shape[1])
+        write_logits(out, itertools.chain([first], blocks), shape, "float32", force, [model, inputs])
+    typer.echo(f"lacal: wrote {out} ({shape[0]} x {shape[1]} logits)", err=True)
 
 
 # ----------------------------------------------------------------------------------------------------------- demo

@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import pickle
+import re
 import zipfile
 from pathlib import Path
 from typing import Callable
@@ -66,7 +67,7 @@ class LogitsSource:
 
     @property
     def num_classes(self) -> int:
-        return self.shape[1]
+        return self.shape[1] if len(self.shape) > 1 else 1
 
     def rows(self, start: int, stop: int):
         return self._read_rows(start, stop)
@@ -105,6 +106,12 @@ def source_from_array(array, name: str = "<array>", what: str = "logits") -> Log
 
 
 def _check_shape_dtype(shape: tuple, dtype_name: str, name: str, what: str = "logits") -> None:
+    if what == "inputs":  # model inputs: any shape with samples first, any numeric dtype
+        if len(shape) < 1 or shape[0] == 0:
+            raise InputDataError(f"inputs need at least one sample, got shape {tuple(shape)}", name)
+        if dtype_name in ("bool", "object") or dtype_name.startswith(("str", "bytes", "complex")):
+            raise InputDataError(f"inputs have dtype {dtype_name}; expected numbers", name)
+        return
     columns = "classes" if what == "logits" else "features"
     if len(shape) != 2:
         raise InputDataError(f"{what} must be a 2-D array (samples x {columns}), got shape {tuple(shape)}", name)
@@ -158,7 +165,7 @@ def _read_npy(path: Path, key: str | None, what: str = "logits") -> LogitsSource
         handle.close()
         return _read_npy_mapped(path, what)
     _check_shape_dtype(shape, dtype.name, str(path), what)
-    row_bytes = shape[1] * dtype.itemsize
+    row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
     if os.fstat(handle.fileno()).st_size < offset + shape[0] * row_bytes:
         handle.close()
         raise InputFileError(f"is cut short: the header promises {shape[0]} x {shape[1]} {dtype.name} values",
@@ -168,7 +175,7 @@ def _read_npy(path: Path, key: str | None, what: str = "logits") -> LogitsSource
     def read_rows(start: int, stop: int):
         import torch
 
-        block = np.empty((stop - start, shape[1]), dtype=dtype)
+        block = np.empty((stop - start, *shape[1:]), dtype=dtype)
         view = memoryview(block.reshape(-1).view(np.uint8))
         done = 0
         while done < len(view):
@@ -308,10 +315,60 @@ LOGITS_READERS: dict[str, Callable[..., LogitsSource]] = {
 }
 
 
+def shard_paths(spec: str | os.PathLike, suffixes=None) -> list[Path]:
+    """The files a path names, in order: the file itself; the files of a folder; or the matches of a glob pattern
+    (quote it in the shell). Folders and globs are sorted in natural order (shard-2 before shard-10)."""
+    import glob
+
+    suffixes = tuple(suffixes or LOGITS_READERS)
+    path = Path(spec)
+    if path.is_dir():
+        found = [p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")
+                 and p.suffix.lower() in suffixes]
+        if not found:
+            raise InputFileError(f"is a folder with no {'/'.join(suffixes)} files", path)
+    elif not path.exists() and any(c in str(spec) for c in "*?["):
+        found = [Path(p) for p in glob.glob(str(spec)) if Path(p).is_file()]
+        if not found:
+            raise InputFileError("matches no files", spec)
+    else:
+        return [path]
+    return sorted(found, key=lambda p: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", p.name)])
+
+
+def concat_sources(sources: list[LogitsSource], name: str) -> LogitsSource:
+    """Several sources with the same columns and dtype, read as one: rows(a, b) may span shards."""
+    import torch
+
+    first = sources[0]
+    for other in sources[1:]:
+        if other.shape[1:] != first.shape[1:] or other.dtype_name != first.dtype_name:
+            raise InputDataError(f"has shape {other.shape} and dtype {other.dtype_name}, but {first.name} has "
+                                 f"{first.shape} and {first.dtype_name}; shards must match", other.name)
+    starts = np.cumsum([0] + [s.num_samples for s in sources])
+
+    def read_rows(start: int, stop: int):
+        parts = []
+        for k, source in enumerate(sources):
+            a, b = max(start, starts[k]), min(stop, starts[k + 1])
+            if a < b:
+                parts.append(source.rows(int(a - starts[k]), int(b - starts[k])))
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    combined = LogitsSource(name, (int(starts[-1]), *first.shape[1:]), first.dtype_name, read_rows)
+    combined.notes = [note for source in sources for note in source.notes][:1]
+    combined.shards = sources
+    return combined
+
+
 def read_logits(path: str | os.PathLike, key: str | None = None, what: str = "logits") -> LogitsSource:
-    """Open a logits file (.npy memory-mapped, .npz, .safetensors, .pt/.pth, .csv) as a LogitsSource. With
-    what="features" the same readers open an N x D array of penultimate-layer features."""
-    path = check_readable(path)
+    """Open logits (.npy read in blocks, .npz, .safetensors, .pt/.pth, .csv) as a LogitsSource. `path` may also be
+    a folder or a glob pattern of shards, read in natural order as one array. With what="features" the same
+    readers open an N x D array of penultimate-layer features."""
+    paths = shard_paths(path)
+    if len(paths) > 1:
+        return concat_sources([read_logits(p, key, what) for p in paths], str(path))
+    path = check_readable(paths[0])
     reader = LOGITS_READERS.get(path.suffix.lower())
     if reader is None:
         raise InputFileError(f"unknown {what} format {path.suffix or '(no suffix)'!r}; "
@@ -370,8 +427,11 @@ def read_classes(path: str | os.PathLike) -> list[str]:
 def read_labels(path: str | os.PathLike, classes: list[str] | None = None,
                 column: str | None = None) -> np.ndarray:
     """Integer class ids (int64, 1-D) from .npy, .txt (one per line) or .csv (`column`: a header name or 0-based
-    index). Names are mapped to ids through `classes`."""
-    path = check_readable(path)
+    index). Names are mapped to ids through `classes`. A folder or glob of label shards is read in natural order."""
+    paths = shard_paths(path, (".npy", ".txt", ".csv"))
+    if len(paths) > 1:
+        return np.concatenate([read_labels(p, classes, column) for p in paths])
+    path = check_readable(paths[0])
     suffix = path.suffix.lower()
     if suffix == ".npy":
         try:

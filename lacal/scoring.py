@@ -273,3 +273,52 @@ def head_logits(features: LogitsSource, weight, bias=None, device="cpu", name: s
 
     return LogitsSource(name or features.name, (features.num_samples, int(weight.shape[0])),
                         str(dtype).replace("torch.", ""), rows)
+
+
+def score_model(model, inputs: LogitsSource, device="cpu", batch: int = 256, amp: str | None = None,
+                progress=None):
+    """Run `model` over the rows of `inputs` in batches on `device` under inference mode (with autocast to
+    bfloat16 or float16 when `amp` says so), yielding (start, float32 logits on the CPU)."""
+    import torch
+
+    device = torch.device(device)
+    model = model.to(device) if hasattr(model, "to") else model
+    autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+    with torch.inference_mode():
+        for start in range(0, inputs.num_samples, batch):
+            x = inputs.rows(start, min(start + batch, inputs.num_samples)).to(device)
+            try:
+                if autocast_dtype is None:
+                    out = model(x)
+                else:
+                    with torch.autocast(device_type=device.type, dtype=autocast_dtype):
+                        out = model(x)
+            except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise InputDataError(f"the model failed on rows {start + 1} to {start + x.shape[0]} (inputs of "
+                                     f"shape {tuple(x.shape[1:])} and dtype {x.dtype}): {first}",
+                                     inputs.name) from None
+            out = _logits_of(out, inputs.name)
+            if out.shape[0] != x.shape[0]:
+                raise InputDataError(f"the model returned {out.shape[0]} rows for a batch of {x.shape[0]}",
+                                     inputs.name)
+            if not bool(torch.isfinite(out).all()):
+                raise InputDataError(f"the model returned NaN or Inf logits for rows {start + 1} to "
+                                     f"{start + x.shape[0]}", inputs.name)
+            yield start, out.float().cpu()
+            if progress is not None:
+                progress(start + x.shape[0])
+
+
+def _logits_of(out, name: str):
+    """The logits in a model's output: a tensor, or the 'logits' entry (or first tensor) of a dict or tuple."""
+    import torch
+
+    if isinstance(out, dict):
+        out = out.get("logits", next((v for v in out.values() if isinstance(v, torch.Tensor)), None))
+    elif isinstance(out, (tuple, list)):
+        out = next((v for v in out if isinstance(v, torch.Tensor)), None)
+    if not isinstance(out, torch.Tensor) or out.ndim != 2:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise InputDataError(f"the model should return N x C logits, it returned {shape}", name)
+    return out

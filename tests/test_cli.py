@@ -232,6 +232,7 @@ def _bad(tmp_path, problem):
     (d / "cal_names.json").write_text(json.dumps({**good, "class_names": 5}))
     (d / "cal_interval.json").write_text(json.dumps({**good, "tau_interval": [1]}))
     (d / "empty.npy").write_bytes(b"")
+    (d / "empty_folder").mkdir()
     (d / "broken.npz").write_bytes(b"PK\x03\x04x")
     (d / "priors_object.json").write_text('{"format": "lacal-priors"}')
     (d / "priors_bools.json").write_text("[true, 2, 3, 4, 5, 6, 7, 8]")
@@ -242,8 +243,10 @@ CASES = [
     # (name, argument builder, exit code, message fragment)
     ("missing file", lambda d: ["fit-tau", d / "nope.npy", d / "val_labels.npy", "--train-labels",
                                 d / "train_labels.txt"], 3, "nope.npy: no such file"),
-    ("folder as file", lambda d: ["fit-tau", d, d / "val_labels.npy", "--train-labels", d / "train_labels.txt"],
-     3, "is a folder"),
+    ("folder without shards", lambda d: ["fit-tau", d / "empty_folder", d / "val_labels.npy", "--train-labels",
+                                         d / "train_labels.txt"], 3, "is a folder with no"),
+    ("glob without matches", lambda d: ["fit-tau", d / "nothing-*.npy", d / "val_labels.npy", "--train-labels",
+                                        d / "train_labels.txt"], 3, "matches no files"),
     ("unknown format", lambda d: ["fit-tau", d / "x.h5", d / "val_labels.npy", "--train-labels",
                                   d / "train_labels.txt"], 3, "x.h5: unknown logits format '.h5'"),
     ("wrong rank", lambda d: ["fit-tau", d / "rank3.npy", d / "val_labels.npy", "--train-labels",

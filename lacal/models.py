@@ -1,0 +1,82 @@
+"""Loading a model to score inputs with (`lacal score`): TorchScript (.pt, .pth, .ts, .torchscript) or a
+torch.export program (.pt2).
+
+A model is a program, and scoring runs it; what lacal refuses is Python code hidden in the file's pickles.
+TorchScript archives are read by TorchScript's own unpickler, which builds only TorchScript values. A .pt2 archive
+may carry pickled Python objects ("opaque" and custom-class constants), which torch.export.load would unpickle: such
+archives are refused, and every tensor in the rest is loaded with weights_only=True.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from contextlib import contextmanager
+from pathlib import Path
+
+from .errors import InputFileError
+from .load import check_readable
+
+TORCHSCRIPT_SUFFIXES = (".pt", ".pth", ".ts", ".torchscript", ".jit")
+EXPORT_SUFFIXES = (".pt2",)
+PICKLED_OBJECT_PREFIXES = ("opaque_obj_", "custom_obj_")
+
+
+@contextmanager
+def _weights_only_everywhere():
+    """Make every torch.load inside (including those that pass weights_only=False) load weights only."""
+    old = os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
+    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"]
+        else:
+            os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = old
+
+
+def _check_export_archive(path: Path) -> None:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise InputFileError(f"cannot read as a torch.export archive: {exc}", path) from None
+    pickled = [n for n in names if os.path.basename(n).startswith(PICKLED_OBJECT_PREFIXES)]
+    if pickled:
+        raise InputFileError(f"refused: the archive holds pickled Python objects ({pickled[0]}), which loading "
+                             "would run as code", path)
+
+
+def load_model(path: str | os.PathLike):
+    """A callable model on the CPU, in eval mode: a TorchScript module or an exported program's module."""
+    import pickle
+
+    import torch
+
+    path = check_readable(path)
+    suffix = path.suffix.lower()
+    if suffix in EXPORT_SUFFIXES:
+        _check_export_archive(path)
+        try:
+            with _weights_only_everywhere():
+                program = torch.export.load(str(path))
+        except (pickle.UnpicklingError, RuntimeError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise InputFileError(f"cannot load as a torch.export program (or it needs code to load): {first}",
+                                 path) from None
+        return program.module()
+    if suffix in TORCHSCRIPT_SUFFIXES:
+        import warnings
+
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)  # "switch to torch.export": the user's choice
+                model = torch.jit.load(str(path), map_location="cpu")
+        except (RuntimeError, ValueError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise InputFileError(f"cannot load as a TorchScript model: {first}; save one with "
+                                 "torch.jit.script(model).save(PATH), or export with torch.export", path) from None
+        return model.eval()
+    raise InputFileError(f"unknown model format {suffix or '(no suffix)'!r}; use TorchScript "
+                         f"({', '.join(TORCHSCRIPT_SUFFIXES)}) or torch.export (.pt2)", path)
