@@ -287,25 +287,26 @@ def _choose(points: np.ndarray, optimal: np.ndarray):
 
 # ---------------------------------------------------------------------------------------------------- grid search
 
-GRID_BLOCK_ELEMENTS = 1 << 24
-
-
 def _grid(lo, hi, labels, support, lo_tau: float, hi_tau: float, grid_size: int, metric: str, weights, exact: bool,
           points: dict):
     """Evaluate the metric at every grid point at once: correct[g, c] counts the samples of class c whose interval
-    holds grid point g. Grid points that were scored directly (`points`: tau -> ClassEvaluation) use those counts,
+    holds grid point g (a run of grid points per sample, added up with a difference array per class). Grid points that were scored directly (`points`: tau -> ClassEvaluation) use those counts,
     which settle exact ties the way argmax does."""
     import torch
 
     device = lo.device
     taus = torch.linspace(lo_tau, hi_tau, grid_size, dtype=torch.float64, device=device)
     taus[0], taus[-1] = lo_tau, hi_tau
-    correct = torch.zeros(grid_size, support.numel(), dtype=torch.int64, device=device)
-    step = max(1, GRID_BLOCK_ELEMENTS // grid_size)
-    for start in range(0, lo.numel(), step):
-        a, b, y = lo[start:start + step], hi[start:start + step], labels[start:start + step]
-        inside = (a[None, :] < taus[:, None]) & (taus[:, None] < b[None, :])
-        correct.index_add_(1, y, inside.to(torch.int64))
+    # a sample is right on the grid points strictly inside its interval: a contiguous run [first, stop)
+    first = torch.searchsorted(taus, lo.contiguous(), right=True)
+    stop = torch.searchsorted(taus, hi.contiguous(), right=False)
+    keep = first < stop
+    classes = support.numel()
+    steps = torch.zeros(classes * (grid_size + 1), dtype=torch.int64, device=device)
+    ones = torch.ones(int(keep.sum()), dtype=torch.int64, device=device)
+    row = labels[keep] * (grid_size + 1)
+    steps.index_add_(0, row + first[keep], ones).index_add_(0, row + stop[keep], -ones)
+    correct = steps.view(classes, grid_size + 1).cumsum(1)[:, :grid_size].T.contiguous()
     for tau, evaluation in points.items():
         near = torch.isclose(taus, torch.tensor(tau, dtype=torch.float64, device=device), rtol=0, atol=1e-12)
         for g in near.nonzero().flatten().tolist():

@@ -1,0 +1,278 @@
+"""Benchmark of lacal's tau search against the cost of reading the logits once, and against what users write today.
+
+    python benchmarks/bench_fit_tau.py                  # both shapes, CPU or the GPU when there is one
+    python benchmarks/bench_fit_tau.py --shapes imagenet-lt --device cpu --repeats 5
+    python benchmarks/bench_fit_tau.py --budget-check 256MB
+
+For each shape it builds long-tailed logits (class evidence plus log-prior, like an ERM model's) and times, in one run:
+  (a) one numpy.argmax pass over the logits: the floor;
+  (b) lacal's exact search (lacal.fit_tau);
+  (c) lacal's grid of 301 tau values (lacal.fit_tau(search="grid", grid_size=301));
+  (d) what a user writes today: scikit-learn's balanced_accuracy_score in a Python loop over the same 301 values.
+It prints medians, the ratios b/a, c/a, d/b and d/c, the peak resident memory each adds to the loaded logits
+(measured in a fresh process per method), and checks that the exact
+tau's balanced error is at most the grid's. --budget-check SIZE runs `lacal fit-tau` on a .npy file four times
+larger than SIZE with --memory-budget SIZE in a child process and reports its peak resident memory.
+Needs scikit-learn for (d) (`pip install scikit-learn`, or `pip install -e '.[bench]'`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+SHAPES = {
+    # name: (samples, classes, largest training class, smallest training class)
+    "imagenet-lt": (50_000, 1_000, 1_280, 5),
+    "inaturalist": (24_426, 8_142, 1_000, 2),
+}
+GRID = 301
+TAU_RANGE = (0.0, 4.0)
+
+
+def long_tail_counts(classes: int, largest: int, smallest: int) -> np.ndarray:
+    ratio = smallest / largest
+    return np.array([max(smallest, int(largest * ratio ** (i / (classes - 1)))) for i in range(classes)])
+
+
+def make_logits(samples: int, classes: int, counts: np.ndarray, seed: int = 0):
+    """Logits of an ERM-like model: evidence for the true class plus log pi, noise elsewhere; balanced labels."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(samples) % classes
+    rng.shuffle(labels)
+    log_priors = np.log(counts / counts.sum()).astype(np.float32)
+    logits = np.empty((samples, classes), dtype=np.float32)
+    step = max(1, (64 << 20) // (4 * classes))
+    for start in range(0, samples, step):
+        stop = min(start + step, samples)
+        block = rng.standard_normal((stop - start, classes), dtype=np.float32) * 1.5
+        block[np.arange(stop - start), labels[start:stop]] += 5.0
+        logits[start:stop] = block + log_priors
+    return logits, labels, counts
+
+
+def timed(function, repeats: int, sync=lambda: None):
+    times, result = [], None
+    for _ in range(repeats):
+        sync()
+        start = time.perf_counter()
+        result = function()
+        sync()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), result, times
+
+
+def child_peak_mb(method: str, workdir: Path, device: str) -> float:
+    """Peak resident memory a method adds on top of the loaded logits, measured in a fresh process."""
+    command = [sys.executable, __file__, "--child", method, "--workdir", str(workdir), "--device", device]
+    result = subprocess.run(command, capture_output=True, text=True, check=True)
+    return float(result.stdout.strip().splitlines()[-1])
+
+
+def run_child(method: str, workdir: Path, device: str) -> None:
+    import resource
+
+    import lacal
+
+    logits = np.load(workdir / "logits.npy")
+    labels = np.load(workdir / "labels.npy")
+    counts = np.load(workdir / "counts.npy")
+    log_priors = np.log(counts / counts.sum())
+    lacal.fit_tau(logits[:1000], labels[:1000], counts, device=device)  # imports and warm-up, as in the timings
+    np.argmax(logits, axis=1)
+    with open("/proc/self/statm") as handle:  # resident now; ru_maxrss below is the peak since start
+        before = int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+    if method == "exact":
+        lacal.fit_tau(logits, labels, counts, TAU_RANGE, device=device)
+    elif method == "grid":
+        lacal.fit_tau(logits, labels, counts, TAU_RANGE, search="grid", grid_size=GRID, device=device)
+    elif method == "sklearn_loop":
+        from sklearn.metrics import balanced_accuracy_score
+
+        for tau in np.linspace(*TAU_RANGE, GRID):
+            balanced_accuracy_score(labels, np.argmax(logits - tau * log_priors, axis=1))
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - before)
+
+
+def balanced_error(logits, labels, log_priors, tau: float) -> float:
+    predictions = np.argmax(logits - tau * log_priors, axis=1)
+    classes = np.unique(labels)
+    return 1.0 - float(np.mean([np.mean(predictions[labels == c] == c) for c in classes]))
+
+
+def bench_shape(name: str, repeats: int, device: str, skip_sklearn: bool, workdir: Path) -> dict:
+    import torch
+
+    import lacal
+
+    samples, classes, largest, smallest = SHAPES[name]
+    counts = long_tail_counts(classes, largest, smallest)
+    logits, labels, counts = make_logits(samples, classes, counts)
+    log_priors = np.log(counts / counts.sum())
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    lacal.fit_tau(logits[:1000], labels[:1000], counts, device=device)  # warm-up: libraries, kernels, caches
+
+    floor, _, _ = timed(lambda: np.argmax(logits, axis=1), repeats)
+    exact_s, exact, _ = timed(lambda: lacal.fit_tau(logits, labels, counts, TAU_RANGE, device=device), repeats, sync)
+    grid_s, grid, _ = timed(lambda: lacal.fit_tau(logits, labels, counts, TAU_RANGE, search="grid",
+                                                  grid_size=GRID, device=device), repeats, sync)
+    np.save(workdir / "logits.npy", logits)
+    np.save(workdir / "labels.npy", labels)
+    np.save(workdir / "counts.npy", counts)
+    methods = ["exact", "grid"] + ([] if skip_sklearn else ["sklearn_loop"])
+    result = {
+        "shape": name, "samples": samples, "classes": classes, "device": device, "repeats": repeats,
+        "logits_mb": logits.nbytes / 2 ** 20,
+        "floor_argmax_s": floor, "exact_s": exact_s, "grid_s": grid_s,
+        "exact_over_floor": exact_s / floor, "grid_over_floor": grid_s / floor,
+        "peak_added_mb": {m: child_peak_mb(m, workdir, device) for m in methods},
+        "tau_exact": exact.tau, "tau_grid": grid.tau,
+        "balanced_error_exact": exact.after.balanced_error, "balanced_error_grid": grid.after.balanced_error,
+        "balanced_error_before": exact.before.balanced_error,
+    }
+    if device.startswith("cuda"):
+        result["cuda_peak_allocated_mb"] = torch.cuda.max_memory_allocated() / 2 ** 20
+    # an independent numpy check that the exact tau is no worse than the best grid point
+    exact_np = balanced_error(logits, labels, log_priors, exact.tau)
+    grid_np = balanced_error(logits, labels, log_priors, grid.tau)
+    result["exact_not_worse_than_grid"] = bool(exact_np <= grid_np + 1e-12)
+    if not skip_sklearn:
+        from sklearn.metrics import balanced_accuracy_score
+
+        def user_loop():
+            taus = np.linspace(*TAU_RANGE, GRID)
+            scores = [balanced_accuracy_score(labels, np.argmax(logits - t * log_priors, axis=1)) for t in taus]
+            return taus[int(np.argmax(scores))]
+
+        loop_s, loop_tau, _ = timed(user_loop, 1)
+        result.update({"sklearn_loop_s": loop_s, "sklearn_tau": float(loop_tau),
+                       "loop_over_exact": loop_s / exact_s, "loop_over_grid": loop_s / grid_s})
+    return result
+
+
+def budget_check(size_text: str, workdir: Path) -> dict:
+    from lacal.cli import _parse_size
+
+    budget = _parse_size(size_text)
+    classes = 1_000
+    samples = 4 * budget // (4 * classes)
+    counts = long_tail_counts(classes, 1_280, 5)
+    path = workdir / "big_logits.npy"
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(samples, classes))
+    rng = np.random.default_rng(1)
+    labels = np.arange(samples) % classes
+    step = 16_384
+    for start in range(0, samples, step):
+        stop = min(start + step, samples)
+        block = rng.standard_normal((stop - start, classes), dtype=np.float32)
+        block[np.arange(stop - start), labels[start:stop]] += 4.0
+        out[start:stop] = block + np.log(counts / counts.sum()).astype(np.float32)
+    out.flush()
+    del out
+    np.save(workdir / "big_labels.npy", labels)
+    np.save(workdir / "big_counts.npy", counts)
+    command = [sys.executable, "-m", "lacal", "fit-tau", str(path), str(workdir / "big_labels.npy"), "--priors",
+               str(workdir / "big_counts.npy"), "--memory-budget", size_text, "--json", "--quiet"]
+    baseline = _child_peak([sys.executable, "-c", "import torch, numpy, lacal.cli, lacal.search, lacal.scoring"])
+    start = time.perf_counter()
+    peak, output = _child_peak(command, capture=True)
+    elapsed = time.perf_counter() - start
+    file_mb = os.path.getsize(path) / 2 ** 20
+    path.unlink()
+    return {"budget_mb": budget / 2 ** 20, "file_mb": file_mb, "samples": samples, "classes": classes,
+            "peak_rss_mb": peak, "import_baseline_rss_mb": baseline[0], "seconds": elapsed,
+            "under_budget_plus_300mb": peak <= budget / 2 ** 20 + 300, "tau": json.loads(output)["tau"]}
+
+
+def _child_peak(command, capture=False):
+    process = subprocess.Popen(command, stdout=subprocess.PIPE if capture else subprocess.DEVNULL)
+    output = process.stdout.read() if capture else None
+    _, status, usage = os.wait4(process.pid, 0)
+    if status != 0:
+        raise SystemExit(f"{' '.join(command)} failed with status {status}")
+    return usage.ru_maxrss / 1024, output
+
+
+def machine() -> dict:
+    import torch
+
+    info = {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
+            "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads()}
+    try:
+        with open("/proc/cpuinfo") as handle:
+            info["cpu"] = next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated: " + ", ".join(SHAPES))
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--skip-sklearn", action="store_true")
+    parser.add_argument("--budget-check", metavar="SIZE", help="also run the larger-than-budget check")
+    parser.add_argument("--json", metavar="FILE", help="write the results as JSON too")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--workdir", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        run_child(args.child, Path(args.workdir), args.device)
+        return
+
+    import torch
+
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    report = {"machine": machine(), "results": []}
+    print(f"machine: {report['machine']}")
+    for name in args.shapes.split(","):
+        with tempfile.TemporaryDirectory() as folder:
+            result = bench_shape(name.strip(), args.repeats, device, args.skip_sklearn, Path(folder))
+        report["results"].append(result)
+        print(f"\n{name}: {result['samples']} x {result['classes']} float32, device {device}, median of "
+              f"{args.repeats}")
+        print(f"  (a) numpy.argmax, the floor   {result['floor_argmax_s'] * 1e3:10.1f} ms")
+        print(f"  (b) lacal exact search        {result['exact_s'] * 1e3:10.1f} ms   b/a = "
+              f"{result['exact_over_floor']:.1f}")
+        print(f"  (c) lacal grid of {GRID}        {result['grid_s'] * 1e3:10.1f} ms   c/a = "
+              f"{result['grid_over_floor']:.1f}")
+        if "sklearn_loop_s" in result:
+            print(f"  (d) sklearn loop over {GRID}    {result['sklearn_loop_s'] * 1e3:10.1f} ms   d/b = "
+                  f"{result['loop_over_exact']:.0f}   d/c = {result['loop_over_grid']:.0f}")
+        print(f"  peak resident memory added to the {result['logits_mb']:.0f} MB of logits (MB, fresh process): "
+              + ", ".join(f"{k} {v:.0f}" for k, v in result["peak_added_mb"].items())
+              + (f"; CUDA peak allocated {result['cuda_peak_allocated_mb']:.0f} MB"
+                 if "cuda_peak_allocated_mb" in result else ""))
+        print(f"  balanced error: before {result['balanced_error_before']:.4f}, exact tau {result['tau_exact']:.4f} "
+              f"-> {result['balanced_error_exact']:.4f}, grid tau {result['tau_grid']:.4f} -> "
+              f"{result['balanced_error_grid']:.4f}; exact <= grid: {result['exact_not_worse_than_grid']}")
+    if args.budget_check:
+        with tempfile.TemporaryDirectory() as folder:
+            check = budget_check(args.budget_check, Path(folder))
+        report["budget_check"] = check
+        print(f"\nfit-tau on a {check['file_mb']:.0f} MB .npy ({check['samples']} x {check['classes']}) with "
+              f"--memory-budget {check['budget_mb']:.0f} MB: peak resident {check['peak_rss_mb']:.0f} MB (a bare "
+              f"`import torch, lacal` is {check['import_baseline_rss_mb']:.0f} MB), {check['seconds']:.1f} s; "
+              f"under budget + 300 MB: {check['under_budget_plus_300mb']}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
