@@ -79,9 +79,15 @@ def child_peak_mb(method: str, workdir: Path, device: str) -> float:
     return float(result.stdout.strip().splitlines()[-1])
 
 
-def run_child(method: str, workdir: Path, device: str) -> None:
-    import resource
+def _status_mb(field: str) -> float:
+    """VmRSS (resident now) or VmHWM (peak resident) of this process, in MB. Unlike ru_maxrss, VmHWM starts afresh
+    at exec, so a child does not inherit the parent's peak."""
+    with open("/proc/self/status") as handle:
+        line = next(line for line in handle if line.startswith(field + ":"))
+    return int(line.split()[1]) / 1024
 
+
+def run_child(method: str, workdir: Path, device: str) -> None:
     import lacal
 
     logits = np.load(workdir / "logits.npy")
@@ -90,8 +96,9 @@ def run_child(method: str, workdir: Path, device: str) -> None:
     log_priors = np.log(counts / counts.sum())
     lacal.fit_tau(logits[:1000], labels[:1000], counts, device=device)  # imports and warm-up, as in the timings
     np.argmax(logits, axis=1)
-    with open("/proc/self/statm") as handle:  # resident now; ru_maxrss below is the peak since start
-        before = int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+    before = _status_mb("VmRSS")
+    with open("/proc/self/clear_refs", "w") as handle:  # restart the peak (VmHWM) from the current size
+        handle.write("5")
     if method == "exact":
         lacal.fit_tau(logits, labels, counts, TAU_RANGE, device=device)
     elif method == "grid":
@@ -101,7 +108,7 @@ def run_child(method: str, workdir: Path, device: str) -> None:
 
         for tau in np.linspace(*TAU_RANGE, GRID):
             balanced_accuracy_score(labels, np.argmax(logits - tau * log_priors, axis=1))
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - before)
+    print(_status_mb("VmHWM") - before)
 
 
 def balanced_error(logits, labels, log_priors, tau: float) -> float:
@@ -183,26 +190,33 @@ def budget_check(size_text: str, workdir: Path) -> dict:
     del out
     np.save(workdir / "big_labels.npy", labels)
     np.save(workdir / "big_counts.npy", counts)
-    command = [sys.executable, "-m", "lacal", "fit-tau", str(path), str(workdir / "big_labels.npy"), "--priors",
-               str(workdir / "big_counts.npy"), "--memory-budget", size_text, "--json", "--quiet"]
-    baseline = _child_peak([sys.executable, "-c", "import torch, numpy, lacal.cli, lacal.search, lacal.scoring"])
+    arguments = ["fit-tau", str(path), str(workdir / "big_labels.npy"), "--priors", str(workdir / "big_counts.npy"),
+                 "--memory-budget", size_text, "--json", "--quiet"]
+    baseline, _ = _child_peak("import torch, numpy, lacal.cli, lacal.search, lacal.scoring")
     start = time.perf_counter()
-    peak, output = _child_peak(command, capture=True)
+    peak, output = _child_peak(f"import sys, runpy; sys.argv = ['lacal'] + {arguments!r}; "
+                               "runpy.run_module('lacal', run_name='__main__')")
     elapsed = time.perf_counter() - start
     file_mb = os.path.getsize(path) / 2 ** 20
     path.unlink()
     return {"budget_mb": budget / 2 ** 20, "file_mb": file_mb, "samples": samples, "classes": classes,
-            "peak_rss_mb": peak, "import_baseline_rss_mb": baseline[0], "seconds": elapsed,
+            "peak_rss_mb": peak, "import_baseline_rss_mb": baseline, "seconds": elapsed,
             "under_budget_plus_300mb": peak <= budget / 2 ** 20 + 300, "tau": json.loads(output)["tau"]}
 
 
-def _child_peak(command, capture=False):
-    process = subprocess.Popen(command, stdout=subprocess.PIPE if capture else subprocess.DEVNULL)
-    output = process.stdout.read() if capture else None
-    _, status, usage = os.wait4(process.pid, 0)
-    if status != 0:
-        raise SystemExit(f"{' '.join(command)} failed with status {status}")
-    return usage.ru_maxrss / 1024, output
+
+def _child_peak(code: str):
+    """Run Python `code` in a child; return its peak resident memory (VmHWM, MB, read as it exits) and stdout."""
+    report = ("import atexit, sys\n"
+              "def _peak():\n"
+              "    line = [l for l in open('/proc/self/status') if l.startswith('VmHWM:')][0]\n"
+              "    sys.stderr.write('VmHWM ' + line.split()[1] + '\\n')\n"
+              "atexit.register(_peak)\n")
+    result = subprocess.run([sys.executable, "-c", report + code], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"child failed ({result.returncode}): {result.stderr[-2000:]}")
+    peak = int(result.stderr.strip().splitlines()[-1].split()[1]) / 1024
+    return peak, result.stdout
 
 
 def machine() -> dict:

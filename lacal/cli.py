@@ -354,7 +354,7 @@ def fit_tau_command(
     checkpoint: CheckpointOpt = None,
     features: FeaturesOpt = None,
     head: HeadOpt = None,
-    memory_budget: BudgetOpt = "1GiB",
+    memory_budget: BudgetOpt = "2GiB",
     quiet: QuietOpt = False,
 ):
     """Find the tau that minimises the validation balanced error of argmax f(x) - tau * log(pi).
@@ -476,7 +476,7 @@ def apply_command(
     verify_features: Annotated[Optional[Path], typer.Option(
         "--verify-features", help="Features (N x D) to check, before writing, that the patched head gives the "
                                   "adjusted logits.")] = None,
-    memory_budget: BudgetOpt = "1GiB",
+    memory_budget: BudgetOpt = "2GiB",
     quiet: QuietOpt = False,
 ):
     """Write adjusted logits f - tau * log(pi), a CSV of adjusted predictions, or a checkpoint whose classifier bias
@@ -604,7 +604,7 @@ def report_command(
     checkpoint: CheckpointOpt = None,
     features: FeaturesOpt = None,
     head: HeadOpt = None,
-    memory_budget: BudgetOpt = "1GiB",
+    memory_budget: BudgetOpt = "2GiB",
     quiet: QuietOpt = False,
 ):
     """Per-class errors before and after adjustment, grouped into many/medium/few-shot classes.

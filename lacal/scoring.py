@@ -13,7 +13,7 @@ import numpy as np
 from .errors import InputDataError
 from .load import LogitsSource, source_from_array
 
-DEFAULT_MEMORY_BUDGET = 1 << 30
+DEFAULT_MEMORY_BUDGET = 2 << 30
 WORK_BYTES_PER_VALUE = 24  # a block's logits in the compute dtype plus the temporaries a pass makes of it
 CPU_BLOCK_BYTES = 2 << 20  # blocks this size stay in the CPU's cache while several operations run over them
 CUDA_BLOCK_BYTES = 256 << 20
@@ -120,9 +120,9 @@ class IntervalStats:
     labels: object
 
 
-TABLE_SHARE = 4  # the per-label tables may take a quarter of the memory budget
+TABLE_SHARE = 2  # the per-label tables may take half of the memory budget
 POINT_GAP = 1e-6  # interval ends this close to a scored point are settled by argmax itself
-SMALL_GROUP = 64  # classes sharing one prior, up to which they are checked by a gather
+SMALL_GROUP = 64  # classes sharing one prior are checked by a gather up to this many, or a quarter of all classes
 
 
 class _Bounds:
@@ -148,9 +148,12 @@ class _Bounds:
         if table_bytes <= memory_budget // TABLE_SHARE:
             self.tables = self._rows(torch.arange(classes, device=device))
         values, group, sizes = torch.unique(lp, return_inverse=True, return_counts=True)
+        self.group = group
+        self.groups = int(values.numel())
         self.peers = None
-        self.dense_peers = int(sizes.max()) > SMALL_GROUP
-        if int(sizes.max()) > 1 and not self.dense_peers:
+        self.shared = int(sizes.max()) > 1
+        self.large_groups = int(sizes.max()) > max(SMALL_GROUP, classes // 4)
+        if self.shared and not self.large_groups:
             order = torch.argsort(group, stable=True)
             starts = torch.cumsum(sizes, 0) - sizes
             width = int(sizes.max())
@@ -164,9 +167,10 @@ class _Bounds:
         import torch
 
         diff = self.lp[None, :] - self.lp[y][:, None]
-        weight = torch.where(diff == 0, 0.0, 1 / diff).to(diff.dtype)
-        lower = torch.where(diff > 0, 0.0, -torch.inf).to(diff.dtype)
-        upper = torch.where(diff < 0, 0.0, torch.inf).to(diff.dtype)
+        lower = torch.full_like(diff, -torch.inf).masked_fill_(diff > 0, 0.0)
+        upper = torch.full_like(diff, torch.inf).masked_fill_(diff < 0, 0.0)
+        same = diff == 0  # equal priors bound nothing: weight 0, both masks off
+        weight = diff.reciprocal_().masked_fill_(same, 0.0)
         return weight, lower, upper
 
     def rows(self, y):
@@ -178,16 +182,17 @@ class _Bounds:
         """Rows that a class with y's prior beats (or ties and precedes) at every tau."""
         import torch
 
-        f_y = block.gather(1, y[:, None])
-        if self.dense_peers:
-            columns = torch.arange(block.shape[1], device=block.device)[None, :]
-            same = (self.lp[None, :] == self.lp[y][:, None]) & (columns != y[:, None])
-            return (same & ((block > f_y) | ((block == f_y) & (columns < y[:, None])))).any(1)
-        if self.peers is None:
+        if not self.shared:
             return torch.zeros(block.shape[0], dtype=torch.bool, device=block.device)
-        peers = self.peers.index_select(0, y)
-        f_peer = block.gather(1, peers)
-        return ((f_peer > f_y) | ((f_peer == f_y) & (peers < y[:, None]))).any(1)
+        f_y = block.gather(1, y[:, None])
+        if not self.large_groups:
+            peers = self.peers.index_select(0, y)
+            f_peer = block.gather(1, peers)
+            return ((f_peer > f_y) | ((f_peer == f_y) & (peers < y[:, None]))).any(1)
+        # most classes share one prior (a nearly balanced training set): check them all
+        columns = torch.arange(block.shape[1], device=block.device)[None, :]
+        same = (self.group[None, :] == self.group[y][:, None]) & (columns != y[:, None])
+        return (same & ((block > f_y) | ((block == f_y) & (columns < y[:, None])))).any(1)
 
 
 def interval_pass(source, labels, log_priors, points=(), device="cpu", rows: int | None = None, progress=None,
