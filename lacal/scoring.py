@@ -218,7 +218,9 @@ def interval_pass(source, labels, log_priors, points=(), device="cpu", rows: int
     lp = torch.as_tensor(log_priors, dtype=dtype, device=device)
     budget = memory_budget or DEFAULT_MEMORY_BUDGET
     bounds = _Bounds(lp, dtype, device, budget)
-    los, his = [], []
+    # allocated once: small per-block results kept between the large block buffers would fragment the heap
+    lo_all = torch.empty(source.num_samples, dtype=torch.float64, device=device)
+    hi_all = torch.empty(source.num_samples, dtype=torch.float64, device=device)
     for start, block in iter_blocks(source, device, rows, progress, budget):
         y = targets[start:start + block.shape[0]]
         weight, lower, upper = bounds.rows(y)
@@ -227,9 +229,9 @@ def interval_pass(source, labels, log_priors, points=(), device="cpu", rows: int
         hi = crossing.add_(upper).amin(1)
         del crossing, weight, lower, upper
         never = bounds.never(block, y)
-        los.append(torch.where(never, torch.inf, lo).double())
-        his.append(torch.where(never, -torch.inf, hi).double())
-    lo, hi = torch.cat(los), torch.cat(his)
+        lo_all[start:start + block.shape[0]] = lo.masked_fill_(never, torch.inf)
+        hi_all[start:start + block.shape[0]] = hi.masked_fill_(never, -torch.inf)
+    lo, hi = lo_all, hi_all
     counts = {}
     for t in points:
         near = ((lo - t).abs() <= POINT_GAP * (1 + abs(t))) | ((hi - t).abs() <= POINT_GAP * (1 + abs(t)))

@@ -91,12 +91,20 @@ def write_logits(path, blocks, shape: tuple[int, int], dtype_name: str, force: b
         numpy_dtype = "float32"
         notes.append(f"{path}: numpy has no bfloat16, so the adjusted logits are stored as float32")
     with atomic_path(path, force, inputs) as temporary:
-        if suffix == ".npy":
-            out = np.lib.format.open_memmap(temporary, mode="w+", dtype=numpy_dtype, shape=shape)
-            for start, block in blocks:
-                out[start:start + block.shape[0]] = (block.float() if block.dtype == torch.bfloat16 else block).numpy()
-            out.flush()
-            del out
+        if suffix == ".npy":  # written block by block: neither the array nor a map of the file is held in memory
+            with open(temporary, "wb") as handle:
+                np.lib.format.write_array_header_1_0(
+                    handle, {"descr": np.lib.format.dtype_to_descr(np.dtype(numpy_dtype)), "fortran_order": False,
+                             "shape": tuple(shape)})
+                written = 0
+                for start, block in blocks:
+                    if start != written:
+                        raise ValueError(f"blocks out of order: expected row {written}, got {start}")
+                    array = (block.float() if block.dtype == torch.bfloat16 else block).numpy()
+                    handle.write(np.ascontiguousarray(array, dtype=numpy_dtype).tobytes())
+                    written += block.shape[0]
+                if written != shape[0]:
+                    raise ValueError(f"expected {shape[0]} rows, got {written}")
             return notes
         whole = torch.cat([block for _, block in blocks]) if shape[0] else torch.empty(shape)
         if suffix == ".npz":
