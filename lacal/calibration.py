@@ -14,12 +14,16 @@ from .errors import InputDataError, InputFileError, MismatchError
 from .load import check_readable
 
 CALIBRATION_FORMAT = "lacal-calibration"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 
 
 @dataclass(frozen=True, eq=False)
 class Calibration:
-    """tau and the training priors; `offsets` = -tau * log(pi) is what adjustment adds to every row of logits.
+    """tau and the training priors; `offsets` = -tau * log(pi) + log(q) is what adjustment adds to every row of
+    logits (q, the target priors, is left out when uniform). A probability calibration adds a temperature and a
+    bias: the calibrated logits are (logits + offsets) / temperature + bias, which `affine` gives as a scale and a
+    per-class shift.
 
     `validation` holds the metrics measured when tau was fitted, `inputs` the path and sha256 of each input file.
     """
@@ -34,6 +38,11 @@ class Calibration:
     search: str | None = None
     validation: dict | None = field(default=None, compare=False)
     inputs: dict | None = field(default=None, compare=False)
+    target_priors: np.ndarray | None = None
+    target: dict | None = field(default=None, compare=False)  # where q came from (a file, EM and its statistics)
+    temperature: float = 1.0
+    bias: np.ndarray | None = None
+    probability_fit: dict | None = field(default=None, compare=False)
 
     def __eq__(self, other) -> bool:
         """Equal when tau, priors, counts, names and fit details are (validation and input hashes aside)."""
@@ -52,22 +61,41 @@ class Calibration:
 
     @property
     def offsets(self) -> np.ndarray:
-        return -self.tau * np.log(self.priors)
+        shift = -self.tau * np.log(self.priors)
+        return shift if self.target_priors is None else shift + np.log(self.target_priors)
+
+    def affine(self) -> tuple[float, np.ndarray]:
+        """(scale, shift): calibrated logits = logits * scale + shift, the same for every sample."""
+        scale = 1.0 / self.temperature
+        shift = self.offsets * scale
+        return scale, shift if self.bias is None else shift + self.bias
+
+    @property
+    def is_plain(self) -> bool:
+        """Only an offset: no temperature and no bias."""
+        return self.temperature == 1.0 and self.bias is None
 
     @classmethod
-    def from_fit(cls, fit, priors, class_names=None, inputs=None) -> "Calibration":
-        """Build from a `TauFit` and the `Priors` it was fitted with."""
+    def from_fit(cls, fit, priors, class_names=None, inputs=None, target_priors=None, target=None,
+                 probability_fit=None) -> "Calibration":
+        """Build from a `TauFit` and the `Priors` it was fitted with (and, when used, the target priors and a
+        `calibrate.ProbabilityFit`)."""
         return cls(tau=fit.tau, priors=np.asarray(priors.priors, dtype=np.float64), counts=priors.counts,
                    class_names=class_names or priors.classes, smoothing=priors.smoothing,
                    tau_interval=fit.interval, metric=fit.metric, search=fit.search, validation=fit.to_dict(),
-                   inputs=inputs)
+                   inputs=inputs, target_priors=None if target_priors is None else np.asarray(target_priors),
+                   target=target,
+                   temperature=1.0 if probability_fit is None else probability_fit.temperature,
+                   bias=None if probability_fit is None else probability_fit.bias,
+                   probability_fit=None if probability_fit is None else probability_fit.to_dict())
 
     def adjust(self, logits):
-        """logits + offsets, same type, shape and dtype as given."""
+        """The calibrated logits, (logits + offsets) / temperature + bias: same type, shape and dtype as given."""
         from .adjust import adjust_logits
 
         self.check_num_classes(int(logits.shape[1]), "logits")
-        return adjust_logits(logits, offset=self.offsets)
+        scale, shift = self.affine()
+        return adjust_logits(logits, offset=shift, scale=scale)
 
     def check_num_classes(self, num_classes: int, what: str, name: str | None = None) -> None:
         if num_classes != self.num_classes:
@@ -87,6 +115,11 @@ class Calibration:
             "smoothing": self.smoothing,
             "priors": [float(p) for p in self.priors],
             "offsets": [float(o) for o in self.offsets],
+            "target_priors": None if self.target_priors is None else [float(q) for q in self.target_priors],
+            "target": self.target,
+            "temperature": self.temperature,
+            "bias": None if self.bias is None else [float(b) for b in self.bias],
+            "probability_fit": self.probability_fit,
             "class_names": self.class_names,
             "validation": self.validation,
             "inputs": self.inputs,
@@ -97,8 +130,9 @@ class Calibration:
         if not isinstance(data, dict) or data.get("format") != CALIBRATION_FORMAT:
             raise InputDataError("is not a lacal calibration file (no \"format\": \"lacal-calibration\")", name)
         version = data.get("schema_version")
-        if version != SCHEMA_VERSION:
-            raise InputDataError(f"has schema version {version!r}; this lacal reads version {SCHEMA_VERSION}", name)
+        if version not in READABLE_VERSIONS:
+            raise InputDataError(f"has schema version {version!r}; this lacal reads versions "
+                                 f"{', '.join(map(str, READABLE_VERSIONS))}", name)
         try:
             return cls._parse(data)
         except (KeyError, TypeError, ValueError, IndexError) as exc:
@@ -127,10 +161,25 @@ class Calibration:
             if not isinstance(interval, list) or len(interval) != 2:
                 raise ValueError("\"tau_interval\" must be a list [low, high]")
             interval = (float(interval[0]), float(interval[1]))
+        target = data.get("target_priors")
+        if target is not None:
+            target = np.asarray(target, dtype=np.float64)
+            if target.shape != priors.shape or not np.all(np.isfinite(target)) or not np.all(target > 0) \
+                    or abs(target.sum() - 1) > 1e-6:
+                raise ValueError(f"\"target_priors\" must be {priors.size} positive numbers summing to 1")
+        temperature = _finite(data.get("temperature", 1.0), "temperature")
+        if temperature <= 0:
+            raise ValueError(f"\"temperature\" must be > 0, got {temperature}")
+        bias = data.get("bias")
+        if bias is not None:
+            bias = np.asarray(bias, dtype=np.float64)
+            if bias.shape != priors.shape or not np.all(np.isfinite(bias)):
+                raise ValueError(f"\"bias\" must be {priors.size} finite numbers")
         return cls(tau=tau, priors=priors, counts=counts, class_names=names,
                    smoothing=_finite(data.get("smoothing", 0.0), "smoothing"), tau_interval=interval,
                    metric=data.get("metric"), search=data.get("search"), validation=data.get("validation"),
-                   inputs=data.get("inputs"))
+                   inputs=data.get("inputs"), target_priors=target, target=data.get("target"),
+                   temperature=temperature, bias=bias, probability_fit=data.get("probability_fit"))
 
     def save(self, path: str | os.PathLike, force: bool = False, inputs=()) -> None:
         """Write the calibration as JSON, atomically."""

@@ -121,3 +121,44 @@ def group_errors(evaluation: ClassEvaluation, train_counts) -> dict[str, dict]:
         result[group] = {"classes": int(members.sum()), "classes_with_samples": int(scored.sum()),
                          "error": float(errors[scored].mean()) if scored.any() else None}
     return result
+
+
+DEFAULT_BINS = 15
+
+
+@dataclass(frozen=True, eq=False)
+class ProbabilityMetrics:
+    """Sums over samples of a softmax's quality, mergeable over blocks, and the metrics they give.
+
+    ECE: equal-width bins of the top confidence (a confidence of exactly 1.0 falls in the last bin); each bin adds
+    |sum of correctness - sum of confidence| / N, so an empty bin adds 0. Classwise ECE: the same for each class's
+    probability against whether the label is that class, averaged over classes.
+    """
+
+    num_samples: int
+    nll_sum: float
+    brier_sum: float
+    bin_count: np.ndarray  # [bins]
+    bin_confidence: np.ndarray  # [bins] sums of top confidence
+    bin_correct: np.ndarray  # [bins] sums of correctness
+    class_gap: np.ndarray  # [classes, bins] sums of p_c - [y == c]
+
+    @property
+    def nll(self) -> float:
+        return self.nll_sum / self.num_samples
+
+    @property
+    def brier(self) -> float:
+        return self.brier_sum / self.num_samples
+
+    @property
+    def ece(self) -> float:
+        return float(np.abs(self.bin_correct - self.bin_confidence).sum() / self.num_samples)
+
+    @property
+    def classwise_ece(self) -> float:
+        return float(np.abs(self.class_gap).sum(1).mean() / self.num_samples)
+
+    def to_dict(self) -> dict:
+        return {"nll": self.nll, "brier": self.brier, "ece": self.ece, "classwise_ece": self.classwise_ece,
+                "bins": int(self.bin_count.shape[0])}

@@ -246,8 +246,8 @@ def interval_pass(source, labels, log_priors, points=(), device="cpu", rows: int
 
 
 def iter_adjusted(source: LogitsSource, offset, device="cpu", rows: int | None = None, keep_dtype: bool = True,
-                  progress=None, memory_budget: int | None = None):
-    """Yield (start, block + offset) as CPU tensors. The sum runs in float32 (float64 for float64 input); with
+                  progress=None, memory_budget: int | None = None, scale: float = 1.0):
+    """Yield (start, block * scale + offset) as CPU tensors. The sum runs in float32 (float64 for float64 input); with
     keep_dtype it is rounded back to the source's dtype, as for writing adjusted logits. Predictions should use
     keep_dtype=False, so that rounding to float16/bfloat16 creates no new ties: they then match what fit-tau and
     report score."""
@@ -257,7 +257,8 @@ def iter_adjusted(source: LogitsSource, offset, device="cpu", rows: int | None =
     shift = torch.as_tensor(np.asarray(offset), dtype=compute_dtype(source), device=device)
     out_dtype = getattr(torch, source.dtype_name) if keep_dtype else compute_dtype(source)
     for start, block in iter_blocks(source, device, rows, progress, memory_budget):
-        yield start, (block + shift).to(out_dtype).cpu()
+        values = block if scale == 1.0 else block * scale
+        yield start, (values + shift).to(out_dtype).cpu()
 
 
 def head_logits(features: LogitsSource, weight, bias=None, device="cpu", name: str | None = None) -> LogitsSource:
@@ -329,3 +330,44 @@ def _logits_of(out, name: str):
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise InputDataError(f"the model should return N x C logits, it returned {shape}", name)
     return out
+
+
+def probability_pass(source, labels, affines, bins: int = 15, device="cpu", rows: int | None = None,
+                     progress=None, memory_budget: int | None = None) -> list:
+    """NLL, Brier score, ECE and classwise ECE of softmax(logits * scale + shift) for each (scale, shift) in
+    `affines`, in one pass (see metrics.ProbabilityMetrics)."""
+    import torch
+
+    from .metrics import ProbabilityMetrics
+
+    if bins < 1:
+        raise ValueError("bins must be at least 1")
+    source = source_from_array(source) if not isinstance(source, LogitsSource) else source
+    device = torch.device(device)
+    targets = _labels_tensor(labels, source, device)
+    classes = source.num_classes
+    prepared = [(float(scale), torch.as_tensor(np.asarray(shift), dtype=torch.float64, device=device))
+                for scale, shift in affines]
+    sums = [dict(nll=0.0, brier=0.0, count=torch.zeros(bins, dtype=torch.float64, device=device),
+                 confidence=torch.zeros(bins, dtype=torch.float64, device=device),
+                 correct=torch.zeros(bins, dtype=torch.float64, device=device),
+                 gap=torch.zeros(classes * bins, dtype=torch.float64, device=device)) for _ in prepared]
+    columns = torch.arange(classes, device=device)
+    for start, block in iter_blocks(source, device, rows, progress, memory_budget):
+        y = targets[start:start + block.shape[0]]
+        truth = torch.nn.functional.one_hot(y, classes).double()
+        for (scale, shift), total in zip(prepared, sums):
+            log_p = torch.log_softmax(block.double() * scale + shift, 1)
+            p = log_p.exp()
+            total["nll"] -= float(log_p.gather(1, y[:, None]).sum())
+            total["brier"] += float(((p - truth) ** 2).sum())
+            confidence, predicted = p.max(1)
+            where = (confidence * bins).long().clamp(max=bins - 1)
+            total["count"].index_add_(0, where, torch.ones_like(confidence))
+            total["confidence"].index_add_(0, where, confidence)
+            total["correct"].index_add_(0, where, (predicted == y).double())
+            cells = columns[None, :] * bins + (p * bins).long().clamp(max=bins - 1)
+            total["gap"].index_add_(0, cells.flatten(), (p - truth).flatten())
+    return [ProbabilityMetrics(source.num_samples, t["nll"], t["brier"], t["count"].cpu().numpy(),
+                               t["confidence"].cpu().numpy(), t["correct"].cpu().numpy(),
+                               t["gap"].view(classes, bins).cpu().numpy()) for t in sums]

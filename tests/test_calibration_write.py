@@ -24,7 +24,7 @@ def test_calibration_round_trip(tmp_path):
     assert again == calibration
     assert again.validation["balanced_error_after"] == fit.after.balanced_error
     data = json.loads((tmp_path / "cal.json").read_text())
-    assert data["schema_version"] == 1 and data["format"] == "lacal-calibration"
+    assert data["schema_version"] == 2 and data["format"] == "lacal-calibration"
     np.testing.assert_allclose(data["offsets"], -fit.tau * np.log(counts / counts.sum()))
     np.testing.assert_allclose(again.adjust(logits), lacal.adjust_logits(logits, counts, fit.tau))
 

@@ -77,7 +77,7 @@ def test_fit_tau_summary_and_calibration_file(files):
     assert result.exit_code == 0, result.output
     assert "tau = " in result.stdout and "balanced error" in result.stdout and "before (tau=0)" in result.stdout
     data = json.loads((files / "cal.json").read_text())
-    assert data["format"] == "lacal-calibration" and data["schema_version"] == 1
+    assert data["format"] == "lacal-calibration" and data["schema_version"] == 2
     for name in ("val_logits.npy", "val_labels.npy", "train_labels.txt"):
         digest = hashlib.sha256((files / name).read_bytes()).hexdigest()
         assert data["inputs"][name]["sha256"] == digest

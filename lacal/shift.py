@@ -1,0 +1,91 @@
+"""Target label priors under label shift: the EM estimate of Saerens, Latinne and Decaestecker (2002).
+
+A model trained where classes occur with priors pi gives posteriors p(y|x) = softmax(f(x)). On a target set whose
+classes occur with unknown priors q (but the same p(x|y)), the posteriors become proportional to (q_y / pi_y) p(y|x).
+EM alternates: E-step r_iy = (q_y / pi_y) p_iy / sum_c (q_c / pi_c) p_ic; M-step q_y = mean_i r_iy, starting from
+q = pi. Each iteration is one pass over the unlabeled target logits; the log-likelihood it increases is
+sum_i log sum_y (q_y / pi_y) p_iy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+DEFAULT_TOLERANCE = 1e-8
+DEFAULT_MAX_ITERATIONS = 1000
+
+
+@dataclass(frozen=True, eq=False)
+class PriorEstimate:
+    """The estimated target priors, and how EM got there."""
+
+    priors: np.ndarray
+    iterations: int
+    converged: bool
+    log_likelihood: float
+    tolerance: float
+    change: float  # max |q_new - q| of the last iteration
+
+    def to_dict(self) -> dict:
+        return {"priors": [float(p) for p in self.priors], "iterations": self.iterations,
+                "converged": self.converged, "log_likelihood": self.log_likelihood, "tolerance": self.tolerance,
+                "last_change": self.change}
+
+
+def estimate_target_priors(logits, train_priors, tolerance: float = DEFAULT_TOLERANCE,
+                           max_iterations: int = DEFAULT_MAX_ITERATIONS, device="cpu", rows: int | None = None,
+                           memory_budget: int | None = None, progress=None) -> PriorEstimate:
+    """EM estimate of the class priors of unlabeled target data from the model's logits on it.
+
+    `logits`: N x C array, tensor or LogitsSource (the model's raw logits on the target set); `train_priors`: the
+    training priors pi (or counts, or a Priors). Stops when no prior moves by more than `tolerance`, or after
+    `max_iterations` (then `converged` is False). `progress(iteration)` is called after each iteration.
+    """
+    import torch
+
+    from .adjust import _as_priors_array
+    from .load import LogitsSource, source_from_array
+    from .scoring import DEFAULT_MEMORY_BUDGET, iter_blocks
+
+    if tolerance <= 0 or max_iterations < 1:
+        raise ValueError("tolerance must be positive and max_iterations at least 1")
+    source = logits if isinstance(logits, LogitsSource) else source_from_array(logits)
+    pi = torch.as_tensor(_as_priors_array(train_priors), dtype=torch.float64, device=device)
+    if pi.numel() != source.num_classes:
+        raise ValueError(f"{pi.numel()} training priors for logits with {source.num_classes} classes")
+    budget = memory_budget or DEFAULT_MEMORY_BUDGET
+    cached = None
+    if source.num_samples * source.num_classes * 8 <= budget // 2:  # posteriors kept: one matvec pair per step
+        cached = [torch.softmax(block.double(), 1) for _, block in iter_blocks(source, device, rows,
+                                                                                 memory_budget=budget)]
+
+    def posteriors():
+        if cached is not None:
+            yield from cached
+        else:
+            for _, block in iter_blocks(source, device, rows, memory_budget=budget):
+                yield torch.softmax(block.double(), 1)
+
+    q = pi.clone()
+    log_likelihood, change, converged, iteration = float("nan"), float("inf"), False, 0
+    for iteration in range(1, max_iterations + 1):
+        ratio = q / pi
+        total = torch.zeros_like(q)
+        log_likelihood = 0.0
+        for p in posteriors():
+            evidence = p @ ratio  # sum_y (q_y / pi_y) p_iy for each sample
+            total += p.T @ (1.0 / evidence)
+            log_likelihood += float(torch.log(evidence).sum())
+        new = ratio * total / source.num_samples
+        new = new / new.sum()
+        change = float((new - q).abs().max())
+        q = new
+        if progress is not None:
+            progress(iteration)
+        if change <= tolerance:
+            converged = True
+            break
+    return PriorEstimate(priors=q.cpu().numpy(), iterations=iteration, converged=converged,
+                         log_likelihood=log_likelihood, tolerance=tolerance, change=change)
