@@ -31,6 +31,9 @@ _EXPORTS = {
     "balanced_error": "metrics", "worst_class_error": "metrics", "shot_groups": "metrics", "group_errors": "metrics",
     "TauFit": "search", "fit_tau": "search",
     "Calibration": "calibration",
+    "PriorEstimate": "shift", "estimate_target_priors": "shift",
+    "ProbabilityFit": "calibrate", "fit_temperature": "calibrate", "fit_bias": "calibrate",
+    "ProbabilityMetrics": "metrics",
     "Report": "report",
     "resolve_device": "device",
 }
@@ -53,13 +56,15 @@ def __dir__():
 
 if TYPE_CHECKING:  # pragma: no cover
     from .adjust import adjust_logits, offsets
+    from .calibrate import ProbabilityFit, fit_bias, fit_temperature
     from .calibration import Calibration
     from .device import resolve_device
     from .errors import (InputDataError, InputFileError, LacalError, MismatchError, OptionError, OutputError,
                          PriorsError)
     from .load import LogitsSource, read_classes, read_labels, read_logits
-    from .metrics import (ClassEvaluation, balanced_error, evaluate, evaluate_predictions, group_errors,
-                          shot_groups, worst_class_error)
+    from .metrics import (ClassEvaluation, ProbabilityMetrics, balanced_error, evaluate, evaluate_predictions,
+                          group_errors, shot_groups, worst_class_error)
     from .priors import Priors, class_counts, priors_from_counts, priors_from_labels, read_priors
     from .report import Report
     from .search import TauFit, fit_tau
+    from .shift import PriorEstimate, estimate_target_priors

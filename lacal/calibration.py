@@ -22,8 +22,9 @@ READABLE_VERSIONS = (1, 2)
 class Calibration:
     """tau and the training priors; `offsets` = -tau * log(pi) + log(q) is what adjustment adds to every row of
     logits (q, the target priors, is left out when uniform). A probability calibration adds a temperature and a
-    bias: the calibrated logits are (logits + offsets) / temperature + bias, which `affine` gives as a scale and a
-    per-class shift.
+    bias, fitted on the (balanced) validation data: the calibrated logits are
+    (logits - tau * log(pi)) / temperature + bias + log(q), the posterior under the target priors q, which `affine`
+    gives as a scale and a per-class shift.
 
     `validation` holds the metrics measured when tau was fitted, `inputs` the path and sha256 of each input file.
     """
@@ -67,8 +68,10 @@ class Calibration:
     def affine(self) -> tuple[float, np.ndarray]:
         """(scale, shift): calibrated logits = logits * scale + shift, the same for every sample."""
         scale = 1.0 / self.temperature
-        shift = self.offsets * scale
-        return scale, shift if self.bias is None else shift + self.bias
+        shift = -self.tau * np.log(self.priors) * scale
+        if self.bias is not None:
+            shift = shift + self.bias
+        return scale, shift if self.target_priors is None else shift + np.log(self.target_priors)
 
     @property
     def is_plain(self) -> bool:
@@ -90,7 +93,8 @@ class Calibration:
                    probability_fit=None if probability_fit is None else probability_fit.to_dict())
 
     def adjust(self, logits):
-        """The calibrated logits, (logits + offsets) / temperature + bias: same type, shape and dtype as given."""
+        """The calibrated logits, (logits - tau * log(pi)) / temperature + bias + log(q): same type, shape and dtype
+        as given."""
         from .adjust import adjust_logits
 
         self.check_num_classes(int(logits.shape[1]), "logits")

@@ -296,16 +296,20 @@ def _layers(checkpoint: Checkpoint, num_classes: int | None) -> list[Head]:
     """Every `X.weight` that is 2-D (with [C, D] when C is known), with `X.bias` when that is 1-D of length C."""
     layers = []
     for name, info in sorted(checkpoint.tensors.items(), key=lambda item: _order(item[1])):
-        if not name.endswith(".weight") or not _linear_shape(info.shape):
+        if not (name == "weight" or name.endswith(".weight")) or not _linear_shape(info.shape):
             continue
         rows, columns = info.shape[:2]
         if num_classes is not None and rows != num_classes:
             continue
-        module = name[: -len(".weight")]
-        bias = checkpoint.tensors.get(module + ".bias")
+        module = name[: -len("weight")].rstrip(".")  # "" for a bare layer's state dict
+        bias = checkpoint.tensors.get(bias_name(module))
         has_bias = bias is not None and bias.shape == (rows,)
-        layers.append(Head(module, name, module + ".bias" if has_bias else None, rows, columns, info.dtype))
+        layers.append(Head(module, name, bias_name(module) if has_bias else None, rows, columns, info.dtype))
     return layers
+
+
+def bias_name(module: str) -> str:
+    return f"{module}.bias" if module else "bias"
 
 
 def _linear_shape(shape: tuple) -> bool:
@@ -326,7 +330,8 @@ def _order(info: TensorInfo) -> tuple:
 
 
 def _describe(layer: Head) -> str:
-    return f"{layer.name} [{layer.num_classes}, {layer.in_features}]" + ("" if layer.bias else " (no bias)")
+    return f"{layer.name or '(top level)'} [{layer.num_classes}, {layer.in_features}]" + \
+        ("" if layer.bias else " (no bias)")
 
 
 def find_head(checkpoint: Checkpoint, num_classes: int | None = None, name: str | None = None) -> Head:
@@ -335,7 +340,7 @@ def find_head(checkpoint: Checkpoint, num_classes: int | None = None, name: str 
     heads.head, under module./model. prefixes); else the only [C, D] layer. A head without a bias is returned with
     bias=None; several candidates and no usual name is an error that lists them."""
     if name is not None:
-        module = name[: -len(".weight")] if name.endswith(".weight") else name
+        module = name[: -len("weight")].rstrip(".") if name == "weight" or name.endswith(".weight") else name
         every = _layers(checkpoint, None)
         matches = [layer for layer in every if layer.name == module] or \
             [layer for layer in every if _plain_name(layer.name) == _plain_name(module)]

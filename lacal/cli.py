@@ -41,6 +41,11 @@ class Metric(str, Enum):
     worst_class_error = "worst-class-error"
 
 
+class Calibrate(str, Enum):
+    temperature = "temperature"
+    bias = "bias"
+
+
 class SortBy(str, Enum):
     class_ = "class"
     error = "error"
@@ -67,6 +72,11 @@ SmoothingOpt = Annotated[float, typer.Option("--smoothing", min=0.0, help="Add A
                                              metavar="ALPHA")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout instead of tables.")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Replace an existing output file.")]
+TargetOpt = Annotated[str, typer.Option("--target-priors", help="The class priors to adjust toward: uniform (balanced "
+                                        "error), a priors file (like --priors), or em: estimated from "
+                                        "--target-logits by EM (label shift).", metavar="uniform|FILE|em")]
+TargetLogitsOpt = Annotated[Optional[Path], typer.Option("--target-logits", help="Unlabeled logits of the target "
+                                                         "data, for --target-priors em.")]
 BudgetOpt = Annotated[str, typer.Option("--memory-budget", help="Working memory for a pass over the logits (for "
                                         "example 512MB or 4GB); data larger than this is streamed in blocks.",
                                         metavar="SIZE")]
@@ -277,8 +287,8 @@ def _percent(value) -> str:
 @app.command("priors")
 @_handled
 def priors_command(
-    train_labels: Annotated[Path, typer.Argument(help="Training labels: .npy, .txt (one per line) or .csv.",
-                                                 show_default=False)],
+    train_labels: Annotated[Optional[Path], typer.Argument(help="Training labels: .npy, .txt (one per line) or "
+                                                                ".csv.", show_default=False)] = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="Write the counts and priors as JSON here.")] = None,
     num_classes: Annotated[Optional[int], typer.Option("--num-classes", min=2, help="Number of classes (default: "
                                                        "from --classes, else the largest label + 1). Give it so that "
@@ -288,13 +298,35 @@ def priors_command(
     smoothing: SmoothingOpt = 0.0,
     json_out: JsonOpt = False,
     force: ForceOpt = False,
+    em: Annotated[Optional[Path], typer.Option("--em", help="Instead: estimate the class priors of unlabeled target "
+                                                            "data by EM from the model's logits on it (label "
+                                                            "shift), given the training priors (--train-labels or "
+                                                            "--priors).", metavar="UNLABELED_LOGITS")] = None,
+    train_labels_option: Annotated[Optional[Path], typer.Option("--train-labels", help="With --em: the training "
+                                                                                       "labels.")] = None,
+    priors_option: Annotated[Optional[Path], typer.Option("--priors", help="With --em: the training priors "
+                                                                           "file.")] = None,
+    tolerance: Annotated[float, typer.Option("--em-tolerance", min=0.0, help="With --em: stop when no prior moves "
+                                                                             "more than this.")] = 1e-8,
+    max_iterations: Annotated[int, typer.Option("--em-max-iter", min=1, help="With --em: the iteration "
+                                                                            "cap.")] = 1000,
+    key: KeyOpt = None,
+    device: DeviceOpt = "auto",
 ):
-    """Count training labels and write the class priors pi (for --priors)."""
+    """Count training labels and write the class priors pi (for --priors); or, with --em, estimate target priors q
+    (for --target-priors)."""
     from .errors import MismatchError
     from .load import read_classes, read_labels, sha256_file
     from .priors import priors_from_labels
 
     names = read_classes(classes) if classes is not None else None
+    if em is not None:
+        _priors_by_em(em, train_labels or train_labels_option, priors_option, names, label_column, smoothing, out,
+                      force, json_out, tolerance, max_iterations, key, device)
+        return
+    if train_labels is None:
+        raise OptionError("give the training labels file (or --em UNLABELED_LOGITS with --train-labels or "
+                          "--priors)", "arguments")
     if out is not None:
         from .write import check_output
 
@@ -321,6 +353,44 @@ def priors_command(
         for c in range(count):
             table.add_row(str(c), names[c] if names else "", str(int(priors.counts[c])), f"{priors.priors[c]:.6f}")
         _stdout_console().print(table)
+
+
+def _priors_by_em(em, train_labels, priors, names, column, smoothing, out, force, json_out, tolerance,
+                  max_iterations, key, device):
+    from rich.table import Table
+
+    from .device import resolve_device
+    from .load import read_logits
+    from .priors import Priors
+
+    compute = resolve_device(device)
+    if out is not None:
+        from .write import check_output
+
+        check_output(out, force, [em, train_labels, priors])
+    classes = read_logits(em, key).num_classes
+    prior = _open_priors(train_labels, priors, classes, smoothing, names, column)
+    q, info = _estimate(em, prior, classes, key, compute, None, json_out, tolerance, max_iterations)
+    if out is not None:
+        from .write import write_text
+
+        record = Priors(priors=q, classes=names or prior.classes, source=info).to_dict()
+        write_text(out, json.dumps(record, indent=2) + "\n", force, [em, train_labels, priors])
+        typer.echo(f"lacal: wrote {out}", err=True)
+    if json_out:
+        typer.echo(json.dumps({"priors": [float(v) for v in q], **{k: v for k, v in info.items() if k != "kind"}}))
+        return
+    console = _stdout_console()
+    console.print(f"EM on {em}: {info['iterations']} iterations, {'converged' if info['converged'] else 'NOT converged'}"
+                  f" (last change {info['last_change']:.2g}), log-likelihood {info['log_likelihood']:.6g}")
+    table = Table(title="estimated target priors")
+    for column_name in ("class", "name", "training prior", "target prior", "ratio"):
+        table.add_column(column_name, justify="left" if column_name == "name" else "right")
+    labels = names or prior.classes
+    for c in range(classes):
+        table.add_row(str(c), labels[c] if labels else "", f"{prior.priors[c]:.5f}", f"{q[c]:.5f}",
+                      f"{q[c] / prior.priors[c]:.3g}")
+    console.print(table)
 
 
 # -------------------------------------------------------------------------------------------------------- fit-tau
@@ -356,6 +426,15 @@ def fit_tau_command(
     head: HeadOpt = None,
     memory_budget: BudgetOpt = "2GiB",
     quiet: QuietOpt = False,
+    target_priors: TargetOpt = "uniform",
+    target_logits: TargetLogitsOpt = None,
+    calibrate: Annotated[Optional[Calibrate], typer.Option(
+        "--calibrate", help="Then calibrate the probabilities of the adjusted logits: temperature (T minimising the "
+                            "validation NLL; keeps every prediction) or bias (a per-class bias and T minimising the "
+                            "class-balanced cross-entropy, convex in the bias for fixed T, with an L2 penalty "
+                            "--bias-l2).")] = None,
+    bias_l2: Annotated[float, typer.Option("--bias-l2", min=0.0, help="The L2 weight on mean(bias^2) of "
+                                                                      "--calibrate bias.")] = 1e-2,
 ):
     """Find the tau that minimises the validation balanced error of argmax f(x) - tau * log(pi).
 
@@ -370,30 +449,67 @@ def fit_tau_command(
     if out is not None:
         from .write import check_output
 
-        check_output(out, force, [*inputs, train_labels, priors, checkpoint, features, classes])
+        check_output(out, force, [*inputs, train_labels, priors, checkpoint, features, classes, target_logits])
     source, val_labels, known_names = _logits_input(inputs, checkpoint, features, head, key, classes, compute, True)
     names = _class_names(classes, source.num_classes) or known_names
     labels = _open_labels(val_labels, source, names, label_column)
     prior = _open_priors(train_labels, priors, source.num_classes, smoothing, names, label_column)
     names = names or prior.classes
+    q, target_info = _target_priors(target_priors, target_logits, prior, source.num_classes, key, compute, budget,
+                                    quiet or json_out)
     with _Progress(source.num_samples, "fit-tau", quiet or json_out) as progress:
         fit = fit_tau(source, labels, prior, low_high, search.value, metric.value, grid_size, compute,
                       progress=progress, memory_budget=budget)
+    probability = None
+    if calibrate is not None:
+        from .adjust import offsets
+        from .calibrate import fit_probabilities
+
+        probability = fit_probabilities(calibrate.value, source, labels, offsets(prior, fit.tau), bias_l2,
+                                        device=compute, memory_budget=budget)
+        if not probability.converged:
+            _warn(f"the {calibrate.value} fit {probability.message}")
+        if not probability.moved:
+            _warn(f"the {calibrate.value} fit did not move: T = {probability.temperature:.4g}"
+                  + ("" if probability.bias is None else ", bias within 1e-3 of 0")
+                  + "; the adjusted logits were already calibrated on this validation set")
+    result = fit.to_dict()
+    result["target_priors"] = None if q is None else {**(target_info or {}), "priors": [float(v) for v in q]}
+    result["calibration"] = None if probability is None else probability.to_dict()
+    calibrated = None
+    if probability is not None and probability.bias is not None:  # a bias moves predictions: score them
+        from .adjust import offsets
+        from .metrics import ClassEvaluation
+        from .scoring import score_pass
+
+        shift = offsets(prior, fit.tau) + probability.temperature * probability.bias
+        stats = score_pass(source, labels, [shift], compute, memory_budget=budget)
+        calibrated = ClassEvaluation(stats.support, stats.correct[0])
+        for name_, value in calibrated.to_dict().items():
+            result[f"{name_}_calibrated"] = value
     if out is not None:
         calibration = Calibration.from_fit(fit, prior, names, _inputs(*inputs, train_labels, priors, classes,
-                                                                      checkpoint, features))
-        calibration.save(out, force, [*inputs, train_labels, priors, checkpoint, features, classes])
+                                                                      checkpoint, features, target_logits),
+                                           q, target_info, probability)
+        calibration.save(out, force, [*inputs, train_labels, priors, checkpoint, features, classes, target_logits])
         typer.echo(f"lacal: wrote {out}", err=True)
     if json_out:
-        typer.echo(json.dumps(fit.to_dict()))
+        typer.echo(json.dumps(result))
         return
-    _render_fit(fit, source.name)
+    _render_fit(fit, source.name, target_info, probability, calibrated)
 
 
-def _render_fit(fit, name) -> None:
+def _render_fit(fit, name, target_info=None, probability=None, calibrated=None) -> None:
     from rich.table import Table
 
     console = _stdout_console()
+    if target_info is not None:
+        where = target_info["path"]
+        how = (f"EM on {where}: {target_info['iterations']} iterations, "
+               f"{'converged' if target_info['converged'] else 'not converged'}, log-likelihood "
+               f"{target_info['log_likelihood']:.6g}" if target_info["kind"] == "em" else f"from {where}")
+        console.print(f"target priors q {how}; stored for apply and report, which predict argmax f - tau * log(pi) "
+                      "+ log(q). Tau and the validation numbers below are for a balanced target")
     console.print(f"[bold]tau = {fit.tau:.4f}[/bold]  {fit.search} search over [{fit.tau_range[0]:g}, "
                   f"{fit.tau_range[1]:g}] for the lowest {fit.metric.replace('-', ' ')}")
     metric = fit.metric.replace("-", " ")
@@ -411,6 +527,16 @@ def _render_fit(fit, name) -> None:
                              ("accuracy", "accuracy")):
         table.add_row(label, *(_percent(getattr(e, attribute)) for e in (fit.before, fit.at_one, fit.after)))
     console.print(table)
+    if probability is not None:
+        loss = "NLL" if probability.method == "temperature" else "class-balanced cross-entropy"
+        console.print(f"{probability.method} calibration: T = {probability.temperature:.4f}"
+                      + ("" if probability.bias is None else
+                         f", bias in [{probability.bias.min():.3f}, {probability.bias.max():.3f}]")
+                      + f"; validation {loss} {probability.loss_before:.4f} -> {probability.loss_after:.4f} "
+                      f"({probability.iterations} iterations, {'converged' if probability.converged else 'not converged'})")
+        if calibrated is not None:
+            console.print(f"with the bias: balanced error {_percent(calibrated.balanced_error)}, worst-class error "
+                          f"{_percent(calibrated.worst_class_error)}, accuracy {_percent(calibrated.accuracy)}")
     if fit.before.classes_without_samples:
         _warn(f"{len(fit.before.classes_without_samples)} class(es) have no validation samples and are left out of "
               f"the errors: {fit.before.classes_without_samples[:20]}")
@@ -419,12 +545,60 @@ def _render_fit(fit, name) -> None:
 # ---------------------------------------------------------------------------------------------------------- apply
 
 
-def _calibration_for(calibration, tau, train_labels, priors, num_classes, smoothing, names, column, required=True):
+def _target_priors(spec: str, target_logits, prior, num_classes: int, key, device, budget, quiet: bool = True):
+    """(q or None for uniform, a record of where q came from) for --target-priors / --target-logits."""
+    from .load import sha256_file
+
+    if spec.strip().lower() == "uniform":
+        if target_logits is not None:
+            raise OptionError("--target-logits is for --target-priors em", "--target-logits")
+        return None, None
+    if spec.strip().lower() == "em":
+        if target_logits is None:
+            raise OptionError("--target-priors em estimates the target priors from unlabeled logits: give "
+                              "--target-logits FILE", "--target-priors")
+        return _estimate(target_logits, prior, num_classes, key, device, budget, quiet)
+    if target_logits is not None:
+        raise OptionError("--target-logits is for --target-priors em", "--target-logits")
+    from .priors import check_num_classes, read_priors
+
+    target = read_priors(spec)
+    check_num_classes(target, num_classes, "the logits", spec)
+    return target.priors, {"kind": "file", "path": spec, "sha256": sha256_file(spec)}
+
+
+def _estimate(target_logits, prior, num_classes, key, device, budget, quiet: bool, tolerance=None,
+              max_iterations=None):
+    from .errors import MismatchError
+    from .load import sha256_file
+    from .shift import DEFAULT_MAX_ITERATIONS, DEFAULT_TOLERANCE, estimate_target_priors
+
+    source = _open_logits(target_logits, key)
+    if source.num_classes != num_classes:
+        raise MismatchError(f"has {source.num_classes} classes but the priors have {num_classes}", target_logits)
+    with _Progress(max_iterations or DEFAULT_MAX_ITERATIONS, "EM", quiet) as progress:
+        estimate = estimate_target_priors(source, prior.priors, tolerance or DEFAULT_TOLERANCE,
+                                          max_iterations or DEFAULT_MAX_ITERATIONS, device, memory_budget=budget,
+                                          progress=progress)
+    if not estimate.converged:
+        _warn(f"EM on {target_logits} did not converge in {estimate.iterations} iterations (last change "
+              f"{estimate.change:.2g}, tolerance {estimate.tolerance:g}); the priors are the last iterate")
+    info = {"kind": "em", "path": str(target_logits),
+            "sha256": None if Path(target_logits).is_dir() else sha256_file(target_logits),
+            **{k: v for k, v in estimate.to_dict().items() if k != "priors"}}
+    return estimate.priors, info
+
+
+def _calibration_for(calibration, tau, train_labels, priors, num_classes, smoothing, names, column, required=True,
+                     target="uniform", target_logits=None, key=None, device="cpu", budget=None):
     from .calibration import Calibration
 
     if calibration is not None:
         if tau is not None or train_labels is not None or priors is not None:
             raise OptionError("give --calibration, or --tau with --train-labels/--priors, not both", "--calibration")
+        if target.strip().lower() != "uniform" or target_logits is not None:
+            raise OptionError("the calibration file carries its target priors; --target-priors goes with --tau",
+                              "--target-priors")
         loaded = Calibration.load(calibration)
         if num_classes is not None:
             loaded.check_num_classes(num_classes, "logits", str(calibration))
@@ -437,8 +611,9 @@ def _calibration_for(calibration, tau, train_labels, priors, num_classes, smooth
     if not math.isfinite(tau):
         raise OptionError(f"tau must be a finite number, got {tau}", "--tau")
     prior = _open_priors(train_labels, priors, num_classes, smoothing, names, column)
+    q, info = _target_priors(target, target_logits, prior, prior.num_classes, key, device, budget)
     return Calibration(tau=tau, priors=prior.priors, counts=prior.counts, class_names=names or prior.classes,
-                       smoothing=prior.smoothing)
+                       smoothing=prior.smoothing, target_priors=q, target=info)
 
 
 @app.command("apply")
@@ -478,16 +653,19 @@ def apply_command(
                                   "adjusted logits.")] = None,
     memory_budget: BudgetOpt = "2GiB",
     quiet: QuietOpt = False,
+    target_priors: TargetOpt = "uniform",
+    target_logits: TargetLogitsOpt = None,
 ):
     """Write adjusted logits f - tau * log(pi), a CSV of adjusted predictions, or a checkpoint whose classifier bias
-    carries the adjustment."""
+    carries the adjustment. A calibration file's target priors, temperature and bias are applied too."""
     from .checkpoints import is_checkpoint
     from .device import resolve_device
 
     compute = resolve_device(device)
     if is_checkpoint(source_path, key):
         _apply_checkpoint(source_path, out, calibration, tau, train_labels, priors, classes, label_column, smoothing,
-                          compute, force, head, add_bias, in_place, link, verify_features, key)
+                          compute, force, head, add_bias, in_place, link, verify_features, key, target_priors,
+                          target_logits, _parse_size(memory_budget))
         return
     if out is None:
         raise OptionError("give --out FILE for the adjusted logits or predictions", "--out")
@@ -496,27 +674,28 @@ def apply_command(
         if given:
             raise OptionError(f"{source_path} is a logits file, and {flag} is for checkpoints", flag)
     _apply_logits(source_path, out, calibration, tau, train_labels, priors, top_k, classes, label_column, smoothing,
-                  key, compute, force, _parse_size(memory_budget), quiet)
+                  key, compute, force, _parse_size(memory_budget), quiet, target_priors, target_logits)
 
 
 def _apply_logits(logits, out, calibration, tau, train_labels, priors, top_k, classes, label_column, smoothing, key,
-                  compute, force, budget, quiet):
+                  compute, force, budget, quiet, target="uniform", target_logits=None):
     from .scoring import iter_adjusted
     from .write import PREDICTION_SUFFIXES, check_output, write_logits, write_predictions
 
-    inputs = [logits, calibration, train_labels, priors, classes]
+    inputs = [logits, calibration, train_labels, priors, classes, target_logits]
     check_output(out, force, inputs)
     source = _open_logits(logits, key)
     names = _class_names(classes, source.num_classes)
     fitted = _calibration_for(calibration, tau, train_labels, priors, source.num_classes, smoothing, names,
-                              label_column)
+                              label_column, True, target, target_logits, key, compute, budget)
+    scale, shift = fitted.affine()
     names = names or fitted.class_names
     predictions = out.suffix.lower() in PREDICTION_SUFFIXES
     if predictions and top_k > source.num_classes:
         raise OptionError(f"--top-k {top_k} is more than the {source.num_classes} classes", "--top-k")
     with _Progress(source.num_samples, "apply", quiet) as progress:
-        blocks = iter_adjusted(source, fitted.offsets, compute, keep_dtype=not predictions, progress=progress,
-                               memory_budget=budget)
+        blocks = iter_adjusted(source, shift, compute, keep_dtype=not predictions, progress=progress,
+                               memory_budget=budget, scale=scale)
         if predictions:
             write_predictions(out, blocks, names, top_k, force, inputs)
         else:
@@ -526,7 +705,8 @@ def _apply_logits(logits, out, calibration, tau, train_labels, priors, top_k, cl
 
 
 def _apply_checkpoint(path, out, calibration, tau, train_labels, priors, classes, label_column, smoothing, compute,
-                      force, head, add_bias, in_place, link, verify_features, key):
+                      force, head, add_bias, in_place, link, verify_features, key, target="uniform",
+                      target_logits=None, budget=None):
     from .checkpoints import find_head, open_checkpoint
     from .load import read_classes, read_logits, sha256_file
     from .patch import make_patch, verify_patch, write_checkpoint
@@ -542,15 +722,18 @@ def _apply_checkpoint(path, out, calibration, tau, train_labels, priors, classes
     model = open_checkpoint(path)
     fitted = None
     if calibration is not None:
-        fitted = _calibration_for(calibration, tau, train_labels, priors, None, smoothing, None, label_column)
+        fitted = _calibration_for(calibration, tau, train_labels, priors, None, smoothing, None, label_column, True,
+                                  target, target_logits, key, compute, budget)
     names = read_classes(classes) if classes is not None else model.class_names
     layer = find_head(model, fitted.num_classes if fitted else (len(names) if names else None), head)
     if fitted is not None:
         fitted.check_num_classes(layer.num_classes, "checkpoint's head", str(calibration))
     else:
-        fitted = _calibration_for(None, tau, train_labels, priors, layer.num_classes, smoothing, names, label_column)
-    patch = make_patch(model, layer, fitted.offsets, fitted.tau,
-                       sha256_file(calibration) if calibration is not None else None, add_bias, force)
+        fitted = _calibration_for(None, tau, train_labels, priors, layer.num_classes, smoothing, names, label_column,
+                                  True, target, target_logits, key, compute, budget)
+    scale, shift = fitted.affine()
+    patch = make_patch(model, layer, shift, fitted.tau,
+                       sha256_file(calibration) if calibration is not None else None, add_bias, force, scale)
     if patch.earlier is not None:
         from .patch import describe_patch
 
@@ -560,13 +743,16 @@ def _apply_checkpoint(path, out, calibration, tau, train_labels, priors, classes
         _warn(f"added a bias to {layer.name!r}; the model's code must build this layer with bias=True")
     if verify_features is not None:
         features = read_logits(verify_features, key, what="features")
-        worst, tolerance = verify_patch(model, patch, features, fitted.offsets, compute)
+        worst, tolerance = verify_patch(model, patch, features, shift, compute)
         typer.echo(f"lacal: verified on {features.num_samples} samples: the patched head gives the adjusted logits "
                    f"(max |difference| {worst:.3g}, tolerance {tolerance:.3g})", err=True)
     if layer.dtype not in ("float32", "float64"):
         typer.echo(f"lacal: the bias stays {layer.dtype}; rounding moved the offsets by at most "
                    f"{patch.max_rounding_error:.3g}", err=True)
-    inputs = [calibration, train_labels, priors, classes, verify_features]
+    if scale != 1.0:
+        typer.echo(f"lacal: the temperature {fitted.temperature:.4g} is folded into the head: weight and bias are "
+                   "divided by it", err=True)
+    inputs = [calibration, train_labels, priors, classes, verify_features, target_logits]
     for note in write_checkpoint(model, patch, out, force, in_place, link, inputs):
         typer.echo(f"lacal: {note}", err=True)
     typer.echo(f"lacal: patched {layer.name!r} ({layer.num_classes} classes, tau = {fitted.tau:.4f}) and wrote "
@@ -606,8 +792,13 @@ def report_command(
     head: HeadOpt = None,
     memory_budget: BudgetOpt = "2GiB",
     quiet: QuietOpt = False,
+    target_priors: TargetOpt = "uniform",
+    target_logits: TargetLogitsOpt = None,
+    bins: Annotated[int, typer.Option("--bins", min=1, help="Equal-width confidence bins of the ECE and classwise "
+                                                            "ECE.")] = 15,
 ):
-    """Per-class errors before and after adjustment, grouped into many/medium/few-shot classes.
+    """Per-class errors before and after adjustment, grouped into many/medium/few-shot classes, with NLL, Brier
+    score, ECE and classwise ECE.
 
     LOGITS may be a folder or a quoted glob of shards, or several files (all paths but the last)."""
     import numpy as np
@@ -624,17 +815,26 @@ def report_command(
     names = _class_names(classes, source.num_classes) or known_names
     values = _open_labels(labels, source, names, label_column)
     fitted = _calibration_for(calibration, tau, train_labels, priors, source.num_classes, smoothing, names,
-                              label_column, required=False)
+                              label_column, False, target_priors, target_logits, key, compute, budget)
     counts = fitted.counts if fitted is not None else None
     if fitted is None and (train_labels is not None or priors is not None):
         counts = _open_priors(train_labels, priors, source.num_classes, smoothing, names, label_column).counts
     names = names or (fitted.class_names if fitted is not None else None)
-    offsets = [np.zeros(source.num_classes)] + ([fitted.offsets] if fitted is not None else [])
-    with _Progress(source.num_samples, "report", quiet or json_out) as progress:
+    from .scoring import probability_pass
+
+    affines = [(1.0, np.zeros(source.num_classes))] + ([fitted.affine()] if fitted is not None else [])
+    # argmax(f * scale + shift) = argmax(f + shift / scale), as scale = 1 / temperature > 0
+    offsets = [shift / scale for scale, shift in affines]
+    with _Progress(2 * source.num_samples, "report", quiet or json_out) as progress:
         stats = score_pass(source, values, offsets, device=compute, progress=progress, memory_budget=budget)
+        quality = probability_pass(source, values, affines, bins, compute, memory_budget=budget,
+                                   progress=lambda done: progress(source.num_samples + done))
     report = Report(baseline=ClassEvaluation(stats.support, stats.correct[0]),
                     adjusted=ClassEvaluation(stats.support, stats.correct[1]) if fitted is not None else None,
-                    train_counts=counts, class_names=names, tau=None if fitted is None else fitted.tau)
+                    train_counts=counts, class_names=names, tau=None if fitted is None else fitted.tau,
+                    baseline_quality=quality[0], adjusted_quality=quality[1] if fitted is not None else None,
+                    target_priors=None if fitted is None else fitted.target_priors,
+                    temperature=None if fitted is None else fitted.temperature)
     if json_out:
         typer.echo(json.dumps(report.to_dict()))
         return
@@ -673,7 +873,7 @@ def _render_report(report, sort: str, name, limit: Optional[int] = None) -> None
     if limit is not None and limit < len(order):
         table.caption = f"first {limit} of {len(order)} classes (--limit)"
     console.print(table)
-    summary = Table(title="summary" + (" (error before -> after)" if adjusted else ""))
+    summary = Table(title="summary" + (" (before -> after)" if adjusted else ""))
     summary.add_column("")
     summary.add_column("before" if adjusted else "value", justify="right")
     if adjusted:
@@ -683,6 +883,14 @@ def _render_report(report, sort: str, name, limit: Optional[int] = None) -> None
     for label, attribute in rows:
         values = [getattr(report.baseline, attribute)] + ([getattr(after, attribute)] if adjusted else [])
         summary.add_row(label, *map(_percent, values))
+    if report.baseline_quality is not None:
+        qualities = [report.baseline_quality] + ([report.adjusted_quality] if adjusted else [])
+        bins = int(report.baseline_quality.bin_count.shape[0])
+        for label, attribute, percent in (("NLL", "nll", False), ("Brier score", "brier", False),
+                                          (f"ECE ({bins} bins)", "ece", True),
+                                          ("classwise ECE", "classwise_ece", True)):
+            numbers = [getattr(quality, attribute) for quality in qualities]
+            summary.add_row(label, *(_percent(n) if percent else f"{n:.4f}" for n in numbers))
     if groups is not None:
         before_groups = report.groups(report.baseline)
         after_groups = report.groups(after)

@@ -361,23 +361,6 @@ def concat_sources(sources: list[LogitsSource], name: str) -> LogitsSource:
     return combined
 
 
-def shifted_source(source: LogitsSource, shift, name: str | None = None) -> LogitsSource:
-    """`source` with the per-class vector `shift` added to every row (in the source's float precision, float32 for
-    half-precision input)."""
-    import torch
-
-    dtype = torch.float64 if source.dtype_name == "float64" else torch.float32
-    offset = torch.as_tensor(np.asarray(shift), dtype=dtype)
-
-    def read_rows(start: int, stop: int):
-        block = source.rows(start, stop)
-        return block.to(dtype) + offset.to(block.device)
-
-    shifted = LogitsSource(name or source.name, source.shape, str(dtype).replace("torch.", ""), read_rows)
-    shifted.notes = list(source.notes)
-    return shifted
-
-
 def read_logits(path: str | os.PathLike, key: str | None = None, what: str = "logits") -> LogitsSource:
     """Open logits (.npy read in blocks, .npz, .safetensors, .pt/.pth, .csv) as a LogitsSource. `path` may also be
     a folder or a glob pattern of shards, read in natural order as one array. With what="features" the same

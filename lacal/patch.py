@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .checkpoints import (PATCH_FILE, PATCH_METADATA_KEY, Checkpoint, Head, _is_safetensors, patch_record_path,
-                          read_safetensors_header)
+from .checkpoints import (PATCH_FILE, PATCH_METADATA_KEY, Checkpoint, Head, _is_safetensors, bias_name,
+                          patch_record_path, read_safetensors_header)
 from .errors import CheckpointError, MismatchError, OptionError, OutputError, VerificationError
 from .write import atomic_path, check_output, write_text
 
@@ -39,12 +39,14 @@ class Patch:
     added_bias: bool
     record: dict
     earlier: dict | None = None  # the record of a patch already in the checkpoint (patched again with force)
+    weight: object = None  # the head's weight divided by a temperature, when there is one
 
 
 def make_patch(checkpoint: Checkpoint, head: Head, offsets, tau: float, calibration_sha256: str | None = None,
-               add_bias: bool = False, force: bool = False) -> Patch:
-    """Compute b + offsets for the head; refuse a head without a bias (unless add_bias) and an already patched
-    checkpoint (unless force)."""
+               add_bias: bool = False, force: bool = False, scale: float = 1.0) -> Patch:
+    """Compute the new head: bias b * scale + offsets, and weight W * scale when scale (1 / temperature) is not 1,
+    so that the head computes (W x + b) * scale + offsets. Refuse a head without a bias (unless add_bias) and an
+    already patched checkpoint (unless force)."""
     import torch
 
     if checkpoint.patch is not None and not force:
@@ -64,14 +66,18 @@ def make_patch(checkpoint: Checkpoint, head: Head, offsets, tau: float, calibrat
         old = torch.zeros(head.num_classes, dtype=getattr(torch, head.dtype))
     else:
         old = checkpoint.tensor(head.bias)
-    exact = old.double() + torch.from_numpy(offsets)
+    exact = old.double() * scale + torch.from_numpy(offsets)
     new = exact.to(old.dtype)
     rounding = float((new.double() - exact).abs().max())
+    weight = None
+    if scale != 1.0:
+        original = checkpoint.tensor(head.weight)
+        weight = (original.double() * scale).to(original.dtype)
     record = {"format": PATCH_FORMAT, "version": PATCH_VERSION, "head": head.name,
-              "bias": head.bias or f"{head.name}.bias", "added_bias": head.bias is None, "tau": float(tau),
-              "offsets": offsets.tolist(), "calibration_sha256": calibration_sha256, "bias_dtype": str(old.dtype)
-              .replace("torch.", ""), "max_rounding_error": rounding}
-    return Patch(head, new, rounding, head.bias is None, record, checkpoint.patch)
+              "bias": head.bias or bias_name(head.name), "added_bias": head.bias is None, "tau": float(tau),
+              "offsets": offsets.tolist(), "scale": scale, "calibration_sha256": calibration_sha256,
+              "bias_dtype": str(old.dtype).replace("torch.", ""), "max_rounding_error": rounding}
+    return Patch(head, new, rounding, head.bias is None, record, checkpoint.patch, weight)
 
 
 def describe_patch(record: dict) -> str:
@@ -94,20 +100,24 @@ def verify_patch(checkpoint: Checkpoint, patch: Patch, features, offsets, device
     device = torch.device(device)
     weight = checkpoint.tensor(head.weight).to(device)
     weight = weight.reshape(weight.shape[0], -1)
+    scaled = weight if patch.weight is None else patch.weight.to(device).reshape(weight.shape)
+    scale = float(patch.record.get("scale", 1.0))
     old = (checkpoint.tensor(head.bias) if head.bias else torch.zeros_like(patch.bias)).to(device)
     new = patch.bias.to(device)
     shift = torch.as_tensor(np.asarray(offsets), dtype=torch.float64, device=device)
     if device.type == "cpu" and weight.dtype in (torch.float16, torch.bfloat16):
-        weight, old, new = weight.float(), old.float(), new.float()  # CPU half matmuls are slow; same rounding
-    worst = scale = 0.0
+        weight, scaled, old, new = weight.float(), scaled.float(), old.float(), new.float()  # CPU half is slow
+    worst = largest = 0.0
     for _, block in iter_blocks(features, device):
         x = block.to(weight.dtype)
-        expected = F.linear(x, weight, old).double() + shift
-        patched = F.linear(x, weight, new).double()
+        expected = F.linear(x, weight, old).double() * scale + shift
+        patched = F.linear(x, scaled, new).double()
         worst = max(worst, float((patched - expected).abs().max()))
-        scale = max(scale, float(expected.abs().max()))
+        largest = max(largest, float(expected.abs().max()))
+        if patch.weight is not None:  # a rescaled, re-rounded weight errs by up to eps * |W| |x|
+            largest = max(largest, float(F.linear(x.abs(), weight.abs()).max()) * scale)
     eps = torch.finfo(getattr(torch, head.dtype)).eps
-    tolerance = 4 * eps * (1 + scale) + patch.max_rounding_error
+    tolerance = 4 * eps * (1 + largest) + patch.max_rounding_error
     if not worst <= tolerance:
         raise VerificationError(f"the patched head's logits differ from the adjusted logits by up to {worst:.3g} "
                                 f"(tolerance {tolerance:.3g}); nothing was written", features.name)
@@ -175,7 +185,7 @@ def write_torch(checkpoint: Checkpoint, file: Path, target: Path, replace: dict,
     for name, tensor in state.items():
         new_state[name] = replace.get(name, tensor)
         for added, value in add.items():
-            if name == added[: -len(".bias")] + ".weight":
+            if name == added[: -len("bias")] + "weight":
                 new_state[added] = value
     if hasattr(state, "_metadata"):
         new_state._metadata = type(state._metadata)(state._metadata)
@@ -198,11 +208,17 @@ def write_torch(checkpoint: Checkpoint, file: Path, target: Path, replace: dict,
 
 def _changes(patch: Patch) -> tuple[dict, dict]:
     name = patch.record["bias"]
-    return ({}, {name: patch.bias}) if patch.added_bias else ({name: patch.bias}, {})
+    replace, add = ({}, {name: patch.bias}) if patch.added_bias else ({name: patch.bias}, {})
+    if patch.weight is not None:
+        replace[patch.head.weight] = patch.weight
+    return replace, add
 
 
 def _write_one(checkpoint: Checkpoint, file: Path, target: Path, patch: Patch) -> None:
+    """Write `file` with the patch's changes to the tensors it holds (a new bias goes beside the weight)."""
     replace, add = _changes(patch)
+    replace = {name: tensor for name, tensor in replace.items() if checkpoint.tensors[name].file == file}
+    add = add if checkpoint.tensors[patch.head.weight].file == file else {}
     if _is_safetensors(file):
         write_safetensors(file, target, replace, add, {PATCH_METADATA_KEY: json.dumps(patch.record)})
     else:
@@ -230,21 +246,28 @@ def write_checkpoint(checkpoint: Checkpoint, patch: Patch, out: Path | None, for
     return []
 
 
-def _head_file(checkpoint: Checkpoint, patch: Patch) -> Path:
-    name = patch.record["bias"] if not patch.added_bias else patch.head.weight
-    return checkpoint.tensors[name].file
+def _changed_files(checkpoint: Checkpoint, patch: Patch) -> set[Path]:
+    """The files the patch rewrites: those holding the bias (or, for a new bias, the weight) and, with a
+    temperature, the weight."""
+    replace, add = _changes(patch)
+    files = {checkpoint.tensors[name].file for name in replace}
+    if add:
+        files.add(checkpoint.tensors[patch.head.weight].file)
+    return files
 
 
 def _write_folder(checkpoint: Checkpoint, patch: Patch, out: Path | None, force: bool, in_place: bool,
                   link: bool, inputs=()) -> list[str]:
     source = checkpoint.path
-    shard = _head_file(checkpoint, patch)
+    changed = _changed_files(checkpoint, patch)
+    weight_shard = checkpoint.tensors[patch.head.weight].file
     index = checkpoint.index_file
     if in_place:
-        with atomic_path(shard, force=True) as temporary:
-            _write_one(checkpoint, shard, temporary, patch)
+        for shard in sorted(changed):
+            with atomic_path(shard, force=True) as temporary:
+                _write_one(checkpoint, shard, temporary, patch)
         if index is not None and patch.added_bias:
-            write_text(index, _index_with_bias(index, patch, shard), force=True)
+            write_text(index, _index_with_bias(index, patch, weight_shard), force=True)
         write_text(source / PATCH_FILE, json.dumps(patch.record, indent=2) + "\n", force=True)
         return []
     out = Path(out)
@@ -269,10 +292,10 @@ def _write_folder(checkpoint: Checkpoint, patch: Patch, out: Path | None, force:
                 target.mkdir(parents=True, exist_ok=True)
                 continue
             target.parent.mkdir(parents=True, exist_ok=True)
-            if item == shard:
-                _write_one(checkpoint, shard, target, patch)
+            if item in changed:
+                _write_one(checkpoint, item, target, patch)
             elif item == index and patch.added_bias:
-                target.write_text(_index_with_bias(index, patch, shard), encoding="utf-8")
+                target.write_text(_index_with_bias(index, patch, weight_shard), encoding="utf-8")
             elif item.name == PATCH_FILE:
                 continue
             elif link:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .metrics import ClassEvaluation, group_errors, shot_groups
+from .metrics import ClassEvaluation, ProbabilityMetrics, group_errors, shot_groups
 
 SORT_KEYS = ("class", "error", "count")
 
@@ -21,6 +21,10 @@ class Report:
     train_counts: np.ndarray | None = None
     class_names: list[str] | None = None
     tau: float | None = None
+    baseline_quality: ProbabilityMetrics | None = None
+    adjusted_quality: ProbabilityMetrics | None = None
+    target_priors: np.ndarray | None = None
+    temperature: float | None = None
 
     @property
     def main(self) -> ClassEvaluation:
@@ -40,12 +44,13 @@ class Report:
     def groups(self, evaluation: ClassEvaluation) -> dict | None:
         return None if self.train_counts is None else group_errors(evaluation, self.train_counts)
 
-    def _section(self, evaluation: ClassEvaluation) -> dict:
+    def _section(self, evaluation: ClassEvaluation, quality: ProbabilityMetrics | None = None) -> dict:
         errors = evaluation.errors
         names = self.class_names
         counts = self.train_counts
         return {
             **evaluation.to_dict(),
+            **({} if quality is None else quality.to_dict()),
             "num_samples": evaluation.num_samples,
             "per_class": [
                 {"class": c, "name": names[c] if names else None,
@@ -57,11 +62,14 @@ class Report:
         }
 
     def to_dict(self) -> dict:
-        result = self._section(self.main)
+        adjusted = self.adjusted is not None
+        result = self._section(self.main, self.adjusted_quality if adjusted else self.baseline_quality)
         result["tau"] = self.tau
+        result["temperature"] = self.temperature
+        result["target_priors"] = None if self.target_priors is None else [float(q) for q in self.target_priors]
         result["num_classes"] = self.main.num_classes
         result["classes_without_samples"] = self.main.classes_without_samples
-        result["baseline"] = self._section(self.baseline)
+        result["baseline"] = self._section(self.baseline, self.baseline_quality)
         return result
 
 

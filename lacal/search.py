@@ -78,10 +78,8 @@ def check_tau_range(tau_range) -> tuple[float, float]:
 
 def fit_tau(logits, labels, priors, tau_range=DEFAULT_TAU_RANGE, search: str = "exact",
             metric: str = "balanced-error", grid_size: int = DEFAULT_GRID_SIZE, device="cpu",
-            rows: int | None = None, progress=None, memory_budget: int | None = None,
-            target_priors=None) -> TauFit:
-    """Find the tau in `tau_range` that minimises `metric` for argmax(logits - tau * log(pi)) on (logits, labels)
-    (or of argmax(logits - tau * log(pi) + log(q)) with `target_priors` q).
+            rows: int | None = None, progress=None, memory_budget: int | None = None) -> TauFit:
+    """Find the tau in `tau_range` that minimises `metric` for argmax(logits - tau * log(pi)) on (logits, labels).
 
     `logits`: N x C array, tensor or LogitsSource; `labels`: N class ids; `priors`: C priors or counts, or a Priors.
     `search='exact'` returns a true minimiser over the whole range; `'grid'` the best of `grid_size` evenly spaced
@@ -108,10 +106,6 @@ def fit_tau(logits, labels, priors, tau_range=DEFAULT_TAU_RANGE, search: str = "
     # bfloat16) can make a single point better than the open segments around it, and argmax decides those ties.
     special = sorted({0.0, 1.0, lo_tau, hi_tau})
     source = logits if isinstance(logits, LogitsSource) else source_from_array(logits)
-    if target_priors is not None:
-        from .load import shifted_source
-
-        source = shifted_source(source, np.log(_as_priors_array(target_priors)))
     stats = interval_pass(source, labels, log_priors, special, device, rows, progress, memory_budget)
     direct = {t: ClassEvaluation(stats.support, stats.points[t]) for t in special}
     points = {t: e for t, e in direct.items() if lo_tau <= t <= hi_tau}

@@ -24,3 +24,14 @@ def test_make_checkpoints_example_writes_patchable_layouts(tmp_path):
         checkpoint = open_checkpoint(tmp_path / name)
         assert find_head(checkpoint, 100).name == head
     assert open_checkpoint(tmp_path / "hf-model").class_names[3] == "species-03"
+
+
+def test_label_shift_example_improves_with_em(tmp_path):
+    result = subprocess.run([sys.executable, str(EXAMPLES / "label_shift.py"), "--dir", str(tmp_path)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    accuracy = {name: float(value) for name, value in
+                re.findall(r"^(raw model|adjusted toward uniform|adjusted toward q from EM)\D*([\d.]+)%", result.stdout,
+                           re.M)}
+    assert accuracy["adjusted toward q from EM"] > accuracy["adjusted toward uniform"] > accuracy["raw model"]
+    assert (tmp_path / "target_logits.npy").exists()
