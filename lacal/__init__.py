@@ -34,6 +34,7 @@ _EXPORTS = {
     "PriorEstimate": "shift", "estimate_target_priors": "shift",
     "ProbabilityFit": "calibrate", "fit_temperature": "calibrate", "fit_bias": "calibrate",
     "ProbabilityMetrics": "metrics",
+    "logit_adjusted_cross_entropy": "losses", "LogitAdjustedLoss": "losses",
     "Report": "report",
     "resolve_device": "device",
 }
@@ -62,6 +63,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .errors import (InputDataError, InputFileError, LacalError, MismatchError, OptionError, OutputError,
                          PriorsError)
     from .load import LogitsSource, read_classes, read_labels, read_logits
+    from .losses import LogitAdjustedLoss, logit_adjusted_cross_entropy
     from .metrics import (ClassEvaluation, ProbabilityMetrics, balanced_error, evaluate, evaluate_predictions,
                           group_errors, shot_groups, worst_class_error)
     from .priors import Priors, class_counts, priors_from_counts, priors_from_labels, read_priors

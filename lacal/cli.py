@@ -41,6 +41,11 @@ class Metric(str, Enum):
     worst_class_error = "worst-class-error"
 
 
+class Method(str, Enum):
+    logit_adjustment = "logit-adjustment"
+    tau_norm = "tau-norm"
+
+
 class Calibrate(str, Enum):
     temperature = "temperature"
     bias = "bias"
@@ -405,11 +410,14 @@ def fit_tau_command(
                                                  metavar="[VAL_LOGITS] VAL_LABELS", show_default=False)],
     train_labels: TrainLabelsOpt = None,
     priors: PriorsOpt = None,
-    tau_range: Annotated[str, typer.Option("--tau-range", help="Search tau in LO,HI.", metavar="LO,HI")] = "0,4",
+    tau_range: Annotated[Optional[str], typer.Option("--tau-range", help="Search tau in LO,HI (default 0,4; 0,2 "
+                                                                         "for tau-norm).", metavar="LO,HI")] = None,
     search: Annotated[Search, typer.Option("--search", help="exact: a true minimiser over the whole range; grid: the "
                                                             "best of --grid-size evenly spaced values.")
                       ] = Search.exact,
-    grid_size: Annotated[int, typer.Option("--grid-size", min=2, help="Grid points for --search grid.")] = 401,
+    grid_size: Annotated[Optional[int], typer.Option("--grid-size", min=2, help="Grid points for --search grid "
+                                                                                 "(default 401; 21 for tau-norm, "
+                                                                                 "whose search is a grid).")] = None,
     metric: Annotated[Metric, typer.Option("--metric", help="What tau minimises on the validation set.")
                       ] = Metric.balanced_error,
     out: Annotated[Optional[Path], typer.Option("--out", help="Write a calibration file (JSON) for `lacal apply`.")
@@ -435,6 +443,10 @@ def fit_tau_command(
                             "--bias-l2).")] = None,
     bias_l2: Annotated[float, typer.Option("--bias-l2", min=0.0, help="The L2 weight on mean(bias^2) of "
                                                                       "--calibrate bias.")] = 1e-2,
+    method: Annotated[Method, typer.Option("--method", help="logit-adjustment (f - tau * log(pi)), or tau-norm "
+                                                            "(w_y . phi / ||w_y||^tau, bias dropped; Kang et al. "
+                                                            "2020), which needs --checkpoint and --features.")
+                      ] = None,
 ):
     """Find the tau that minimises the validation balanced error of argmax f(x) - tau * log(pi).
 
@@ -443,9 +455,16 @@ def fit_tau_command(
     from .device import resolve_device
     from .search import fit_tau
 
-    low_high = _parse_range(tau_range)
+    method = method or Method.logit_adjustment
+    tau_norm = method == Method.tau_norm
+    low_high = _parse_range(tau_range or ("0,2" if tau_norm else "0,4"))
+    grid_size = grid_size or (21 if tau_norm else 401)
     budget = _parse_size(memory_budget)
     compute = resolve_device(device)
+    if tau_norm:
+        _fit_tau_norm(inputs, checkpoint, features, head, key, classes, label_column, low_high, grid_size,
+                      metric.value, compute, budget, json_out, quiet, out, calibrate, target_priors, search)
+        return
     if out is not None:
         from .write import check_output
 
@@ -497,6 +516,55 @@ def fit_tau_command(
         typer.echo(json.dumps(result))
         return
     _render_fit(fit, source.name, target_info, probability, calibrated)
+
+
+def _fit_tau_norm(inputs, checkpoint, features, head, key, classes, column, low_high, grid_size, metric, compute,
+                  budget, json_out, quiet, out, calibrate, target_priors, search) -> None:
+    from rich.table import Table
+
+    from .checkpoints import find_head, open_checkpoint
+    from .load import read_logits, read_classes
+    from .taunorm import fit_tau_norm
+
+    if checkpoint is None or features is None:
+        raise OptionError("tau-norm rescales the head's weight rows, so it needs --checkpoint and --features",
+                          "--method")
+    if out is not None or calibrate is not None or target_priors.strip().lower() != "uniform":
+        raise OptionError("--out, --calibrate and --target-priors go with --method logit-adjustment; tau-norm is "
+                          "fitted here for comparison (see also report --compare)", "--method")
+    if len(inputs) != 1:
+        raise OptionError(f"with --checkpoint and --features, give only the labels file, got {len(inputs)} paths",
+                          "arguments")
+    model = open_checkpoint(checkpoint)
+    names = read_classes(classes) if classes is not None else model.class_names
+    layer = find_head(model, len(names) if names else None, head)
+    source = read_logits(features, key, what="features")
+    labels = _open_labels(inputs[0], _Columns(source.num_samples, layer.num_classes, source.name), names, column)
+    with _Progress(source.num_samples, "fit-tau", quiet or json_out) as progress:
+        fit = fit_tau_norm(source, labels, model.tensor(layer.weight), low_high, grid_size, metric, compute,
+                           progress=progress, memory_budget=budget)
+    if json_out:
+        typer.echo(json.dumps(fit.to_dict()))
+        return
+    console = _stdout_console()
+    console.print(f"[bold]tau = {fit.tau:.4f}[/bold]  tau-normalisation of {layer.name!r}: the best of {grid_size} "
+                  f"values in [{low_high[0]:g}, {low_high[1]:g}] for the lowest {metric.replace('-', ' ')}")
+    table = Table(title=f"{features} through {checkpoint}: {fit.before.num_samples} samples, "
+                        f"{fit.before.num_classes} classes")
+    table.add_column("validation")
+    for header in ("tau=0 (no bias)", f"after (tau={fit.tau:.3f})"):
+        table.add_column(header, justify="right")
+    for label, attribute in (("balanced error", "balanced_error"), ("worst-class error", "worst_class_error"),
+                             ("accuracy", "accuracy")):
+        table.add_row(label, *(_percent(getattr(e, attribute)) for e in (fit.before, fit.after)))
+    console.print(table)
+
+
+class _Columns:
+    """The shape facts `_open_labels` checks labels against."""
+
+    def __init__(self, num_samples: int, num_classes: int, name: str):
+        self.num_samples, self.num_classes, self.name = num_samples, num_classes, name
 
 
 def _render_fit(fit, name, target_info=None, probability=None, calibrated=None) -> None:
@@ -796,6 +864,26 @@ def report_command(
     target_logits: TargetLogitsOpt = None,
     bins: Annotated[int, typer.Option("--bins", min=1, help="Equal-width confidence bins of the ECE and classwise "
                                                             "ECE.")] = 15,
+    compare: Annotated[bool, typer.Option("--compare", help="Instead: one table of post-hoc methods fitted on these "
+                                                            "(validation) logits: ERM, logit adjustment at tau = 1 "
+                                                            "and fitted, tau-normalisation (with --checkpoint and "
+                                                            "--features), and adjustment plus the bias calibration. "
+                                                            "Needs --train-labels or --priors.")] = False,
+    test_logits: Annotated[Optional[Path], typer.Option("--test-logits", help="With --compare: measure every method "
+                                                                              "on these logits (with --test-labels) "
+                                                                              "instead of the validation data.")
+                           ] = None,
+    test_labels: Annotated[Optional[Path], typer.Option("--test-labels", help="Labels of --test-logits or "
+                                                                              "--test-features.")] = None,
+    test_features: Annotated[Optional[Path], typer.Option("--test-features", help="With --compare, --checkpoint and "
+                                                                                  "--features: the test split's "
+                                                                                  "features.")] = None,
+    plot: Annotated[Optional[Path], typer.Option("--plot", help="Also draw per-class error against training count, "
+                                                                "balanced error against tau, and a reliability "
+                                                                "diagram into this PNG (needs matplotlib: pip "
+                                                                "install 'lacal[plot]').", metavar="FILE.png")
+                    ] = None,
+    force: ForceOpt = False,
 ):
     """Per-class errors before and after adjustment, grouped into many/medium/few-shot classes, with NLL, Brier
     score, ECE and classwise ECE.
@@ -810,8 +898,25 @@ def report_command(
 
     budget = _parse_size(memory_budget)
     compute = resolve_device(device)
+    if plot is not None:
+        from .plot import check_plotting
+        from .write import check_output
+
+        if compare:
+            raise OptionError("--plot draws the report of one adjustment; leave out --compare", "--plot")
+        if plot.suffix.lower() != ".png":
+            raise OptionError(f"plots are written as PNG; give a FILE.png, got {plot.name}", "--plot")
+        check_plotting()
+        check_output(plot, force, [*inputs, calibration, train_labels, priors, checkpoint, features])
+    if not compare and (test_logits or test_labels or test_features):
+        raise OptionError("--test-logits, --test-labels and --test-features go with --compare", "--compare")
     source, labels, known_names = _logits_input(inputs, checkpoint, features, head, key, classes, compute,
                                                 calibration is not None or tau is not None)
+    if compare:
+        _compare(source, labels, known_names, classes, label_column, calibration, tau, train_labels, priors,
+                 smoothing, checkpoint, features, head, test_logits, test_labels, test_features, key, compute,
+                 budget, json_out, quiet)
+        return
     names = _class_names(classes, source.num_classes) or known_names
     values = _open_labels(labels, source, names, label_column)
     fitted = _calibration_for(calibration, tau, train_labels, priors, source.num_classes, smoothing, names,
@@ -835,10 +940,93 @@ def report_command(
                     baseline_quality=quality[0], adjusted_quality=quality[1] if fitted is not None else None,
                     target_priors=None if fitted is None else fitted.target_priors,
                     temperature=None if fitted is None else fitted.temperature)
+    if plot is not None:
+        from .plot import plot_report
+        from .search import fit_tau
+
+        curve = None
+        prior_values = fitted.priors if fitted is not None else (
+            _open_priors(train_labels, priors, source.num_classes, smoothing, names, label_column)
+            if train_labels is not None or priors is not None else None)
+        if prior_values is not None:
+            grid = fit_tau(source, values, prior_values, (0.0, 4.0), search="grid", grid_size=401, device=compute,
+                           memory_budget=budget)
+            curve = (grid.grid_taus, grid.grid_values)
+        plot_report(plot, report, curve, report.tau, f"lacal report: {source.name}", force,
+                    [*inputs, calibration, train_labels, priors])
+        typer.echo(f"lacal: wrote {plot}", err=True)
     if json_out:
         typer.echo(json.dumps(report.to_dict()))
         return
     _render_report(report, sort.value, source.name, limit)
+
+
+def _compare(source, labels, known_names, classes, column, calibration, tau, train_labels, priors, smoothing,
+             checkpoint, features, head, test_logits, test_labels, test_features, key, compute, budget, json_out,
+             quiet) -> None:
+    from rich.table import Table
+
+    from .compare import compare_methods
+
+    names = _class_names(classes, source.num_classes) or known_names
+    values = _open_labels(labels, source, names, column)
+    if calibration is not None or tau is not None:
+        raise OptionError("--compare fits every method itself; give the training priors (--train-labels or "
+                          "--priors), not --calibration or --tau", "--compare")
+    prior = _open_priors(train_labels, priors, source.num_classes, smoothing, names, column)
+    evaluation_source, evaluation_labels = None, None
+    head_data = None
+    if checkpoint is not None:
+        from .checkpoints import find_head, open_checkpoint
+        from .load import read_logits
+        from .scoring import head_logits
+
+        if test_logits is not None:
+            raise OptionError("with --checkpoint, give the test split as --test-features", "--test-logits")
+        model = open_checkpoint(checkpoint)
+        layer = find_head(model, source.num_classes, head)
+        weight = model.tensor(layer.weight)
+        bias = model.tensor(layer.bias) if layer.bias else None
+        val_features = read_logits(features, key, what="features")
+        eval_features = read_logits(test_features, key, what="features") if test_features else val_features
+        if test_features is not None:
+            evaluation_source = head_logits(eval_features, weight, bias, compute, f"{test_features} through "
+                                                                                 f"{checkpoint}")
+        head_data = (weight, val_features, eval_features)
+    elif test_features is not None:
+        raise OptionError("--test-features needs --checkpoint and --features", "--test-features")
+    elif test_logits is not None:
+        evaluation_source = _open_logits(test_logits, key)
+        if evaluation_source.num_classes != source.num_classes:
+            from .errors import MismatchError
+
+            raise MismatchError(f"has {evaluation_source.num_classes} classes but the validation logits have "
+                                f"{source.num_classes}", test_logits)
+    if (evaluation_source is None) != (test_labels is None):
+        raise OptionError("give --test-labels together with --test-logits (or --test-features)", "--test-labels")
+    if evaluation_source is not None:
+        evaluation_labels = _open_labels(test_labels, evaluation_source, names, column)
+    with _Progress(source.num_samples, "compare", quiet or json_out) as progress:
+        results = compare_methods(source, values, prior, evaluation_source, evaluation_labels, head_data, compute,
+                                  budget, progress=progress)
+    measured = evaluation_source.name if evaluation_source is not None else source.name
+    if json_out:
+        typer.echo(json.dumps({"fitted_on": source.name, "measured_on": measured,
+                               "methods": [r.to_dict(prior.counts) for r in results]}))
+        return
+    table = Table(title=f"post-hoc methods fitted on {source.name}, measured on {measured}")
+    for column_name in ("method", "tau", "balanced error", "accuracy", "worst-class error", "many", "medium",
+                        "few"):
+        table.add_column(column_name, justify="left" if column_name == "method" else "right")
+    for result in results:
+        row = result.to_dict(prior.counts)
+        table.add_row(row["method"], "-" if row["tau"] is None else f"{row['tau']:.3f}",
+                      *(_percent(row[k]) for k in ("balanced_error", "accuracy", "worst_class_error", "many",
+                                                   "medium", "few")))
+    _stdout_console().print(table)
+    if evaluation_source is None:
+        _warn("every method was fitted and measured on the same data; give --test-logits and --test-labels for "
+              "an honest comparison")
 
 
 def _render_report(report, sort: str, name, limit: Optional[int] = None) -> None:

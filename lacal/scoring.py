@@ -70,7 +70,9 @@ class PassStats:
     correct: np.ndarray
 
 
-def _labels_tensor(labels, source: LogitsSource, device):
+def _labels_tensor(labels, source: LogitsSource, device, num_classes: int | None = None):
+    """Labels as an int64 tensor on `device`, checked against the row count and the number of classes (the
+    source's columns unless given)."""
     import torch
 
     from .priors import check_labels
@@ -79,7 +81,7 @@ def _labels_tensor(labels, source: LogitsSource, device):
     if labels.shape[0] != source.num_samples:
         raise InputDataError(f"logits have {source.num_samples} rows but there are {labels.shape[0]} labels",
                              source.name)
-    check_labels(labels, source.num_classes, source.name)
+    check_labels(labels, num_classes or source.num_classes, source.name)
     return torch.from_numpy(labels).to(device)
 
 
