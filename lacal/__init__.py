@@ -35,6 +35,8 @@ _EXPORTS = {
     "ProbabilityFit": "calibrate", "fit_temperature": "calibrate", "fit_bias": "calibrate",
     "ProbabilityMetrics": "metrics",
     "logit_adjusted_cross_entropy": "losses", "LogitAdjustedLoss": "losses",
+    "TauNormFit": "taunorm", "fit_tau_norm": "taunorm", "tau_norm_logits": "taunorm",
+    "MethodResult": "compare", "compare_methods": "compare",
     "Report": "report",
     "resolve_device": "device",
 }
@@ -63,7 +65,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from .errors import (InputDataError, InputFileError, LacalError, MismatchError, OptionError, OutputError,
                          PriorsError)
     from .load import LogitsSource, read_classes, read_labels, read_logits
+    from .compare import MethodResult, compare_methods
     from .losses import LogitAdjustedLoss, logit_adjusted_cross_entropy
+    from .taunorm import TauNormFit, fit_tau_norm, tau_norm_logits
     from .metrics import (ClassEvaluation, ProbabilityMetrics, balanced_error, evaluate, evaluate_predictions,
                           group_errors, shot_groups, worst_class_error)
     from .priors import Priors, class_counts, priors_from_counts, priors_from_labels, read_priors

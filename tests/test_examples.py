@@ -35,3 +35,29 @@ def test_label_shift_example_improves_with_em(tmp_path):
                            re.M)}
     assert accuracy["adjusted toward q from EM"] > accuracy["adjusted toward uniform"] > accuracy["raw model"]
     assert (tmp_path / "target_logits.npy").exists()
+
+
+def _rows(output):
+    return {name.strip(): float(value) for name, value in re.findall(r"^(.+?)\s+([\d.]+)%", output, re.M)}
+
+
+def test_gaussian_example_reaches_the_bayes_error():
+    result = subprocess.run([sys.executable, str(EXAMPLES / "gaussian_bayes.py")], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    rows = _rows(result.stdout)
+    bayes = rows["Bayes-optimal balanced error, Phi(-sqrt 2)"]
+    assert bayes == 7.86
+    for name in ("post-hoc adjustment, tau = 1", "post-hoc adjustment, fitted tau", "logit-adjusted loss, tau = 1"):
+        assert abs(rows[name] - bayes) < 0.3, name
+    assert rows["ERM (plain cross-entropy)"] > bayes + 3
+
+
+def test_digits_example_shows_the_effect_on_real_data():
+    result = subprocess.run([sys.executable, str(EXAMPLES / "digits_long_tail.py")], capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    rows = _rows(result.stdout)
+    erm = rows["ERM (plain cross-entropy)"]
+    for name in ("post-hoc adjustment, tau = 1", "post-hoc adjustment, fitted tau", "logit-adjusted loss, tau = 1"):
+        assert rows[name] < erm - 2, name
