@@ -1,14 +1,19 @@
 """Probability calibration after logit adjustment: a temperature, or a per-class bias together with a temperature.
 
-Both act on the adjusted logits z = f - tau * log(pi) + log(q) as softmax(z / T + b), which keeps the argmax of a
-temperature fit and moves it for a bias fit.
+Both are fitted on the balanced validation data's adjusted logits z = f - tau * log(pi), as softmax(z / T + b);
+target priors q, when used, are added afterwards: softmax(z / T + b + log(q)). A temperature keeps every prediction;
+a bias can move them.
 
 - temperature: T minimises the validation NLL. The NLL is convex in beta = 1 / T, so Newton's method on beta (with
   step halving that keeps beta > 0) finds it; a validation set that the logits separate perfectly has no finite
   optimum (the NLL keeps falling as T -> 0), which is reported as not converged.
 - bias: (T, b) minimise the class-balanced cross-entropy (each class weighs the same, whatever its validation
   support) plus (l2 / 2) * mean(b^2). The loss is convex in (beta, b); L-BFGS finds the optimum. The L2 term keeps b
-  finite and centred (softmax ignores a constant added to b).
+  finite and centred (softmax ignores a constant added to b). A class without validation samples gets the mean of the
+  other biases: the data say nothing about it, and a free bias would be pushed down to win on the other classes.
+
+When the logits separate the validation set (every sample right with a margin), the loss has no minimum: it keeps
+falling as T -> 0, so the fit stops where the loss is negligible and says it did not converge.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from .errors import OptionError
 METHODS = ("temperature", "bias")
 DEFAULT_BIAS_L2 = 1e-2
 MOVE_THRESHOLD = 1e-3
+SEPARATED_LOSS = 1e-6  # a loss this small with a gradient still asking for a lower T: the data are separated
 
 
 @dataclass(frozen=True, eq=False)
@@ -126,10 +132,13 @@ def fit_temperature(logits, labels, offset=None, device="cpu", rows: int | None 
             beta, (loss, gradient, curvature) = trial, new
             break
         beta, (loss, gradient, curvature) = trial, new
-    if not converged:
-        message = (f"did not converge in {iterations} Newton steps (|gradient| {abs(gradient):.2g}); "
-                   + ("the logits separate the validation set, so the NLL keeps falling as T -> 0"
-                      if gradient < 0 and beta > 100 else "the temperature found is the best so far"))
+    if loss < SEPARATED_LOSS and gradient < 0:
+        converged = False
+        message = (f"the logits separate the validation set: the NLL ({loss:.2g}) keeps falling as T -> 0, so "
+                   f"T = {1 / beta:.3g} is only where it became negligible")
+    elif not converged:
+        message = (f"did not converge in {iterations} Newton steps (|gradient| {abs(gradient):.2g}); the "
+                   "temperature found is the best so far")
     return ProbabilityFit("temperature", 1.0 / beta, None, before, loss, iterations, converged, message,
                           gradient_norm=abs(gradient))
 
@@ -148,24 +157,30 @@ def fit_bias(logits, labels, offset=None, l2: float = DEFAULT_BIAS_L2, device="c
     support = torch.bincount(data.labels, minlength=classes).double()
     weight = torch.where(support > 0, 1.0 / support.clamp(min=1), 0.0) / int((support > 0).sum())
     log_beta = torch.zeros((), dtype=torch.float64, device=data.device, requires_grad=True)
-    bias = torch.zeros(classes, dtype=torch.float64, device=data.device, requires_grad=True)
+    seen = support > 0
+    free = torch.zeros(int(seen.sum()), dtype=torch.float64, device=data.device, requires_grad=True)
+
+    def full_bias():  # a class without samples follows the mean, so that raising every other class cannot ban it
+        base = free.mean() * torch.ones(classes, dtype=torch.float64, device=data.device)
+        return base.masked_scatter(seen, free)
 
     def objective(backward: bool):
         total = 0.0
         for z, y in data.blocks():
+            bias = full_bias()
             logits_ = log_beta.exp() * z + bias
             loss = (weight[y] * (torch.logsumexp(logits_, 1) - logits_.gather(1, y[:, None])[:, 0])).sum()
             if backward:
                 loss.backward()
             total += float(loss.detach())
-        penalty = l2 / 2 * (bias ** 2).mean()
+        penalty = l2 / 2 * (full_bias() ** 2).mean()
         if backward:
             penalty.backward()
         return total + float(penalty.detach())
 
     with torch.no_grad():
         before = objective(False)
-    optimiser = torch.optim.LBFGS([log_beta, bias], lr=1.0, max_iter=max_iterations, history_size=20,
+    optimiser = torch.optim.LBFGS([log_beta, free], lr=1.0, max_iter=max_iterations, history_size=20,
                                   tolerance_grad=1e-10, tolerance_change=1e-14, line_search_fn="strong_wolfe")
 
     def closure():
@@ -175,14 +190,22 @@ def fit_bias(logits, labels, offset=None, l2: float = DEFAULT_BIAS_L2, device="c
     optimiser.step(closure)
     optimiser.zero_grad()
     after = objective(True)
-    gradient = float(torch.cat([log_beta.grad.reshape(1), bias.grad]).abs().max())
+    gradient = float(torch.cat([log_beta.grad.reshape(1), free.grad]).abs().max())
     iterations = int(optimiser.state[optimiser._params[0]].get("n_iter", 0))
     converged = gradient <= 1e-7
     message = "" if converged else (f"stopped after {iterations} L-BFGS iterations with |gradient| {gradient:.2g}; "
                                     "the parameters are the best found")
+    if after < SEPARATED_LOSS and float(log_beta.grad) < 0:
+        converged = False
+        message = (f"the logits separate the validation set: the loss ({after:.2g}) keeps falling as T -> 0, so "
+                   "T and the bias are only where it became negligible")
+    missing = int((~seen).sum())
+    if missing:
+        message = (message + "; " if message else "") + (f"{missing} class(es) have no validation samples and get "
+                                                          "the mean bias")
     temperature = float(torch.exp(-log_beta.detach()))
-    return ProbabilityFit("bias", temperature, bias.detach().cpu().numpy(), before, after, iterations, converged,
-                          message, l2=l2, gradient_norm=gradient)
+    return ProbabilityFit("bias", temperature, full_bias().detach().cpu().numpy(), before, after, iterations,
+                          converged, message, l2=l2, gradient_norm=gradient)
 
 
 def fit_probabilities(method: str, logits, labels, offset=None, l2: float = DEFAULT_BIAS_L2, **kwargs):

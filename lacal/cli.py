@@ -155,7 +155,7 @@ def _parse_size(text: str) -> int:
 
     match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", text)
     unit = match.group(2).lower() if match else None
-    if match is None or unit not in SIZE_UNITS or float(match.group(1)) * SIZE_UNITS[unit] < (1 << 20):
+    if match is None or unit not in SIZE_UNITS or float(match.group(1)) * SIZE_UNITS[unit] < 10 ** 6:
         raise OptionError(f"expected a size of at least 1MB such as 512MB or 4GB, got {text!r}", "--memory-budget")
     return int(float(match.group(1)) * SIZE_UNITS[unit])
 
@@ -441,8 +441,8 @@ def fit_tau_command(
                             "validation NLL; keeps every prediction) or bias (a per-class bias and T minimising the "
                             "class-balanced cross-entropy, convex in the bias for fixed T, with an L2 penalty "
                             "--bias-l2).")] = None,
-    bias_l2: Annotated[float, typer.Option("--bias-l2", min=0.0, help="The L2 weight on mean(bias^2) of "
-                                                                      "--calibrate bias.")] = 1e-2,
+    bias_l2: Annotated[float, typer.Option("--bias-l2", min=0.0, help="The L2 weight of --calibrate bias: the "
+                                                                      "penalty is l2 / 2 * mean(bias^2).")] = 1e-2,
     method: Annotated[Method, typer.Option("--method", help="logit-adjustment (f - tau * log(pi)), or tau-norm "
                                                             "(w_y . phi / ||w_y||^tau, bias dropped; Kang et al. "
                                                             "2020), which needs --checkpoint and --features.")
@@ -644,10 +644,17 @@ def _estimate(target_logits, prior, num_classes, key, device, budget, quiet: boo
     source = _open_logits(target_logits, key)
     if source.num_classes != num_classes:
         raise MismatchError(f"has {source.num_classes} classes but the priors have {num_classes}", target_logits)
+    tolerance = DEFAULT_TOLERANCE if tolerance is None else tolerance
+    if not tolerance > 0:
+        raise OptionError(f"the EM tolerance must be > 0, got {tolerance}", "--em-tolerance")
     with _Progress(max_iterations or DEFAULT_MAX_ITERATIONS, "EM", quiet) as progress:
-        estimate = estimate_target_priors(source, prior.priors, tolerance or DEFAULT_TOLERANCE,
+        estimate = estimate_target_priors(source, prior.priors, tolerance,
                                           max_iterations or DEFAULT_MAX_ITERATIONS, device, memory_budget=budget,
                                           progress=progress)
+    if estimate.floored:
+        _warn(f"EM drove {len(estimate.floored)} class(es) to a prior of 0 (the model never predicts them on "
+              f"{target_logits}): {estimate.floored[:20]}; their prior is set to {estimate.floor:g} so that log(q) "
+              "stays finite, which rules them out in practice")
     if not estimate.converged:
         _warn(f"EM on {target_logits} did not converge in {estimate.iterations} iterations (last change "
               f"{estimate.change:.2g}, tolerance {estimate.tolerance:g}); the priors are the last iterate")
@@ -919,6 +926,9 @@ def report_command(
         return
     names = _class_names(classes, source.num_classes) or known_names
     values = _open_labels(labels, source, names, label_column)
+    if calibration is None and tau is None and (target_priors.strip().lower() != "uniform"
+                                                 or target_logits is not None):
+        raise OptionError("--target-priors goes with --tau (a calibration file carries its own)", "--target-priors")
     fitted = _calibration_for(calibration, tau, train_labels, priors, source.num_classes, smoothing, names,
                               label_column, False, target_priors, target_logits, key, compute, budget)
     counts = fitted.counts if fitted is not None else None
@@ -1133,6 +1143,10 @@ def score_command(
     from .write import check_output, write_logits
 
     compute = resolve_device(device)
+    from .write import LOGITS_SUFFIXES
+
+    if out.suffix.lower() not in LOGITS_SUFFIXES:
+        raise OptionError(f"logits are written as {', '.join(LOGITS_SUFFIXES)}; got {out.name}", "--out")
     check_output(out, force, [model, inputs])
     source = read_logits(inputs, key, what="inputs")
     network = load_model(model)

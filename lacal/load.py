@@ -18,9 +18,10 @@ from typing import Callable
 
 import numpy as np
 
-from .errors import InputDataError, InputFileError
+from .errors import InputDataError, InputFileError, LacalError
 
 LOGIT_DTYPES = ("float16", "bfloat16", "float32", "float64")
+INPUT_DTYPES = LOGIT_DTYPES + ("bool", "uint8", "int8", "int16", "int32", "int64")
 PROBABILITY_CHECK_ROWS = 1024
 
 
@@ -109,8 +110,8 @@ def _check_shape_dtype(shape: tuple, dtype_name: str, name: str, what: str = "lo
     if what == "inputs":  # model inputs: any shape with samples first, any numeric dtype
         if len(shape) < 1 or shape[0] == 0:
             raise InputDataError(f"inputs need at least one sample, got shape {tuple(shape)}", name)
-        if dtype_name in ("bool", "object") or dtype_name.startswith(("str", "bytes", "complex")):
-            raise InputDataError(f"inputs have dtype {dtype_name}; expected numbers", name)
+        if dtype_name not in INPUT_DTYPES:
+            raise InputDataError(f"inputs have dtype {dtype_name}; expected one of {', '.join(INPUT_DTYPES)}", name)
         return
     columns = "classes" if what == "logits" else "features"
     if len(shape) != 2:
@@ -168,8 +169,7 @@ def _read_npy(path: Path, key: str | None, what: str = "logits") -> LogitsSource
     row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
     if os.fstat(handle.fileno()).st_size < offset + shape[0] * row_bytes:
         handle.close()
-        raise InputFileError(f"is cut short: the header promises {shape[0]} x {shape[1]} {dtype.name} values",
-                             path)
+        raise InputFileError(f"is cut short: the header promises shape {tuple(shape)} of {dtype.name}", path)
     native = dtype.newbyteorder("=")
 
     def read_rows(start: int, stop: int):
@@ -315,25 +315,69 @@ LOGITS_READERS: dict[str, Callable[..., LogitsSource]] = {
 }
 
 
+SHARD_INDEX = "index.json"
+SHARD_INDEX_FORMAT = "lacal-shards"
+
+
+def _natural(text: str) -> list:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text)]
+
+
 def shard_paths(spec: str | os.PathLike, suffixes=None) -> list[Path]:
-    """The files a path names, in order: the file itself; the files of a folder; or the matches of a glob pattern
-    (quote it in the shell). Folders and globs are sorted in natural order (shard-2 before shard-10)."""
+    """The files a path names, in order: the file itself; a folder's shards (those its index.json lists, as lacal
+    writes it, else its files in natural order: shard-2 before shard-10); or the matches of a glob pattern (quote
+    it in the shell), in natural order of their whole paths."""
     import glob
 
     suffixes = tuple(suffixes or LOGITS_READERS)
     path = Path(spec)
     if path.is_dir():
+        index = path / SHARD_INDEX
+        if index.is_file():
+            return _indexed_shards(index)
         found = [p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")
                  and p.suffix.lower() in suffixes]
         if not found:
             raise InputFileError(f"is a folder with no {'/'.join(suffixes)} files", path)
-    elif not path.exists() and any(c in str(spec) for c in "*?["):
+        strays = [p.name for p in found if "label" in p.name.lower()]
+        if strays and len(found) > len(strays):
+            raise InputFileError(f"is read as a folder of shards but also holds {strays[0]}; keep labels outside "
+                                 "the shard folder, or name the shards with a quoted glob", path)
+        return sorted(found, key=lambda p: _natural(p.name))
+    if not path.exists() and any(c in str(spec) for c in "*?["):
         found = [Path(p) for p in glob.glob(str(spec)) if Path(p).is_file()]
         if not found:
             raise InputFileError("matches no files", spec)
-    else:
-        return [path]
-    return sorted(found, key=lambda p: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", p.name)])
+        return sorted(found, key=lambda p: _natural(str(p)))
+    return [path]
+
+
+def _indexed_shards(index: Path) -> list[Path]:
+    try:
+        data = json.loads(index.read_text(encoding="utf-8"))
+        if data.get("format") != SHARD_INDEX_FORMAT:
+            raise ValueError(f"not a {SHARD_INDEX_FORMAT} index")
+        names = [entry["file"] for entry in data["shards"]]
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise InputFileError(f"is not a shard index: {exc}", index) from None
+    if any(Path(name).is_absolute() or ".." in Path(name).parts for name in names):
+        raise InputDataError("lists a shard outside its folder", index)
+    return [index.parent / name for name in names]
+
+
+def expand_inputs(paths) -> list[Path]:
+    """Input paths with folders and globs of shards replaced by their files (and the folders themselves kept), for
+    checks that an output does not land on an input."""
+    expanded = []
+    for path in paths:
+        if path is None:
+            continue
+        expanded.append(Path(path))
+        try:
+            expanded.extend(shard_paths(path))
+        except LacalError:
+            pass
+    return expanded
 
 
 def concat_sources(sources: list[LogitsSource], name: str) -> LogitsSource:

@@ -303,10 +303,12 @@ def score_model(model, inputs: LogitsSource, device="cpu", batch: int = 256, amp
                 else:
                     with torch.autocast(device_type=device.type, dtype=autocast_dtype):
                         out = model(x)
-            except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+            except (RuntimeError, ValueError, TypeError, IndexError, AssertionError) as exc:
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                hint = ("; an exported model with a fixed batch size needs inputs in batches of that size: export "
+                        "with a dynamic batch dimension (torch.export.Dim)" if "Guard failed" in str(exc) else "")
                 raise InputDataError(f"the model failed on rows {start + 1} to {start + x.shape[0]} (inputs of "
-                                     f"shape {tuple(x.shape[1:])} and dtype {x.dtype}): {first}",
+                                     f"shape {tuple(x.shape[1:])} and dtype {x.dtype}): {first}{hint}",
                                      inputs.name) from None
             out = _logits_of(out, inputs.name)
             if out.shape[0] != x.shape[0]:

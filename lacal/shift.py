@@ -15,6 +15,7 @@ import numpy as np
 
 DEFAULT_TOLERANCE = 1e-8
 DEFAULT_MAX_ITERATIONS = 1000
+PRIOR_FLOOR = 1e-12  # a prior EM drives to 0 is set to this, so that log(q) stays finite
 
 
 @dataclass(frozen=True, eq=False)
@@ -27,11 +28,13 @@ class PriorEstimate:
     log_likelihood: float
     tolerance: float
     change: float  # max |q_new - q| of the last iteration
+    floored: list = None  # classes whose prior fell below PRIOR_FLOOR and was raised to it
+    floor: float = PRIOR_FLOOR
 
     def to_dict(self) -> dict:
         return {"priors": [float(p) for p in self.priors], "iterations": self.iterations,
                 "converged": self.converged, "log_likelihood": self.log_likelihood, "tolerance": self.tolerance,
-                "last_change": self.change}
+                "last_change": self.change, "floored_classes": list(self.floored or [])}
 
 
 def estimate_target_priors(logits, train_priors, tolerance: float = DEFAULT_TOLERANCE,
@@ -68,9 +71,8 @@ def estimate_target_priors(logits, train_priors, tolerance: float = DEFAULT_TOLE
             for _, block in iter_blocks(source, device, rows, memory_budget=budget):
                 yield torch.softmax(block.double(), 1)
 
-    q = pi.clone()
-    log_likelihood, change, converged, iteration = float("nan"), float("inf"), False, 0
-    for iteration in range(1, max_iterations + 1):
+    def step(q):
+        """(the M-step's new priors, the log-likelihood of q)."""
         ratio = q / pi
         total = torch.zeros_like(q)
         log_likelihood = 0.0
@@ -79,7 +81,12 @@ def estimate_target_priors(logits, train_priors, tolerance: float = DEFAULT_TOLE
             total += p.T @ (1.0 / evidence)
             log_likelihood += float(torch.log(evidence).sum())
         new = ratio * total / source.num_samples
-        new = new / new.sum()
+        return new / new.sum(), log_likelihood
+
+    q = pi.clone()
+    change, converged, iteration = float("inf"), False, 0
+    for iteration in range(1, max_iterations + 1):
+        new, _ = step(q)
         change = float((new - q).abs().max())
         q = new
         if progress is not None:
@@ -87,5 +94,10 @@ def estimate_target_priors(logits, train_priors, tolerance: float = DEFAULT_TOLE
         if change <= tolerance:
             converged = True
             break
+    floored = torch.nonzero(q < PRIOR_FLOOR).flatten().tolist()
+    if floored:
+        q = torch.clamp(q, min=PRIOR_FLOOR)
+        q = q / q.sum()
+    _, log_likelihood = step(q)  # of the priors returned
     return PriorEstimate(priors=q.cpu().numpy(), iterations=iteration, converged=converged,
-                         log_likelihood=log_likelihood, tolerance=tolerance, change=change)
+                         log_likelihood=log_likelihood, tolerance=tolerance, change=change, floored=floored)

@@ -20,9 +20,14 @@ PREDICTION_SUFFIXES = (".csv",)
 
 def check_output(path: str | os.PathLike, force: bool = False, inputs=()) -> Path:
     """Refuse an output that exists (without `force`), is an input, or sits in a folder that does not exist."""
+    from .load import expand_inputs
+
     path = Path(path)
-    for source in inputs:
-        if source is not None and Path(source).exists() and path.exists() and os.path.samefile(path, source):
+    for source in expand_inputs(inputs):
+        if source.is_dir() and path.resolve().parent == source.resolve():
+            raise OutputError(f"is inside the input folder {source}, where it would be read as one more shard; "
+                              "choose another --out", path)
+        if source.exists() and path.exists() and os.path.samefile(path, source):
             raise OutputError("is also an input; lacal never writes over its input, choose another --out", path)
     if path.is_dir():
         raise OutputError("is a folder; give a file name", path)
@@ -84,7 +89,7 @@ def write_logits(path, blocks, shape: tuple[int, int], dtype_name: str, force: b
     suffix = path.suffix.lower()
     if suffix not in LOGITS_SUFFIXES:
         raise OutputError(f"unknown output format {suffix or '(no suffix)'!r}; use one of "
-                          f"{', '.join(LOGITS_SUFFIXES + PREDICTION_SUFFIXES)}", path)
+                          f"{', '.join(LOGITS_SUFFIXES)}", path)
     notes = []
     numpy_dtype = dtype_name
     if dtype_name == "bfloat16" and suffix in (".npy", ".npz"):
