@@ -90,12 +90,16 @@ class _Data:
 
 
 def fit_temperature(logits, labels, offset=None, device="cpu", rows: int | None = None,
-                    memory_budget: int | None = None, max_iterations: int = 100) -> ProbabilityFit:
-    """The temperature T > 0 that minimises the NLL of softmax((logits + offset) / T) on (logits, labels)."""
+                    memory_budget: int | None = None, max_iterations: int = 100, context=None) -> ProbabilityFit:
+    """The temperature T > 0 that minimises the NLL of softmax((logits + offset) / T) on (logits, labels). Under
+    torch.distributed, `context` sums every rank's share of the samples."""
     import torch
 
+    from .distributed import Context
+
+    context = context or Context()
     data = _Data(logits, labels, offset, device, rows, memory_budget)
-    count = data.source.num_samples
+    count = int(context.sum(np.array([data.source.num_samples]))[0])
 
     def evaluate(beta: float):
         loss = gradient = curvature = 0.0
@@ -108,7 +112,8 @@ def fit_temperature(logits, labels, offset=None, device="cpu", rows: int | None 
             loss -= float(log_p.gather(1, y[:, None]).sum())
             gradient += float((mean_z - z_y).sum())
             curvature += float(((p * z * z).sum(1) - mean_z ** 2).sum())
-        return loss / count, gradient / count, curvature / count
+        loss, gradient, curvature = context.sum(np.array([loss, gradient, curvature]))
+        return float(loss) / count, float(gradient) / count, float(curvature) / count
 
     beta, (loss, gradient, curvature) = 1.0, evaluate(1.0)
     before = loss
@@ -144,17 +149,21 @@ def fit_temperature(logits, labels, offset=None, device="cpu", rows: int | None 
 
 
 def fit_bias(logits, labels, offset=None, l2: float = DEFAULT_BIAS_L2, device="cpu", rows: int | None = None,
-             memory_budget: int | None = None, max_iterations: int = 500) -> ProbabilityFit:
+             memory_budget: int | None = None, max_iterations: int = 500, context=None) -> ProbabilityFit:
     """(T, b) minimising the class-balanced cross-entropy of softmax((logits + offset) / T + b) plus
-    (l2 / 2) * mean(b^2)."""
+    (l2 / 2) * mean(b^2). Under torch.distributed, `context` sums every rank's loss and gradient, so that every rank
+    takes the same steps."""
     import torch
 
+    from .distributed import Context
+
+    context = context or Context()
     if not l2 > 0 or not math.isfinite(l2):
         raise OptionError(f"the bias fit needs an L2 weight > 0 (softmax ignores a constant added to the bias), got "
                           f"{l2}", "--bias-l2")
     data = _Data(logits, labels, offset, device, rows, memory_budget)
     classes = data.source.num_classes
-    support = torch.bincount(data.labels, minlength=classes).double()
+    support = context.sum(torch.bincount(data.labels, minlength=classes).double())
     weight = torch.where(support > 0, 1.0 / support.clamp(min=1), 0.0) / int((support > 0).sum())
     log_beta = torch.zeros((), dtype=torch.float64, device=data.device, requires_grad=True)
     seen = support > 0
@@ -173,6 +182,12 @@ def fit_bias(logits, labels, offset=None, l2: float = DEFAULT_BIAS_L2, device="c
             if backward:
                 loss.backward()
             total += float(loss.detach())
+        total = float(context.sum(np.array([total]))[0])
+        if backward and context.active:  # the data terms of every rank; the penalty is added once, below
+            for parameter in (log_beta, free):
+                if parameter.grad is None:
+                    parameter.grad = torch.zeros_like(parameter)
+                parameter.grad = context.sum(parameter.grad)
         penalty = l2 / 2 * (full_bias() ** 2).mean()
         if backward:
             penalty.backward()

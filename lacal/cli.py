@@ -98,17 +98,59 @@ HeadOpt = Annotated[Optional[str], typer.Option("--head", help="The classifier l
 
 
 def _handled(command):
-    """Turn a LacalError into one line on stderr and its exit code."""
+    """Turn a LacalError (or another rank's failure under torchrun) into one line on stderr and its exit code."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
+        from .distributed import RankFailed
+
         try:
             return command(*args, **kwargs)
         except LacalError as error:
-            typer.echo(f"lacal: error: {error.message}", err=True)
+            rank = f"rank {_TORCHRUN.rank}: " if _TORCHRUN is not None and _TORCHRUN.active else ""
+            typer.echo(f"lacal: error: {rank}{error.message}", err=True)
             raise typer.Exit(error.exit_code) from None
+        except RankFailed as failure:
+            typer.echo(f"lacal: error: rank {failure.rank}: {failure.message}", err=True)
+            raise typer.Exit(failure.exit_code) from None
 
     return wrapper
+
+
+_TORCHRUN = None  # the process group, once joined (only under torchrun)
+
+
+def _context(device: str):
+    """The distributed.Context for this command: a single process, or this rank of a torchrun job (joined once;
+    ranks other than 0 print nothing)."""
+    global _TORCHRUN
+    from .distributed import Context, join, launched_by_torchrun
+
+    if not launched_by_torchrun():
+        from .device import resolve_device
+
+        return Context(device=resolve_device(device))
+    if _TORCHRUN is None:
+        import atexit
+        import os
+
+        _TORCHRUN = join(device)
+        atexit.register(_TORCHRUN.close)
+        if not _TORCHRUN.leader:
+            sys.stdout = sys.stderr = open(os.devnull, "w")  # noqa: SIM115 (lives as long as the process)
+    return _TORCHRUN
+
+
+def _not_under_torchrun(context, what: str) -> None:
+    if context.active:
+        raise OptionError(f"{what} does not run under torchrun yet; run it in one process", "torchrun")
+
+
+class _Share:
+    """Which shards of the whole input this rank holds, and where its rows start."""
+
+    def __init__(self, indices, total_shards: int, offset: int, total_rows: int):
+        self.indices, self.total_shards, self.offset, self.total_rows = indices, total_shards, offset, total_rows
 
 
 def _warn(message: str) -> None:
@@ -134,13 +176,45 @@ def _parse_range(text: str) -> tuple[float, float]:
     return check_tau_range(values)
 
 
-def _open_logits(paths, key: Optional[str]):
-    """One logits file, folder or glob of shards; or several files read one after another."""
+def _open_logits(paths, key: Optional[str], context=None, what: str = "logits"):
+    """One logits file, folder or glob of shards; or several files read one after another. Under torchrun, this
+    rank's contiguous share of all the shards."""
     from .load import concat_sources, read_logits
 
     paths = [paths] if isinstance(paths, Path) else list(paths)
-    sources = [read_logits(path, key) for path in paths]
+    if context is not None and context.active:
+        return _open_share(paths, key, context, what)
+    sources = [read_logits(path, key, what) for path in paths]
     source = sources[0] if len(sources) == 1 else concat_sources(sources, f"{paths[0]} (+{len(paths) - 1} more)")
+    for note in source.notes:
+        _warn(note)
+    return source
+
+
+def _open_share(paths, key, context, what):
+    from .distributed import my_share
+    from .errors import InputDataError
+    from .load import concat_sources, read_logits, shard_paths
+
+    failure = source = None
+    try:
+        files = [shard for path in paths for shard in shard_paths(path)]
+        share = my_share(len(files), context)
+        if len(share) == 0:
+            raise OptionError(f"{len(files)} shard file(s) for {context.world} ranks: every rank needs at least "
+                              "one; split the data into more shards", "torchrun")
+        parts = [read_logits(files[k], key, what) for k in share]
+        source = parts[0] if len(parts) == 1 else concat_sources(parts, f"{files[share[0]]} (+{len(parts) - 1})")
+    except Exception as exc:  # noqa: BLE001  (re-raised on every rank by agree)
+        failure = exc
+    context.agree(failure)
+    shapes = context.gather((source.num_samples, tuple(source.shape[1:])))
+    if len({shape for _, shape in shapes}) > 1:
+        context.agree(InputDataError(f"shards of different widths across ranks: {sorted({s for _, s in shapes})}",
+                                     str(paths[0])))
+    offset = sum(rows for rows, _ in shapes[:context.rank])
+    source.share = _Share(list(share), len(files), offset, sum(rows for rows, _ in shapes))
+    source.title = str(paths[0]) if len(paths) == 1 else f"{paths[0]} (+{len(paths) - 1} more)"
     for note in source.notes:
         _warn(note)
     return source
@@ -204,15 +278,50 @@ class _Progress:
 
 
 def _open_labels(path: Path, source, classes, column):
-    from .errors import InputDataError
     from .load import read_labels
+
+    share = getattr(source, "share", None)
+    if share is not None:
+        context = _TORCHRUN
+        failure = labels = None
+        try:
+            labels = _share_labels(path, share, source.num_samples, classes, column)
+            _check_labels(labels, source, path)
+        except Exception as exc:  # noqa: BLE001  (re-raised on every rank by agree)
+            failure = exc
+        context.agree(failure)
+        return labels
+    labels = read_labels(path, classes, column)
+    _check_labels(labels, source, path)
+    return labels
+
+
+def _check_labels(labels, source, path):
+    from .errors import InputDataError
     from .priors import check_labels
 
-    labels = read_labels(path, classes, column)
     if labels.shape[0] != source.num_samples:
         raise InputDataError(f"holds {labels.shape[0]} labels but {source.name} has {source.num_samples} rows", path)
     check_labels(labels, source.num_classes, str(path))
     return labels
+
+
+def _share_labels(path, share, rows: int, classes, column):
+    """This rank's labels: its shards of a labels folder or glob with as many shards as the logits, else its rows
+    of one labels file."""
+    import numpy as np
+
+    from .errors import InputDataError
+    from .load import read_labels, shard_paths
+
+    files = shard_paths(path, (".npy", ".txt", ".csv"))
+    if len(files) == share.total_shards and len(files) > 1:
+        return np.concatenate([read_labels(files[k], classes, column) for k in share.indices])
+    labels = read_labels(path, classes, column)
+    if labels.shape[0] != share.total_rows:
+        raise InputDataError(f"holds {labels.shape[0]} labels but the logits shards have {share.total_rows} rows",
+                             path)
+    return labels[share.offset:share.offset + rows]
 
 
 def _class_names(classes_path: Optional[Path], num_classes: int):
@@ -247,11 +356,12 @@ def _open_priors(train_labels, priors_path, num_classes, smoothing, classes, col
 def _inputs(*paths) -> dict:
     from .load import sha256_file
 
-    return {Path(p).name or str(p): {"path": str(p), "sha256": None if Path(p).is_dir() else sha256_file(p)}
+    return {Path(p).name or str(p): {"path": str(p), "sha256": sha256_file(p) if Path(p).is_file() else None}
             for p in paths if p is not None}
 
 
-def _logits_input(inputs: list[Path], checkpoint, features, head, key, classes, device, adjusting: bool):
+def _logits_input(inputs: list[Path], checkpoint, features, head, key, classes, device, adjusting: bool,
+                  context=None):
     """The logits source and the labels path: from LOGITS LABELS, or from LABELS with --checkpoint and --features
     (logits = features @ W.T + b by the checkpoint's head). Also returns class names the checkpoint knows.
     `adjusting`: the command will adjust these logits, so a checkpoint patched already deserves a warning."""
@@ -262,7 +372,7 @@ def _logits_input(inputs: list[Path], checkpoint, features, head, key, classes, 
         if len(inputs) < 2:
             raise OptionError(f"expected the logits and the labels files, got {len(inputs)} path(s); or give only "
                               "the labels with --checkpoint and --features", "arguments")
-        return _open_logits(inputs[:-1], key), inputs[-1], None
+        return _open_logits(inputs[:-1], key, context), inputs[-1], None
     from .checkpoints import find_head, open_checkpoint
     from .load import read_classes, read_logits
     from .scoring import head_logits
@@ -276,9 +386,10 @@ def _logits_input(inputs: list[Path], checkpoint, features, head, key, classes, 
               "adjusted already; use the original checkpoint")
     names = read_classes(classes) if classes is not None else model.class_names
     layer = find_head(model, len(names) if names else None, head)
-    source = head_logits(read_logits(features, key, what="features"), model.tensor(layer.weight),
-                         model.tensor(layer.bias) if layer.bias else None, device,
-                         f"{features} through {checkpoint} ({layer.name})")
+    features_source = _open_logits([features], key, context, what="features")
+    source = head_logits(features_source, model.tensor(layer.weight), model.tensor(layer.bias) if layer.bias else None,
+                         device, f"{features} through {checkpoint} ({layer.name})")
+    source.share = getattr(features_source, "share", None)
     return source, inputs[0], model.class_names
 
 
@@ -368,15 +479,16 @@ def _priors_by_em(em, train_labels, priors, names, column, smoothing, out, force
     from .load import read_logits
     from .priors import Priors
 
-    compute = resolve_device(device)
+    context = _context(device)
+    compute = context.device
     if out is not None:
         from .write import check_output
 
         check_output(out, force, [em, train_labels, priors])
-    classes = read_logits(em, key).num_classes
+    classes = _open_logits(em, key, context).num_classes
     prior = _open_priors(train_labels, priors, classes, smoothing, names, column)
-    q, info = _estimate(em, prior, classes, key, compute, None, json_out, tolerance, max_iterations)
-    if out is not None:
+    q, info = _estimate(em, prior, classes, key, compute, None, json_out, tolerance, max_iterations, context)
+    if out is not None and context.leader:
         from .write import write_text
 
         record = Priors(priors=q, classes=names or prior.classes, source=info).to_dict()
@@ -460,8 +572,10 @@ def fit_tau_command(
     low_high = _parse_range(tau_range or ("0,2" if tau_norm else "0,4"))
     grid_size = grid_size or (21 if tau_norm else 401)
     budget = _parse_size(memory_budget)
-    compute = resolve_device(device)
+    context = _context(device)
+    compute = context.device
     if tau_norm:
+        _not_under_torchrun(context, "--method tau-norm")
         _fit_tau_norm(inputs, checkpoint, features, head, key, classes, label_column, low_high, grid_size,
                       metric.value, compute, budget, json_out, quiet, out, calibrate, target_priors, search)
         return
@@ -469,23 +583,24 @@ def fit_tau_command(
         from .write import check_output
 
         check_output(out, force, [*inputs, train_labels, priors, checkpoint, features, classes, target_logits])
-    source, val_labels, known_names = _logits_input(inputs, checkpoint, features, head, key, classes, compute, True)
+    source, val_labels, known_names = _logits_input(inputs, checkpoint, features, head, key, classes, compute, True,
+                                                    context)
     names = _class_names(classes, source.num_classes) or known_names
     labels = _open_labels(val_labels, source, names, label_column)
     prior = _open_priors(train_labels, priors, source.num_classes, smoothing, names, label_column)
     names = names or prior.classes
     q, target_info = _target_priors(target_priors, target_logits, prior, source.num_classes, key, compute, budget,
-                                    quiet or json_out)
+                                    quiet or json_out, context)
     with _Progress(source.num_samples, "fit-tau", quiet or json_out) as progress:
         fit = fit_tau(source, labels, prior, low_high, search.value, metric.value, grid_size, compute,
-                      progress=progress, memory_budget=budget)
+                      progress=progress, memory_budget=budget, context=context)
     probability = None
     if calibrate is not None:
         from .adjust import offsets
         from .calibrate import fit_probabilities
 
         probability = fit_probabilities(calibrate.value, source, labels, offsets(prior, fit.tau), bias_l2,
-                                        device=compute, memory_budget=budget)
+                                        device=compute, memory_budget=budget, context=context)
         if not probability.converged:
             _warn(f"the {calibrate.value} fit {probability.message}")
         if not probability.moved:
@@ -503,10 +618,10 @@ def fit_tau_command(
 
         shift = offsets(prior, fit.tau) + probability.temperature * probability.bias
         stats = score_pass(source, labels, [shift], compute, memory_budget=budget)
-        calibrated = ClassEvaluation(stats.support, stats.correct[0])
+        calibrated = ClassEvaluation(context.sum(stats.support), context.sum(stats.correct[0]))
         for name_, value in calibrated.to_dict().items():
             result[f"{name_}_calibrated"] = value
-    if out is not None:
+    if out is not None and context.leader:
         calibration = Calibration.from_fit(fit, prior, names, _inputs(*inputs, train_labels, priors, classes,
                                                                       checkpoint, features, target_logits),
                                            q, target_info, probability)
@@ -515,7 +630,7 @@ def fit_tau_command(
     if json_out:
         typer.echo(json.dumps(result))
         return
-    _render_fit(fit, source.name, target_info, probability, calibrated)
+    _render_fit(fit, getattr(source, "title", source.name), target_info, probability, calibrated)
 
 
 def _fit_tau_norm(inputs, checkpoint, features, head, key, classes, column, low_high, grid_size, metric, compute,
@@ -613,7 +728,8 @@ def _render_fit(fit, name, target_info=None, probability=None, calibrated=None) 
 # ---------------------------------------------------------------------------------------------------------- apply
 
 
-def _target_priors(spec: str, target_logits, prior, num_classes: int, key, device, budget, quiet: bool = True):
+def _target_priors(spec: str, target_logits, prior, num_classes: int, key, device, budget, quiet: bool = True,
+                   context=None):
     """(q or None for uniform, a record of where q came from) for --target-priors / --target-logits."""
     from .load import sha256_file
 
@@ -625,7 +741,7 @@ def _target_priors(spec: str, target_logits, prior, num_classes: int, key, devic
         if target_logits is None:
             raise OptionError("--target-priors em estimates the target priors from unlabeled logits: give "
                               "--target-logits FILE", "--target-priors")
-        return _estimate(target_logits, prior, num_classes, key, device, budget, quiet)
+        return _estimate(target_logits, prior, num_classes, key, device, budget, quiet, context=context)
     if target_logits is not None:
         raise OptionError("--target-logits is for --target-priors em", "--target-logits")
     from .priors import check_num_classes, read_priors
@@ -636,12 +752,12 @@ def _target_priors(spec: str, target_logits, prior, num_classes: int, key, devic
 
 
 def _estimate(target_logits, prior, num_classes, key, device, budget, quiet: bool, tolerance=None,
-              max_iterations=None):
+              max_iterations=None, context=None):
     from .errors import MismatchError
     from .load import sha256_file
     from .shift import DEFAULT_MAX_ITERATIONS, DEFAULT_TOLERANCE, estimate_target_priors
 
-    source = _open_logits(target_logits, key)
+    source = _open_logits(target_logits, key, context)
     if source.num_classes != num_classes:
         raise MismatchError(f"has {source.num_classes} classes but the priors have {num_classes}", target_logits)
     tolerance = DEFAULT_TOLERANCE if tolerance is None else tolerance
@@ -650,7 +766,7 @@ def _estimate(target_logits, prior, num_classes, key, device, budget, quiet: boo
     with _Progress(max_iterations or DEFAULT_MAX_ITERATIONS, "EM", quiet) as progress:
         estimate = estimate_target_priors(source, prior.priors, tolerance,
                                           max_iterations or DEFAULT_MAX_ITERATIONS, device, memory_budget=budget,
-                                          progress=progress)
+                                          progress=progress, context=context)
     if estimate.floored:
         _warn(f"EM drove {len(estimate.floored)} class(es) to a prior of 0 (the model never predicts them on "
               f"{target_logits}): {estimate.floored[:20]}; their prior is set to {estimate.floor:g} so that log(q) "
@@ -659,13 +775,13 @@ def _estimate(target_logits, prior, num_classes, key, device, budget, quiet: boo
         _warn(f"EM on {target_logits} did not converge in {estimate.iterations} iterations (last change "
               f"{estimate.change:.2g}, tolerance {estimate.tolerance:g}); the priors are the last iterate")
     info = {"kind": "em", "path": str(target_logits),
-            "sha256": None if Path(target_logits).is_dir() else sha256_file(target_logits),
+            "sha256": sha256_file(target_logits) if Path(target_logits).is_file() else None,
             **{k: v for k, v in estimate.to_dict().items() if k != "priors"}}
     return estimate.priors, info
 
 
 def _calibration_for(calibration, tau, train_labels, priors, num_classes, smoothing, names, column, required=True,
-                     target="uniform", target_logits=None, key=None, device="cpu", budget=None):
+                     target="uniform", target_logits=None, key=None, device="cpu", budget=None, context=None):
     from .calibration import Calibration
 
     if calibration is not None:
@@ -686,7 +802,7 @@ def _calibration_for(calibration, tau, train_labels, priors, num_classes, smooth
     if not math.isfinite(tau):
         raise OptionError(f"tau must be a finite number, got {tau}", "--tau")
     prior = _open_priors(train_labels, priors, num_classes, smoothing, names, column)
-    q, info = _target_priors(target, target_logits, prior, prior.num_classes, key, device, budget)
+    q, info = _target_priors(target, target_logits, prior, prior.num_classes, key, device, budget, True, context)
     return Calibration(tau=tau, priors=prior.priors, counts=prior.counts, class_names=names or prior.classes,
                        smoothing=prior.smoothing, target_priors=q, target=info)
 
@@ -730,14 +846,19 @@ def apply_command(
     quiet: QuietOpt = False,
     target_priors: TargetOpt = "uniform",
     target_logits: TargetLogitsOpt = None,
+    shard_format: Annotated[str, typer.Option("--format", help="With --out FOLDER (needed under torchrun): the format "
+                                                               "of the output written for each input shard: npy, "
+                                                               "npz, safetensors, pt or csv.")] = "npy",
 ):
     """Write adjusted logits f - tau * log(pi), a CSV of adjusted predictions, or a checkpoint whose classifier bias
-    carries the adjustment. A calibration file's target priors, temperature and bias are applied too."""
+    carries the adjustment. A calibration file's target priors, temperature and bias are applied too. With --out
+    FOLDER (a path without a suffix), one output per input shard and an index.json."""
     from .checkpoints import is_checkpoint
-    from .device import resolve_device
 
-    compute = resolve_device(device)
+    context = _context(device)
+    compute = context.device
     if is_checkpoint(source_path, key):
+        _not_under_torchrun(context, "patching a checkpoint")
         _apply_checkpoint(source_path, out, calibration, tau, train_labels, priors, classes, label_column, smoothing,
                           compute, force, head, add_bias, in_place, link, verify_features, key, target_priors,
                           target_logits, _parse_size(memory_budget))
@@ -748,8 +869,52 @@ def apply_command(
                         ("--verify-features", verify_features)):
         if given:
             raise OptionError(f"{source_path} is a logits file, and {flag} is for checkpoints", flag)
+    if out.suffix == "" or context.active:
+        if shard_format not in SHARD_FORMATS:
+            raise OptionError(f"unknown format {shard_format!r}; use one of {', '.join(SHARD_FORMATS)}", "--format")
+        if out.suffix:
+            raise OptionError("under torchrun, apply writes one output per input shard: give --out FOLDER",
+                              "--out")
+        _apply_shards(context, source_path, out, shard_format, calibration, tau, train_labels, priors, top_k,
+                      classes, label_column, smoothing, key, force, _parse_size(memory_budget), target_priors,
+                      target_logits)
+        return
     _apply_logits(source_path, out, calibration, tau, train_labels, priors, top_k, classes, label_column, smoothing,
                   key, compute, force, _parse_size(memory_budget), quiet, target_priors, target_logits)
+
+
+def _apply_shards(context, source_path, out, shard_format, calibration, tau, train_labels, priors, top_k, classes,
+                  label_column, smoothing, key, force, budget, target, target_logits):
+    from .load import read_logits, shard_paths
+    from .scoring import iter_adjusted
+    from .write import write_logits, write_predictions
+
+    inputs = [source_path, calibration, train_labels, priors, classes, target_logits]
+    first = read_logits(shard_paths(source_path)[0], key)
+    names = _class_names(classes, first.num_classes)
+    fitted = _calibration_for(calibration, tau, train_labels, priors, first.num_classes, smoothing, names,
+                              label_column, True, target, target_logits, key, context.device, budget, context)
+    names = names or fitted.class_names
+    scale, shift = fitted.affine()
+    predictions = shard_format == "csv"
+    if predictions and top_k > first.num_classes:
+        raise OptionError(f"--top-k {top_k} is more than the {first.num_classes} classes", "--top-k")
+
+    def write_one(shard, target_path):
+        source = read_logits(shard, key)
+        fitted.check_num_classes(source.num_classes, "logits", str(shard))
+        blocks = iter_adjusted(source, shift, context.device, keep_dtype=not predictions, memory_budget=budget,
+                               scale=scale)
+        if predictions:
+            write_predictions(target_path, blocks, names, top_k, force, inputs)
+        else:
+            for note in write_logits(target_path, blocks, source.shape, source.dtype_name, force, inputs):
+                _warn(note)
+        return source.num_samples
+
+    rows = _shard_outputs(context, [source_path], out, f".{shard_format}", force, inputs, write_one)
+    typer.echo(f"lacal: wrote {out}/ ({rows} samples, tau = {fitted.tau:.4f}, one file per shard and "
+               "index.json)", err=True)
 
 
 def _apply_logits(logits, out, calibration, tau, train_labels, priors, top_k, classes, label_column, smoothing, key,
@@ -904,7 +1069,10 @@ def report_command(
     from .scoring import score_pass
 
     budget = _parse_size(memory_budget)
-    compute = resolve_device(device)
+    context = _context(device)
+    compute = context.device
+    if compare:
+        _not_under_torchrun(context, "report --compare")
     if plot is not None:
         from .plot import check_plotting
         from .write import check_output
@@ -918,7 +1086,7 @@ def report_command(
     if not compare and (test_logits or test_labels or test_features):
         raise OptionError("--test-logits, --test-labels and --test-features go with --compare", "--compare")
     source, labels, known_names = _logits_input(inputs, checkpoint, features, head, key, classes, compute,
-                                                calibration is not None or tau is not None)
+                                                calibration is not None or tau is not None, context)
     if compare:
         _compare(source, labels, known_names, classes, label_column, calibration, tau, train_labels, priors,
                  smoothing, checkpoint, features, head, test_logits, test_labels, test_features, key, compute,
@@ -930,7 +1098,7 @@ def report_command(
                                                  or target_logits is not None):
         raise OptionError("--target-priors goes with --tau (a calibration file carries its own)", "--target-priors")
     fitted = _calibration_for(calibration, tau, train_labels, priors, source.num_classes, smoothing, names,
-                              label_column, False, target_priors, target_logits, key, compute, budget)
+                              label_column, False, target_priors, target_logits, key, compute, budget, context)
     counts = fitted.counts if fitted is not None else None
     if fitted is None and (train_labels is not None or priors is not None):
         counts = _open_priors(train_labels, priors, source.num_classes, smoothing, names, label_column).counts
@@ -941,9 +1109,16 @@ def report_command(
     # argmax(f * scale + shift) = argmax(f + shift / scale), as scale = 1 / temperature > 0
     offsets = [shift / scale for scale, shift in affines]
     with _Progress(2 * source.num_samples, "report", quiet or json_out) as progress:
-        stats = score_pass(source, values, offsets, device=compute, progress=progress, memory_budget=budget)
-        quality = probability_pass(source, values, affines, bins, compute, memory_budget=budget,
-                                   progress=lambda done: progress(source.num_samples + done))
+        failure = None
+        try:
+            stats = score_pass(source, values, offsets, device=compute, progress=progress, memory_budget=budget)
+            quality = probability_pass(source, values, affines, bins, compute, memory_budget=budget,
+                                       progress=lambda done: progress(source.num_samples + done))
+        except Exception as exc:  # noqa: BLE001  (re-raised on every rank by agree)
+            failure = exc
+        context.agree(failure)
+        if context.active:
+            stats, quality = _summed(context, stats, quality)
     report = Report(baseline=ClassEvaluation(stats.support, stats.correct[0]),
                     adjusted=ClassEvaluation(stats.support, stats.correct[1]) if fitted is not None else None,
                     train_counts=counts, class_names=names, tau=None if fitted is None else fitted.tau,
@@ -960,15 +1135,83 @@ def report_command(
             if train_labels is not None or priors is not None else None)
         if prior_values is not None:
             grid = fit_tau(source, values, prior_values, (0.0, 4.0), search="grid", grid_size=401, device=compute,
-                           memory_budget=budget)
+                           memory_budget=budget, context=context)
             curve = (grid.grid_taus, grid.grid_values)
-        plot_report(plot, report, curve, report.tau, f"lacal report: {source.name}", force,
-                    [*inputs, calibration, train_labels, priors])
-        typer.echo(f"lacal: wrote {plot}", err=True)
+        if context.leader:
+            plot_report(plot, report, curve, report.tau, f"lacal report: {source.name}", force,
+                        [*inputs, calibration, train_labels, priors])
+            typer.echo(f"lacal: wrote {plot}", err=True)
     if json_out:
         typer.echo(json.dumps(report.to_dict()))
         return
-    _render_report(report, sort.value, source.name, limit)
+    _render_report(report, sort.value, getattr(source, "title", source.name), limit)
+
+
+SHARD_FORMATS = ("npy", "npz", "safetensors", "pt", "csv")
+
+
+def _shard_outputs(context, paths, out: Path, suffix: str, force: bool, inputs, write_one) -> int:
+    """One output per input shard in the folder `out` (named after the shards), and `index.json` listing them in
+    order (written by rank 0 once every rank is done), so the folder reads back as one array. Under torchrun each
+    rank writes its own shards. `write_one(shard, target)` writes one and returns its rows."""
+    from .distributed import my_share
+    from .errors import OutputError
+    from .load import SHARD_INDEX, SHARD_INDEX_FORMAT, shard_paths
+    from .write import check_output, write_text
+
+    files = [shard for path in paths for shard in shard_paths(path)]
+    stems = [f.stem for f in files]
+    names = [f"{stem}{suffix}" for stem in stems] if len(set(stems)) == len(stems) else \
+        [f"shard-{k:05d}{suffix}" for k in range(len(files))]
+    failure = None
+    if context.leader:
+        try:
+            if out.exists() and not out.is_dir():
+                raise OutputError("exists and is not a folder; per-shard outputs go into a folder", out)
+            if not out.parent.is_dir():
+                raise OutputError(f"folder {out.parent} does not exist", out)
+            for input_path in inputs:
+                if input_path is not None and Path(input_path).exists() and out.resolve() == Path(input_path).resolve():
+                    raise OutputError("is an input folder; choose another --out", out)
+            if out.is_dir():
+                check_output(out / SHARD_INDEX, force, inputs)
+                for name in names:
+                    check_output(out / name, force, inputs)
+            out.mkdir(exist_ok=True)
+        except Exception as exc:  # noqa: BLE001  (re-raised on every rank by agree)
+            failure = exc
+    context.agree(failure)
+    share = my_share(len(files), context) if context.active else range(len(files))
+    written, failure = [], None
+    try:
+        for k in share:
+            written.append((k, names[k], write_one(files[k], out / names[k]), str(files[k])))
+    except Exception as exc:  # noqa: BLE001
+        failure = exc
+    context.agree(failure)
+    everything = sorted(entry for part in context.gather(written) for entry in part)
+    total = sum(rows for _, _, rows, _ in everything)
+    if context.leader:
+        index = {"format": SHARD_INDEX_FORMAT, "version": 1, "rows": total,
+                 "shards": [{"file": name, "rows": rows, "source": source} for _, name, rows, source in everything]}
+        write_text(out / SHARD_INDEX, json.dumps(index, indent=2) + "\n", force=True)
+    return total
+
+
+def _summed(context, stats, quality):
+    """Pass statistics of every rank, added up."""
+    import numpy as np
+
+    from .metrics import ProbabilityMetrics
+    from .scoring import PassStats
+
+    stats = PassStats(context.sum(stats.support), context.sum(stats.correct))
+    quality = [ProbabilityMetrics(int(context.sum(np.array([q.num_samples]))[0]),
+                                  float(context.sum(np.array([q.nll_sum]))[0]),
+                                  float(context.sum(np.array([q.brier_sum]))[0]), context.sum(q.bin_count),
+                                  context.sum(q.bin_confidence), context.sum(q.bin_correct), context.sum(q.class_gap))
+               for q in quality]
+    return stats, quality
 
 
 def _compare(source, labels, known_names, classes, column, calibration, tau, train_labels, priors, smoothing,
@@ -1134,29 +1377,48 @@ def score_command(
     device: DeviceOpt = "auto",
     force: ForceOpt = False,
     quiet: QuietOpt = False,
+    shard_format: Annotated[str, typer.Option("--format", help="With --out FOLDER: the format of each shard's logits: "
+                                                               "npy, npz, safetensors or pt.")] = "npy",
 ):
-    """Run a model over inputs in batches and write its logits, for fit-tau, apply and report."""
-    from .device import resolve_device
+    """Run a model over inputs in batches and write its logits, for fit-tau, apply and report. With --out FOLDER
+    (a path without a suffix; needed under torchrun), one logits file per input shard and an index.json."""
+    import itertools
+
     from .load import read_logits
     from .models import load_model
     from .scoring import score_model
-    from .write import check_output, write_logits
+    from .write import LOGITS_SUFFIXES, check_output, write_logits
 
-    compute = resolve_device(device)
-    from .write import LOGITS_SUFFIXES
-
-    if out.suffix.lower() not in LOGITS_SUFFIXES:
+    context = _context(device)
+    compute = context.device
+    per_shard = out.suffix == ""
+    if context.active and not per_shard:
+        raise OptionError("under torchrun, score writes one output per input shard: give --out FOLDER", "--out")
+    if per_shard and shard_format not in SHARD_FORMATS[:-1]:
+        raise OptionError(f"logits are written as {', '.join(SHARD_FORMATS[:-1])}; got --format {shard_format}",
+                          "--format")
+    if not per_shard and out.suffix.lower() not in LOGITS_SUFFIXES:
         raise OptionError(f"logits are written as {', '.join(LOGITS_SUFFIXES)}; got {out.name}", "--out")
-    check_output(out, force, [model, inputs])
-    source = read_logits(inputs, key, what="inputs")
+    if not per_shard:
+        check_output(out, force, [model, inputs])
     network = load_model(model)
-    with _Progress(source.num_samples, "score", quiet) as progress:
-        import itertools
 
+    def write_one(shard, target, progress=None):
+        source = read_logits(shard, key, what="inputs")
         blocks = score_model(network, source, compute, batch_size, amp.value if amp else None, progress)
         first = next(blocks)  # the first batch tells the number of classes
         shape = (source.num_samples, first[1].shape[1])
-        write_logits(out, itertools.chain([first], blocks), shape, "float32", force, [model, inputs])
+        write_logits(target, itertools.chain([first], blocks), shape, "float32", force, [model, inputs])
+        return shape
+
+    if per_shard:
+        rows = _shard_outputs(context, [inputs], out, f".{shard_format}", force, [model, inputs],
+                              lambda shard, target: write_one(shard, target)[0])
+        typer.echo(f"lacal: wrote {out}/ ({rows} samples, one logits file per shard and index.json)", err=True)
+        return
+    source = read_logits(inputs, key, what="inputs")
+    with _Progress(source.num_samples, "score", quiet) as progress:
+        shape = write_one(inputs, out, progress)
     typer.echo(f"lacal: wrote {out} ({shape[0]} x {shape[1]} logits)", err=True)
 
 

@@ -54,11 +54,20 @@ def iter_blocks(source: LogitsSource, device, rows: int | None = None, progress=
             finite = torch.isfinite(block)  # an overflowing one is checked value by value
             row = start + int((~finite).any(1).nonzero()[0, 0])
             kind = "NaN" if bool(torch.isnan(block).any()) else "Inf"
-            raise InputDataError(f"logits hold {kind} values (the first non-finite row is {row + 1})",
-                                 source.name)
+            name, row = _shard_row(source, row)
+            raise InputDataError(f"logits hold {kind} values (the first non-finite row is {row + 1})", name)
         yield start, block
         if progress is not None:
             progress(start + block.shape[0])
+
+
+def _shard_row(source: LogitsSource, row: int) -> tuple[str, int]:
+    """(the file that holds `row` of a source made of shards, and its row there)."""
+    for shard in getattr(source, "shards", None) or []:
+        if row < shard.num_samples:
+            return _shard_row(shard, row)
+        row -= shard.num_samples
+    return source.name, row
 
 
 @dataclass(frozen=True)

@@ -78,13 +78,14 @@ def check_tau_range(tau_range) -> tuple[float, float]:
 
 def fit_tau(logits, labels, priors, tau_range=DEFAULT_TAU_RANGE, search: str = "exact",
             metric: str = "balanced-error", grid_size: int = DEFAULT_GRID_SIZE, device="cpu",
-            rows: int | None = None, progress=None, memory_budget: int | None = None) -> TauFit:
+            rows: int | None = None, progress=None, memory_budget: int | None = None, context=None) -> TauFit:
     """Find the tau in `tau_range` that minimises `metric` for argmax(logits - tau * log(pi)) on (logits, labels).
 
     `logits`: N x C array, tensor or LogitsSource; `labels`: N class ids; `priors`: C priors or counts, or a Priors.
     `search='exact'` returns a true minimiser over the whole range; `'grid'` the best of `grid_size` evenly spaced
     values. Ties go to the optimum nearest tau = 1. `rows` (rows per block), `memory_budget` (bytes) and
-    `progress` (called with the rows done) go to the scorer.
+    `progress` (called with the rows done) go to the scorer. Under torch.distributed, `context` (a
+    distributed.Context) combines every rank's share of the samples; the result is that of one process with all.
     """
     import torch
 
@@ -106,26 +107,44 @@ def fit_tau(logits, labels, priors, tau_range=DEFAULT_TAU_RANGE, search: str = "
     # bfloat16) can make a single point better than the open segments around it, and argmax decides those ties.
     special = sorted({0.0, 1.0, lo_tau, hi_tau})
     source = logits if isinstance(logits, LogitsSource) else source_from_array(logits)
-    stats = interval_pass(source, labels, log_priors, special, device, rows, progress, memory_budget)
-    direct = {t: ClassEvaluation(stats.support, stats.points[t]) for t in special}
+    from .distributed import Context
+
+    context = context or Context()
+    failure, stats = None, None
+    try:  # a rank that fails here must not leave the others waiting in the sums below
+        stats = interval_pass(source, labels, log_priors, special, device, rows, progress, memory_budget)
+    except Exception as exc:  # noqa: BLE001  (re-raised, on every rank, by agree)
+        failure = exc
+    context.agree(failure)
+    total = context.sum(np.stack([stats.support] + [stats.points[t] for t in special]))
+    global_support = total[0]
+    direct = {t: ClassEvaluation(global_support, total[k + 1]) for k, t in enumerate(special)}
     points = {t: e for t, e in direct.items() if lo_tau <= t <= hi_tau}
-    support = torch.as_tensor(stats.support, device=device)
+    support = torch.as_tensor(global_support, device=device)
     weights, exact_sums = _balanced_weights(support)
     grid_taus = grid_values = None
-    if search == "exact":
-        tau, interval, best = _exact(stats.lo, stats.hi, stats.labels, support, lo_tau, hi_tau, metric, weights,
-                                     exact_sums)
+    if search == "exact" and context.active and metric == "balanced-error":
+        tau, interval, best = _exact_distributed(context, stats.lo, stats.hi, stats.labels, lo_tau, hi_tau, weights,
+                                                 exact_sums)
+    elif search == "exact":
+        lo, hi, classes = stats.lo, stats.hi, stats.labels
+        if context.active:  # the worst-class error needs every class's counts per segment: gather the intervals
+            parts = context.gather((lo.cpu().numpy(), hi.cpu().numpy(), classes.cpu().numpy()))
+            lo, hi, classes = (torch.as_tensor(np.concatenate([p[k] for p in parts]), device=device)
+                               for k in range(3))
+        tau, interval, best = _exact(lo, hi, classes, support, lo_tau, hi_tau, metric, weights, exact_sums)
         point_scores = {t: _score(e, metric, weights) for t, e in points.items()}
         winner = max(point_scores, key=lambda t: (point_scores[t], -abs(t - 1.0)))
         if _better(point_scores[winner], best, exact_sums):
             tau, interval = winner, (winner, winner)
     else:
         grid_taus, grid_values, tau, interval = _grid(stats.lo, stats.hi, stats.labels, support, lo_tau, hi_tau,
-                                                      grid_size, metric, weights, exact_sums, points)
+                                                      grid_size, metric, weights, exact_sums, points, context)
     if tau in direct:
         after = direct[tau]
     else:
-        after = _evaluate_inside(source, stats, tau, log_priors, device)
+        local = _evaluate_inside(source, stats, tau, log_priors, device)
+        after = ClassEvaluation(global_support, context.sum(local.correct))
         # Guard against float rounding between the interval arithmetic and argmax on extreme logits: never return
         # a tau that scores worse than one of the points scored directly.
         fallback = min(points, key=lambda t: (points[t].metric(metric), abs(t - 1.0)))
@@ -229,6 +248,101 @@ def _exact(lo, hi, labels, support, lo_tau: float, hi_tau: float, metric: str, w
     return tau, run, best
 
 
+HISTOGRAM_BUCKETS = 4096
+
+
+def _exact_distributed(context, lo, hi, labels, lo_tau: float, hi_tau: float, weights, exact: bool,
+                       buckets: int = HISTOGRAM_BUCKETS):
+    """The exact balanced-error search over samples spread across ranks, without gathering every interval end.
+
+    Each rank adds its interval ends into `buckets` equal-width buckets of the tau range: the summed change of the
+    score in each bucket, and the summed starts alone. The score on the segment just before a bucket's left edge is
+    then known exactly (S_b), and no segment inside bucket b scores more than S_b plus its starts. Only buckets whose
+    bound reaches the best known S_b can hold an optimal segment, so only the interval ends in those buckets are
+    gathered, and the exact sweep runs over them, starting each run of such buckets from its S_b. The optimum, its
+    run and the midpoint are those one process finds (see the proof sketch in the README's distributed section).
+    """
+    import torch
+
+    device = lo.device
+    keep = (lo < hi) & (lo < hi_tau) & (hi > lo_tau)
+    starts = lo[keep].clamp(min=lo_tau)
+    ends = hi[keep]
+    mass = weights[labels[keep]]
+    width = (hi_tau - lo_tau) / buckets
+
+    def bucket(x):
+        return ((x - lo_tau) / width).floor().long().clamp(0, buckets - 1)
+
+    start_bucket = bucket(starts)
+    inside = ends < hi_tau  # an end at or past the range's top changes no segment inside it
+    end_bucket = bucket(ends[inside])
+    change = torch.zeros(buckets, dtype=weights.dtype, device=device)
+    change.index_add_(0, start_bucket, mass).index_add_(0, end_bucket, -mass[inside])
+    rises = torch.zeros(buckets, dtype=weights.dtype, device=device).index_add_(0, start_bucket, mass)
+    change, rises = context.sum(change), context.sum(rises)
+    before = torch.cat([torch.zeros(1, dtype=change.dtype, device=device), change.cumsum(0)])  # S_0 .. S_B
+    known = before[1:].max()  # S_1 .. S_B are scores of real segments inside the range
+    bound = before[:-1] + rises
+    candidate = bound >= (known if exact else known - FLOAT_TIE_TOLERANCE * max(1.0, float(known)))
+    chosen = candidate.cpu().numpy()
+    local_events = []
+    for position, weight, at in ((starts, mass, start_bucket), (ends[inside], -mass[inside], end_bucket)):
+        take = candidate[at]
+        local_events.append((position[take].cpu().numpy(), weight[take].cpu().numpy()))
+    gathered = context.gather(local_events)
+    positions = np.concatenate([part[k][0] for part in gathered for k in range(2)])
+    deltas = np.concatenate([part[k][1] for part in gathered for k in range(2)])
+    return _sweep_candidates(positions, deltas, chosen, before.cpu().numpy(), lo_tau, hi_tau, width, exact)
+
+
+def _sweep_candidates(positions, deltas, chosen, before, lo_tau, hi_tau, width, exact: bool):
+    """The exact sweep over the events of the candidate buckets (see _exact_distributed)."""
+    buckets = chosen.size
+    edges = lo_tau + width * np.arange(buckets + 1)
+    edges[-1] = hi_tau
+    points, values, real = [], [], []
+    b = 0
+    while b < buckets:
+        if not chosen[b]:
+            b += 1
+            continue
+        first = b
+        while b < buckets and chosen[b]:
+            b += 1
+        left, right = edges[first], edges[b]
+        inside = (positions >= left) & ((positions < right) if b < buckets else (positions <= right))
+        unique, where = np.unique(positions[inside], return_inverse=True)
+        real.extend(unique.tolist())
+        step = np.zeros(unique.size, dtype=deltas.dtype)
+        np.add.at(step, where, deltas[inside])
+        run_points = np.concatenate([[left], unique[unique > left], [right]]) if unique.size else \
+            np.array([left, right])
+        score = before[first]
+        run_values = []
+        if unique.size and unique[0] == left:  # events exactly at the run's left edge
+            score = score + step[0]
+            step, unique = step[1:], unique[1:]
+        run_values.append(score)
+        for delta in step:
+            score = score + delta
+            run_values.append(score)
+        if points and points[-1] == run_points[0]:
+            points.pop()
+        elif points:
+            values.append(None)  # the gap between two runs of candidate buckets: never optimal
+        points.extend(run_points.tolist())
+        values.extend(run_values)
+    best = max(v for v in values if v is not None)
+    if exact:
+        optimal = np.array([v is not None and v == best for v in values])
+    else:
+        optimal = np.array([v is not None and v >= best - FLOAT_TIE_TOLERANCE * max(1.0, abs(float(best)))
+                            for v in values])
+    tau, run = _choose(np.array(points, dtype=np.float64), optimal, np.array(sorted(set(real)), dtype=np.float64))
+    return tau, run, best
+
+
 def _worst_class_optimal(start_at, end_at, classes, support, segments: int):
     """Mask of the segments where the worst-class error is smallest, and that error, found by a binary search over
     its possible values j / n_c (exact integer arithmetic)."""
@@ -269,8 +383,9 @@ def _worst_class_optimal(start_at, end_at, classes, support, segments: int):
     return satisfied(candidates[low][1], candidates[low][2]), candidates[low][1] / candidates[low][2]
 
 
-def _choose(points: np.ndarray, optimal: np.ndarray):
-    """The midpoint of the run of optimal segments nearest tau = 1 (the lower run on a tie), and the run."""
+def _choose(points: np.ndarray, optimal: np.ndarray, events: np.ndarray | None = None):
+    """The midpoint of the run of optimal segments nearest tau = 1 (the lower run on a tie), and the run.
+    `events`: the interval ends among `points` (default: all of them), where a midpoint would sit on a tie."""
     index = np.flatnonzero(optimal)
     breaks = np.flatnonzero(np.diff(index) > 1)
     first = index[np.r_[0, breaks + 1]]
@@ -280,15 +395,16 @@ def _choose(points: np.ndarray, optimal: np.ndarray):
     pick = np.lexsort((left, distance))[0]
     tau = (left[pick] + right[pick]) / 2
     at = int(np.searchsorted(points, tau))
-    if at < points.size - 1 and points[at] == tau:  # the midpoint is an endpoint inside the run: use a segment's
-        tau = (points[at] + points[at + 1]) / 2
+    on_event = events is None or bool(np.isin(tau, events))
+    if at < points.size - 1 and points[at] == tau and on_event:  # the midpoint is an end inside the run: move to a
+        tau = (points[at] + points[at + 1]) / 2  # segment's midpoint
     return float(tau), (float(left[pick]), float(right[pick]))
 
 
 # ---------------------------------------------------------------------------------------------------- grid search
 
 def _grid(lo, hi, labels, support, lo_tau: float, hi_tau: float, grid_size: int, metric: str, weights, exact: bool,
-          points: dict):
+          points: dict, context=None):
     """Evaluate the metric at every grid point at once: correct[g, c] counts the samples of class c whose interval
     holds grid point g (a run of grid points per sample, added up with a difference array per class). Grid points that were scored directly (`points`: tau -> ClassEvaluation) use those counts,
     which settle exact ties the way argmax does."""
@@ -307,6 +423,8 @@ def _grid(lo, hi, labels, support, lo_tau: float, hi_tau: float, grid_size: int,
     row = labels[keep] * (grid_size + 1)
     steps.index_add_(0, row + first[keep], ones).index_add_(0, row + stop[keep], -ones)
     correct = steps.view(classes, grid_size + 1).cumsum(1)[:, :grid_size].T.contiguous()
+    if context is not None and context.active:
+        correct = context.sum(correct)
     for tau, evaluation in points.items():
         near = torch.isclose(taus, torch.tensor(tau, dtype=torch.float64, device=device), rtol=0, atol=1e-12)
         for g in near.nonzero().flatten().tolist():

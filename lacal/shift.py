@@ -39,12 +39,13 @@ class PriorEstimate:
 
 def estimate_target_priors(logits, train_priors, tolerance: float = DEFAULT_TOLERANCE,
                            max_iterations: int = DEFAULT_MAX_ITERATIONS, device="cpu", rows: int | None = None,
-                           memory_budget: int | None = None, progress=None) -> PriorEstimate:
+                           memory_budget: int | None = None, progress=None, context=None) -> PriorEstimate:
     """EM estimate of the class priors of unlabeled target data from the model's logits on it.
 
     `logits`: N x C array, tensor or LogitsSource (the model's raw logits on the target set); `train_priors`: the
     training priors pi (or counts, or a Priors). Stops when no prior moves by more than `tolerance`, or after
-    `max_iterations` (then `converged` is False). `progress(iteration)` is called after each iteration.
+    `max_iterations` (then `converged` is False). `progress(iteration)` is called after each iteration. Under
+    torch.distributed, `context` sums every rank's share of the samples.
     """
     import torch
 
@@ -54,7 +55,11 @@ def estimate_target_priors(logits, train_priors, tolerance: float = DEFAULT_TOLE
 
     if tolerance <= 0 or max_iterations < 1:
         raise ValueError("tolerance must be positive and max_iterations at least 1")
+    from .distributed import Context
+
+    context = context or Context()
     source = logits if isinstance(logits, LogitsSource) else source_from_array(logits)
+    samples = int(context.sum(np.array([source.num_samples]))[0])
     pi = torch.as_tensor(_as_priors_array(train_priors), dtype=torch.float64, device=device)
     if pi.numel() != source.num_classes:
         raise ValueError(f"{pi.numel()} training priors for logits with {source.num_classes} classes")
@@ -80,7 +85,9 @@ def estimate_target_priors(logits, train_priors, tolerance: float = DEFAULT_TOLE
             evidence = p @ ratio  # sum_y (q_y / pi_y) p_iy for each sample
             total += p.T @ (1.0 / evidence)
             log_likelihood += float(torch.log(evidence).sum())
-        new = ratio * total / source.num_samples
+        total = context.sum(total)
+        log_likelihood = float(context.sum(np.array([log_likelihood]))[0])
+        new = ratio * total / samples
         return new / new.sum(), log_likelihood
 
     q = pi.clone()

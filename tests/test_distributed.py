@@ -1,0 +1,120 @@
+"""Two processes on localhost with gloo (torchrun), against one process: the same tau, metrics and files."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from .conftest import long_tail_problem
+
+pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built in")
+
+
+def torchrun(*args, processes=2, timeout=180):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}", "-m",
+               "lacal", *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def single(*args):
+    return subprocess.run([sys.executable, "-m", "lacal", *map(str, args)], capture_output=True, text=True,
+                          timeout=180)
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    d = tmp_path_factory.mktemp("distributed")
+    logits, labels, counts = long_tail_problem(num_samples=1200, num_classes=12, seed=3)
+    (d / "shards").mkdir()
+    (d / "label_shards").mkdir()
+    cuts = [0, 100, 430, 431, 900, 1200]  # uneven shards; rank 0 takes three, rank 1 two
+    for k, (a, b) in enumerate(zip(cuts[:-1], cuts[1:])):
+        np.save(d / "shards" / f"part-{k}.npy", logits[a:b])
+        np.save(d / "label_shards" / f"part-{k}.npy", labels[a:b])
+    bad = d / "bad"
+    bad.mkdir()
+    for k, (a, b) in enumerate(zip(cuts[:-1], cuts[1:])):
+        part = logits[a:b].copy()
+        if k == 4:
+            part[7, 3] = np.nan  # in rank 1's share
+        np.save(bad / f"part-{k}.npy", part)
+    np.save(d / "labels.npy", labels)
+    np.save(d / "counts.npy", counts)
+    rng = np.random.default_rng(9)
+    np.save(d / "target_shards_all.npy", rng.permutation(logits))
+    (d / "target").mkdir()
+    target = np.load(d / "target_shards_all.npy")
+    np.save(d / "target" / "a.npy", target[:600])
+    np.save(d / "target" / "b.npy", target[600:])
+    return d
+
+
+@pytest.mark.parametrize("extra", [[], ["--search", "grid"], ["--metric", "worst-class-error"]])
+def test_fit_tau_equals_one_process(shards, extra):
+    args = ["fit-tau", shards / "shards", shards / "labels.npy", "--priors", shards / "counts.npy", "--json", *extra]
+    many, one = torchrun(*args), single(*args)
+    assert many.returncode == 0, many.stderr[-3000:]
+    assert json.loads(many.stdout) == json.loads(one.stdout)
+
+
+def test_label_shards_and_calibration_under_torchrun(shards):
+    args = ["fit-tau", shards / "shards", shards / "label_shards", "--priors", shards / "counts.npy", "--json",
+            "--calibrate", "temperature", "--target-priors", "em", "--target-logits", shards / "target"]
+    many, one = torchrun(*args), single(*args)
+    assert many.returncode == 0, many.stderr[-3000:]
+    a, b = json.loads(many.stdout), json.loads(one.stdout)
+    assert (a["tau"], a["tau_interval"], a["balanced_error_after"]) == (b["tau"], b["tau_interval"],
+                                                                          b["balanced_error_after"])
+    # floating-point sums over ranks agree to rounding
+    assert a["calibration"]["temperature"] == pytest.approx(b["calibration"]["temperature"], rel=1e-9)
+    np.testing.assert_allclose(a["target_priors"]["priors"], b["target_priors"]["priors"], atol=1e-12)
+
+
+def test_report_equals_one_process(shards):
+    args = ["report", shards / "shards", shards / "labels.npy", "--tau", 1.0, "--priors", shards / "counts.npy",
+            "--json"]
+    many, one = torchrun(*args), single(*args)
+    assert many.returncode == 0, many.stderr[-3000:]
+    a, b = json.loads(many.stdout), json.loads(one.stdout)
+    for key in ("balanced_error", "accuracy", "worst_class_error", "per_class", "groups"):
+        assert a[key] == b[key], key
+    for key in ("nll", "brier", "ece", "classwise_ece"):
+        assert a[key] == pytest.approx(b[key], rel=1e-12), key
+
+
+def test_apply_writes_the_same_shards_and_index(shards):
+    many = torchrun("apply", shards / "shards", "--tau", 1.0, "--priors", shards / "counts.npy", "--out",
+                    shards / "out_many")
+    one = single("apply", shards / "shards", "--tau", 1.0, "--priors", shards / "counts.npy", "--out",
+                 shards / "out_one")
+    assert many.returncode == 0 and one.returncode == 0, many.stderr[-3000:]
+    names = sorted(p.name for p in (shards / "out_one").iterdir())
+    assert names == sorted(p.name for p in (shards / "out_many").iterdir())
+    assert "index.json" in names and len(names) == 6
+    for name in names:
+        assert (shards / "out_many" / name).read_bytes() == (shards / "out_one" / name).read_bytes(), name
+    import lacal
+
+    whole = lacal.read_logits(shards / "out_many")
+    logits = np.concatenate([np.load(shards / "shards" / f"part-{k}.npy") for k in range(5)])
+    np.testing.assert_array_equal(whole.rows(0, whole.num_samples).numpy(),
+                                  lacal.adjust_logits(logits, np.load(shards / "counts.npy"), 1.0))
+
+
+def test_a_failing_rank_ends_the_job_with_its_message(shards):
+    result = torchrun("fit-tau", shards / "bad", shards / "labels.npy", "--priors", shards / "counts.npy", "--json",
+                      timeout=120)
+    assert result.returncode != 0
+    assert "lacal: error: rank 1: " in result.stderr
+    assert "bad/part-4.npy: logits hold NaN values (the first non-finite row is 8)" in result.stderr
+    assert result.stdout == ""
+
+
+def test_more_ranks_than_shards_is_an_error(shards):
+    result = torchrun("report", shards / "shards" / "part-0.npy", shards / "labels.npy", timeout=120)
+    assert result.returncode != 0 and "every rank needs at least one" in result.stderr

@@ -1,0 +1,59 @@
+"""The distributed exact search (histogram of interval ends, then an exact sweep of the candidate buckets) against
+the single-process search, in one process: a context that claims to be distributed but holds all the data."""
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import lacal
+from lacal.distributed import Context
+from lacal.search import _balanced_weights, _exact, _exact_distributed
+
+from .conftest import long_tail_problem
+
+
+class AllInOne(Context):
+    """world > 1 so that the distributed path runs, but this one process holds every sample."""
+
+    def __init__(self):
+        super().__init__(rank=0, world=2)
+
+    def sum(self, values):
+        return values
+
+    def gather(self, value):
+        return [value]
+
+
+def _intervals(logits, labels, counts):
+    from lacal.scoring import interval_pass
+
+    stats = interval_pass(logits, labels, np.log(np.asarray(counts) / np.sum(counts)))
+    support = torch.as_tensor(np.bincount(labels, minlength=logits.shape[1]))
+    return stats, support
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 100_000), buckets=st.sampled_from([1, 2, 7, 64, 4096]), ties=st.booleans(),
+       low=st.sampled_from([0.0, -1.0, 0.7]), width=st.sampled_from([4.0, 0.5, 2.5]))
+def test_bucketed_sweep_equals_the_full_sweep(seed, buckets, ties, low, width):
+    logits, labels, counts = long_tail_problem(num_samples=80, num_classes=6, seed=seed, dtype=np.float64)
+    if ties:
+        logits = np.round(logits)
+    stats, support = _intervals(logits, labels, counts)
+    weights, exact = _balanced_weights(support)
+    expected = _exact(stats.lo, stats.hi, stats.labels, support, low, low + width, "balanced-error", weights, exact)
+    got = _exact_distributed(AllInOne(), stats.lo, stats.hi, stats.labels, low, low + width, weights, exact, buckets)
+    assert got == expected
+
+
+def test_fit_tau_with_a_distributed_context_equals_one_process():
+    logits, labels, counts = long_tail_problem(num_samples=500, num_classes=9, seed=4)
+    for metric in ("balanced-error", "worst-class-error"):
+        for search in ("exact", "grid"):
+            one = lacal.fit_tau(logits, labels, counts, metric=metric, search=search)
+            many = lacal.fit_tau(logits, labels, counts, metric=metric, search=search, context=AllInOne())
+            assert (many.tau, many.interval, many.after, many.before) == (one.tau, one.interval, one.after,
+                                                                          one.before)
