@@ -59,3 +59,41 @@ def test_cuda_without_a_gpu_is_refused(files):
 def test_unknown_device_is_refused():
     with pytest.raises(OptionError, match="unknown device"):
         lacal.resolve_device("tpu")
+
+
+@cuda
+def test_label_shift_calibration_and_metrics_on_cuda_equal_cpu():
+    from lacal.calibrate import fit_bias, fit_temperature
+    from lacal.scoring import probability_pass
+    from lacal.taunorm import fit_tau_norm
+
+    logits, labels, counts = long_tail_problem(num_samples=2000, num_classes=20, seed=11)
+    em_cpu = lacal.estimate_target_priors(logits, counts)
+    em_gpu = lacal.estimate_target_priors(logits, counts, device="cuda")
+    np.testing.assert_allclose(em_gpu.priors, em_cpu.priors, atol=1e-9)
+    offset = lacal.offsets(counts, 1.0)
+    for fit in (fit_temperature, fit_bias):
+        on_cpu, on_gpu = fit(logits, labels, offset), fit(logits, labels, offset, device="cuda")
+        assert on_gpu.temperature == pytest.approx(on_cpu.temperature, rel=1e-6)
+    cpu_metrics = probability_pass(logits, labels, [(1.0, offset)])[0]
+    gpu_metrics = probability_pass(logits, labels, [(1.0, offset)], device="cuda")[0]
+    for key, value in cpu_metrics.to_dict().items():
+        assert gpu_metrics.to_dict()[key] == pytest.approx(value, rel=1e-9), key
+    weight = np.random.default_rng(0).normal(size=(20, 8))
+    features = np.random.default_rng(1).normal(size=(2000, 8)).astype(np.float32)
+    assert fit_tau_norm(features, labels, weight, device="cuda").tau == fit_tau_norm(features, labels, weight).tau
+
+
+@cuda
+def test_interval_pass_on_cuda_equals_cpu_with_shared_priors():
+    from lacal.scoring import interval_pass
+
+    logits, labels, _ = long_tail_problem(num_samples=3000, num_classes=40, seed=12)
+    counts = np.repeat([500, 100, 20, 5], 10)  # groups of equal priors
+    log_priors = np.log(counts / counts.sum())
+    on_cpu = interval_pass(logits, labels, log_priors, [0.0, 1.0])
+    on_gpu = interval_pass(logits, labels, log_priors, [0.0, 1.0], device="cuda")
+    np.testing.assert_array_equal(on_gpu.lo.cpu().numpy(), on_cpu.lo.numpy())
+    np.testing.assert_array_equal(on_gpu.hi.cpu().numpy(), on_cpu.hi.numpy())
+    for tau in (0.0, 1.0):
+        np.testing.assert_array_equal(on_gpu.points[tau], on_cpu.points[tau])
