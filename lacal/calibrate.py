@@ -63,8 +63,10 @@ class ProbabilityFit:
 class _Data:
     """The adjusted logits (float64 blocks on the device) and labels, held in memory when the budget allows it."""
 
-    def __init__(self, logits, labels, offset, device, rows, memory_budget):
+    def __init__(self, logits, labels, offset, device, rows, memory_budget, context=None):
         import torch
+
+        from .distributed import Context
 
         from .load import LogitsSource, source_from_array
         from .scoring import DEFAULT_MEMORY_BUDGET, _labels_tensor
@@ -75,9 +77,14 @@ class _Data:
         self.shift = torch.as_tensor(np.zeros(self.source.num_classes) if offset is None else np.asarray(offset),
                                      dtype=torch.float64, device=self.device)
         self.rows, self.budget = rows, memory_budget or DEFAULT_MEMORY_BUDGET
-        self.cached = None
-        if self.source.num_samples * self.source.num_classes * 8 <= self.budget // 2:
-            self.cached = list(self._stream())
+        self.cached, failure = None, None
+        try:  # read everything once (and keep it when it fits), so that a bad block fails here, on every rank
+            blocks = list(self._stream()) if self.source.num_samples * self.source.num_classes * 8 <= \
+                self.budget // 2 else [None for _ in self._stream()]
+            self.cached = blocks if blocks and blocks[0] is not None else None
+        except Exception as exc:  # noqa: BLE001  (re-raised on every rank by agree)
+            failure = exc
+        (context or Context()).agree(failure)
 
     def _stream(self):
         from .scoring import iter_blocks
@@ -98,7 +105,7 @@ def fit_temperature(logits, labels, offset=None, device="cpu", rows: int | None 
     from .distributed import Context
 
     context = context or Context()
-    data = _Data(logits, labels, offset, device, rows, memory_budget)
+    data = _Data(logits, labels, offset, device, rows, memory_budget, context)
     count = int(context.sum(np.array([data.source.num_samples]))[0])
 
     def evaluate(beta: float):
@@ -161,7 +168,7 @@ def fit_bias(logits, labels, offset=None, l2: float = DEFAULT_BIAS_L2, device="c
     if not l2 > 0 or not math.isfinite(l2):
         raise OptionError(f"the bias fit needs an L2 weight > 0 (softmax ignores a constant added to the bias), got "
                           f"{l2}", "--bias-l2")
-    data = _Data(logits, labels, offset, device, rows, memory_budget)
+    data = _Data(logits, labels, offset, device, rows, memory_budget, context)
     classes = data.source.num_classes
     support = context.sum(torch.bincount(data.labels, minlength=classes).double())
     weight = torch.where(support > 0, 1.0 / support.clamp(min=1), 0.0) / int((support > 0).sum())

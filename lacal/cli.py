@@ -208,10 +208,10 @@ def _open_share(paths, key, context, what):
     except Exception as exc:  # noqa: BLE001  (re-raised on every rank by agree)
         failure = exc
     context.agree(failure)
-    shapes = context.gather((source.num_samples, tuple(source.shape[1:])))
+    shapes = context.gather((source.num_samples, (tuple(source.shape[1:]), source.dtype_name)))
     if len({shape for _, shape in shapes}) > 1:
-        context.agree(InputDataError(f"shards of different widths across ranks: {sorted({s for _, s in shapes})}",
-                                     str(paths[0])))
+        context.agree(InputDataError("shards must match, but their shapes and dtypes differ across ranks: "
+                                     f"{sorted({s for _, s in shapes})}", str(paths[0])))
     offset = sum(rows for rows, _ in shapes[:context.rank])
     source.share = _Share(list(share), len(files), offset, sum(rows for rows, _ in shapes))
     source.title = str(paths[0]) if len(paths) == 1 else f"{paths[0]} (+{len(paths) - 1} more)"
@@ -285,6 +285,7 @@ def _open_labels(path: Path, source, classes, column):
         context = _TORCHRUN
         failure = labels = None
         try:
+            share.num_classes = source.num_classes
             labels = _share_labels(path, share, source.num_samples, classes, column)
             _check_labels(labels, source, path)
         except Exception as exc:  # noqa: BLE001  (re-raised on every rank by agree)
@@ -314,13 +315,21 @@ def _share_labels(path, share, rows: int, classes, column):
     from .errors import InputDataError
     from .load import read_labels, shard_paths
 
+    from .priors import check_labels
+
     files = shard_paths(path, (".npy", ".txt", ".csv"))
     if len(files) == share.total_shards and len(files) > 1:
-        return np.concatenate([read_labels(files[k], classes, column) for k in share.indices])
+        parts = []
+        for k in share.indices:
+            part = read_labels(files[k], classes, column)
+            check_labels(part, share.num_classes, str(files[k]))  # entry numbers within that shard
+            parts.append(part)
+        return np.concatenate(parts)
     labels = read_labels(path, classes, column)
     if labels.shape[0] != share.total_rows:
         raise InputDataError(f"holds {labels.shape[0]} labels but the logits shards have {share.total_rows} rows",
                              path)
+    check_labels(labels, share.num_classes, str(path))  # entry numbers within the whole file
     return labels[share.offset:share.offset + rows]
 
 
@@ -577,7 +586,8 @@ def fit_tau_command(
     if tau_norm:
         _not_under_torchrun(context, "--method tau-norm")
         _fit_tau_norm(inputs, checkpoint, features, head, key, classes, label_column, low_high, grid_size,
-                      metric.value, compute, budget, json_out, quiet, out, calibrate, target_priors, search)
+                      metric.value, compute, budget, json_out, quiet, out, calibrate, target_priors, search,
+                      target_logits, train_labels, priors, smoothing)
         return
     if out is not None:
         from .write import check_output
@@ -634,7 +644,8 @@ def fit_tau_command(
 
 
 def _fit_tau_norm(inputs, checkpoint, features, head, key, classes, column, low_high, grid_size, metric, compute,
-                  budget, json_out, quiet, out, calibrate, target_priors, search) -> None:
+                  budget, json_out, quiet, out, calibrate, target_priors, search, target_logits, train_labels, priors,
+                  smoothing) -> None:
     from rich.table import Table
 
     from .checkpoints import find_head, open_checkpoint
@@ -644,9 +655,12 @@ def _fit_tau_norm(inputs, checkpoint, features, head, key, classes, column, low_
     if checkpoint is None or features is None:
         raise OptionError("tau-norm rescales the head's weight rows, so it needs --checkpoint and --features",
                           "--method")
-    if out is not None or calibrate is not None or target_priors.strip().lower() != "uniform":
+    if out is not None or calibrate is not None or target_priors.strip().lower() != "uniform" or target_logits:
         raise OptionError("--out, --calibrate and --target-priors go with --method logit-adjustment; tau-norm is "
                           "fitted here for comparison (see also report --compare)", "--method")
+    if train_labels is not None or priors is not None or smoothing:
+        raise OptionError("tau-norm uses no training priors; leave out --train-labels, --priors and --smoothing",
+                          "--method")
     if len(inputs) != 1:
         raise OptionError(f"with --checkpoint and --features, give only the labels file, got {len(inputs)} paths",
                           "arguments")
@@ -1088,6 +1102,12 @@ def report_command(
     source, labels, known_names = _logits_input(inputs, checkpoint, features, head, key, classes, compute,
                                                 calibration is not None or tau is not None, context)
     if compare:
+        ignored = [flag for flag, given in (("--target-priors", target_priors.strip().lower() != "uniform"),
+                                            ("--target-logits", target_logits is not None),
+                                            ("--sort", sort.value != "class"), ("--limit", limit is not None),
+                                            ("--bins", bins != 15)) if given]
+        if ignored:
+            raise OptionError(f"{', '.join(ignored)} do(es) not apply to --compare", "--compare")
         _compare(source, labels, known_names, classes, label_column, calibration, tau, train_labels, priors,
                  smoothing, checkpoint, features, head, test_logits, test_labels, test_features, key, compute,
                  budget, json_out, quiet)
@@ -1138,7 +1158,7 @@ def report_command(
                            memory_budget=budget, context=context)
             curve = (grid.grid_taus, grid.grid_values)
         if context.leader:
-            plot_report(plot, report, curve, report.tau, f"lacal report: {source.name}", force,
+            plot_report(plot, report, curve, report.tau, f"lacal report: {getattr(source, 'title', source.name)}", force,
                         [*inputs, calibration, train_labels, priors])
             typer.echo(f"lacal: wrote {plot}", err=True)
     if json_out:

@@ -61,6 +61,23 @@ class Context:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         return tensor.cpu().numpy() if is_numpy else tensor.to(values.device)
 
+    def max(self, values):
+        """Element-wise maximum over ranks (a tensor)."""
+        return self._reduce(values, "MAX")
+
+    def min(self, values):
+        """Element-wise minimum over ranks (a tensor)."""
+        return self._reduce(values, "MIN")
+
+    def _reduce(self, values, op: str):
+        import torch.distributed as dist
+
+        if not self.active:
+            return values
+        tensor = values.clone().to(self._comm_device())
+        dist.all_reduce(tensor, op=getattr(dist.ReduceOp, op))
+        return tensor.to(values.device)
+
     def gather(self, value) -> list:
         """Every rank's `value` (any picklable object), in rank order, on every rank."""
         import torch.distributed as dist
@@ -116,9 +133,15 @@ def join(device_name: str | None = "auto") -> Context:
         return Context(device=resolve_device(device_name))
     import torch.distributed as dist
 
+    from .errors import OptionError
+
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     name = (device_name or "auto").lower()
-    use_cuda = torch.cuda.is_available() and name in ("auto", "cuda") or name.startswith("cuda")
+    if name.startswith("cuda:"):
+        raise OptionError("under torchrun each rank uses cuda:LOCAL_RANK; pass --device cuda or auto", "--device")
+    if name == "cuda" and not torch.cuda.is_available():
+        resolve_device(name)  # says that there is no CUDA device
+    use_cuda = torch.cuda.is_available() and name in ("auto", "cuda")
     if use_cuda:
         torch.cuda.set_device(local_rank)
         device = torch.device("cuda", local_rank)

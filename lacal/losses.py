@@ -37,16 +37,22 @@ def _module_base():
 class LogitAdjustedLoss(_module_base()):
     """torch.nn.Module form of `logit_adjusted_cross_entropy`; log(pi) is a buffer, so it moves with `.to(device)`."""
 
-    def __init__(self, priors, tau: float = 1.0, reduction: str = "mean"):
+    def __init__(self, priors, tau: float = 1.0, reduction: str = "mean", weight=None, label_smoothing: float = 0.0):
         super().__init__()
+        import torch
+
         self.tau = float(tau)
         self.reduction = reduction
-        self.register_buffer("log_priors", _log_priors(priors, dtype=None).float())
+        self.label_smoothing = float(label_smoothing)
+        self.register_buffer("log_priors", _log_priors(priors, dtype=torch.float64))
+        self.register_buffer("weight", None if weight is None else torch.as_tensor(weight))
 
     def forward(self, logits, labels):
         import torch.nn.functional as F
 
-        return F.cross_entropy(logits + self.tau * self.log_priors.to(logits.dtype), labels, reduction=self.reduction)
+        weight = None if self.weight is None else self.weight.to(logits.dtype)
+        return F.cross_entropy(logits + self.tau * self.log_priors.to(logits.dtype), labels, weight=weight,
+                               reduction=self.reduction, label_smoothing=self.label_smoothing)
 
     def extra_repr(self) -> str:
         return f"tau={self.tau}, classes={self.log_priors.numel()}"

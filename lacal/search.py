@@ -235,14 +235,16 @@ def _exact(lo, hi, labels, support, lo_tau: float, hi_tau: float, metric: str, w
     count = starts.numel()
     start_at, end_at = where[2:2 + count], where[2 + count:]
     segments = points.numel() - 1
+    usable = _representable(points)
     if metric == "balanced-error":
         step = torch.zeros(segments + 1, dtype=weights.dtype, device=lo.device)
         step.index_add_(0, start_at, weights[classes]).index_add_(0, end_at, -weights[classes])
         values = step.cumsum(0)[:segments]
-        optimal = _best_mask(values, exact)
+        values = torch.where(usable, values, values.min() - 1)
+        optimal = _best_mask(values, exact) & usable
         best = values.max().item()
     else:
-        optimal, worst = _worst_class_optimal(start_at, end_at, classes, support, segments)
+        optimal, worst = _worst_class_optimal(start_at, end_at, classes, support, segments, usable)
         best = -worst
     tau, run = _choose(points.cpu().numpy(), optimal.cpu().numpy())
     return tau, run, best
@@ -269,10 +271,12 @@ def _exact_distributed(context, lo, hi, labels, lo_tau: float, hi_tau: float, we
     starts = lo[keep].clamp(min=lo_tau)
     ends = hi[keep]
     mass = weights[labels[keep]]
-    width = (hi_tau - lo_tau) / buckets
+    edges = lo_tau + (hi_tau - lo_tau) / buckets * np.arange(buckets + 1)
+    edges[-1] = hi_tau
+    edge_tensor = torch.as_tensor(edges, dtype=torch.float64, device=device)
 
-    def bucket(x):
-        return ((x - lo_tau) / width).floor().long().clamp(0, buckets - 1)
+    def bucket(x):  # the same edges as the sweep: bucket b holds edges[b] <= x < edges[b + 1]
+        return (torch.searchsorted(edge_tensor, x.contiguous(), right=True) - 1).clamp(0, buckets - 1)
 
     start_bucket = bucket(starts)
     inside = ends < hi_tau  # an end at or past the range's top changes no segment inside it
@@ -282,7 +286,20 @@ def _exact_distributed(context, lo, hi, labels, lo_tau: float, hi_tau: float, we
     rises = torch.zeros(buckets, dtype=weights.dtype, device=device).index_add_(0, start_bucket, mass)
     change, rises = context.sum(change), context.sum(rises)
     before = torch.cat([torch.zeros(1, dtype=change.dtype, device=device), change.cumsum(0)])  # S_0 .. S_B
-    known = before[1:].max()  # S_1 .. S_B are scores of real segments inside the range
+    # S_b is the score of the segment around edge b, between the last interval end before it and the first at or
+    # after it; it counts toward the known best only when a float lies strictly inside that segment.
+    positions = torch.cat([starts, ends[inside]])
+    at = torch.cat([start_bucket, end_bucket])
+    last = torch.full((buckets,), -torch.inf, dtype=torch.float64, device=device)
+    last.scatter_reduce_(0, at, positions, reduce="amax")
+    first = torch.full((buckets,), torch.inf, dtype=torch.float64, device=device)
+    first.scatter_reduce_(0, at, positions, reduce="amin")
+    last, first = context.max(last), context.min(first)
+    previous = torch.cummax(last, 0).values.clamp(min=lo_tau)  # the last end in buckets 0..b-1, for edge b
+    following = torch.flip(torch.cummin(torch.flip(first, [0]), 0).values, [0]).clamp(max=hi_tau)
+    following = torch.cat([following[1:], torch.tensor([hi_tau], dtype=torch.float64, device=device)])
+    reachable = _representable_pairs(previous, following)  # for edges 1 .. B
+    known = before[1:][reachable].max() if bool(reachable.any()) else before.min() - 1
     bound = before[:-1] + rises
     candidate = bound >= (known if exact else known - FLOAT_TIE_TOLERANCE * max(1.0, float(known)))
     chosen = candidate.cpu().numpy()
@@ -293,14 +310,13 @@ def _exact_distributed(context, lo, hi, labels, lo_tau: float, hi_tau: float, we
     gathered = context.gather(local_events)
     positions = np.concatenate([part[k][0] for part in gathered for k in range(2)])
     deltas = np.concatenate([part[k][1] for part in gathered for k in range(2)])
-    return _sweep_candidates(positions, deltas, chosen, before.cpu().numpy(), lo_tau, hi_tau, width, exact)
+    return _sweep_candidates(positions, deltas, chosen, before.cpu().numpy(), edges, exact)
 
 
-def _sweep_candidates(positions, deltas, chosen, before, lo_tau, hi_tau, width, exact: bool):
-    """The exact sweep over the events of the candidate buckets (see _exact_distributed)."""
+def _sweep_candidates(positions, deltas, chosen, before, edges, exact: bool):
+    """The exact sweep over the events of the candidate buckets (see _exact_distributed); `edges` are the bucket
+    edges the events were placed with."""
     buckets = chosen.size
-    edges = lo_tau + width * np.arange(buckets + 1)
-    edges[-1] = hi_tau
     points, values, real = [], [], []
     b = 0
     while b < buckets:
@@ -333,6 +349,10 @@ def _sweep_candidates(positions, deltas, chosen, before, lo_tau, hi_tau, width, 
             values.append(None)  # the gap between two runs of candidate buckets: never optimal
         points.extend(run_points.tolist())
         values.extend(run_values)
+    edges_of = np.array(points, dtype=np.float64)
+    for k, usable in enumerate(_representable(edges_of)):
+        if not usable:
+            values[k] = None
     best = max(v for v in values if v is not None)
     if exact:
         optimal = np.array([v is not None and v == best for v in values])
@@ -343,7 +363,19 @@ def _sweep_candidates(positions, deltas, chosen, before, lo_tau, hi_tau, width, 
     return tau, run, best
 
 
-def _worst_class_optimal(start_at, end_at, classes, support, segments: int):
+def _representable_pairs(left, right):
+    middle = left + (right - left) / 2
+    return (left < middle) & (middle < right)
+
+
+def _representable(points):
+    """Segments between consecutive points that hold a float strictly inside (a segment one float wide holds none,
+    so no tau can reach its score)."""
+    middle = points[:-1] + (points[1:] - points[:-1]) / 2
+    return (points[:-1] < middle) & (middle < points[1:])
+
+
+def _worst_class_optimal(start_at, end_at, classes, support, segments: int, usable=None):
     """Mask of the segments where the worst-class error is smallest, and that error, found by a binary search over
     its possible values j / n_c (exact integer arithmetic)."""
     import torch
@@ -369,7 +401,8 @@ def _worst_class_optimal(start_at, end_at, classes, support, segments: int):
         need = support - (j * support) // n  # correct samples each class needs for error <= j / n
         change = (after >= need[group_class]).long() - (before >= need[group_class]).long()
         ok = torch.zeros(segments + 1, dtype=torch.int64, device=device).index_add_(0, group_at, change)
-        return (int(((need <= 0) & supported).sum()) + ok.cumsum(0)[:segments]) == needed_classes
+        met = (int(((need <= 0) & supported).sum()) + ok.cumsum(0)[:segments]) == needed_classes
+        return met if usable is None else met & usable
 
     sizes = sorted(set(support[supported].tolist()))
     candidates = sorted({(j / n, j, n) for n in sizes for j in range(n + 1)})
@@ -391,13 +424,17 @@ def _choose(points: np.ndarray, optimal: np.ndarray, events: np.ndarray | None =
     first = index[np.r_[0, breaks + 1]]
     last = index[np.r_[breaks, index.size - 1]]
     left, right = points[first], points[last + 1]
+    middle = left + (right - left) / 2
+    usable = (left < middle) & (middle < right)  # a run one float wide has no float strictly inside it
+    if usable.any():
+        first, last, left, right, middle = first[usable], last[usable], left[usable], right[usable], middle[usable]
     distance = np.where(right < 1, 1 - right, np.where(left > 1, left - 1, 0.0))
     pick = np.lexsort((left, distance))[0]
-    tau = (left[pick] + right[pick]) / 2
+    tau = middle[pick]
     at = int(np.searchsorted(points, tau))
     on_event = events is None or bool(np.isin(tau, events))
-    if at < points.size - 1 and points[at] == tau and on_event:  # the midpoint is an end inside the run: move to a
-        tau = (points[at] + points[at + 1]) / 2  # segment's midpoint
+    if first[pick] < at <= last[pick] and points[at] == tau and on_event:  # the midpoint is an interval end inside
+        tau = (points[at] + points[at + 1]) / 2  # the run: use the midpoint of the segment that starts there
     return float(tau), (float(left[pick]), float(right[pick]))
 
 

@@ -64,10 +64,14 @@ def estimate_target_priors(logits, train_priors, tolerance: float = DEFAULT_TOLE
     if pi.numel() != source.num_classes:
         raise ValueError(f"{pi.numel()} training priors for logits with {source.num_classes} classes")
     budget = memory_budget or DEFAULT_MEMORY_BUDGET
-    cached = None
+    cached, failure = None, None
     if source.num_samples * source.num_classes * 8 <= budget // 2:  # posteriors kept: one matvec pair per step
-        cached = [torch.softmax(block.double(), 1) for _, block in iter_blocks(source, device, rows,
-                                                                                 memory_budget=budget)]
+        try:
+            cached = [torch.softmax(block.double(), 1) for _, block in iter_blocks(source, device, rows,
+                                                                                     memory_budget=budget)]
+        except Exception as exc:  # noqa: BLE001  (re-raised on every rank by agree)
+            failure = exc
+    context.agree(failure)
 
     def posteriors():
         if cached is not None:
@@ -80,11 +84,15 @@ def estimate_target_priors(logits, train_priors, tolerance: float = DEFAULT_TOLE
         """(the M-step's new priors, the log-likelihood of q)."""
         ratio = q / pi
         total = torch.zeros_like(q)
-        log_likelihood = 0.0
-        for p in posteriors():
-            evidence = p @ ratio  # sum_y (q_y / pi_y) p_iy for each sample
-            total += p.T @ (1.0 / evidence)
-            log_likelihood += float(torch.log(evidence).sum())
+        log_likelihood, failure = 0.0, None
+        try:
+            for p in posteriors():
+                evidence = p @ ratio  # sum_y (q_y / pi_y) p_iy for each sample
+                total += p.T @ (1.0 / evidence)
+                log_likelihood += float(torch.log(evidence).sum())
+        except Exception as exc:  # noqa: BLE001  (re-raised on every rank by agree)
+            failure = exc
+        context.agree(failure)
         total = context.sum(total)
         log_likelihood = float(context.sum(np.array([log_likelihood]))[0])
         new = ratio * total / samples

@@ -43,7 +43,8 @@ def normalised_weight(weight, tau: float):
     import torch
 
     weight = torch.as_tensor(weight).reshape(weight.shape[0], -1)
-    return weight / weight.norm(dim=1, keepdim=True).pow(tau)
+    norms = weight.norm(dim=1, keepdim=True)
+    return weight / torch.where(norms > 0, norms.pow(tau), torch.ones_like(norms))  # a zero row stays zero
 
 
 def tau_norm_logits(features, weight, tau: float):
@@ -83,7 +84,8 @@ def fit_tau_norm(features, labels, weight, tau_range=DEFAULT_RANGE, grid_size: i
     targets = _labels_tensor(labels, source, device, classes)
     taus = np.linspace(low, high, grid_size)
     taus[0], taus[-1] = low, high
-    log_norms = torch.log(weight.norm(dim=1)).double()
+    norms = weight.norm(dim=1).double()
+    log_norms = torch.where(norms > 0, torch.log(norms), torch.zeros_like(norms))  # a zero row scores 0 for any tau
     scales = [torch.exp(-float(t) * log_norms).float() for t in taus]
     correct = torch.zeros(grid_size, classes, dtype=torch.int64, device=device)
     for start, block in iter_blocks(source, device, rows, progress, memory_budget):

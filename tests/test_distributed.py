@@ -118,3 +118,26 @@ def test_a_failing_rank_ends_the_job_with_its_message(shards):
 def test_more_ranks_than_shards_is_an_error(shards):
     result = torchrun("report", shards / "shards" / "part-0.npy", shards / "labels.npy", timeout=120)
     assert result.returncode != 0 and "every rank needs at least one" in result.stderr
+
+
+def test_em_on_a_failing_rank_and_devices(shards):
+    bad_em = torchrun("priors", "--em", shards / "bad", "--priors", shards / "counts.npy", "--json", timeout=120)
+    assert bad_em.returncode != 0
+    assert "lacal: error: rank 1: " in bad_em.stderr and "part-4.npy: logits hold NaN values" in bad_em.stderr
+    if not torch.cuda.is_available():
+        no_gpu = torchrun("fit-tau", shards / "shards", shards / "labels.npy", "--priors", shards / "counts.npy",
+                          "--device", "cuda", timeout=120)
+        assert no_gpu.returncode != 0 and "no CUDA device" in no_gpu.stderr
+        assert not [line for line in no_gpu.stderr.splitlines() if 'File "' in line and "/lacal/" in line]
+    named = torchrun("fit-tau", shards / "shards", shards / "labels.npy", "--priors", shards / "counts.npy",
+                     "--device", "cuda:1", timeout=120)
+    assert named.returncode != 0 and "each rank uses cuda:LOCAL_RANK" in named.stderr
+
+
+def test_label_errors_name_the_global_entry(shards):
+    labels = np.load(shards / "labels.npy").copy()
+    labels[1000] = 99  # in rank 1's rows
+    np.save(shards / "bad_labels.npy", labels)
+    result = torchrun("fit-tau", shards / "shards", shards / "bad_labels.npy", "--priors", shards / "counts.npy",
+                      timeout=120)
+    assert result.returncode != 0 and "label 99 (entry 1001) is out of range" in result.stderr

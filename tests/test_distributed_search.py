@@ -23,6 +23,12 @@ class AllInOne(Context):
     def sum(self, values):
         return values
 
+    def max(self, values):
+        return values
+
+    def min(self, values):
+        return values
+
     def gather(self, value):
         return [value]
 
@@ -57,3 +63,40 @@ def test_fit_tau_with_a_distributed_context_equals_one_process():
             many = lacal.fit_tau(logits, labels, counts, metric=metric, search=search, context=AllInOne())
             assert (many.tau, many.interval, many.after, many.before) == (one.tau, one.interval, one.after,
                                                                           one.before)
+
+
+def test_interval_ends_on_bucket_edges_land_in_the_same_bucket_as_in_the_sweep():
+    mismatches = []
+    for seed in range(400):  # ends placed on, and one float either side of, bucket edges of odd-width ranges
+        rng = np.random.default_rng(seed)
+        low = float(rng.choice([0.0, 0.1, 0.3, -0.7]))
+        high = low + float(rng.choice([0.6, 3.0, 2.9, 4.0]))
+        buckets = int(rng.choice([7, 64, 4096]))
+        edges = low + (high - low) / buckets * np.arange(buckets + 1)
+        n = int(rng.integers(3, 40))
+        first = rng.integers(0, buckets + 1, n)
+        second = np.minimum(buckets, first + rng.integers(1, max(2, buckets // 3), n))
+        jitter = rng.integers(-1, 2, (2, n))
+        starts = np.where(jitter[0] < 0, np.nextafter(edges[first], -9),
+                          np.where(jitter[0] > 0, np.nextafter(edges[first], 9), edges[first]))
+        ends = np.where(jitter[1] < 0, np.nextafter(edges[second], -9),
+                        np.where(jitter[1] > 0, np.nextafter(edges[second], 9), edges[second]))
+        lo, hi = torch.tensor(starts), torch.tensor(ends)
+        labels = torch.tensor(rng.integers(0, int(rng.integers(2, 5)), n))
+        support = torch.bincount(labels)
+        weights, exact = _balanced_weights(support)
+        one = _exact(lo, hi, labels, support, low, high, "balanced-error", weights, exact)
+        many = _exact_distributed(AllInOne(), lo, hi, labels, low, high, weights, exact, buckets)
+        if one[:2] != many[:2]:
+            mismatches.append(seed)
+    assert mismatches == []
+
+
+def test_a_run_one_float_wide_is_not_returned_outside_itself():
+    lo = torch.tensor([0.5, np.nextafter(1.25, 0)], dtype=torch.float64)
+    hi = torch.tensor([1.25, 1.5], dtype=torch.float64)
+    labels = torch.tensor([0, 1])
+    support = torch.tensor([1, 1])
+    weights, exact = _balanced_weights(support)
+    tau, (left, right), _ = _exact(lo, hi, labels, support, 0.0, 4.0, "balanced-error", weights, exact)
+    assert left < tau < right

@@ -175,3 +175,24 @@ def test_plot_without_matplotlib_says_what_to_install(head_files):
     assert result.stderr.strip() == ("lacal: error: --plot: plots need matplotlib, an optional extra: pip install "
                                      "'lacal[plot]' (or pip install matplotlib)")
     assert not (d / "x.png").exists()
+
+
+def test_a_zero_weight_row_keeps_tau_norm_finite():
+    rng = np.random.default_rng(4)
+    weight = rng.normal(size=(4, 5))
+    weight[3] = 0.0
+    features = rng.normal(size=(200, 5))
+    labels = (features @ weight.T).argmax(1)
+    fit = fit_tau_norm(features, labels, weight)
+    assert np.isfinite(fit.values).all() and fit.before.balanced_error == 0.0
+    assert np.isfinite(tau_norm_logits(torch.from_numpy(features), torch.from_numpy(weight), 1.0).numpy()).all()
+
+
+def test_options_that_do_not_apply_are_refused(head_files):
+    d, _, _ = head_files
+    compare = run("report", d / "val_logits.npy", d / "val_labels.npy", "--priors", d / "counts.npy", "--compare",
+                  "--limit", 3)
+    assert compare.exit_code == 6 and "--limit do(es) not apply to --compare" in compare.stderr
+    norm = run("fit-tau", d / "val_labels.npy", "--checkpoint", d / "m.safetensors", "--features",
+               d / "val_features.npy", "--method", "tau-norm", "--train-labels", d / "missing.txt")
+    assert norm.exit_code == 6 and "tau-norm uses no training priors" in norm.stderr
