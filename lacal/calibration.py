@@ -73,10 +73,6 @@ class Calibration:
             shift = shift + self.bias
         return scale, shift if self.target_priors is None else shift + np.log(self.target_priors)
 
-    @property
-    def is_plain(self) -> bool:
-        """Only an offset: no temperature and no bias."""
-        return self.temperature == 1.0 and self.bias is None
 
     @classmethod
     def from_fit(cls, fit, priors, class_names=None, inputs=None, target_priors=None, target=None,

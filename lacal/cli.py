@@ -383,7 +383,7 @@ def _logits_input(inputs: list[Path], checkpoint, features, head, key, classes, 
                               "the labels with --checkpoint and --features", "arguments")
         return _open_logits(inputs[:-1], key, context), inputs[-1], None
     from .checkpoints import find_head, open_checkpoint
-    from .load import read_classes, read_logits
+    from .load import read_classes
     from .scoring import head_logits
 
     if len(inputs) != 1:
@@ -484,8 +484,6 @@ def _priors_by_em(em, train_labels, priors, names, column, smoothing, out, force
                   max_iterations, key, device):
     from rich.table import Table
 
-    from .device import resolve_device
-    from .load import read_logits
     from .priors import Priors
 
     context = _context(device)
@@ -573,7 +571,6 @@ def fit_tau_command(
 
     VAL_LOGITS may be a folder or a quoted glob of shards, or several files (all paths but the last)."""
     from .calibration import Calibration
-    from .device import resolve_device
     from .search import fit_tau
 
     method = method or Method.logit_adjustment
@@ -586,8 +583,8 @@ def fit_tau_command(
     if tau_norm:
         _not_under_torchrun(context, "--method tau-norm")
         _fit_tau_norm(inputs, checkpoint, features, head, key, classes, label_column, low_high, grid_size,
-                      metric.value, compute, budget, json_out, quiet, out, calibrate, target_priors, search,
-                      target_logits, train_labels, priors, smoothing)
+                      metric.value, compute, budget, json_out, quiet, out, calibrate, target_priors, target_logits,
+                      train_labels, priors, smoothing)
         return
     if out is not None:
         from .write import check_output
@@ -644,7 +641,7 @@ def fit_tau_command(
 
 
 def _fit_tau_norm(inputs, checkpoint, features, head, key, classes, column, low_high, grid_size, metric, compute,
-                  budget, json_out, quiet, out, calibrate, target_priors, search, target_logits, train_labels, priors,
+                  budget, json_out, quiet, out, calibrate, target_priors, target_logits, train_labels, priors,
                   smoothing) -> None:
     from rich.table import Table
 
@@ -1077,7 +1074,6 @@ def report_command(
     LOGITS may be a folder or a quoted glob of shards, or several files (all paths but the last)."""
     import numpy as np
 
-    from .device import resolve_device
     from .metrics import ClassEvaluation
     from .report import Report
     from .scoring import score_pass
@@ -1423,8 +1419,8 @@ def score_command(
         check_output(out, force, [model, inputs])
     network = load_model(model)
 
-    def write_one(shard, target, progress=None):
-        source = read_logits(shard, key, what="inputs")
+    def write_one(shard, target, progress=None, source=None):
+        source = source or read_logits(shard, key, what="inputs")
         blocks = score_model(network, source, compute, batch_size, amp.value if amp else None, progress)
         first = next(blocks)  # the first batch tells the number of classes
         shape = (source.num_samples, first[1].shape[1])
@@ -1438,7 +1434,7 @@ def score_command(
         return
     source = read_logits(inputs, key, what="inputs")
     with _Progress(source.num_samples, "score", quiet) as progress:
-        shape = write_one(inputs, out, progress)
+        shape = write_one(inputs, out, progress, source)
     typer.echo(f"lacal: wrote {out} ({shape[0]} x {shape[1]} logits)", err=True)
 
 

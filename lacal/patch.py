@@ -21,7 +21,7 @@ import numpy as np
 from .checkpoints import (PATCH_FILE, PATCH_METADATA_KEY, Checkpoint, Head, _is_safetensors, bias_name,
                           patch_record_path, read_safetensors_header)
 from .errors import CheckpointError, MismatchError, OptionError, OutputError, VerificationError
-from .write import atomic_path, check_output, write_text
+from .write import atomic_path, write_text
 
 PATCH_FORMAT = "lacal-patch"
 PATCH_VERSION = 1

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .metrics import ClassEvaluation, ProbabilityMetrics, group_errors, shot_groups
+from .metrics import ClassEvaluation, ProbabilityMetrics, group_errors
 
 SORT_KEYS = ("class", "error", "count")
 
@@ -72,6 +72,3 @@ class Report:
         result["baseline"] = self._section(self.baseline, self.baseline_quality)
         return result
 
-
-def shot_group_names(train_counts) -> list[str] | None:
-    return None if train_counts is None else shot_groups(train_counts).tolist()
