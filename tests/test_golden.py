@@ -1,0 +1,158 @@
+"""Golden outputs: every command run with --json (and every file `apply` writes) on fixed inputs, against the output
+stored in tests/golden/. They pin today's behaviour so that moving code between modules cannot change a key, a value or
+a written byte unnoticed.
+
+Inputs are made by numpy's seeded generator (stable across machines and versions). Floats are compared to 1e-9
+relative, which absorbs the last-bit differences of transcendental functions between CPUs but nothing a change of
+method would cause; integers, strings and keys must match exactly.
+
+To regenerate after an intended change: LACAL_UPDATE_GOLDEN=1 python -m pytest tests/test_golden.py, then read the
+diff of tests/golden/ before committing it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from lacal.cli import app
+
+from .conftest import long_tail_problem
+
+GOLDEN = Path(__file__).parent / "golden"
+UPDATE = os.environ.get("LACAL_UPDATE_GOLDEN") == "1"
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    """Validation and test logits of one long-tailed problem (the test split shifted toward rare classes), its
+    training labels, and a small checkpoint whose head produces such logits."""
+    import torch
+
+    folder = tmp_path_factory.mktemp("golden")
+    logits, labels, counts = long_tail_problem(num_samples=600, num_classes=8, seed=3)
+    test_logits, test_labels, _ = long_tail_problem(num_samples=400, num_classes=8, seed=4)
+    np.save(folder / "val_logits.npy", logits)
+    np.save(folder / "val_labels.npy", labels)
+    np.save(folder / "test_logits.npy", test_logits)
+    np.save(folder / "test_labels.npy", test_labels)
+    train = np.repeat(np.arange(len(counts)), counts)
+    np.random.default_rng(5).shuffle(train)
+    (folder / "train_labels.txt").write_text("\n".join(map(str, train)) + "\n")
+    rng = np.random.default_rng(6)
+    state = {"backbone.weight": torch.from_numpy(rng.normal(size=(16, 12)).astype(np.float32)),
+             "fc.weight": torch.from_numpy(rng.normal(size=(8, 16)).astype(np.float32)),
+             "fc.bias": torch.from_numpy(rng.normal(size=8).astype(np.float32))}
+    from safetensors.torch import save_file
+
+    save_file(state, str(folder / "model.safetensors"))
+    return folder
+
+
+def _run(folder: Path, *args) -> str:
+    result = CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "120"}, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+def _normalise(value, folder: Path):
+    """Replace the run's temporary folder in strings so that paths compare."""
+    if isinstance(value, dict):
+        return {k: _normalise(v, folder) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_normalise(v, folder) for v in value]
+    if isinstance(value, str):
+        return value.replace(str(folder), "<dir>")
+    return value
+
+
+def _same(got, want, where="") -> None:
+    if isinstance(want, dict):
+        assert isinstance(got, dict) and list(got) == list(want), f"{where}: keys {list(got)} != {list(want)}"
+        for key in want:
+            _same(got[key], want[key], f"{where}.{key}")
+    elif isinstance(want, list):
+        assert isinstance(got, list) and len(got) == len(want), f"{where}: {got!r} != {want!r}"
+        for i, (g, w) in enumerate(zip(got, want)):
+            _same(g, w, f"{where}[{i}]")
+    elif isinstance(want, float) and not isinstance(got, bool) and isinstance(got, (int, float)):
+        assert math.isclose(got, want, rel_tol=1e-9, abs_tol=1e-12), f"{where}: {got!r} != {want!r}"
+    else:
+        assert type(got) is type(want) and got == want, f"{where}: {got!r} != {want!r}"
+
+
+def _check(name: str, value) -> None:
+    path = GOLDEN / f"{name}.json"
+    if UPDATE:
+        GOLDEN.mkdir(exist_ok=True)
+        path.write_text(json.dumps(value, indent=1, sort_keys=False) + "\n", encoding="utf-8")
+        return
+    assert path.exists(), f"no golden output {path}; run with LACAL_UPDATE_GOLDEN=1 to create it"
+    _same(value, json.loads(path.read_text(encoding="utf-8")), name)
+
+
+def _array_summary(array: np.ndarray) -> dict:
+    """An array as shape, dtype and values (floats compared to 1e-9 relative by _same)."""
+    return {"shape": list(array.shape), "dtype": str(array.dtype), "values": array.astype(np.float64).ravel().tolist()}
+
+
+PRIORS = ("--train-labels", "train_labels.txt")
+
+COMMANDS = {
+    "priors": ("priors", "train_labels.txt", "--json"),
+    "priors_em": ("priors", "--em", "test_logits.npy", *PRIORS, "--json"),
+    "fit_exact": ("fit-tau", "val_logits.npy", "val_labels.npy", *PRIORS, "--json"),
+    "fit_grid": ("fit-tau", "val_logits.npy", "val_labels.npy", *PRIORS, "--search", "grid", "--grid-size", "41",
+                 "--json"),
+    "fit_worst": ("fit-tau", "val_logits.npy", "val_labels.npy", *PRIORS, "--metric", "worst-class-error", "--json"),
+    "fit_range": ("fit-tau", "val_logits.npy", "val_labels.npy", *PRIORS, "--tau-range", "-1,2", "--json"),
+    "fit_em_bias": ("fit-tau", "val_logits.npy", "val_labels.npy", *PRIORS, "--target-priors", "em",
+                    "--target-logits", "test_logits.npy", "--calibrate", "bias", "--json"),
+    "fit_temperature": ("fit-tau", "val_logits.npy", "val_labels.npy", *PRIORS, "--calibrate", "temperature",
+                        "--json"),
+    "report_tau": ("report", "test_logits.npy", "test_labels.npy", "--tau", "1", *PRIORS, "--json"),
+    "report_em": ("report", "test_logits.npy", "test_labels.npy", "--tau", "1", *PRIORS, "--target-priors", "em",
+                  "--target-logits", "test_logits.npy", "--json"),
+    "report_compare": ("report", "val_logits.npy", "val_labels.npy", *PRIORS, "--compare", "--test-logits",
+                       "test_logits.npy", "--test-labels", "test_labels.npy", "--json"),
+}
+
+
+@pytest.mark.parametrize("name", list(COMMANDS))
+def test_command_json_is_unchanged(inputs, monkeypatch, name):
+    monkeypatch.chdir(inputs)
+    output = json.loads(_run(inputs, *COMMANDS[name]))
+    _check(name, _normalise(output, inputs))
+
+
+def test_calibration_file_and_apply_outputs_are_unchanged(inputs, monkeypatch, tmp_path):
+    monkeypatch.chdir(inputs)
+    _run(inputs, "fit-tau", "val_logits.npy", "val_labels.npy", *PRIORS, "--calibrate", "temperature", "--out",
+         tmp_path / "calibration.json", "--json")
+    calibration = json.loads((tmp_path / "calibration.json").read_text())
+    _check("calibration_file", _normalise(calibration, inputs))
+
+    _run(inputs, "apply", "test_logits.npy", "--calibration", tmp_path / "calibration.json", "--out",
+         tmp_path / "adjusted.npy")
+    _run(inputs, "apply", "test_logits.npy", "--calibration", tmp_path / "calibration.json", "--out",
+         tmp_path / "predictions.csv", "--top-k", "2")
+    _run(inputs, "apply", "model.safetensors", "--calibration", tmp_path / "calibration.json", "--out",
+         tmp_path / "patched.safetensors")
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "patched.safetensors"), framework="np") as handle:
+        tensors = {name: _array_summary(handle.get_tensor(name)) for name in sorted(handle.keys())}
+        metadata = dict(sorted((handle.metadata() or {}).items()))
+    metadata["lacal_patch"] = json.loads(metadata["lacal_patch"])
+    _check("apply_outputs", _normalise({
+        "adjusted": _array_summary(np.load(tmp_path / "adjusted.npy")),
+        "predictions_csv": (tmp_path / "predictions.csv").read_text(encoding="utf-8"),
+        "patched_tensors": tensors,
+        "patched_metadata": metadata,
+    }, tmp_path))
