@@ -45,7 +45,9 @@ def test_every_pass_is_independent_of_the_block_size(rows):
 def test_memory_budget_bounds_the_block():
     source = lacal.load.source_from_array(np.zeros((100_000, 1000), dtype=np.float32))
     assert block_rows(source, memory_budget=64 << 20) * 1000 * 24 <= 64 << 20
-    assert block_rows(source, memory_budget=1 << 20) >= 1
+    assert block_rows(source, memory_budget=1 << 20) * 1000 * 24 <= 1 << 20 < (block_rows(source, memory_budget=1 << 20) + 1) * 1000 * 24
+    wide = lacal.load.source_from_array(np.zeros((10, 100_000), dtype=np.float32))
+    assert block_rows(wide, memory_budget=1 << 20) == 1  # a row over the budget is still read, one at a time
     assert block_rows(source, rows=7) == 7
 
 
@@ -115,9 +117,28 @@ def test_progress_goes_to_stderr_and_json_stays_clean(files, monkeypatch):
         progress(10)
         seen.append(progress.bar is None)
     assert seen == [True, True]
-    result = run("fit-tau", files / "val_logits.npy", files / "val_labels.npy", "--train-labels",
-                 files / "train_labels.txt", "--json")
-    assert json.loads(result.stdout)["num_samples"] == 600
+    # a pass slow enough to show the bar: every block waits, so the bar is drawn; it must not reach stdout
+    import time
+
+    blocks = lacal.scoring.iter_blocks
+
+    def slow_blocks(*args, **kwargs):
+        for item in blocks(*args, **kwargs):
+            time.sleep(0.002)
+            yield item
+
+    monkeypatch.setattr(lacal.scoring, "iter_blocks", slow_blocks)
+    monkeypatch.setattr(cli._Progress, "DELAY", 0.0)
+    drawn = []
+    monkeypatch.setattr(cli._Progress, "__exit__", lambda self, *exc: (drawn.append(self.bar is not None),
+                                                                       self.bar and self.bar.stop()))
+    result = run("report", files / "val_logits.npy", files / "val_labels.npy", "--train-labels",
+                 files / "train_labels.txt", "--tau", "1", "--json", "--memory-budget", "1MB")
+    assert result.exit_code == 0 and drawn == [False]  # --json: no bar at all
+    result = run("apply", files / "val_logits.npy", "--train-labels", files / "train_labels.txt", "--tau", "1",
+                 "--out", files / "adjusted.npy", "--memory-budget", "1MB")
+    assert result.exit_code == 0 and drawn == [False, True]
+    assert result.stdout == "" and "adjusted" in result.stderr  # the bar and the note went to stderr only
 
 
 # ---------------------------------------------------------------------------------------------------------- score
