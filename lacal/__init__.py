@@ -39,6 +39,7 @@ _EXPORTS = {
     "MethodResult": "compare", "compare_methods": "compare",
     "Report": "report",
     "resolve_device": "device",
+    "patch_module": "module_patch", "PatchResult": "module_patch",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -68,6 +69,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .compare import MethodResult, compare_methods
     from .losses import LogitAdjustedLoss, logit_adjusted_cross_entropy
     from .taunorm import TauNormFit, fit_tau_norm, tau_norm_logits
+    from .module_patch import PatchResult, patch_module
     from .metrics import (ClassEvaluation, ProbabilityMetrics, balanced_error, evaluate, evaluate_predictions,
                           group_errors, shot_groups, worst_class_error)
     from .priors import Priors, class_counts, priors_from_counts, priors_from_labels, read_priors
