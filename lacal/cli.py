@@ -958,7 +958,7 @@ def _apply_logits(logits, out, calibration, tau, train_labels, priors, top_k, cl
 def _apply_checkpoint(path, out, calibration, tau, train_labels, priors, classes, label_column, smoothing, compute,
                       force, head, add_bias, in_place, link, verify_features, key, target="uniform",
                       target_logits=None, budget=None):
-    from .checkpoints import find_head, open_checkpoint
+    from .checkpoints import find_heads, head_notes, open_checkpoint
     from .load import read_classes, read_logits, sha256_file
     from .patch import make_patch, verify_patch, write_checkpoint
 
@@ -976,15 +976,24 @@ def _apply_checkpoint(path, out, calibration, tau, train_labels, priors, classes
         fitted = _calibration_for(calibration, tau, train_labels, priors, None, smoothing, None, label_column, True,
                                   target, target_logits, key, compute, budget)
     names = read_classes(classes) if classes is not None else model.class_names
-    layer = find_head(model, fitted.num_classes if fitted else (len(names) if names else None), head)
+    count = fitted.num_classes if fitted else (len(names) if names else None)
+    if count is None and head is None and priors is not None:  # a binary or default-label model: ask the priors
+        count = _open_priors(None, priors, None, smoothing, None).num_classes
+    heads = find_heads(model, count, head)
+    layer = heads[0]
     if fitted is not None:
         fitted.check_num_classes(layer.num_classes, "checkpoint's head", str(calibration))
     else:
         fitted = _calibration_for(None, tau, train_labels, priors, layer.num_classes, smoothing, names, label_column,
                                   True, target, target_logits, key, compute, budget)
+    for note in head_notes(model, heads):
+        _warn(note)
     scale, shift = fitted.affine()
-    patch = make_patch(model, layer, shift, fitted.tau,
+    patch = make_patch(model, heads, shift, fitted.tau,
                        sha256_file(calibration) if calibration is not None else None, add_bias, force, scale)
+    if patch.copies:
+        typer.echo(f"lacal: also patched the copies of the model under {', '.join(map(repr, patch.copies))}",
+                   err=True)
     if patch.earlier is not None:
         from .patch import describe_patch
 
@@ -1006,8 +1015,12 @@ def _apply_checkpoint(path, out, calibration, tau, train_labels, priors, classes
     inputs = [calibration, train_labels, priors, classes, verify_features, target_logits]
     for note in write_checkpoint(model, patch, out, force, in_place, link, inputs):
         typer.echo(f"lacal: {note}", err=True)
-    typer.echo(f"lacal: patched {layer.name!r} ({layer.num_classes} classes, tau = {fitted.tau:.4f}) and wrote "
-               f"{path if in_place else out}", err=True)
+    if patch.earlier is None and model.kind != "folder":
+        typer.echo(f"lacal: no earlier lacal patch found in {path}; a patched model saved again by its own library "
+                   "(torch.save(model.state_dict())) loses the record, and then lacal cannot tell it was patched",
+                   err=True)
+    typer.echo(f"lacal: patched {' and '.join(repr(h.name) for h in heads)} ({layer.num_classes} classes, tau = "
+               f"{fitted.tau:.4f}) and wrote {path if in_place else out}", err=True)
 
 
 # --------------------------------------------------------------------------------------------------------- report

@@ -244,7 +244,10 @@ def test_hugging_face_folder(tmp_path, calibration, shards, layout):
     head_file = checkpoint.tensors["head.fc.bias"].file.name
     for name in files_in:
         same = (tmp_path / "hf" / name).read_bytes() == (tmp_path / "out" / name).read_bytes()
-        assert same == (name != head_file), name  # only the head's file changed
+        assert same == (name not in (head_file, "config.json")), name  # only the head's file and the config changed
+    config_in = json.loads((tmp_path / "hf" / "config.json").read_text())
+    config_out = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config_out.pop("lacal_patch")["offsets"] == pytest.approx(OFFSETS.tolist()) and config_out == config_in
     state = {name: checkpoint.tensor(name) for name in checkpoint.tensors}
     _assert_predicts_adjusted(TimmLike, model, state)
     assert json.loads((tmp_path / "out" / "lacal_patch.json").read_text())["tau"] == TAU
@@ -260,7 +263,7 @@ def test_hugging_face_folder_hard_links_and_in_place(tmp_path, calibration):
     head_file = open_checkpoint(tmp_path / "hf").tensors["head.fc.bias"].file.name
     for item in (tmp_path / "hf").iterdir():
         linked = os.stat(item).st_ino == os.stat(tmp_path / "out" / item.name).st_ino
-        assert linked == (item.name != head_file)
+        assert linked == (item.name not in (head_file, "config.json"))
     in_place = run("apply", tmp_path / "hf", "--calibration", calibration, "--in-place")
     assert in_place.exit_code == 0, in_place.output
     assert (tmp_path / "hf" / "lacal_patch.json").exists()
@@ -281,7 +284,8 @@ def test_failure_mid_write_leaves_no_file(tmp_path):
     checkpoint = open_checkpoint(tmp_path / "m.safetensors")
     head = find_head(checkpoint, C)
     good = make_patch(checkpoint, head, OFFSETS, TAU)
-    bad = Patch(head, torch.zeros(C + 1), 0.0, False, good.record)  # bytes that do not fit the bias slot
+    bad = Patch(head, torch.zeros(C + 1), 0.0, False, good.record,  # bytes that do not fit the bias slot
+                replace={"fc.bias": torch.zeros(C + 1)})
     with pytest.raises(CheckpointError, match="do not fit"):
         write_checkpoint(checkpoint, bad, tmp_path / "p.safetensors")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]
