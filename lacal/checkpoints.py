@@ -27,7 +27,7 @@ USUAL_NAMES = "fc, head, head.fc, classifier, classifier.N, heads.head, classifi
 AVERAGED_HEADS = {"head": "head_dist", "head.linear": "head_dist.linear",
                   "cls_classifier": "distillation_classifier"}
 # A layer name part that says "an output head" (a second one beside the chosen head is a reason to stop).
-HEAD_LIKE = re.compile(r"^(fc\d*|.*head.*|.*classifier.*|.*logits.*|score|out_proj)$")
+HEAD_LIKE = re.compile(r"^(fc\w*|.*head.*|.*classifier.*|.*logits.*|score|out_proj)$")
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".tar")
 HF_WEIGHT_FILES = ("model.safetensors.index.json", "model.safetensors", "pytorch_model.bin.index.json",
                    "pytorch_model.bin")

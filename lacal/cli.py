@@ -978,7 +978,9 @@ def _apply_checkpoint(path, out, calibration, tau, train_labels, priors, classes
     names = read_classes(classes) if classes is not None else model.class_names
     count = fitted.num_classes if fitted else (len(names) if names else None)
     if count is None and head is None and priors is not None:  # a binary or default-label model: ask the priors
-        count = _open_priors(None, priors, None, smoothing, None).num_classes
+        from .priors import read_priors
+
+        count = read_priors(priors, smoothing).num_classes
     heads = find_heads(model, count, head)
     layer = heads[0]
     if fitted is not None:
