@@ -402,7 +402,8 @@ def find_head(checkpoint: Checkpoint, num_classes: int | None = None, name: str 
     if usual:
         return usual[-1]
     if num_classes is None:
-        found = [_describe(layer) for layer in layers][-5:]
+        likely = [layer for layer in layers if re.search(r"head|classifier|score|logits", layer.name.lower())]
+        found = [_describe(layer) for layer in likely + [layer for layer in layers if layer not in likely]][:5]
         raise CheckpointError(f"no layer with a usual head name ({USUAL_NAMES}); 2-D weights include: "
                               f"{'; '.join(found) or 'none'}; name the classifier with --head NAME, or give the "
                               "class count through --calibration or --priors", checkpoint.path)

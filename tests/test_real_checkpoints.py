@@ -271,8 +271,8 @@ def bert(num_labels=2, **config):
                       **SMALL_TEXT, **config)
 
 
-def hf_logits(folder, x):
-    return logits(transformers.AutoModelForSequenceClassification.from_pretrained(folder), x)
+def hf_logits(folder, x, **options):
+    return logits(transformers.AutoModelForSequenceClassification.from_pretrained(folder, **options), x)
 
 
 BINARY = np.array([90.0, 10.0])
@@ -293,6 +293,27 @@ def test_transformers_binary_bert(tmp_path, layout):
     result = patched_ok(tmp_path, tmp_path / "bert", tmp_path / "patched", counts=BINARY)
     assert "patched 'classifier'" in result.stderr
     assert_adjusted(hf_logits(tmp_path / "patched", TOKENS), logits(model, TOKENS), BINARY)
+
+
+def test_transformers_binary_head_with_an_unusual_name(tmp_path):
+    """BART's head is classification_head.out_proj: the priors' two classes pick it out; without a class count the
+    error lists the candidates."""
+    model = text_model(transformers.BartForSequenceClassification, transformers.BartConfig, num_labels=2,
+                       vocab_size=64, d_model=8, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+                       decoder_attention_heads=2, encoder_ffn_dim=16, decoder_ffn_dim=16, max_position_embeddings=32,
+                       pad_token_id=1, bos_token_id=0, eos_token_id=2)
+    model.save_pretrained(tmp_path / "bart")
+    assert "id2label" not in json.loads((tmp_path / "bart" / "config.json").read_text())
+    result = patched_ok(tmp_path, tmp_path / "bart", tmp_path / "patched", counts=BINARY)
+    assert "patched 'classification_head.out_proj'" in result.stderr
+    x = TOKENS.clone()
+    x[:, -1] = 2  # BART classifies from the last end-of-sequence token
+    # BartConfig defaults to 3 labels and save_pretrained leaves 2 default labels out, so users load it with num_labels
+    assert_adjusted(hf_logits(tmp_path / "patched", x, num_labels=2), logits(model, x), BINARY)
+    np.save(tmp_path / "train.npy", np.repeat([0, 1], [90, 10]))
+    unknown = runner.invoke(app, ["apply", str(tmp_path / "bart"), "--tau", "1", "--train-labels",
+                                  str(tmp_path / "train.npy"), "--out", str(tmp_path / "other")])
+    assert unknown.exit_code == 9 and "classification_head.out_proj [2, 8]" in unknown.stderr, unknown.output
 
 
 def test_transformers_patch_record_survives_save_pretrained(tmp_path):
