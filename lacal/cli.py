@@ -15,7 +15,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .errors import EXIT_CODES, LacalError, OptionError
+from .errors import EXIT_CODES, CheckpointError, LacalError, OptionError
 
 EXIT_CODE_HELP = "Exit codes: " + "; ".join(f"{code} {text}" for code, text in EXIT_CODES.items()) + "."
 
@@ -382,7 +382,7 @@ def _logits_input(inputs: list[Path], checkpoint, features, head, key, classes, 
             raise OptionError(f"expected the logits and the labels files, got {len(inputs)} path(s); or give only "
                               "the labels with --checkpoint and --features", "arguments")
         return _open_logits(inputs[:-1], key, context), inputs[-1], None
-    from .checkpoints import find_head, open_checkpoint
+    from .checkpoints import find_heads, open_checkpoint
     from .load import read_classes
     from .scoring import head_logits
 
@@ -394,7 +394,12 @@ def _logits_input(inputs: list[Path], checkpoint, features, head, key, classes, 
         _warn(f"{checkpoint} already carries a lacal patch (tau = {model.patch.get('tau')}), so its logits are "
               "adjusted already; use the original checkpoint")
     names = read_classes(classes) if classes is not None else model.class_names
-    layer = find_head(model, len(names) if names else None, head)
+    layers = find_heads(model, len(names) if names else None, head)
+    if len(layers) > 1:
+        raise CheckpointError(f"the model averages {' and '.join(repr(h.name) for h in layers)}, which read "
+                              "different features; give the model's logits instead of --checkpoint and --features",
+                              checkpoint)
+    layer = layers[0]
     features_source = _open_logits([features], key, context, what="features")
     source = head_logits(features_source, model.tensor(layer.weight), model.tensor(layer.bias) if layer.bias else None,
                          device, f"{features} through {checkpoint} ({layer.name})")

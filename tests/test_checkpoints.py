@@ -442,6 +442,7 @@ def test_one_by_one_convolution_head(tmp_path, calibration):
     result = run("apply", tmp_path / "m.safetensors", "--calibration", calibration, "--out",
                  tmp_path / "p.safetensors")
     assert result.exit_code == 0, result.output
+    assert "'head.fc' is a 1x1 convolution and lacal cannot see what the model does after it" in result.stderr
     patched = nn_conv_model()
     patched.load_state_dict(load_file(tmp_path / "p.safetensors"))
     x = torch.randn(4, D, 3, 3)

@@ -116,6 +116,12 @@ def test_timm_distilled_deit_gets_the_offsets_on_both_heads(tmp_path):
     state = torch.load(tmp_path / "patched.pth", weights_only=True)
     for head in ("head", "head_dist"):
         assert_adjusted(state[f"{head}.bias"], model.state_dict()[f"{head}.bias"])
+    # logits from features through one head are not this model's logits: fit-tau says so
+    np.save(tmp_path / "features.npy", np.zeros((10, 192), np.float32))
+    np.save(tmp_path / "labels.npy", np.arange(10) % 5)
+    fit = runner.invoke(app, ["fit-tau", str(tmp_path / "labels.npy"), "--checkpoint", str(tmp_path / "model.pth"),
+                              "--features", str(tmp_path / "features.npy"), "--priors", str(priors_file(tmp_path))])
+    assert fit.exit_code == 9 and "averages 'head' and 'head_dist'" in fit.stderr, fit.output
 
 
 def timm_training_checkpoint(tmp_path, ddp=False):
