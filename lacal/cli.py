@@ -828,7 +828,8 @@ def _calibration_for(calibration, tau, train_labels, priors, num_classes, smooth
 def apply_command(
     source_path: Annotated[Path, typer.Argument(
         help="Logits (.npy, .npz, .safetensors, .pt/.pth, .csv), or a checkpoint to patch: a .safetensors or "
-             ".pt/.pth/.bin state dict with several tensors, or a Hugging Face model folder.",
+             ".pt/.pth/.bin state dict with several tensors, a training checkpoint (.pth.tar, with its EMA copies), "
+             "or a Hugging Face model folder.",
         metavar="LOGITS_OR_CHECKPOINT", show_default=False)],
     out: Annotated[Optional[Path], typer.Option(
         "--out", help="Logits output: .npy, .npz, .safetensors or .pt (adjusted logits, same shape and dtype) or "
@@ -850,7 +851,9 @@ def apply_command(
                                                         "one that already carries a lacal patch.")] = False,
     head: HeadOpt = None,
     add_bias: Annotated[bool, typer.Option("--add-bias", help="Give a head without a bias one (the model's code must "
-                                                              "then build that layer with bias=True).")] = False,
+                                                              "then build that layer with bias=True; refused for a "
+                                                              "Hugging Face folder, whose loader would drop it).")
+                        ] = False,
     in_place: Annotated[bool, typer.Option("--in-place", help="Rewrite the checkpoint itself (atomically) instead "
                                                               "of writing --out.")] = False,
     link: Annotated[bool, typer.Option("--link", help="For a Hugging Face folder: hard-link the files that do not "

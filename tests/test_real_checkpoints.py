@@ -86,6 +86,7 @@ TIMM_MODELS = [
     ("vit_tiny_patch16_224", {"img_size": 32, "depth": 1}, "head"),
     ("convnext_atto", {}, "head.fc"),
     ("deit_tiny_distilled_patch16_224", {"img_size": 32, "depth": 1}, "head' and 'head_dist"),
+    ("levit_128s", {"img_size": 64}, "head.linear' and 'head_dist.linear"),  # batch norm, then the averaged heads
 ]
 
 
@@ -102,7 +103,7 @@ def test_timm_state_dict(tmp_path, name, kwargs, head):
     assert f"patched '{head}'" in result.stderr
     again = timm.create_model(name, pretrained=False, num_classes=5, **kwargs)
     timm.models.load_checkpoint(again, str(tmp_path / "patched.pth"))
-    x = images()
+    x = images(64 if name.startswith("levit") else 32)
     assert_adjusted(logits(again, x), logits(model, x))
 
 
@@ -199,6 +200,8 @@ TORCHVISION_MODELS = {
     "mobilenet_v3_small": (lambda: torchvision.models.mobilenet_v3_small(num_classes=5), "classifier.3"),
     "efficientnet_b0": (lambda: torchvision.models.efficientnet_b0(num_classes=5), "classifier.1"),
     "vit": (small_torchvision_vit, "heads.head"),
+    # aux1.fc2 and aux2.fc2 also have 5 outputs, but feed only the training loss: eval mode returns fc's logits
+    "googlenet": (lambda: torchvision.models.googlenet(num_classes=5, aux_logits=True, init_weights=False), "fc"),
 }
 
 
