@@ -26,8 +26,9 @@ USUAL_NAMES = "fc, head, head.fc, classifier, classifier.N, heads.head, classifi
 # transformers' DeiTForImageClassificationWithTeacher. Names without wrapper prefixes.
 AVERAGED_HEADS = {"head": "head_dist", "head.linear": "head_dist.linear",
                   "cls_classifier": "distillation_classifier"}
-# A layer name part that says "an output head" (a second one beside the chosen head is a reason to stop).
-HEAD_LIKE = re.compile(r"^(fc\w*|.*head.*|.*classifier.*|.*logits.*|score|out_proj)$")
+# A layer name part that says "an output head" (a second one beside the chosen head is a reason to stop); not fc1 and
+# fc2, the hidden layers of transformer blocks.
+HEAD_LIKE = re.compile(r"^(fc|fc_\w+|\w+_fc|.*head.*|.*classifier.*|.*logits.*|score)$")
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".tar")
 HF_WEIGHT_FILES = ("model.safetensors.index.json", "model.safetensors", "pytorch_model.bin.index.json",
                    "pytorch_model.bin")
@@ -439,8 +440,9 @@ def find_heads(checkpoint: Checkpoint, num_classes: int | None = None, name: str
         heads = list(pair)
     else:
         head = find_head(checkpoint, num_classes, name)
-        partner = AVERAGED_HEADS.get(_plain_name(head.name))
         every = {_plain_name(layer.name): layer for layer in _layers(checkpoint, head.num_classes)}
+        plain = _plain_name(head.name)
+        partner = AVERAGED_HEADS.get(plain) or next((a for a, b in AVERAGED_HEADS.items() if b == plain), None)
         heads = [head] + ([every[partner]] if partner in every else [])
     if name is None:
         others = [layer for layer in _layers(checkpoint, heads[0].num_classes)

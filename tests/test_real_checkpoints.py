@@ -101,6 +101,7 @@ def test_timm_state_dict(tmp_path, name, kwargs, head):
     torch.save(model.state_dict(), tmp_path / "model.pth")
     result = patched_ok(tmp_path, tmp_path / "model.pth", tmp_path / "patched.pth")
     assert f"patched '{head}'" in result.stderr
+    assert "lacal cannot tell it was patched" in result.stderr  # what a plain re-saved state dict loses
     again = timm.create_model(name, pretrained=False, num_classes=5, **kwargs)
     timm.models.load_checkpoint(again, str(tmp_path / "patched.pth"))
     x = images(64 if name.startswith("levit") else 32)
@@ -394,3 +395,10 @@ def test_two_unknown_heads_are_refused_and_listed(tmp_path):
     assert "fc [5, 512]" in result.stderr and "fc_extra [5, 512]" in result.stderr and "--head" in result.stderr
     named = patched_ok(tmp_path, tmp_path / "model.pth", tmp_path / "patched.pth", "--head", "fc")
     assert "patched 'fc'" in named.stderr
+
+
+def test_naming_one_of_two_averaged_heads_patches_both(tmp_path):
+    name, kwargs, _ = TIMM_MODELS[3]
+    torch.save(timm_model(name, kwargs).state_dict(), tmp_path / "model.pth")
+    result = patched_ok(tmp_path, tmp_path / "model.pth", tmp_path / "patched.pth", "--head", "head_dist")
+    assert "patched 'head_dist' and 'head'" in result.stderr
