@@ -450,8 +450,8 @@ def find_heads(checkpoint: Checkpoint, num_classes: int | None = None, name: str
         if others:
             listed = "; ".join(_describe(layer) for layer in heads + others)
             raise CheckpointError(f"several layers could be output heads ({listed}) and lacal cannot know how the "
-                                  "model combines them (patching one of heads the model adds or averages would "
-                                  "apply only part of the adjustment); if the model's output is one of them "
+                                  "model combines them (patching one of several heads that the model adds or "
+                                  "averages would apply only part of the adjustment); if the model's output is one of them "
                                   "alone, name it with --head NAME", checkpoint.path)
     _refuse_known_nonlinear_head(checkpoint, heads)
     return heads

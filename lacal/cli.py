@@ -1026,9 +1026,8 @@ def _apply_checkpoint(path, out, calibration, tau, train_labels, priors, classes
     for note in write_checkpoint(model, patch, out, force, in_place, link, inputs):
         typer.echo(f"lacal: {note}", err=True)
     if patch.earlier is None and model.kind != "folder":
-        typer.echo(f"lacal: no earlier lacal patch found in {path}; a patched model saved again by its own library "
-                   "(torch.save(model.state_dict())) loses the record, and then lacal cannot tell it was patched",
-                   err=True)
+        typer.echo(f"lacal: no earlier lacal patch found in {path}; a patched model saved again from its state dict "
+                   "loses the record, and then lacal cannot tell it was patched", err=True)
     typer.echo(f"lacal: patched {' and '.join(repr(h.name) for h in heads)} ({layer.num_classes} classes, tau = "
                f"{fitted.tau:.4f}) and wrote {path if in_place else out}", err=True)
 
