@@ -215,6 +215,19 @@ def test_missing_bias(tmp_path, calibration):
                                    rtol=1e-5, atol=1e-5)
 
 
+def test_ema_copy_without_bias_gets_one_too(tmp_path, calibration):
+    """--add-bias on a training checkpoint adds the bias to the model and to its EMA copy, each beside its weight."""
+    model, ema = build(TorchvisionLike, bias=False), build(TorchvisionLike, seed=1, bias=False)
+    torch.save({"epoch": 3, "state_dict": model.state_dict(), "state_dict_ema": ema.state_dict()}, tmp_path / "m.pt")
+    result = run("apply", tmp_path / "m.pt", "--calibration", calibration, "--out", tmp_path / "p.pt", "--add-bias")
+    assert result.exit_code == 0, result.output
+    saved = torch.load(tmp_path / "p.pt", weights_only=True)
+    assert saved["epoch"] == 3
+    for key, original in (("state_dict", model), ("state_dict_ema", ema)):
+        assert list(saved[key]).index("fc.bias") == list(saved[key]).index("fc.weight") + 1
+        _assert_predicts_adjusted(TorchvisionLike, original, saved[key], bias=True)
+
+
 def test_malicious_checkpoint_is_refused(tmp_path, calibration):
     marker = tmp_path / "pwned"
 
@@ -267,6 +280,7 @@ def test_hugging_face_folder_hard_links_and_in_place(tmp_path, calibration):
     in_place = run("apply", tmp_path / "hf", "--calibration", calibration, "--in-place")
     assert in_place.exit_code == 0, in_place.output
     assert (tmp_path / "hf" / "lacal_patch.json").exists()
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["lacal_patch"]["tau"] == TAU
     assert (tmp_path / "hf" / head_file).read_bytes() == (tmp_path / "out" / head_file).read_bytes()
 
 

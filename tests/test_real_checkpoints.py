@@ -159,6 +159,10 @@ def test_timm_checkpoint_saver_with_ema_and_args(tmp_path, ddp):
         again = timm.create_model(name, pretrained=False, num_classes=5, **kwargs)
         timm.models.load_checkpoint(again, str(tmp_path / "patched.pth.tar"), use_ema=use_ema)
         assert_adjusted(logits(again, x), logits(original, x))
+    resumed = timm.create_model(name, pretrained=False, num_classes=5, **kwargs)  # timm train.py --resume
+    optimizer = torch.optim.SGD(resumed.parameters(), lr=0.1, momentum=0.9)
+    assert timm.models.resume_checkpoint(resumed, str(tmp_path / "patched.pth.tar"), optimizer=optimizer) == 3
+    assert_adjusted(logits(resumed, x), logits(model, x))
     after = load_torch(tmp_path / "patched.pth.tar")
     assert vars(after["args"]) == vars(before["args"])
     for key in ("epoch", "metric", "arch", "version", "saver"):
