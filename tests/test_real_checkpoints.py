@@ -361,16 +361,26 @@ def test_transformers_vit_and_roberta(tmp_path):
     assert_adjusted(hf_logits(tmp_path / "roberta-patched", TOKENS), logits(roberta, TOKENS))
 
 
+def gpt2():
+    return text_model(transformers.GPT2ForSequenceClassification, transformers.GPT2Config, num_labels=5, n_embd=8,
+                      n_layer=1, n_head=2, n_positions=32, vocab_size=64, pad_token_id=0, bos_token_id=1,
+                      eos_token_id=2)
+
+
+def llama():
+    return text_model(transformers.LlamaForSequenceClassification, transformers.LlamaConfig, num_labels=5,
+                      pad_token_id=0, bos_token_id=1, eos_token_id=2, num_key_value_heads=2, **SMALL_TEXT)
+
+
 @pytest.mark.parametrize("add_bias", [False, True], ids=["plain", "add-bias"])
-def test_transformers_gpt2_head_without_bias_is_refused(tmp_path, add_bias):
-    """GPT2ForSequenceClassification builds `score` with bias=False: from_pretrained would drop an added bias."""
-    model = text_model(transformers.GPT2ForSequenceClassification, transformers.GPT2Config, num_labels=5, n_embd=8,
-                       n_layer=1, n_head=2, n_positions=32, vocab_size=64, pad_token_id=0, bos_token_id=1,
-                       eos_token_id=2)
-    model.save_pretrained(tmp_path / "gpt2")
-    result = apply(tmp_path, tmp_path / "gpt2", tmp_path / "patched", *(["--add-bias"] if add_bias else []))
+@pytest.mark.parametrize("build, architecture", [(gpt2, "GPT2ForSequenceClassification"),
+                                                 (llama, "LlamaForSequenceClassification")], ids=["gpt2", "llama"])
+def test_transformers_head_without_bias_is_refused(tmp_path, add_bias, build, architecture):
+    """GPT-2 and Llama build `score` with bias=False: from_pretrained would drop an added bias as unexpected."""
+    build().save_pretrained(tmp_path / "model")
+    result = apply(tmp_path, tmp_path / "model", tmp_path / "patched", *(["--add-bias"] if add_bias else []))
     assert result.exit_code == 9, result.output
-    assert "GPT2ForSequenceClassification builds it with bias=False" in result.stderr
+    assert f"head 'score' [5, 8] has no bias because {architecture} builds it with bias=False" in result.stderr
     assert "lacal apply LOGITS" in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "patched").exists()
 
