@@ -1,8 +1,9 @@
 """Reading model checkpoints and finding their classifier head.
 
-Three layouts: a .safetensors file; a PyTorch file (.pt, .pth, .bin) holding a state dict, or a training checkpoint
-that holds one under a common key; a Hugging Face model folder (config.json with model.safetensors, sharded
-safetensors with an index, or pytorch_model.bin). PyTorch files are read with weights_only=True only.
+Three layouts: a .safetensors file; a PyTorch file (.pt, .pth, .bin, .tar) holding a state dict, or a training
+checkpoint that holds one under a common key (and maybe EMA copies of it beside); a Hugging Face model folder
+(config.json with model.safetensors, sharded safetensors with an index, or pytorch_model.bin). PyTorch files are read
+with weights_only=True only.
 """
 
 from __future__ import annotations
@@ -19,7 +20,16 @@ from .load import check_readable, load_torch_file
 
 STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "network")
 WRAPPER_PREFIXES = ("module.", "_orig_mod.", "model.")
-USUAL_HEAD = re.compile(r"^(fc|head|head\.fc|classifier|classifier\.\d+|heads\.head)$")
+USUAL_HEAD = re.compile(r"^(fc|head|head\.fc|classifier|classifier\.\d+|heads\.head|classifier\.out_proj|score)$")
+USUAL_NAMES = "fc, head, head.fc, classifier, classifier.N, heads.head, classifier.out_proj, score"
+# Heads whose outputs the model averages at inference, so each gets the full offsets: timm's distilled DeiT and LeViT,
+# transformers' DeiTForImageClassificationWithTeacher. Names without wrapper prefixes.
+AVERAGED_HEADS = {"head": "head_dist", "head.linear": "head_dist.linear",
+                  "cls_classifier": "distillation_classifier"}
+# A layer name part that says "an output head" (a second one beside the chosen head is a reason to stop); not fc1 and
+# fc2, the hidden layers of transformer blocks.
+HEAD_LIKE = re.compile(r"^(fc|fc_\w+|\w+_fc|.*head.*|.*classifier.*|.*logits.*|score)$")
+TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".tar")
 HF_WEIGHT_FILES = ("model.safetensors.index.json", "model.safetensors", "pytorch_model.bin.index.json",
                    "pytorch_model.bin")
 PATCH_METADATA_KEY = "lacal_patch"
@@ -60,6 +70,7 @@ class Checkpoint:
         self.patch = patch  # the provenance record of an earlier lacal patch, if any
         self._torch_objects: dict[Path, tuple] = {}
         self.index_file: Path | None = None
+        self.config: dict | None = None  # a Hugging Face folder's config.json
 
     def tensor(self, name: str):
         """The named tensor, on the CPU."""
@@ -86,6 +97,26 @@ class Checkpoint:
         for key in keys:
             obj = obj[key]
         return obj
+
+    def copies(self, file: Path) -> dict[str, dict]:
+        """The other state dicts of a training checkpoint, beside the main one: EMA or shadow copies of the model
+        (timm's `state_dict_ema`, torchvision's `model_ema`, `ema`, ...), keyed by their top-level key."""
+        obj, keys = self.torch_object(file)
+        if not keys or not isinstance(obj, dict):
+            return {}
+        return {str(key): value for key, value in obj.items() if key != keys[0] and _is_state_dict(value)}
+
+    @property
+    def is_hugging_face(self) -> bool:
+        """A folder whose config.json names a transformers architecture or model type."""
+        return isinstance(self.config, dict) and bool(self.config.get("architectures") or
+                                                      self.config.get("model_type"))
+
+    def architecture(self) -> str:
+        names = self.config.get("architectures") if isinstance(self.config, dict) else None
+        if isinstance(names, list) and names:
+            return str(names[0])
+        return str((self.config or {}).get("model_type") or "this architecture")
 
 
 def _is_safetensors(path: Path) -> bool:
@@ -164,13 +195,13 @@ def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
     if _is_safetensors(path):
         tensors, metadata = _safetensors_tensors(path)
         return Checkpoint(path, "safetensors", tensors, patch=_patch_from_metadata(metadata, path))
-    if path.suffix.lower() in (".pt", ".pth", ".bin"):
+    if path.suffix.lower() in TORCH_SUFFIXES:
         checkpoint = Checkpoint(path, "torch", {})
         checkpoint.tensors = _torch_tensors(checkpoint, path)
         checkpoint.patch = _patch_in_torch(checkpoint, path) or _patch_beside(path)
         return checkpoint
     raise InputFileError(f"unknown checkpoint format {path.suffix or '(no suffix)'!r}; use .safetensors, .pt, .pth, "
-                         ".bin or a Hugging Face model folder", path)
+                         ".bin, .pth.tar or a Hugging Face model folder", path)
 
 
 def _as_record(value, where: str) -> dict:
@@ -248,6 +279,11 @@ def _open_folder(path: Path) -> Checkpoint:
         offset += 1 << 48  # later shards come after earlier ones
     if (path / PATCH_FILE).exists():
         checkpoint.patch = checkpoint.patch or _patch_beside_folder(path)
+    checkpoint.config = read_config(path / "config.json")
+    if checkpoint.config is not None and checkpoint.config.get(PATCH_METADATA_KEY) is not None:
+        # the copy of the record that survives transformers' from_pretrained + save_pretrained
+        checkpoint.patch = checkpoint.patch or _as_record(checkpoint.config[PATCH_METADATA_KEY],
+                                                          str(path / "config.json"))
     checkpoint.class_names = read_config_classes(path / "config.json")
     return checkpoint
 
@@ -259,14 +295,20 @@ def _patch_beside_folder(path: Path):
         return {"unreadable": str(path / PATCH_FILE)}
 
 
-def read_config_classes(config: Path) -> list[str] | None:
-    """Class names from a Hugging Face config.json (id2label), or None."""
+def read_config(config: Path) -> dict | None:
+    """A Hugging Face config.json as a dict, or None when there is none."""
     if not config.is_file():
         return None
     try:
         data = json.loads(config.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InputFileError(f"is not valid JSON: {exc}", config) from None
+    return data if isinstance(data, dict) else None
+
+
+def read_config_classes(config: Path) -> list[str] | None:
+    """Class names from a Hugging Face config.json (id2label), or None."""
+    data = read_config(config)
     labels = data.get("id2label") if isinstance(data, dict) else None
     if not isinstance(labels, dict) or not labels:
         return None
@@ -296,7 +338,7 @@ def _layers(checkpoint: Checkpoint, num_classes: int | None) -> list[Head]:
     """Every `X.weight` that is 2-D (with [C, D] when C is known), with `X.bias` when that is 1-D of length C."""
     layers = []
     for name, info in sorted(checkpoint.tensors.items(), key=lambda item: _order(item[1])):
-        if not (name == "weight" or name.endswith(".weight")) or not _linear_shape(info.shape):
+        if not (name == "weight" or name.endswith(".weight")) or not _linear_shape(info.shape) or _embedding(name):
             continue
         rows, columns = info.shape[:2]
         if num_classes is not None and rows != num_classes:
@@ -306,6 +348,11 @@ def _layers(checkpoint: Checkpoint, num_classes: int | None) -> list[Head]:
         has_bias = bias is not None and bias.shape == (rows,)
         layers.append(Head(module, name, bias_name(module) if has_bias else None, rows, columns, info.dtype))
     return layers
+
+
+def _embedding(name: str) -> bool:
+    """Token, position and patch tables ([vocab, D] and the like), never a classifier."""
+    return any("embed" in part or part in ("wte", "wpe") for part in name.lower().split("."))
 
 
 def bias_name(module: str) -> str:
@@ -356,8 +403,11 @@ def find_head(checkpoint: Checkpoint, num_classes: int | None = None, name: str 
     if usual:
         return usual[-1]
     if num_classes is None:
-        raise CheckpointError("no layer with a usual head name (fc, head, head.fc, classifier, classifier.N, "
-                              "heads.head); name the classifier with --head NAME", checkpoint.path)
+        likely = [layer for layer in layers if re.search(r"head|classifier|score|logits", layer.name.lower())]
+        found = [_describe(layer) for layer in likely + [layer for layer in layers if layer not in likely]][:5]
+        raise CheckpointError(f"no layer with a usual head name ({USUAL_NAMES}); 2-D weights include: "
+                              f"{'; '.join(found) or 'none'}; name the classifier with --head NAME, or give the "
+                              "class count through --calibration or --priors", checkpoint.path)
     if len(layers) == 1:
         return layers[0]
     if not layers:
@@ -376,15 +426,87 @@ def find_head(checkpoint: Checkpoint, num_classes: int | None = None, name: str 
                           checkpoint.path)
 
 
+def find_heads(checkpoint: Checkpoint, num_classes: int | None = None, name: str | None = None) -> list[Head]:
+    """Every layer whose output is the model's output: the head `find_head` picks, and the heads the architecture
+    averages with it (timm's distilled DeiT: `head` and `head_dist`), each of which needs the full offsets. Refused
+    (CheckpointError): another head-like layer with the same outputs when lacal cannot know how the model combines
+    them (unless --head names the one to patch), and a known architecture that transforms the head's output
+    further (torchvision's SqueezeNet)."""
+    layers = _layers(checkpoint, num_classes)
+    by_plain = {_plain_name(layer.name): layer for layer in layers}
+    pair = next(((by_plain[a], by_plain[b]) for a, b in AVERAGED_HEADS.items() if a in by_plain and b in by_plain),
+                None)
+    if pair is not None and name is None:
+        heads = list(pair)
+    else:
+        head = find_head(checkpoint, num_classes, name)
+        every = {_plain_name(layer.name): layer for layer in _layers(checkpoint, head.num_classes)}
+        plain = _plain_name(head.name)
+        partner = AVERAGED_HEADS.get(plain) or next((a for a, b in AVERAGED_HEADS.items() if b == plain), None)
+        heads = [head] + ([every[partner]] if partner in every else [])
+    if name is None:
+        others = [layer for layer in _layers(checkpoint, heads[0].num_classes)
+                  if layer not in heads and _head_like(layer) and not any(_same_sequence(layer, h) for h in heads)]
+        if others:
+            listed = "; ".join(_describe(layer) for layer in heads + others)
+            raise CheckpointError(f"several layers could be output heads ({listed}) and lacal cannot know how the "
+                                  "model combines them (patching one of several heads that the model adds or "
+                                  "averages would apply only part of the adjustment); if the model's output is one of them "
+                                  "alone, name it with --head NAME", checkpoint.path)
+    _refuse_known_nonlinear_head(checkpoint, heads)
+    return heads
+
+
+def _head_like(layer: Head) -> bool:
+    parts = _plain_name(layer.name).split(".")
+    if any(part.lower().startswith("aux") for part in parts):
+        return False  # torchvision's GoogLeNet and Inception v3: auxiliary heads feed the training loss only
+    return any(HEAD_LIKE.match(part) for part in parts)
+
+
+def _same_sequence(layer: Head, head: Head) -> bool:
+    """Two numbered layers of one nn.Sequential (classifier.0 and classifier.6): a chain, not parallel heads."""
+    parent, _, last = layer.name.rpartition(".")
+    head_parent, _, head_last = head.name.rpartition(".")
+    return parent == head_parent and last.isdigit() and head_last.isdigit()
+
+
+def _refuse_known_nonlinear_head(checkpoint: Checkpoint, heads: list[Head]) -> None:
+    """torchvision's SqueezeNet ends with classifier.1 (a 1x1 convolution), then a ReLU, then average pooling: a new
+    bias would be clipped by the ReLU, so the model's output would not move by the offsets."""
+    names = checkpoint.tensors
+    squeezenet = any(".squeeze." in n for n in names) and any(".expand1x1." in n for n in names)
+    if squeezenet and any(_plain_name(h.name) == "classifier.1" for h in heads):
+        raise CheckpointError(
+            "looks like torchvision's SqueezeNet, whose classifier.1 is followed by a ReLU and average pooling: a new "
+            "bias would be clipped by the ReLU, so the patched model would not give logits - tau * log(pi); adjust "
+            "the model's logits instead (`lacal apply LOGITS`, or Calibration.adjust in Python)", checkpoint.path)
+
+
+def head_notes(checkpoint: Checkpoint, heads: list[Head]) -> list[str]:
+    """What the user should know about the heads lacal will patch."""
+    notes = []
+    if len(heads) > 1:
+        notes.append(f"the model averages {' and '.join(repr(h.name) for h in heads)}, so each gets the full "
+                     "offsets")
+    convolutions = [h.name for h in heads if len(checkpoint.tensors[h.weight].shape) == 4]
+    if convolutions and not checkpoint.is_hugging_face:
+        notes.append(f"{convolutions[0]!r} is a 1x1 convolution and lacal cannot see what the model does after it: "
+                     "the patch is exact when only pooling, flattening or a softmax follows, not a ReLU or a "
+                     "normalisation; compare the patched model's outputs with the original's minus tau * log(pi) "
+                     "to be sure (--verify-features checks the layer itself)")
+    return notes
+
+
 def is_checkpoint(path: str | os.PathLike, key: str | None = None) -> bool:
     """Whether `lacal apply` should treat `path` as a checkpoint rather than logits: a folder with model weights, a
-    .bin file, or a .safetensors/.pt/.pth file with several tensors and no --key."""
+    .bin or .tar file, or a .safetensors/.pt/.pth file with several tensors and no --key."""
     import torch
 
     path = Path(path)
     if path.is_dir():  # a Hugging Face model folder, not a folder of logits shards
         return any((path / name).is_file() for name in HF_WEIGHT_FILES)
-    if path.suffix.lower() == ".bin":
+    if path.suffix.lower() in (".bin", ".tar"):  # .pth.tar: a training checkpoint; lacal reads no logits from .tar
         return True
     if key is not None or not path.is_file():
         return False

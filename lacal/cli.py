@@ -15,7 +15,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .errors import EXIT_CODES, LacalError, OptionError
+from .errors import EXIT_CODES, CheckpointError, LacalError, OptionError
 
 EXIT_CODE_HELP = "Exit codes: " + "; ".join(f"{code} {text}" for code, text in EXIT_CODES.items()) + "."
 
@@ -382,7 +382,7 @@ def _logits_input(inputs: list[Path], checkpoint, features, head, key, classes, 
             raise OptionError(f"expected the logits and the labels files, got {len(inputs)} path(s); or give only "
                               "the labels with --checkpoint and --features", "arguments")
         return _open_logits(inputs[:-1], key, context), inputs[-1], None
-    from .checkpoints import find_head, open_checkpoint
+    from .checkpoints import find_heads, open_checkpoint
     from .load import read_classes
     from .scoring import head_logits
 
@@ -394,7 +394,12 @@ def _logits_input(inputs: list[Path], checkpoint, features, head, key, classes, 
         _warn(f"{checkpoint} already carries a lacal patch (tau = {model.patch.get('tau')}), so its logits are "
               "adjusted already; use the original checkpoint")
     names = read_classes(classes) if classes is not None else model.class_names
-    layer = find_head(model, len(names) if names else None, head)
+    layers = find_heads(model, len(names) if names else None, head)
+    if len(layers) > 1:
+        raise CheckpointError(f"the model averages {' and '.join(repr(h.name) for h in layers)}, which read "
+                              "different features; give the model's logits instead of --checkpoint and --features",
+                              checkpoint)
+    layer = layers[0]
     features_source = _open_logits([features], key, context, what="features")
     source = head_logits(features_source, model.tensor(layer.weight), model.tensor(layer.bias) if layer.bias else None,
                          device, f"{features} through {checkpoint} ({layer.name})")
@@ -823,7 +828,8 @@ def _calibration_for(calibration, tau, train_labels, priors, num_classes, smooth
 def apply_command(
     source_path: Annotated[Path, typer.Argument(
         help="Logits (.npy, .npz, .safetensors, .pt/.pth, .csv), or a checkpoint to patch: a .safetensors or "
-             ".pt/.pth/.bin state dict with several tensors, or a Hugging Face model folder.",
+             ".pt/.pth/.bin state dict with several tensors, a training checkpoint (.pth.tar, with its EMA copies), "
+             "or a Hugging Face model folder.",
         metavar="LOGITS_OR_CHECKPOINT", show_default=False)],
     out: Annotated[Optional[Path], typer.Option(
         "--out", help="Logits output: .npy, .npz, .safetensors or .pt (adjusted logits, same shape and dtype) or "
@@ -845,7 +851,9 @@ def apply_command(
                                                         "one that already carries a lacal patch.")] = False,
     head: HeadOpt = None,
     add_bias: Annotated[bool, typer.Option("--add-bias", help="Give a head without a bias one (the model's code must "
-                                                              "then build that layer with bias=True).")] = False,
+                                                              "then build that layer with bias=True; refused for a "
+                                                              "Hugging Face folder, whose loader would drop it).")
+                        ] = False,
     in_place: Annotated[bool, typer.Option("--in-place", help="Rewrite the checkpoint itself (atomically) instead "
                                                               "of writing --out.")] = False,
     link: Annotated[bool, typer.Option("--link", help="For a Hugging Face folder: hard-link the files that do not "
@@ -958,7 +966,7 @@ def _apply_logits(logits, out, calibration, tau, train_labels, priors, top_k, cl
 def _apply_checkpoint(path, out, calibration, tau, train_labels, priors, classes, label_column, smoothing, compute,
                       force, head, add_bias, in_place, link, verify_features, key, target="uniform",
                       target_logits=None, budget=None):
-    from .checkpoints import find_head, open_checkpoint
+    from .checkpoints import find_heads, head_notes, open_checkpoint
     from .load import read_classes, read_logits, sha256_file
     from .patch import make_patch, verify_patch, write_checkpoint
 
@@ -976,15 +984,26 @@ def _apply_checkpoint(path, out, calibration, tau, train_labels, priors, classes
         fitted = _calibration_for(calibration, tau, train_labels, priors, None, smoothing, None, label_column, True,
                                   target, target_logits, key, compute, budget)
     names = read_classes(classes) if classes is not None else model.class_names
-    layer = find_head(model, fitted.num_classes if fitted else (len(names) if names else None), head)
+    count = fitted.num_classes if fitted else (len(names) if names else None)
+    if count is None and head is None and priors is not None:  # a binary or default-label model: ask the priors
+        from .priors import read_priors
+
+        count = read_priors(priors, smoothing).num_classes
+    heads = find_heads(model, count, head)
+    layer = heads[0]
     if fitted is not None:
         fitted.check_num_classes(layer.num_classes, "checkpoint's head", str(calibration))
     else:
         fitted = _calibration_for(None, tau, train_labels, priors, layer.num_classes, smoothing, names, label_column,
                                   True, target, target_logits, key, compute, budget)
+    for note in head_notes(model, heads):
+        _warn(note)
     scale, shift = fitted.affine()
-    patch = make_patch(model, layer, shift, fitted.tau,
+    patch = make_patch(model, heads, shift, fitted.tau,
                        sha256_file(calibration) if calibration is not None else None, add_bias, force, scale)
+    if patch.copies:
+        typer.echo(f"lacal: also patched the copies of the model under {', '.join(map(repr, patch.copies))}",
+                   err=True)
     if patch.earlier is not None:
         from .patch import describe_patch
 
@@ -1006,8 +1025,11 @@ def _apply_checkpoint(path, out, calibration, tau, train_labels, priors, classes
     inputs = [calibration, train_labels, priors, classes, verify_features, target_logits]
     for note in write_checkpoint(model, patch, out, force, in_place, link, inputs):
         typer.echo(f"lacal: {note}", err=True)
-    typer.echo(f"lacal: patched {layer.name!r} ({layer.num_classes} classes, tau = {fitted.tau:.4f}) and wrote "
-               f"{path if in_place else out}", err=True)
+    if patch.earlier is None and model.kind != "folder":
+        typer.echo(f"lacal: no earlier lacal patch found in {path}; a patched model saved again from its state dict "
+                   "loses the record, and then lacal cannot tell it was patched", err=True)
+    typer.echo(f"lacal: patched {' and '.join(repr(h.name) for h in heads)} ({layer.num_classes} classes, tau = "
+               f"{fitted.tau:.4f}) and wrote {path if in_place else out}", err=True)
 
 
 # --------------------------------------------------------------------------------------------------------- report

@@ -63,8 +63,9 @@ class OutputError(LacalError):
 
 
 class CheckpointError(LacalError):
-    """A checkpoint cannot be patched as asked: no classifier head, several candidates, a head without a bias, or a
-    lacal patch already in it."""
+    """A checkpoint cannot be patched as asked: no classifier head, several candidates, a head without a bias (or one
+    transformers would drop), a known architecture that transforms the head's output further, or a lacal patch
+    already in it."""
 
     exit_code = 9
 
@@ -85,6 +86,7 @@ EXIT_CODES = {
     OptionError.exit_code: "option value refused: empty or reversed tau range, missing device, conflicting options",
     MismatchError.exit_code: "inputs disagree: a calibration or class list for another number of classes",
     OutputError.exit_code: "output refused: it exists (no --force), it is an input, or it cannot be written",
-    CheckpointError.exit_code: "checkpoint refused: no classifier head, an ambiguous head, no bias, already patched",
+    CheckpointError.exit_code: "checkpoint refused: no classifier head, an ambiguous head, no bias, a nonlinearity "
+                               "after the head, already patched",
     VerificationError.exit_code: "verification failed: the patched head does not give the adjusted logits",
 }

@@ -252,7 +252,23 @@ def load_torch_file(path: Path):
         raise InputFileError(f"cannot read as a PyTorch file: {first}", path) from None
 
 
+def _safe_globals(torch):
+    """The plain classes training scripts store beside the weights, allowed through the weights_only unpickler:
+    argparse.Namespace, which timm's CheckpointSaver and torchvision's reference train.py keep as `args` (timm loads
+    its own files the same way). Rebuilding one sets attributes from the file; it runs no code."""
+    import argparse
+    import contextlib
+
+    allow = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5
+    return allow([argparse.Namespace]) if allow is not None else contextlib.nullcontext()
+
+
 def _torch_load(torch, path: Path):
+    with _safe_globals(torch):
+        return _torch_load_weights(torch, path)
+
+
+def _torch_load_weights(torch, path: Path):
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except RuntimeError as exc:

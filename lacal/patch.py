@@ -2,7 +2,8 @@
 
 Everything else is kept: in a safetensors file the header entries, their order, the other tensors' bytes and the
 file metadata are copied as they are, and only the bias bytes change; in a PyTorch file the loaded object is saved
-again with only the bias replaced. Each patch records its provenance (tau, offsets, the calibration's sha256) so that
+again with only the bias replaced, in the main state dict and in every EMA copy beside it. Every head the model
+averages gets the full offsets. Each patch records its provenance (tau, offsets, the calibration's sha256) so that
 a second patch of the same checkpoint is caught.
 """
 
@@ -13,13 +14,13 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .checkpoints import (PATCH_FILE, PATCH_METADATA_KEY, Checkpoint, Head, _is_safetensors, bias_name,
-                          patch_record_path, read_safetensors_header)
+from .checkpoints import (PATCH_FILE, PATCH_METADATA_KEY, TORCH_SUFFIXES, Checkpoint, Head, _is_safetensors,
+                          _plain_name, bias_name, patch_record_path, read_safetensors_header)
 from .errors import CheckpointError, MismatchError, OptionError, OutputError, VerificationError
 from .write import atomic_path, write_text
 
@@ -40,44 +41,122 @@ class Patch:
     record: dict
     earlier: dict | None = None  # the record of a patch already in the checkpoint (patched again with force)
     weight: object = None  # the head's weight divided by a temperature, when there is one
+    replace: dict = field(default_factory=dict)  # {tensor name: new tensor}, every head's bias (and scaled weight)
+    add: dict = field(default_factory=dict)  # {bias name: new tensor} for heads that had no bias (--add-bias)
+    copies: dict = field(default_factory=dict)  # {key of an EMA state dict in a PyTorch file: (replace, add)}
 
 
-def make_patch(checkpoint: Checkpoint, head: Head, offsets, tau: float, calibration_sha256: str | None = None,
-               add_bias: bool = False, force: bool = False, scale: float = 1.0) -> Patch:
+def make_patch(checkpoint: Checkpoint, head: Head | list[Head], offsets, tau: float,
+               calibration_sha256: str | None = None, add_bias: bool = False, force: bool = False,
+               scale: float = 1.0) -> Patch:
     """Compute the new head: bias b * scale + offsets, and weight W * scale when scale (1 / temperature) is not 1,
-    so that the head computes (W x + b) * scale + offsets. Refuse a head without a bias (unless add_bias) and an
-    already patched checkpoint (unless force)."""
+    so that the head computes (W x + b) * scale + offsets. `head` may be a list: every head the model averages,
+    each given the full offsets (the first is the one `Patch.head` names). In a training checkpoint the EMA copies
+    beside the state dict get the same change from their own bias. Refuse a head without a bias (unless add_bias;
+    always for a Hugging Face architecture, which would drop an added bias) and an already patched checkpoint
+    (unless force)."""
     import torch
 
+    heads = [head] if isinstance(head, Head) else list(head)
     if checkpoint.patch is not None and not force:
         raise CheckpointError(f"already carries a lacal patch{describe_patch(checkpoint.patch)}; patching again "
                               "would add the offset twice; pass --force if that is really what you want",
                               checkpoint.path)
     offsets = np.asarray(offsets, dtype=np.float64)
-    if offsets.shape != (head.num_classes,):
-        raise MismatchError(f"head {head.name!r} has {head.num_classes} outputs but the calibration is for "
-                            f"{offsets.shape[0]} classes", checkpoint.path)
-    if head.bias is None:
-        if not add_bias:
-            raise CheckpointError(
-                f"head {head.name!r} has a weight {list((head.num_classes, head.in_features))} but no bias, and the "
-                "adjustment is a change of bias; pass --add-bias to add one (the model's code must then build this "
-                "layer with bias=True)", checkpoint.path)
-        old = torch.zeros(head.num_classes, dtype=getattr(torch, head.dtype))
-    else:
-        old = checkpoint.tensor(head.bias)
-    exact = old.double() * scale + torch.from_numpy(offsets)
-    new = exact.to(old.dtype)
-    rounding = float((new.double() - exact).abs().max())
-    weight = None
-    if scale != 1.0:
-        original = checkpoint.tensor(head.weight)
-        weight = (original.double() * scale).to(original.dtype)
-    record = {"format": PATCH_FORMAT, "version": PATCH_VERSION, "head": head.name,
-              "bias": head.bias or bias_name(head.name), "added_bias": head.bias is None, "tau": float(tau),
-              "offsets": offsets.tolist(), "scale": scale, "calibration_sha256": calibration_sha256,
-              "bias_dtype": str(old.dtype).replace("torch.", ""), "max_rounding_error": rounding}
-    return Patch(head, new, rounding, head.bias is None, record, checkpoint.patch, weight)
+    for layer in heads:
+        if offsets.shape != (layer.num_classes,):
+            raise MismatchError(f"head {layer.name!r} has {layer.num_classes} outputs but the calibration is for "
+                                f"{offsets.shape[0]} classes", checkpoint.path)
+        if layer.bias is None:
+            _check_can_add_bias(checkpoint, layer, add_bias)
+    replace, add, rounding = _new_heads(heads, checkpoint.tensor, offsets, scale)
+    copies = {}
+    if checkpoint.kind == "torch":
+        for key, state in checkpoint.copies(checkpoint.path).items():
+            changes = _copy_changes(checkpoint, key, state, heads, offsets, scale)
+            if changes is not None:
+                copies[key] = changes[:2]
+                rounding = max(rounding, changes[2])
+    main = heads[0]
+    bias = main.bias or bias_name(main.name)
+    new = replace.get(bias, add.get(bias))
+    record = {"format": PATCH_FORMAT, "version": PATCH_VERSION, "head": main.name, "bias": bias,
+              "added_bias": main.bias is None, "tau": float(tau), "offsets": offsets.tolist(), "scale": scale,
+              "calibration_sha256": calibration_sha256, "bias_dtype": str(new.dtype).replace("torch.", ""),
+              "max_rounding_error": rounding, "heads": [layer.name for layer in heads], "copies": list(copies)}
+    return Patch(main, new, rounding, main.bias is None, record, checkpoint.patch, replace.get(main.weight),
+                 replace, add, copies)
+
+
+def _check_can_add_bias(checkpoint: Checkpoint, head: Head, add_bias: bool) -> None:
+    shape = list((head.num_classes, head.in_features))
+    if checkpoint.is_hugging_face:
+        raise CheckpointError(
+            f"head {head.name!r} {shape} has no bias because {checkpoint.architecture()} builds it with bias=False, "
+            "and the adjustment is a change of bias: transformers would drop an added bias as an unexpected key when "
+            "loading, leaving the model unadjusted. Adjust the model's logits instead (`lacal apply LOGITS`, or "
+            "Calibration.adjust in Python), or add the offsets to the outputs of an exported model",
+            checkpoint.path)
+    if not add_bias:
+        raise CheckpointError(
+            f"head {head.name!r} has a weight {shape} but no bias, and the adjustment is a change of bias; pass "
+            "--add-bias to add one (the model's code must then build this layer with bias=True)", checkpoint.path)
+
+
+def _new_heads(heads: list[Head], tensor, offsets: np.ndarray, scale: float, names=None) -> tuple[dict, dict, float]:
+    """({name: new tensor} replacing biases and scaled weights, {name: new bias} for heads without one, the largest
+    rounding error of the new biases). `tensor(name)` reads a tensor; `names` maps a head's tensor names to those of
+    the state dict being patched (an EMA copy's)."""
+    import torch
+
+    names = names or {}
+    replace, add, rounding = {}, {}, 0.0
+    for layer in heads:
+        weight_name = names.get(layer.weight, layer.weight)
+        bias = names.get(layer.bias, layer.bias) if layer.bias else None
+        if bias is None:
+            old = torch.zeros(layer.num_classes, dtype=tensor(weight_name).dtype)
+        else:
+            old = tensor(bias)
+        exact = old.double() * scale + torch.from_numpy(offsets)
+        new = exact.to(old.dtype)
+        rounding = max(rounding, float((new.double() - exact).abs().max()))
+        if bias is None:
+            add[bias_name(weight_name[: -len("weight")].rstrip("."))] = new
+        else:
+            replace[bias] = new
+        if scale != 1.0:
+            original = tensor(weight_name)
+            replace[weight_name] = (original.double() * scale).to(original.dtype)
+    return replace, add, rounding
+
+
+def _copy_changes(checkpoint: Checkpoint, key: str, state: dict, heads: list[Head], offsets, scale):
+    """The changes for an EMA copy of the model under `key`: the same heads, found by name without wrapper prefixes
+    (torchvision's EMA adds `module.`, a DDP state dict has it and timm's EMA does not). None when the copy holds no
+    such head (it is not a copy of this model)."""
+    plain = {}
+    for name in state:
+        plain.setdefault(_plain_name(str(name)), []).append(str(name))
+    names = {}
+    for layer in heads:
+        found = plain.get(_plain_name(layer.weight), [])
+        if not found:
+            if layer is heads[0]:
+                return None
+            raise CheckpointError(f"the state dict {key!r} beside the model has no {layer.weight!r}", checkpoint.path)
+        if len(found) > 1 or tuple(state[found[0]].shape) != tuple(checkpoint.tensors[layer.weight].shape):
+            raise CheckpointError(f"the state dict {key!r} beside the model holds {layer.weight!r} differently "
+                                  "(another shape or several matches); lacal cannot tell whether it is a copy of the "
+                                  "model to patch too", checkpoint.path)
+        names[layer.weight] = found[0]
+        if layer.bias:
+            bias = plain.get(_plain_name(layer.bias), [])
+            if len(bias) != 1:
+                raise CheckpointError(f"the state dict {key!r} beside the model has {layer.weight!r} but no bias for "
+                                      "it", checkpoint.path)
+            names[layer.bias] = bias[0]
+    return _new_heads(heads, lambda name: state[name], offsets, scale, names)
 
 
 def describe_patch(record: dict) -> str:
@@ -173,14 +252,33 @@ def write_safetensors(source: Path, target: Path, replace: dict, add: dict, meta
             writer.write(data)
 
 
-def write_torch(checkpoint: Checkpoint, file: Path, target: Path, replace: dict, add: dict, record: dict) -> None:
+def write_torch(checkpoint: Checkpoint, file: Path, target: Path, replace: dict, add: dict, record: dict,
+                copies: dict | None = None) -> None:
     """Save the loaded object of `file` again to `target` with the tensors in `replace` swapped and those in `add`
-    inserted right after their layer's weight. The provenance `record` goes into the state dict's _metadata (which
-    load_state_dict ignores for names that are no module), or beside the state dict in a training checkpoint."""
+    inserted right after their layer's weight, and likewise in the EMA copies (`copies`: {key: (replace, add)}).
+    Every other key of a training checkpoint (optimizer, epoch, args, ...) is kept. The provenance `record` goes
+    into the state dicts' _metadata (which load_state_dict ignores for names that are no module), and beside the
+    state dict in a training checkpoint."""
     import torch
 
     obj, keys = checkpoint.torch_object(file)
-    state = checkpoint.state_dict(file)
+    new_state = _changed_state(checkpoint.state_dict(file), replace, add, record)
+    if keys:
+        outer = type(obj)(obj)
+        outer[keys[0]] = new_state
+        for key, (copy_replace, copy_add) in (copies or {}).items():
+            outer[key] = _changed_state(obj[key], copy_replace, copy_add, record)
+        outer[PATCH_METADATA_KEY] = record
+        new_obj = outer
+    else:
+        new_obj = new_state
+    try:
+        torch.save(new_obj, target)
+    except RuntimeError as exc:
+        raise OSError(str(exc).splitlines()[0] if str(exc) else "torch.save failed") from None
+
+
+def _changed_state(state: dict, replace: dict, add: dict, record: dict) -> dict:
     new_state = type(state)() if isinstance(state, dict) else {}
     for name, tensor in state.items():
         new_state[name] = replace.get(name, tensor)
@@ -193,36 +291,21 @@ def write_torch(checkpoint: Checkpoint, file: Path, target: Path, replace: dict,
         new_state._metadata = collections.OrderedDict()
     if hasattr(new_state, "_metadata"):
         new_state._metadata[PATCH_METADATA_KEY] = record
-    if keys:
-        outer = type(obj)(obj)
-        outer[keys[0]] = new_state
-        outer[PATCH_METADATA_KEY] = record
-        new_obj = outer
-    else:
-        new_obj = new_state
-    try:
-        torch.save(new_obj, target)
-    except RuntimeError as exc:
-        raise OSError(str(exc).splitlines()[0] if str(exc) else "torch.save failed") from None
+    return new_state
 
 
-def _changes(patch: Patch) -> tuple[dict, dict]:
-    name = patch.record["bias"]
-    replace, add = ({}, {name: patch.bias}) if patch.added_bias else ({name: patch.bias}, {})
-    if patch.weight is not None:
-        replace[patch.head.weight] = patch.weight
-    return replace, add
+def _weight_of(bias: str) -> str:
+    return bias[: -len("bias")] + "weight"
 
 
 def _write_one(checkpoint: Checkpoint, file: Path, target: Path, patch: Patch) -> None:
     """Write `file` with the patch's changes to the tensors it holds (a new bias goes beside the weight)."""
-    replace, add = _changes(patch)
-    replace = {name: tensor for name, tensor in replace.items() if checkpoint.tensors[name].file == file}
-    add = add if checkpoint.tensors[patch.head.weight].file == file else {}
+    replace = {name: tensor for name, tensor in patch.replace.items() if checkpoint.tensors[name].file == file}
+    add = {name: tensor for name, tensor in patch.add.items() if checkpoint.tensors[_weight_of(name)].file == file}
     if _is_safetensors(file):
         write_safetensors(file, target, replace, add, {PATCH_METADATA_KEY: json.dumps(patch.record)})
     else:
-        write_torch(checkpoint, file, target, replace, add, patch.record)
+        write_torch(checkpoint, file, target, replace, add, patch.record, patch.copies)
 
 
 def write_checkpoint(checkpoint: Checkpoint, patch: Patch, out: Path | None, force: bool = False,
@@ -234,7 +317,7 @@ def write_checkpoint(checkpoint: Checkpoint, patch: Patch, out: Path | None, for
     if checkpoint.kind == "folder":
         return _write_folder(checkpoint, patch, out, force, in_place, link, inputs)
     target = checkpoint.path if in_place else Path(out)
-    allowed = (".safetensors",) if checkpoint.kind == "safetensors" else (".pt", ".pth", ".bin")
+    allowed = (".safetensors",) if checkpoint.kind == "safetensors" else TORCH_SUFFIXES
     if target.suffix.lower() not in allowed:
         raise OutputError(f"a patched {checkpoint.kind} checkpoint is written as {' or '.join(allowed)}", target)
     with atomic_path(target, force or in_place, [] if in_place else [checkpoint.path, *inputs]) as temporary:
@@ -249,25 +332,24 @@ def write_checkpoint(checkpoint: Checkpoint, patch: Patch, out: Path | None, for
 def _changed_files(checkpoint: Checkpoint, patch: Patch) -> set[Path]:
     """The files the patch rewrites: those holding the bias (or, for a new bias, the weight) and, with a
     temperature, the weight."""
-    replace, add = _changes(patch)
-    files = {checkpoint.tensors[name].file for name in replace}
-    if add:
-        files.add(checkpoint.tensors[patch.head.weight].file)
-    return files
+    return {checkpoint.tensors[name].file for name in patch.replace} | \
+        {checkpoint.tensors[_weight_of(name)].file for name in patch.add}
 
 
 def _write_folder(checkpoint: Checkpoint, patch: Patch, out: Path | None, force: bool, in_place: bool,
                   link: bool, inputs=()) -> list[str]:
     source = checkpoint.path
     changed = _changed_files(checkpoint, patch)
-    weight_shard = checkpoint.tensors[patch.head.weight].file
     index = checkpoint.index_file
+    config = source / "config.json"
     if in_place:
         for shard in sorted(changed):
             with atomic_path(shard, force=True) as temporary:
                 _write_one(checkpoint, shard, temporary, patch)
-        if index is not None and patch.added_bias:
-            write_text(index, _index_with_bias(index, patch, weight_shard), force=True)
+        if index is not None and patch.add:
+            write_text(index, _index_with_bias(index, checkpoint, patch), force=True)
+        if checkpoint.config is not None:
+            write_text(config, _config_with_record(checkpoint.config, patch), force=True)
         write_text(source / PATCH_FILE, json.dumps(patch.record, indent=2) + "\n", force=True)
         return []
     out = Path(out)
@@ -294,8 +376,10 @@ def _write_folder(checkpoint: Checkpoint, patch: Patch, out: Path | None, force:
             target.parent.mkdir(parents=True, exist_ok=True)
             if item in changed:
                 _write_one(checkpoint, item, target, patch)
-            elif item == index and patch.added_bias:
-                target.write_text(_index_with_bias(index, patch, weight_shard), encoding="utf-8")
+            elif item == index and patch.add:
+                target.write_text(_index_with_bias(index, checkpoint, patch), encoding="utf-8")
+            elif item == config and checkpoint.config is not None:
+                target.write_text(_config_with_record(checkpoint.config, patch), encoding="utf-8")
             elif item.name == PATCH_FILE:
                 continue
             elif link:
@@ -335,9 +419,17 @@ def _replace_folder(staging: Path, out: Path) -> None:
     shutil.rmtree(backup, ignore_errors=True)
 
 
-def _index_with_bias(index: Path, patch: Patch, shard: Path) -> str:
+def _index_with_bias(index: Path, checkpoint: Checkpoint, patch: Patch) -> str:
     data = json.loads(index.read_text(encoding="utf-8"))
-    data["weight_map"][patch.record["bias"]] = shard.name
-    if isinstance(data.get("metadata"), dict) and "total_size" in data["metadata"]:
-        data["metadata"]["total_size"] += patch.bias.numel() * patch.bias.element_size()
+    for name, bias in patch.add.items():
+        data["weight_map"][name] = checkpoint.tensors[_weight_of(name)].file.name
+        if isinstance(data.get("metadata"), dict) and "total_size" in data["metadata"]:
+            data["metadata"]["total_size"] += bias.numel() * bias.element_size()
     return json.dumps(data, indent=2) + "\n"
+
+
+def _config_with_record(config: dict, patch: Patch) -> str:
+    """config.json with the patch record under `lacal_patch`: transformers keeps keys it does not know through
+    from_pretrained and save_pretrained, so the record survives a re-save that drops the safetensors metadata and
+    lacal_patch.json."""
+    return json.dumps({**config, PATCH_METADATA_KEY: patch.record}, indent=2) + "\n"

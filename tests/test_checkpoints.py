@@ -215,6 +215,19 @@ def test_missing_bias(tmp_path, calibration):
                                    rtol=1e-5, atol=1e-5)
 
 
+def test_ema_copy_without_bias_gets_one_too(tmp_path, calibration):
+    """--add-bias on a training checkpoint adds the bias to the model and to its EMA copy, each beside its weight."""
+    model, ema = build(TorchvisionLike, bias=False), build(TorchvisionLike, seed=1, bias=False)
+    torch.save({"epoch": 3, "state_dict": model.state_dict(), "state_dict_ema": ema.state_dict()}, tmp_path / "m.pt")
+    result = run("apply", tmp_path / "m.pt", "--calibration", calibration, "--out", tmp_path / "p.pt", "--add-bias")
+    assert result.exit_code == 0, result.output
+    saved = torch.load(tmp_path / "p.pt", weights_only=True)
+    assert saved["epoch"] == 3
+    for key, original in (("state_dict", model), ("state_dict_ema", ema)):
+        assert list(saved[key]).index("fc.bias") == list(saved[key]).index("fc.weight") + 1
+        _assert_predicts_adjusted(TorchvisionLike, original, saved[key], bias=True)
+
+
 def test_malicious_checkpoint_is_refused(tmp_path, calibration):
     marker = tmp_path / "pwned"
 
@@ -244,7 +257,10 @@ def test_hugging_face_folder(tmp_path, calibration, shards, layout):
     head_file = checkpoint.tensors["head.fc.bias"].file.name
     for name in files_in:
         same = (tmp_path / "hf" / name).read_bytes() == (tmp_path / "out" / name).read_bytes()
-        assert same == (name != head_file), name  # only the head's file changed
+        assert same == (name not in (head_file, "config.json")), name  # only the head's file and the config changed
+    config_in = json.loads((tmp_path / "hf" / "config.json").read_text())
+    config_out = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config_out.pop("lacal_patch")["offsets"] == pytest.approx(OFFSETS.tolist()) and config_out == config_in
     state = {name: checkpoint.tensor(name) for name in checkpoint.tensors}
     _assert_predicts_adjusted(TimmLike, model, state)
     assert json.loads((tmp_path / "out" / "lacal_patch.json").read_text())["tau"] == TAU
@@ -260,10 +276,11 @@ def test_hugging_face_folder_hard_links_and_in_place(tmp_path, calibration):
     head_file = open_checkpoint(tmp_path / "hf").tensors["head.fc.bias"].file.name
     for item in (tmp_path / "hf").iterdir():
         linked = os.stat(item).st_ino == os.stat(tmp_path / "out" / item.name).st_ino
-        assert linked == (item.name != head_file)
+        assert linked == (item.name not in (head_file, "config.json"))
     in_place = run("apply", tmp_path / "hf", "--calibration", calibration, "--in-place")
     assert in_place.exit_code == 0, in_place.output
     assert (tmp_path / "hf" / "lacal_patch.json").exists()
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["lacal_patch"]["tau"] == TAU
     assert (tmp_path / "hf" / head_file).read_bytes() == (tmp_path / "out" / head_file).read_bytes()
 
 
@@ -281,7 +298,8 @@ def test_failure_mid_write_leaves_no_file(tmp_path):
     checkpoint = open_checkpoint(tmp_path / "m.safetensors")
     head = find_head(checkpoint, C)
     good = make_patch(checkpoint, head, OFFSETS, TAU)
-    bad = Patch(head, torch.zeros(C + 1), 0.0, False, good.record)  # bytes that do not fit the bias slot
+    bad = Patch(head, torch.zeros(C + 1), 0.0, False, good.record,  # bytes that do not fit the bias slot
+                replace={"fc.bias": torch.zeros(C + 1)})
     with pytest.raises(CheckpointError, match="do not fit"):
         write_checkpoint(checkpoint, bad, tmp_path / "p.safetensors")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]
@@ -438,6 +456,7 @@ def test_one_by_one_convolution_head(tmp_path, calibration):
     result = run("apply", tmp_path / "m.safetensors", "--calibration", calibration, "--out",
                  tmp_path / "p.safetensors")
     assert result.exit_code == 0, result.output
+    assert "'head.fc' is a 1x1 convolution and lacal cannot see what the model does after it" in result.stderr
     patched = nn_conv_model()
     patched.load_state_dict(load_file(tmp_path / "p.safetensors"))
     x = torch.randn(4, D, 3, 3)
