@@ -2,7 +2,8 @@
 `module(x)` returns the adjusted (and, with a temperature, calibrated) logits with no change to the user's code.
 
 The head is found the way checkpoint patching finds it (a Linear or 1x1 convolution, by usual name and by the
-number of classes), from the module's own state dict. The patch is recorded on the module (`module.lacal_patch`), so
+number of classes, with the heads a known architecture averages, and the same refusals), from the module's own state
+dict. The patch is recorded on the module (`module.lacal_patch`), so
 a second call is refused instead of adding the offsets twice.
 """
 
@@ -25,7 +26,8 @@ class PatchResult:
     """What `patch_module` changed.
 
     Attributes:
-        head: the name of the patched layer inside the module (`""` for a bare layer).
+        heads: the names of the patched layers inside the module (`""` for a bare layer); two when the model averages
+            two heads (timm's distilled DeiT: `head` and `head_dist`), each of which gets the full offsets.
         num_classes: the head's output width.
         tau: the calibration's tau.
         added_bias: whether the head had no bias and was given one.
@@ -35,7 +37,7 @@ class PatchResult:
         warnings: notes for the user (an added bias, a low-precision bias, a patch applied again with force).
     """
 
-    head: str
+    heads: tuple[str, ...]
     num_classes: int
     tau: float
     added_bias: bool
@@ -45,7 +47,7 @@ class PatchResult:
     warnings: tuple[str, ...] = field(default=())
 
     def to_dict(self) -> dict:
-        return {"head": self.head, "num_classes": self.num_classes, "tau": self.tau, "added_bias": self.added_bias,
+        return {"heads": list(self.heads), "num_classes": self.num_classes, "tau": self.tau, "added_bias": self.added_bias,
                 "scale": self.scale, "max_rounding_error": self.max_rounding_error, "record": self.record,
                 "warnings": list(self.warnings)}
 
@@ -119,7 +121,7 @@ def patch_module(module, calibration, *, head: str | None = None, add_bias: bool
     """
     import torch
 
-    from .checkpoints import find_head
+    from .checkpoints import bias_name, find_heads, head_notes
     from .patch import PATCH_FORMAT, PATCH_VERSION, describe_patch
 
     if not isinstance(module, torch.nn.Module):
@@ -132,48 +134,58 @@ def patch_module(module, calibration, *, head: str | None = None, add_bias: bool
             raise CheckpointError(f"already carries a lacal patch{describe_patch(earlier)}; patching again would add "
                                   "the offsets twice; pass force=True if that is really what you want", "module")
         warnings.append(f"the module already carried a lacal patch{describe_patch(earlier)}; the offsets add up")
-    found = find_head(_module_checkpoint(module), calibration.num_classes, head)
-    calibration.check_num_classes(found.num_classes, "module's head")
-    layer = _layer(module, found.name)
-    if layer.bias is None and not add_bias:
-        raise CheckpointError(f"head {found.name!r} has no bias, and the adjustment is a change of bias; pass "
+    checkpoint = _module_checkpoint(module)
+    heads = find_heads(checkpoint, calibration.num_classes, head)
+    calibration.check_num_classes(heads[0].num_classes, "module's head")
+    layers = [_layer(module, found.name) for found in heads]
+    bare = [found.name for found, layer in zip(heads, layers) if layer.bias is None]
+    if bare and not add_bias:
+        raise CheckpointError(f"head {bare[0]!r} has no bias, and the adjustment is a change of bias; pass "
                               "add_bias=True to give it one", "module")
+    warnings += [note.replace(" (--verify-features checks the layer itself)", "; verify_inputs=x does")
+                 for note in head_notes(checkpoint, heads)]
     scale, shift = calibration.affine()
     before = _outputs(module, verify_inputs) if verify_inputs is not None else None
-    saved = (layer.weight.detach().clone(), None if layer.bias is None else layer.bias.detach().clone())
+    saved = [(layer.weight.detach().clone(), None if layer.bias is None else layer.bias.detach().clone())
+             for layer in layers]
+    rounding = 0.0
     with torch.no_grad():
-        weight = layer.weight
-        if layer.bias is None:
-            layer.bias = torch.nn.Parameter(torch.zeros(found.num_classes, dtype=weight.dtype, device=weight.device),
-                                            requires_grad=weight.requires_grad)
-            warnings.append(f"added a bias to {found.name!r}")
-        exact = layer.bias.detach().double() * scale + torch.as_tensor(shift, dtype=torch.float64,
-                                                                      device=weight.device)
-        layer.bias.copy_(exact.to(layer.bias.dtype))
-        rounding = float((layer.bias.detach().double() - exact).abs().max())
-        if scale != 1.0:
-            weight.mul_(scale)
-    if layer.bias.dtype not in (torch.float32, torch.float64):
-        warnings.append(f"the bias stays {str(layer.bias.dtype).replace('torch.', '')}; rounding moved the offsets "
-                        f"by at most {rounding:.3g}")
+        for found, layer in zip(heads, layers):
+            weight = layer.weight
+            if layer.bias is None:
+                layer.bias = torch.nn.Parameter(torch.zeros(found.num_classes, dtype=weight.dtype,
+                                                            device=weight.device),
+                                                requires_grad=weight.requires_grad)
+                warnings.append(f"added a bias to {found.name!r}")
+            exact = layer.bias.detach().double() * scale + torch.as_tensor(shift, dtype=torch.float64,
+                                                                          device=weight.device)
+            layer.bias.copy_(exact.to(layer.bias.dtype))
+            rounding = max(rounding, float((layer.bias.detach().double() - exact).abs().max()))
+            if scale != 1.0:
+                weight.mul_(scale)
+    dtype = layers[0].bias.dtype
+    if dtype not in (torch.float32, torch.float64):
+        warnings.append(f"the bias stays {str(dtype).replace('torch.', '')}; rounding moved the offsets by at most "
+                        f"{rounding:.3g}")
     if before is not None:
         try:
-            _verify(module, verify_inputs, before, scale, shift, rounding, layer.weight.dtype)
+            _verify(module, verify_inputs, before, scale, shift, rounding, layers[0].weight.dtype)
         except LacalError:
             with torch.no_grad():
-                layer.weight.copy_(saved[0])
-                if saved[1] is None:
-                    layer.bias = None
-                else:
-                    layer.bias.copy_(saved[1])
+                for layer, (weight, bias) in zip(layers, saved):
+                    layer.weight.copy_(weight)
+                    if bias is None:
+                        layer.bias = None
+                    else:
+                        layer.bias.copy_(bias)
             raise
-    record = {"format": PATCH_FORMAT, "version": PATCH_VERSION, "head": found.name,
-              "bias": found.bias or (f"{found.name}.bias" if found.name else "bias"), "added_bias": found.bias is None,
-              "tau": float(calibration.tau), "offsets": np.asarray(shift, dtype=np.float64).tolist(), "scale": scale,
-              "calibration_sha256": None, "bias_dtype": str(layer.bias.dtype).replace("torch.", ""),
-              "max_rounding_error": rounding}
+    names = [found.name for found in heads]
+    record = {"format": PATCH_FORMAT, "version": PATCH_VERSION, "head": names[0], "heads": names,
+              "bias": heads[0].bias or bias_name(names[0]), "added_bias": bool(bare), "tau": float(calibration.tau),
+              "offsets": np.asarray(shift, dtype=np.float64).tolist(), "scale": scale, "calibration_sha256": None,
+              "bias_dtype": str(dtype).replace("torch.", ""), "max_rounding_error": rounding}
     setattr(module, RECORD_ATTRIBUTE, record)
-    return PatchResult(found.name, found.num_classes, float(calibration.tau), found.bias is None, scale, rounding,
+    return PatchResult(tuple(names), heads[0].num_classes, float(calibration.tau), bool(bare), scale, rounding,
                        record, tuple(warnings))
 
 

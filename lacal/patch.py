@@ -95,7 +95,8 @@ def _check_can_add_bias(checkpoint: Checkpoint, head: Head, add_bias: bool) -> N
             f"head {head.name!r} {shape} has no bias because {checkpoint.architecture()} builds it with bias=False, "
             "and the adjustment is a change of bias: transformers would drop an added bias as an unexpected key when "
             "loading, leaving the model unadjusted. Adjust the model's logits instead (`lacal apply LOGITS`, or "
-            "Calibration.adjust in Python), or add the offsets to the outputs of an exported model",
+            "Calibration.adjust in Python), give the loaded model a bias in memory with "
+            "lacal.patch_module(model, calibration, add_bias=True), or add the offsets to an exported model",
             checkpoint.path)
     if not add_bias:
         raise CheckpointError(

@@ -39,9 +39,9 @@ def test_torchvision_resnet_and_mobilenet():
     torchvision = pytest.importorskip("torchvision")
     torch.manual_seed(0)
     images = torch.randn(2, 3, 64, 64)
-    assert check(torchvision.models.resnet18(num_classes=5), images, calibration()).head == "fc"
+    assert check(torchvision.models.resnet18(num_classes=5), images, calibration()).heads == ("fc",)
     result = check(torchvision.models.mobilenet_v3_small(num_classes=5), images, calibration(tau=0.7))
-    assert result.head == "classifier.3"
+    assert result.heads == ("classifier.3",)
 
 
 def test_timm_vit_and_a_temperature():
@@ -49,7 +49,16 @@ def test_timm_vit_and_a_temperature():
     torch.manual_seed(1)
     model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=5, img_size=32, patch_size=8)
     result = check(model, torch.randn(2, 3, 32, 32), calibration(temperature=2.0, bias=np.linspace(-0.5, 0.5, 5)))
-    assert result.head == "head" and result.scale == 0.5
+    assert result.heads == ("head",) and result.scale == 0.5
+
+
+def test_timm_distilled_deit_patches_both_averaged_heads():
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(6)
+    model = timm.create_model("deit_tiny_distilled_patch16_224", pretrained=False, num_classes=5, img_size=32,
+                              patch_size=8)
+    result = check(model, torch.randn(2, 3, 32, 32), calibration(tau=0.9))  # eval: the mean of the two heads
+    assert result.heads == ("head", "head_dist") and any("averages" in w for w in result.warnings)
 
 
 def test_wrapped_module_and_explicit_head():
@@ -57,7 +66,7 @@ def test_wrapped_module_and_explicit_head():
     net = torch.nn.Sequential(torch.nn.Linear(7, 5), torch.nn.Tanh(), torch.nn.Linear(5, 5))
     wrapped = torch.nn.DataParallel(net)  # names become module.0, module.2
     result = check(wrapped, torch.randn(4, 7), calibration(), head="2")
-    assert result.head == "module.2"
+    assert result.heads == ("module.2",)
     with pytest.raises(CheckpointError, match="already carries a lacal patch"):
         lacal.patch_module(wrapped, calibration(), head="2")
 
@@ -82,21 +91,36 @@ def test_add_bias_in_memory_and_a_width_mismatch():
         lacal.patch_module(torch.nn.Sequential(torch.nn.Linear(4, 6)), calibration(), head="0")
 
 
-def test_verify_inputs_catches_a_relu_after_the_head_and_restores_the_module():
+def test_squeezenet_is_refused_and_verify_inputs_catches_an_unknown_relu():
     torchvision = pytest.importorskip("torchvision")
+    with pytest.raises(CheckpointError, match="SqueezeNet"):  # 1x1 conv -> ReLU -> average pool: known, refused
+        lacal.patch_module(torchvision.models.squeezenet1_1(num_classes=5), calibration())
+
+    class Clipped(torch.nn.Module):  # a ReLU after the head that lacal cannot see
+        def __init__(self):
+            super().__init__()
+            self.body = torch.nn.Linear(6, 8)
+            self.fc = torch.nn.Linear(8, 5)
+
+        def forward(self, x):
+            return torch.relu(self.fc(torch.tanh(self.body(x))))
+
     torch.manual_seed(4)
-    model = torchvision.models.squeezenet1_1(num_classes=5).eval()  # 1x1 conv -> ReLU -> average pool
-    images = torch.randn(2, 3, 64, 64)
+    model = Clipped().eval()
+    x = torch.randn(16, 6)
     with torch.no_grad():
-        before = model(images)
+        before = model(x)
     state = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(VerificationError, match="something after the head"):
-        lacal.patch_module(model, calibration(tau=2.0), verify_inputs=images)
+        lacal.patch_module(model, calibration(tau=2.0), verify_inputs=x)
     for name, tensor in model.state_dict().items():
         torch.testing.assert_close(tensor, state[name], rtol=0, atol=0)
     with torch.no_grad():
-        torch.testing.assert_close(model(images), before, rtol=0, atol=0)
+        torch.testing.assert_close(model(x), before, rtol=0, atol=0)
     assert not hasattr(model, "lacal_patch")
+    without_relu = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh())
+    without_relu.add_module("fc", torch.nn.Linear(8, 5))
+    check(without_relu, x, calibration(tau=2.0), verify_inputs=x)  # verification passes when nothing follows
 
 
 def test_bfloat16_head_reports_its_rounding():
