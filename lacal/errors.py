@@ -75,6 +75,12 @@ class VerificationError(LacalError):
     exit_code = 10
 
 
+class MissingDependencyError(LacalError):
+    """An optional package that this input needs is not installed (onnx and onnxruntime, for ONNX models)."""
+
+    exit_code = 11
+
+
 EXIT_CODES = {
     0: "success",
     1: "unexpected internal error (please report it with the traceback)",
@@ -87,4 +93,5 @@ EXIT_CODES = {
     OutputError.exit_code: "output refused: it exists (no --force), it is an input, or it cannot be written",
     CheckpointError.exit_code: "checkpoint refused: no classifier head, an ambiguous head, no bias, already patched",
     VerificationError.exit_code: "verification failed: the patched head does not give the adjusted logits",
+    MissingDependencyError.exit_code: "an optional package is missing: pip install 'lacal[onnx]' for ONNX models",
 }
