@@ -173,6 +173,8 @@ def find_onnx_head(file: OnnxFile, num_classes: int | None = None, output: str |
     else:
         widths = {name: (file.shapes.get(name) or [None])[-1] for name in outputs}
         matching = [n for n in outputs if widths[n] == num_classes] if num_classes is not None else outputs
+        if len(matching) > 1 and "logits" in matching:
+            matching = ["logits"]
         if len(matching) != 1:
             described = ", ".join(f"{n} ({widths[n] if widths[n] else '?'} columns)" for n in outputs)
             if not matching:
