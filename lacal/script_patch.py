@@ -83,8 +83,9 @@ class ScriptFile:
         return find_head(self.tensors, num_classes, name)
 
 
-def open_script(path) -> ScriptFile:
-    """Load a TorchScript file or a torch.export .pt2 archive with its extra files."""
+def open_script(path, kind: str | None = None) -> ScriptFile:
+    """Load a TorchScript file or a torch.export .pt2 archive (`kind` "torchscript" or "export"; by the suffix when
+    None) with its extra files."""
     import warnings
 
     import torch
@@ -95,16 +96,16 @@ def open_script(path) -> ScriptFile:
     path = check_readable(path)
     extras = {name: "" for name in _extra_names(path)}
     extras.setdefault(PATCH_EXTRA_FILE, "")
-    if is_export(path):
+    kind = kind or ("export" if is_export(path) else "torchscript")
+    if kind == "export":
         _check_export_archive(path)
         try:
-            with _weights_only_everywhere(), warnings.catch_warnings():
+            with _weights_only_everywhere(), warnings.catch_warnings(), open(path, "rb") as handle:
                 warnings.simplefilter("ignore")
-                program = torch.export.load(str(path), extra_files=extras)
+                program = torch.export.load(handle, extra_files=extras)
         except Exception as exc:  # torch.export.load raises many kinds; none may escape as a traceback
             raise InputFileError(f"cannot load as a torch.export program: {_first_line(exc)}", path) from None
         state = dict(program.state_dict)
-        kind = "export"
     else:
         try:
             with warnings.catch_warnings():
@@ -114,7 +115,6 @@ def open_script(path) -> ScriptFile:
             raise InputFileError(f"cannot load as a TorchScript model: {_first_line(exc)}", path) from None
         state = dict(program.named_parameters())
         state.update((name, tensor) for name, tensor in program.named_buffers() if name not in state)
-        kind = "torchscript"
     record = extras.pop(PATCH_EXTRA_FILE, "")
     record = record.decode("utf-8", "replace") if isinstance(record, bytes) else record
     patch = None
@@ -179,12 +179,13 @@ def write_script(file: ScriptFile, patch, out, force: bool = False, in_place: bo
     result = None
     with atomic_path(target, force or in_place, [] if in_place else [file.path, *inputs]) as temporary:
         if file.kind == "export":
-            torch.export.save(file.program, str(temporary), extra_files=extras)
+            with open(temporary, "wb") as handle:  # a file object: the temporary name does not end in .pt2
+                torch.export.save(file.program, handle, extra_files=extras)
         else:
             torch.jit.save(file.program, str(temporary), _extra_files=extras)
         if in_place:
             shutil.copymode(file.path, temporary)
-        written = open_script(temporary)
+        written = open_script(temporary, file.kind)
         for name, value in changes.items():
             if not torch.equal(written.tensors.state[name].detach().reshape(value.shape), value):
                 raise VerificationError(f"the written file does not hold the new {name!r}; nothing was written",
