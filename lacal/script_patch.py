@@ -109,7 +109,8 @@ def open_script(path, kind: str | None = None) -> ScriptFile:
     else:
         try:
             with warnings.catch_warnings():
-                warnings.simplefilter("ignore", DeprecationWarning)
+                warnings.simplefilter("ignore", DeprecationWarning)  # "switch to torch.export": the user's choice
+                warnings.simplefilter("ignore", FutureWarning)
                 program = torch.jit.load(str(path), map_location="cpu", _extra_files=extras)
         except (RuntimeError, ValueError) as exc:
             raise InputFileError(f"cannot load as a TorchScript model: {_first_line(exc)}", path) from None
@@ -156,6 +157,7 @@ def write_script(file: ScriptFile, patch, out, force: bool = False, in_place: bo
     inputs) the original and the patched model are run on them and compared. Returns (rows, max difference,
     tolerance) of that comparison, or None."""
     import shutil
+    import warnings
 
     import torch
 
@@ -182,7 +184,9 @@ def write_script(file: ScriptFile, patch, out, force: bool = False, in_place: bo
             with open(temporary, "wb") as handle:  # a file object: the temporary name does not end in .pt2
                 torch.export.save(file.program, handle, extra_files=extras)
         else:
-            torch.jit.save(file.program, str(temporary), _extra_files=extras)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)
+                torch.jit.save(file.program, str(temporary), _extra_files=extras)
         if in_place:
             shutil.copymode(file.path, temporary)
         written = open_script(temporary, file.kind)

@@ -432,3 +432,23 @@ def test_score_and_apply_without_onnxruntime(tmp_path, calibration, monkeypatch)
     monkeypatch.setitem(sys.modules, "onnx", None)
     result = run("apply", source, "--calibration", calibration, "--out", tmp_path / "q.onnx")
     assert result.exit_code == 11 and "pip install 'lacal[onnx]'" in result.output
+
+
+@pytest.mark.slow
+def test_served_models_example_writes_patchable_files(tmp_path):
+    import subprocess
+
+    examples = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
+    for script in ("make_checkpoints.py", "make_served_models.py"):
+        result = subprocess.run([sys.executable, os.path.join(examples, script), "--dir", str(tmp_path)],
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr
+    np.save(tmp_path / "priors.npy", np.bincount(np.loadtxt(tmp_path / "train_labels.txt", dtype=np.int64)))
+    inputs = np.load(tmp_path / "test_inputs.npy")[:64]
+    np.save(tmp_path / "inputs.npy", inputs)
+    for name in ("model.onnx", "model-probabilities.onnx", "model.ts", "model.pt2"):
+        out = tmp_path / ("adjusted-" + name)
+        result = run("apply", tmp_path / name, "--tau", 1.0, "--priors", tmp_path / "priors.npy", "--out", out,
+                     "--verify-features", tmp_path / "inputs.npy")
+        assert result.exit_code == 0, (name, result.output)
+        assert "on the 64 given inputs" in result.output
