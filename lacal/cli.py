@@ -1065,6 +1065,9 @@ def _apply_deployed(kind, path, out, calibration, tau, train_labels, priors, cla
         rows, worst, tolerance, what = result.verified
         typer.echo(f"lacal: ran the original and the patched model on {what}: the outputs are the adjusted ones "
                    f"(max |difference| {worst:.3g}, tolerance {tolerance:.3g})", err=True)
+    if result.dtype not in ("float32", "float64"):
+        typer.echo(f"lacal: the bias stays {result.dtype}; rounding moved the offsets by at most "
+                   f"{result.max_rounding_error:.3g}", err=True)
     for note in result.notes:
         typer.echo(f"lacal: {note}", err=True)
     typer.echo(f"lacal: patched {found.name!r} ({found.num_classes} classes, tau = {fitted.tau:.4f}) and wrote "

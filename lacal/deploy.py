@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import MissingDependencyError
+from .errors import InputFileError, MissingDependencyError
 
 
 def deployed_kind(path) -> str | None:
@@ -52,6 +52,7 @@ class DeployResult:
     (rows, max difference, tolerance, what was run) when the patched model was run, `notes` the rest."""
 
     head: object
+    dtype: str
     earlier: dict | None
     added: str | None
     max_rounding_error: float
@@ -85,7 +86,7 @@ def patch_deployed(model: Deployed, head, offsets, tau: float, scale: float = 1.
     verified = write_script(model.file, patch, out, force, in_place, inputs, verify_inputs)
     if verified is not None:
         verified = (*verified, f"the {verify_inputs.num_samples} given inputs")
-    return DeployResult(head, patch.earlier, None, patch.max_rounding_error, verified)
+    return DeployResult(head, head.dtype, patch.earlier, None, patch.max_rounding_error, verified)
 
 
 def _patch_onnx(model, head, offsets, tau, scale, calibration_sha256, out, force, in_place, inputs, verify_inputs):
@@ -105,7 +106,11 @@ def _patch_onnx(model, head, offsets, tau, scale, calibration_sha256, out, force
             except MissingDependencyError:
                 notes.append("onnxruntime is not installed, so the patched model was not run")
                 return
-            sample = random_inputs(OnnxRunner(model.path, output=head.output))
+            try:
+                sample = random_inputs(OnnxRunner(model.path, output=head.output))
+            except InputFileError as exc:
+                notes.append(f"the model was not run: {exc.problem}")
+                return
             if sample is None:
                 notes.append("the model's input shape is not fixed, so it was not run; pass --verify-features "
                              "INPUTS to run it on your inputs")
@@ -118,5 +123,5 @@ def _patch_onnx(model, head, offsets, tau, scale, calibration_sha256, out, force
     added = None
     if patch.added_node:
         added = head.why_add or "a temperature scales the logits too"
-    return DeployResult(head, patch.earlier, added, patch.max_rounding_error, verified[0] if verified else None,
-                        notes)
+    return DeployResult(head, patch.record["dtype"], patch.earlier, added, patch.max_rounding_error,
+                        verified[0] if verified else None, notes)

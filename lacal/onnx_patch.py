@@ -156,13 +156,32 @@ def _attribute(node, name: str, default):
     return default
 
 
+def _all_nodes(graph):
+    """The nodes of a graph and of the subgraphs of its If, Loop and Scan nodes."""
+    for node in graph.node:
+        yield node
+        for attribute in node.attribute:
+            for subgraph in [attribute.g] if attribute.HasField("g") else list(attribute.graphs):
+                yield from _all_nodes(subgraph)
+
+
+def _all_tensors(graph):
+    yield from graph.initializer
+    for node in _all_nodes(graph):
+        for attribute in node.attribute:
+            if attribute.HasField("t"):
+                yield attribute.t
+            yield from attribute.tensors
+
+
 def _opset(model) -> int:
     return next((entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx")), 1)
 
 
 def find_onnx_head(file: OnnxFile, num_classes: int | None = None, output: str | None = None) -> OnnxHead:
     """Follow the graph back from the logits output (`output`, or the one output with `num_classes` columns) to
-    the classifier layer, refusing a path through anything that is not a per-class-order-preserving pass-through."""
+    the classifier layer, refusing a path through anything that is not a per-class-order-preserving pass-through
+    (a Cast between float types passes: it rounds, but shifts every class alike)."""
     graph = file.model.graph
     outputs = [o.name for o in graph.output]
     if output is not None:
@@ -202,7 +221,7 @@ def _walk_back(file: OnnxFile, output: str, num_classes: int | None) -> OnnxHead
         where = f"{node.op_type} (node {node.name or node.output[0]!r})"
         if node.domain not in ("", "ai.onnx"):
             _refuse(file, output, where)
-        if node.op_type in PASS_THROUGH:
+        if node.op_type in PASS_THROUGH or (node.op_type == "Cast" and _attribute(node, "to", 0) in FLOAT_TYPES):
             passed.append(node.op_type)
             tensor = node.input[0]
             continue
@@ -224,7 +243,7 @@ def _walk_back(file: OnnxFile, output: str, num_classes: int | None) -> OnnxHead
 def _refuse(file: OnnxFile, output: str, where: str):
     raise CheckpointError(f"the path from output {output!r} back to the classifier goes through {where}, which does "
                           "not keep a per-class shift of the logits (only Identity, Flatten, Reshape, Squeeze, "
-                          "Unsqueeze, Dropout and one Softmax may follow the head); lacal cannot place the offsets",
+                          "Unsqueeze, Dropout, Cast and one Softmax may follow the head); lacal cannot place the offsets",
                           file.path)
 
 
@@ -293,7 +312,7 @@ def _head_of(file: OnnxFile, node, producers: dict, output: str, num_classes, so
         bias, why = None, f"the Gemm node {node.name!r} has beta = 0"
     else:
         tensor = _constant(file, bias, producers)
-        uses = sum(name == bias for other in graph.node for name in other.input)
+        uses = sum(name == bias for other in _all_nodes(graph) for name in other.input)
         shape = tuple(tensor.dims) if tensor is not None else None
         if tensor is None:
             why = f"its bias {bias!r} is computed, not stored"
@@ -439,7 +458,7 @@ def external_files(model) -> list[str]:
     from onnx import external_data_helper
 
     files = []
-    for tensor in external_data_helper._get_all_tensors(model):
+    for tensor in _all_tensors(model.graph):
         if external_data_helper.uses_external_data(tensor):
             location = next((e.value for e in tensor.external_data if e.key == "location"), None)
             if location and location not in files:

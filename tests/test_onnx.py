@@ -20,6 +20,7 @@ ort = pytest.importorskip("onnxruntime")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 runner = CliRunner()
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 C, D, H = 5, 6, 7
 COUNTS = np.array([300, 120, 40, 12, 3])
 TAU = 1.2
@@ -133,6 +134,16 @@ def conv_head():
                   [shape, numpy_helper.from_array(W.reshape(C, H, 1, 1), "w"), numpy_helper.from_array(B, "b")])
 
 
+def conv_head_no_bias():
+    model = conv_head()
+    conv = next(n for n in model.graph.node if n.op_type == "Conv")
+    del conv.input[2]
+    kept = [t for t in model.graph.initializer if t.name != "b"]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)
+    return model
+
+
 GRAPHS = {  # builder: (what the patch must do, whether the reference has a bias, the output's activation)
     "gemm_trans_b": (gemm_trans_b, "rewrite", True, None),
     "gemm_plain": (gemm_plain, "rewrite", True, None),
@@ -144,6 +155,7 @@ GRAPHS = {  # builder: (what the patch must do, whether the reference has a bias
     "gemm_log_softmax_identity": (gemm_log_softmax_identity, "rewrite", True, "log_softmax"),
     "shared_bias": (shared_bias, "add", True, None),
     "conv_head": (conv_head, "rewrite", True, None),
+    "conv_head_no_bias": (conv_head_no_bias, "add", False, None),
 }
 
 
@@ -452,3 +464,51 @@ def test_served_models_example_writes_patchable_files(tmp_path):
                      "--verify-features", tmp_path / "inputs.npy")
         assert result.exit_code == 0, (name, result.output)
         assert "on the 64 given inputs" in result.output
+
+
+def test_float16_head_then_cast(tmp_path, calibration):
+    """A half-precision head whose logits are cast to float32: the bias stays float16, the offsets go before the
+    Cast, and the outputs agree within float16 rounding."""
+    w16, b16 = W[:, :D].astype(np.float16), B.astype(np.float16)
+    graph = helper.make_graph(
+        [helper.make_node("Gemm", ["x", "w", "b"], ["z"], name="head", transB=1),
+         helper.make_node("Cast", ["z"], ["logits"], name="to_float", to=TensorProto.FLOAT)],
+        "half", [helper.make_tensor_value_info("x", TensorProto.FLOAT16, ["n", D])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", C])],
+        [numpy_helper.from_array(w16, "w"), numpy_helper.from_array(b16, "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    source, out = tmp_path / "model.onnx", tmp_path / "patched.onnx"
+    onnx.save(model, source)
+    result = run("apply", source, "--calibration", calibration, "--out", out)
+    assert result.exit_code == 0, result.output
+    assert "the bias stays float16" in result.output
+    new_bias = numpy_helper.to_array(onnx.load(out).graph.initializer[1])
+    assert new_bias.dtype == np.float16
+    np.testing.assert_array_equal(new_bias, (b16.astype(np.float64) + OFFSETS).astype(np.float16))
+    x16 = X.astype(np.float16)
+    expected = x16.astype(np.float64) @ w16.T.astype(np.float64) + b16 + OFFSETS
+    got = _run(out, x16)
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, expected, rtol=0, atol=8 * np.finfo(np.float16).eps * (1 + np.abs(expected).max()))
+
+
+def test_model_with_two_inputs_is_patched_but_not_run(tmp_path, calibration):
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "y"], ["s"], name="merge"),
+         helper.make_node("Gemm", ["s", "w", "b"], ["logits"], name="head", transB=1)],
+        "two", [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["n", H]) for n in ("x", "y")],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", C])],
+        [numpy_helper.from_array(W, "w"), numpy_helper.from_array(B, "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    source, out = tmp_path / "model.onnx", tmp_path / "patched.onnx"
+    onnx.save(model, source)
+    result = run("apply", source, "--calibration", calibration, "--out", out)
+    assert result.exit_code == 0, result.output
+    assert "the model was not run: the model takes 2 inputs" in result.output
+    x, y = X[:, :1].repeat(H, 1), X[:, 1:2].repeat(H, 1)
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    got = session.run(["logits"], {"x": x, "y": y})[0]
+    expected = (x.astype(np.float64) + y) @ W.T.astype(np.float64) + B + OFFSETS
+    np.testing.assert_allclose(got, expected, rtol=0, atol=2e-5)
