@@ -1,8 +1,8 @@
 """ONNX models: the classifier's bias carries the adjustment, and onnxruntime runs the model for `lacal score`.
 
 The head is found by following the graph back from the output that has one column per class, through layers that
-only move values around (Identity, Flatten, Reshape, Squeeze, Unsqueeze, Dropout) and at most one Softmax or
-LogSoftmax, to the layer that makes the logits: a Gemm (its C input is the bias), a MatMul followed by an Add of a
+only move values around (Identity, Flatten, Reshape, Squeeze, Unsqueeze, Dropout), average a convolution's map
+over space (GlobalAveragePool) or cast between float types (Cast), and at most one Softmax or LogSoftmax, to the layer that makes the logits: a Gemm (its C input is the bias), a MatMul followed by an Add of a
 constant (the constant is the bias), a MatMul alone, or a Conv (its B input). The new bias replaces the old one in
 place; where there is none, where it is shared with another node, or where a temperature scales the logits too, one
 Add (and one Mul) node goes right after the head instead, so a Softmax after it sees the adjusted logits. Anything
@@ -31,7 +31,7 @@ from .write import atomic_path
 ONNX_SUFFIXES = (".onnx",)
 PATCH_KEY = "lacal_patch"
 INSTALL = "pip install 'lacal[onnx]'"
-PASS_THROUGH = ("Identity", "Flatten", "Reshape", "Squeeze", "Unsqueeze", "Dropout")
+PASS_THROUGH = ("Identity", "Flatten", "Reshape", "Squeeze", "Unsqueeze", "Dropout", "GlobalAveragePool")
 SOFTMAX = ("Softmax", "LogSoftmax")
 HEADS = ("Gemm", "MatMul", "Conv")
 FLOAT_TYPES = {1: np.float32, 10: np.float16, 11: np.float64}  # onnx.TensorProto FLOAT, FLOAT16, DOUBLE
@@ -242,9 +242,8 @@ def _walk_back(file: OnnxFile, output: str, num_classes: int | None) -> OnnxHead
 
 def _refuse(file: OnnxFile, output: str, where: str):
     raise CheckpointError(f"the path from output {output!r} back to the classifier goes through {where}, which does "
-                          "not keep a per-class shift of the logits (only Identity, Flatten, Reshape, Squeeze, "
-                          "Unsqueeze, Dropout, Cast and one Softmax may follow the head); lacal cannot place the offsets",
-                          file.path)
+                          f"not keep a per-class shift of the logits (only {', '.join(PASS_THROUGH)}, Cast and one "
+                          "Softmax may follow the head); lacal cannot place the offsets", file.path)
 
 
 def _constant(file: OnnxFile, name: str, producers: dict):

@@ -144,6 +144,20 @@ def conv_head_no_bias():
     return model
 
 
+def conv_head_pooled():
+    """The 1x1 convolution runs on a 2 x 3 map (the hidden features times fixed spatial weights whose mean is 1), then
+    GlobalAveragePool and Flatten."""
+    spatial = np.array([[0.5, 1.5, 1.0], [2.0, 0.25, 0.75]], dtype=np.float32).reshape(1, 1, 2, 3)
+    return _model([helper.make_node("Reshape", ["hidden", "shape"], ["column"], name="to_map"),
+                   helper.make_node("Mul", ["column", "spatial"], ["map"], name="spread"),
+                   helper.make_node("Conv", ["map", "w", "b"], ["conv"], name="head_conv", kernel_shape=[1, 1]),
+                   helper.make_node("GlobalAveragePool", ["conv"], ["pooled"], name="pool"),
+                   helper.make_node("Flatten", ["pooled"], ["logits"], name="flatten")],
+                  [numpy_helper.from_array(np.array([-1, H, 1, 1], dtype=np.int64), "shape"),
+                   numpy_helper.from_array(spatial, "spatial"), numpy_helper.from_array(W.reshape(C, H, 1, 1), "w"),
+                   numpy_helper.from_array(B, "b")])
+
+
 GRAPHS = {  # builder: (what the patch must do, whether the reference has a bias, the output's activation)
     "gemm_trans_b": (gemm_trans_b, "rewrite", True, None),
     "gemm_plain": (gemm_plain, "rewrite", True, None),
@@ -155,6 +169,7 @@ GRAPHS = {  # builder: (what the patch must do, whether the reference has a bias
     "gemm_log_softmax_identity": (gemm_log_softmax_identity, "rewrite", True, "log_softmax"),
     "shared_bias": (shared_bias, "add", True, None),
     "conv_head": (conv_head, "rewrite", True, None),
+    "conv_head_pooled": (conv_head_pooled, "rewrite", True, None),
     "conv_head_no_bias": (conv_head_no_bias, "add", False, None),
 }
 
