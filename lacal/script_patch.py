@@ -214,8 +214,10 @@ def _compare(original, patched, source, patch, batch: int, name) -> tuple[int, f
     eps = torch.finfo(getattr(torch, patch.head.dtype)).eps
     worst = largest = 0.0
     rows = 0
-    for (_, before), (_, after) in zip(score_model(original, source, "cpu", batch),
-                                       score_model(patched, source, "cpu", batch)):
+    # one pass after the other: each scorer holds inference mode while it runs, and two interleaved generators
+    # would leave it switched on for the caller
+    originals = [block for _, block in score_model(original, source, "cpu", batch)]
+    for before, (_, after) in zip(originals, score_model(patched, source, "cpu", batch)):
         if before.shape[1] != offsets.shape[0]:
             raise VerificationError(f"the model returns {before.shape[1]} columns but the head has "
                                     f"{offsets.shape[0]} classes; nothing was written", name)

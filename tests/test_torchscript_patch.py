@@ -159,3 +159,13 @@ def test_export_with_pickled_objects_is_refused(tmp_path, calibration):
         archive.writestr("model/data/constants/custom_obj_0.pt", b"not loaded")
     result = run("apply", source, "--calibration", calibration, "--out", tmp_path / "p.pt2")
     assert result.exit_code == 3 and "pickled Python objects" in result.output
+
+
+def test_verification_leaves_autograd_on(tmp_path, calibration):
+    source = tmp_path / "model.pt"
+    torch.jit.script(build(TimmLike)).save(str(source))
+    torch.save(_inputs(TimmLike, rows=20), tmp_path / "inputs.pt")
+    result = run("apply", source, "--calibration", calibration, "--out", tmp_path / "p.pt", "--verify-features",
+                 tmp_path / "inputs.pt")
+    assert result.exit_code == 0, result.output
+    assert torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
