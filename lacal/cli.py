@@ -1489,6 +1489,10 @@ def score_command(
             raise OptionError("--amp is for PyTorch models; an ONNX model runs in the precision it was saved in",
                               "--amp")
         network, compute = OnnxRunner(model, compute), "cpu"  # onnxruntime takes numpy batches on the CPU
+        if network.probabilities:
+            _warn(f"{model}: output {network.output!r} comes from a Softmax: these are probabilities, while fit-tau, "
+                  "apply and report expect logits (patch the model with `lacal apply` instead; the offsets go "
+                  "before its Softmax)")
     else:
         network = load_model(model)
 

@@ -553,6 +553,7 @@ class OnnxRunner:
             raise InputFileError(f"the model has no output {output!r}; its outputs are {', '.join(names)}", path)
         self.output = output or ("logits" if "logits" in names else names[0])
         self.providers = self.session.get_providers()
+        self.probabilities = _ends_in_softmax(self.path, self.output)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         if self.input_dtype is not None:
@@ -568,6 +569,21 @@ class OnnxRunner:
         import torch
 
         return torch.from_numpy(np.asarray(self.run(x.detach().cpu().numpy())))
+
+
+def _ends_in_softmax(path: Path, output: str) -> bool:
+    """Whether `output` is a Softmax's (through pass-through layers): probabilities rather than logits."""
+    try:
+        import onnx
+
+        graph = onnx.load(str(path), load_external_data=False).graph
+    except Exception:  # onnx missing or the file unreadable by it: onnxruntime ran it, so no warning
+        return False
+    producers = {name: node for node in graph.node for name in node.output}
+    node = producers.get(output)
+    while node is not None and (node.op_type in PASS_THROUGH or node.op_type == "Cast"):
+        node = producers.get(node.input[0])
+    return node is not None and node.op_type == "Softmax"
 
 
 # -------------------------------------------------------------------------------------------------- verification

@@ -446,6 +446,18 @@ def test_score_runs_onnx_in_batches(tmp_path):
     np.testing.assert_allclose(logits, _logits(inputs), rtol=0, atol=2e-5)
 
 
+def test_score_warns_about_probabilities(tmp_path):
+    source = tmp_path / "model.onnx"
+    onnx.save(gemm_softmax(), source)
+    np.save(tmp_path / "inputs.npy", X)
+    result = run("score", source, tmp_path / "inputs.npy", "--out", tmp_path / "p.npy")
+    assert result.exit_code == 0 and "comes from a Softmax: these are probabilities" in result.stderr
+    np.testing.assert_allclose(np.load(tmp_path / "p.npy"), _softmax(_logits(X)), rtol=0, atol=1e-6)
+    onnx.save(gemm_log_softmax_identity(), source)
+    result = run("score", source, tmp_path / "inputs.npy", "--out", tmp_path / "l.npy")
+    assert result.exit_code == 0 and "Softmax" not in result.stderr
+
+
 def test_score_and_apply_without_onnxruntime(tmp_path, calibration, monkeypatch):
     source = tmp_path / "model.onnx"
     onnx.save(gemm_trans_b(), source)
