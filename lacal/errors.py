@@ -93,5 +93,5 @@ EXIT_CODES = {
     OutputError.exit_code: "output refused: it exists (no --force), it is an input, or it cannot be written",
     CheckpointError.exit_code: "checkpoint refused: no classifier head, an ambiguous head, no bias, already patched",
     VerificationError.exit_code: "verification failed: the patched head does not give the adjusted logits",
-    MissingDependencyError.exit_code: "an optional package is missing: pip install 'lacal[onnx]' for ONNX models",
+    MissingDependencyError.exit_code: "an optional package is missing: onnx and onnxruntime for ONNX models (the onnx extra)",
 }
