@@ -539,3 +539,28 @@ def test_model_with_two_inputs_is_patched_but_not_run(tmp_path, calibration):
     got = session.run(["logits"], {"x": x, "y": y})[0]
     expected = (x.astype(np.float64) + y) @ W.T.astype(np.float64) + B + OFFSETS
     np.testing.assert_allclose(got, expected, rtol=0, atol=2e-5)
+
+
+@pytest.mark.slow
+def test_torchvision_and_timm_models(tmp_path, calibration):
+    """Real architectures, randomly initialised: torchvision's MobileNetV3 (head classifier.3 after Hardswish and
+    Dropout) and timm's ResNet (global pool, then fc), exported to ONNX and patched; outputs against torch in
+    float64."""
+    torchvision = pytest.importorskip("torchvision")
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    models = {"mobilenet": torchvision.models.mobilenet_v3_small(num_classes=len(COUNTS)),
+              "resnet": timm.create_model("resnet10t", pretrained=False, num_classes=len(COUNTS))}
+    x = torch.randn(3, 3, 64, 64)
+    for name, model in models.items():
+        model.eval()
+        source, out = tmp_path / f"{name}.onnx", tmp_path / f"{name}-adjusted.onnx"
+        torch.onnx.export(model, (x[:1],), str(source), dynamo=False, input_names=["x"], output_names=["logits"],
+                          dynamic_axes={"x": {0: "n"}, "logits": {0: "n"}})
+        result = run("apply", source, "--calibration", calibration, "--out", out)
+        assert result.exit_code == 0, (name, result.output)
+        assert "8 random inputs" in result.output
+        with torch.no_grad():
+            expected = model.double()(x.double()).numpy() + OFFSETS
+        got = _run(out, x.numpy())
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4 * (1 + np.abs(expected).max()))
