@@ -93,8 +93,9 @@ CheckpointOpt = Annotated[Optional[Path], typer.Option("--checkpoint", help="Wit
 FeaturesOpt = Annotated[Optional[Path], typer.Option("--features", help="Penultimate-layer features (N x D) for "
                                                      "--checkpoint, in any of the logits formats.")]
 HeadOpt = Annotated[Optional[str], typer.Option("--head", help="The classifier layer's name in the checkpoint (for "
-                                                "example fc or head.fc); found by shape and usual names when "
-                                                "omitted.", metavar="NAME")]
+                                                "example fc or head.fc); for an ONNX model, the name of its logits "
+                                                "output. Found by shape and usual names when omitted.",
+                                                metavar="NAME")]
 
 
 def _handled(command):
@@ -829,7 +830,8 @@ def apply_command(
     source_path: Annotated[Path, typer.Argument(
         help="Logits (.npy, .npz, .safetensors, .pt/.pth, .csv), or a checkpoint to patch: a .safetensors or "
              ".pt/.pth/.bin state dict with several tensors, a training checkpoint (.pth.tar, with its EMA copies), "
-             "or a Hugging Face model folder.",
+             "a Hugging Face model folder, an ONNX model (.onnx), a TorchScript file (torch.jit.save) or a "
+             "torch.export program (.pt2).",
         metavar="LOGITS_OR_CHECKPOINT", show_default=False)],
     out: Annotated[Optional[Path], typer.Option(
         "--out", help="Logits output: .npy, .npz, .safetensors or .pt (adjusted logits, same shape and dtype) or "
@@ -860,7 +862,8 @@ def apply_command(
                                                       "change instead of copying them.")] = False,
     verify_features: Annotated[Optional[Path], typer.Option(
         "--verify-features", help="Features (N x D) to check, before writing, that the patched head gives the "
-                                  "adjusted logits.")] = None,
+                                  "adjusted logits; for an ONNX, TorchScript or .pt2 model, model inputs to run "
+                                  "the original and the patched model on.")] = None,
     memory_budget: BudgetOpt = "2GiB",
     quiet: QuietOpt = False,
     target_priors: TargetOpt = "uniform",
@@ -874,8 +877,17 @@ def apply_command(
     FOLDER (a path without a suffix), one output per input shard and an index.json."""
     from .checkpoints import is_checkpoint
 
+    from .deploy import deployed_kind
+
     context = _context(device)
     compute = context.device
+    kind = deployed_kind(source_path)
+    if kind is not None:
+        _not_under_torchrun(context, "patching a model file")
+        _apply_deployed(kind, source_path, out, calibration, tau, train_labels, priors, classes, label_column,
+                        smoothing, compute, force, head, add_bias, in_place, link, verify_features, key,
+                        target_priors, target_logits, _parse_size(memory_budget))
+        return
     if is_checkpoint(source_path, key):
         _not_under_torchrun(context, "patching a checkpoint")
         _apply_checkpoint(source_path, out, calibration, tau, train_labels, priors, classes, label_column, smoothing,
@@ -1030,6 +1042,58 @@ def _apply_checkpoint(path, out, calibration, tau, train_labels, priors, classes
                    "loses the record, and then lacal cannot tell it was patched", err=True)
     typer.echo(f"lacal: patched {' and '.join(repr(h.name) for h in heads)} ({layer.num_classes} classes, tau = "
                f"{fitted.tau:.4f}) and wrote {path if in_place else out}", err=True)
+
+
+def _apply_deployed(kind, path, out, calibration, tau, train_labels, priors, classes, label_column, smoothing,
+                    compute, force, head, add_bias, in_place, link, verify_features, key, target, target_logits,
+                    budget):
+    """Patch an ONNX, TorchScript or torch.export model file (lacal.deploy)."""
+    from .deploy import open_deployed, patch_deployed
+    from .load import read_classes, read_logits, sha256_file
+    from .patch import describe_patch
+    from .write import check_output
+
+    for flag, given in (("--add-bias", add_bias), ("--link", link)):
+        if given:
+            raise OptionError(f"{flag} is for checkpoints, and {path} is a served model file", flag)
+    if in_place == (out is not None):
+        raise OptionError("give --out PATH for the patched model, or --in-place to rewrite it", "--out")
+    inputs = [calibration, train_labels, priors, classes, verify_features, target_logits]
+    if out is not None:
+        check_output(out, force, [path, *inputs])
+    model = open_deployed(path, kind)
+    fitted = None
+    if calibration is not None:
+        fitted = _calibration_for(calibration, tau, train_labels, priors, None, smoothing, None, label_column, True,
+                                  target, target_logits, key, compute, budget)
+    names = read_classes(classes) if classes is not None else None
+    found = model.find_head(fitted.num_classes if fitted else (len(names) if names else None), head)
+    if fitted is not None:
+        fitted.check_num_classes(found.num_classes, "model's head", str(calibration))
+    else:
+        fitted = _calibration_for(None, tau, train_labels, priors, found.num_classes, smoothing, names, label_column,
+                                  True, target, target_logits, key, compute, budget)
+    scale, shift = fitted.affine()
+    features = read_logits(verify_features, key, what="inputs") if verify_features is not None else None
+    result = patch_deployed(model, found, shift, fitted.tau, scale,
+                            sha256_file(calibration) if calibration is not None else None, out, force, in_place,
+                            inputs, features)
+    if result.earlier is not None:
+        _warn(f"{path} already carried a lacal patch{describe_patch(result.earlier)}; --force patched it again, so "
+              "the offsets add up")
+    if result.added:
+        typer.echo(f"lacal: the offsets are added by a new node after {found.name!r}: {result.added}", err=True)
+    if result.verified is not None:
+        rows, worst, tolerance, what = result.verified
+        typer.echo(f"lacal: ran the original and the patched model on {what}: the outputs are the adjusted ones "
+                   f"(max |difference| {worst:.3g}, tolerance {tolerance:.3g})", err=True)
+    if result.dtype not in ("float32", "float64"):
+        typer.echo(f"lacal: the bias stays {result.dtype}; rounding moved the offsets by at most "
+                   f"{result.max_rounding_error:.3g}", err=True)
+    for note in result.notes:
+        typer.echo(f"lacal: {note}", err=True)
+    typer.echo(f"lacal: patched {found.name!r} ({found.num_classes} classes, tau = {fitted.tau:.4f}) and wrote "
+               f"{path if in_place else out}", err=True)
 
 
 # --------------------------------------------------------------------------------------------------------- report
@@ -1399,8 +1463,9 @@ class Amp(str, Enum):
 @app.command("score")
 @_handled
 def score_command(
-    model: Annotated[Path, typer.Argument(help="A TorchScript model (.pt, .pth, .ts; torch.jit.script(m).save) or a "
-                                               "torch.export program (.pt2; torch.export.save).",
+    model: Annotated[Path, typer.Argument(help="A TorchScript model (.pt, .pth, .ts; torch.jit.script(m).save), a "
+                                               "torch.export program (.pt2; torch.export.save) or an ONNX model "
+                                               "(.onnx, run by onnxruntime: CUDA when its provider is present).",
                                           show_default=False)],
     inputs: Annotated[Path, typer.Argument(help="Model inputs, samples first: .npy (read in blocks), .safetensors, "
                                                 ".pt, .npz, or a folder or quoted glob of shards.",
@@ -1439,7 +1504,19 @@ def score_command(
         raise OptionError(f"logits are written as {', '.join(LOGITS_SUFFIXES)}; got {out.name}", "--out")
     if not per_shard:
         check_output(out, force, [model, inputs])
-    network = load_model(model)
+    if model.suffix.lower() == ".onnx":
+        from .onnx_patch import OnnxRunner
+
+        if amp is not None:
+            raise OptionError("--amp is for PyTorch models; an ONNX model runs in the precision it was saved in",
+                              "--amp")
+        network, compute = OnnxRunner(model, compute), "cpu"  # onnxruntime takes numpy batches on the CPU
+        if network.probabilities:
+            _warn(f"{model}: output {network.output!r} comes from a Softmax: these are probabilities, while fit-tau, "
+                  "apply and report expect logits (patch the model with `lacal apply` instead; the offsets go "
+                  "before its Softmax)")
+    else:
+        network = load_model(model)
 
     def write_one(shard, target, progress=None, source=None):
         source = source or read_logits(shard, key, what="inputs")

@@ -76,6 +76,12 @@ class VerificationError(LacalError):
     exit_code = 10
 
 
+class MissingDependencyError(LacalError):
+    """An optional package that this input needs is not installed (onnx and onnxruntime, for ONNX models)."""
+
+    exit_code = 11
+
+
 EXIT_CODES = {
     0: "success",
     1: "unexpected internal error (please report it with the traceback)",
@@ -89,4 +95,5 @@ EXIT_CODES = {
     CheckpointError.exit_code: "checkpoint refused: no classifier head, an ambiguous head, no bias, a nonlinearity "
                                "after the head, already patched",
     VerificationError.exit_code: "verification failed: the patched head does not give the adjusted logits",
+    MissingDependencyError.exit_code: "an optional package is missing: onnx and onnxruntime for ONNX models (the onnx extra)",
 }

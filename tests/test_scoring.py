@@ -210,7 +210,7 @@ def test_score_bad_inputs(models, tmp_path):
     np.save(folder / "wrong.npy", np.zeros((4, 7), dtype=np.float32))
     cases = [
         (["score", folder / "weights.pt", folder / "inputs.npy"], 3, "cannot load as a TorchScript model"),
-        (["score", folder / "model.onnx", folder / "inputs.npy"], 3, "unknown model format '.onnx'"),
+        (["score", folder / "model.onnx", folder / "inputs.npy"], 3, "onnxruntime cannot load the model"),
         (["score", folder / "net.ts", folder / "wrong.npy"], 4, "the model failed on rows 1 to 4 (inputs of shape (7,)"),
     ]
     for args, code, message in cases:
