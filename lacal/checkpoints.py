@@ -214,7 +214,29 @@ def _patch_beside(path: Path):
         return {"unreadable": str(record)}
 
 
+def check_links(folder: Path) -> None:
+    """Refuse a model folder with a symlinked subfolder, or a symlinked file that leads outside the folder (other
+    than to a Hugging Face cache's blobs, beside its snapshots): lacal would read, copy or rewrite files elsewhere."""
+    root = folder.resolve()
+    for parent, folders, files in os.walk(folder):
+        for name in folders + files:
+            item = Path(parent) / name
+            if not item.is_symlink():
+                continue
+            real = item.resolve()
+            if not real.exists():
+                continue  # a broken link reads nothing
+            if real.is_dir():
+                raise InputFileError(f"is a symlink to a folder ({real}); lacal reads a model folder only through "
+                                     "real subfolders", item)
+            cache_blob = root.parent.name == "snapshots" and real.parent == root.parent.parent / "blobs"
+            if root not in real.parents and not cache_blob:
+                raise InputFileError(f"is a symlink that leads outside the model folder (to {real}); lacal reads "
+                                     "and writes only inside it", item)
+
+
 def _open_folder(path: Path) -> Checkpoint:
+    check_links(path)
     present = [name for name in HF_WEIGHT_FILES if (path / name).is_file()]
     if not present:
         raise InputFileError(f"is a folder without model weights; expected one of {', '.join(HF_WEIGHT_FILES)}", path)

@@ -1169,49 +1169,57 @@ SHARD_FORMATS = ("npy", "npz", "safetensors", "pt", "csv")
 def _shard_outputs(context, paths, out: Path, suffix: str, force: bool, inputs, write_one) -> int:
     """One output per input shard in the folder `out` (named after the shards), and `index.json` listing them in
     order (written by rank 0 once every rank is done), so the folder reads back as one array. Under torchrun each
-    rank writes its own shards. `write_one(shard, target)` writes one and returns its rows."""
+    rank writes its own shards. `write_one(shard, target)` writes one and returns its rows. The folder is written
+    as a hidden sibling and swapped in at the end, so a failure leaves `out` as it was."""
     from .distributed import my_share
-    from .errors import OutputError
     from .load import SHARD_INDEX, SHARD_INDEX_FORMAT, shard_paths
-    from .write import check_output, write_text
+    from .write import check_output_folder, discard_folder, replace_folder, stage_folder, write_text
 
     files = [shard for path in paths for shard in shard_paths(path)]
     stems = [f.stem for f in files]
     names = [f"{stem}{suffix}" for stem in stems] if len(set(stems)) == len(stems) else \
         [f"shard-{k:05d}{suffix}" for k in range(len(files))]
-    failure = None
+    failure = staging = None
     if context.leader:
         try:
-            if out.exists() and not out.is_dir():
-                raise OutputError("exists and is not a folder; per-shard outputs go into a folder", out)
-            if not out.parent.is_dir():
-                raise OutputError(f"folder {out.parent} does not exist", out)
-            for input_path in inputs:
-                if input_path is not None and Path(input_path).exists() and out.resolve() == Path(input_path).resolve():
-                    raise OutputError("is an input folder; choose another --out", out)
-            if out.is_dir():
-                check_output(out / SHARD_INDEX, force, inputs)
-                for name in names:
-                    check_output(out / name, force, inputs)
-            out.mkdir(exist_ok=True)
+            check_output_folder(out, force, _written_by_lacal(out / SHARD_INDEX), inputs)
+            staging = stage_folder(out)
         except Exception as exc:  # noqa: BLE001  (re-raised on every rank by agree)
             failure = exc
-    context.agree(failure)
-    share = my_share(len(files), context) if context.active else range(len(files))
-    written, failure = [], None
     try:
-        for k in share:
-            written.append((k, names[k], write_one(files[k], out / names[k]), str(files[k])))
-    except Exception as exc:  # noqa: BLE001
-        failure = exc
-    context.agree(failure)
-    everything = sorted(entry for part in context.gather(written) for entry in part)
-    total = sum(rows for _, _, rows, _ in everything)
-    if context.leader:
-        index = {"format": SHARD_INDEX_FORMAT, "version": 1, "rows": total,
-                 "shards": [{"file": name, "rows": rows, "source": source} for _, name, rows, source in everything]}
-        write_text(out / SHARD_INDEX, json.dumps(index, indent=2) + "\n", force=True)
+        context.agree(failure)
+        staging = Path(context.gather(str(staging) if staging else None)[0])
+        share = my_share(len(files), context) if context.active else range(len(files))
+        written, failure = [], None
+        try:
+            for k in share:
+                written.append((k, names[k], write_one(files[k], staging / names[k]), str(files[k])))
+        except Exception as exc:  # noqa: BLE001
+            failure = exc
+        context.agree(failure)
+        everything = sorted(entry for part in context.gather(written) for entry in part)
+        total = sum(rows for _, _, rows, _ in everything)
+        if context.leader:
+            index = {"format": SHARD_INDEX_FORMAT, "version": 1, "rows": total,
+                     "shards": [{"file": name, "rows": rows, "source": source}
+                                for _, name, rows, source in everything]}
+            write_text(staging / SHARD_INDEX, json.dumps(index, indent=2) + "\n")
+            replace_folder(staging, out, force)
+    except BaseException:
+        if context.leader:
+            discard_folder(staging)
+        raise
     return total
+
+
+def _written_by_lacal(index: Path) -> list[str]:
+    """The files of an output folder that lacal wrote: those its shard index lists, and the index."""
+    from .load import read_shard_index
+
+    try:
+        return [entry["file"] for entry in read_shard_index(index)] + [index.name] if index.is_file() else []
+    except LacalError:
+        return []
 
 
 def _summed(context, stats, quality):

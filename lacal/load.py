@@ -334,7 +334,7 @@ def shard_paths(spec: str | os.PathLike, suffixes=None) -> list[Path]:
     if path.is_dir():
         index = path / SHARD_INDEX
         if index.is_file():
-            return _indexed_shards(index)
+            return _indexed_shards(index, suffixes)
         found = [p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")
                  and p.suffix.lower() in suffixes]
         if not found:
@@ -352,17 +352,50 @@ def shard_paths(spec: str | os.PathLike, suffixes=None) -> list[Path]:
     return [path]
 
 
-def _indexed_shards(index: Path) -> list[Path]:
+def read_shard_index(index: Path) -> list[dict]:
+    """The entries of a lacal shard index ({"file": NAME, "rows": N, ...}), checked for form."""
     try:
         data = json.loads(index.read_text(encoding="utf-8"))
-        if data.get("format") != SHARD_INDEX_FORMAT:
+        if not isinstance(data, dict) or data.get("format") != SHARD_INDEX_FORMAT:
             raise ValueError(f"not a {SHARD_INDEX_FORMAT} index")
-        names = [entry["file"] for entry in data["shards"]]
-    except (json.JSONDecodeError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise InputFileError(f"is not a shard index: {exc}", index) from None
+        entries = data["shards"]
+        if not isinstance(entries, list) or not all(isinstance(e, dict) and isinstance(e.get("file"), str)
+                                                    for e in entries):
+            raise ValueError("every shard entry needs a file name")
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError,
+            RecursionError, OSError) as exc:
+        raise InputFileError(f"is not a shard index: {exc or type(exc).__name__}", index) from None
+    return entries
+
+
+def _indexed_shards(index: Path, suffixes=()) -> list[Path]:
+    """The shards an index lists; a folder whose files disagree with its index (a listed file missing, a data file
+    it does not list) is refused, as it is not what lacal wrote."""
+    names = [entry["file"] for entry in read_shard_index(index)]
     if any(Path(name).is_absolute() or ".." in Path(name).parts for name in names):
         raise InputDataError("lists a shard outside its folder", index)
+    missing = [name for name in names if not (index.parent / name).is_file()]
+    if missing:
+        raise InputFileError(f"lists {missing[0]}, which is not in its folder: the folder is incomplete", index)
+    listed = set(names)
+    unlisted = sorted(p.name for p in index.parent.iterdir() if p.is_file() and not p.name.startswith(".")
+                      and p.name != SHARD_INDEX and p.suffix.lower() in suffixes and p.name not in listed)
+    if unlisted:
+        raise InputDataError(f"does not list {unlisted[0]}, which is in its folder: the folder is not as lacal "
+                             "wrote it", index)
     return [index.parent / name for name in names]
+
+
+def check_index_rows(spec, sources: list) -> None:
+    """Refuse shards whose row counts differ from those their folder's index.json records."""
+    index = Path(spec) / SHARD_INDEX
+    if not Path(spec).is_dir() or not index.is_file():
+        return
+    for entry, source in zip(read_shard_index(index), sources):
+        rows = entry.get("rows")
+        if isinstance(rows, int) and not isinstance(rows, bool) and rows != source.num_samples:
+            raise InputDataError(f"has {source.num_samples} rows but {index} records {rows}: the folder is not as "
+                                 "lacal wrote it", source.name)
 
 
 def expand_inputs(paths) -> list[Path]:
@@ -410,8 +443,10 @@ def read_logits(path: str | os.PathLike, key: str | None = None, what: str = "lo
     a folder or a glob pattern of shards, read in natural order as one array. With what="features" the same
     readers open an N x D array of penultimate-layer features."""
     paths = shard_paths(path)
-    if len(paths) > 1:
-        return concat_sources([read_logits(p, key, what) for p in paths], str(path))
+    if len(paths) > 1 or Path(path).is_dir():
+        sources = [read_logits(p, key, what) for p in paths]
+        check_index_rows(path, sources)
+        return sources[0] if len(sources) == 1 else concat_sources(sources, str(path))
     path = check_readable(paths[0])
     reader = LOGITS_READERS.get(path.suffix.lower())
     if reader is None:
