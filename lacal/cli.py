@@ -1478,6 +1478,9 @@ def _invoke(arguments: list[str]) -> None:
 
 
 def main() -> None:
+    from .write import cleanup_on_signals
+
+    cleanup_on_signals()
     app()
 
 

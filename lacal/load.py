@@ -275,8 +275,18 @@ def _read_torch(path: Path, key: str | None, what: str = "logits") -> LogitsSour
 
 def _read_csv_logits(path: Path, key: str | None, what: str = "logits") -> LogitsSource:
     rows = _read_csv_rows(path)
+    notes = []
     if rows and not _all_numeric(rows[0]):
         rows = rows[1:]  # a header
+    elif rows and _column_numbers(rows[0]):
+        first = ", ".join(rows[0][:3]) + (", ..." if len(rows[0]) > 3 else "")
+        if any(not _all_integers(row) for row in rows[1:]):
+            rows = rows[1:]
+            notes.append(f"{path}: its first row ({first}) numbers the columns while the others hold fractions, "
+                         "so it was read as a header, not as a sample")
+        else:
+            notes.append(f"{path}: its first row ({first}) numbers the columns like a header, but was read as a "
+                         "sample since every row holds whole numbers; remove it if it is a header")
     if not rows:
         raise InputDataError("holds no numeric rows", path)
     width = len(rows[0])
@@ -285,12 +295,29 @@ def _read_csv_logits(path: Path, key: str | None, what: str = "logits") -> Logit
             raise InputDataError(f"row {number} has {len(row)} values, the first row has {width}", path)
         if not _all_numeric(row):
             raise InputDataError(f"row {number} holds a value that is not a number: {row}", path)
-    return source_from_array(np.array(rows, dtype=np.float64), str(path), what)
+    source = source_from_array(np.array(rows, dtype=np.float64), str(path), what)
+    source.notes[:0] = notes
+    return source
+
+
+def _column_numbers(row: list[str]) -> bool:
+    """Whether a row reads 0, 1, ..., C-1 (or 1, ..., C): the column numbers of a header."""
+    if len(row) < 2 or not _all_integers(row):
+        return False
+    values = [int(float(cell)) for cell in row]
+    return values in (list(range(len(row))), list(range(1, len(row) + 1)))
+
+
+def _all_integers(row: list[str]) -> bool:
+    try:
+        return all(float(cell).is_integer() for cell in row)
+    except (ValueError, OverflowError):
+        return False
 
 
 def _read_csv_rows(path: Path) -> list[list[str]]:
     try:
-        with open(path, newline="", encoding="utf-8") as handle:
+        with open(path, newline="", encoding="utf-8-sig") as handle:  # a byte-order mark is not part of a cell
             return [[cell.strip() for cell in row] for row in csv.reader(handle) if any(c.strip() for c in row)]
     except (UnicodeDecodeError, csv.Error) as exc:
         raise InputFileError(f"cannot read as CSV text: {exc}", path) from None
@@ -464,13 +491,13 @@ def read_classes(path: str | os.PathLike) -> list[str]:
     """Class names, in id order: a text file with one name per line, or a JSON list (or an id -> name object)."""
     path = check_readable(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark is not part of the first name
     except UnicodeDecodeError:
         raise InputFileError("is not UTF-8 text", path) from None
     if path.suffix.lower() == ".json":
         try:
             data = json.loads(text)
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, RecursionError) as exc:
             raise InputFileError(f"is not valid JSON: {exc}", path) from None
         if isinstance(data, dict) and "id2label" in data:
             data = data["id2label"]
@@ -533,7 +560,7 @@ def read_labels(path: str | os.PathLike, classes: list[str] | None = None,
             raise InputDataError(f"labels have dtype {array.dtype}; expected integer class ids or names", path)
     elif suffix == ".txt":
         try:
-            lines = path.read_text(encoding="utf-8").splitlines()
+            lines = path.read_text(encoding="utf-8-sig").splitlines()
         except UnicodeDecodeError:
             raise InputFileError("is not UTF-8 text", path) from None
         while lines and not lines[-1].strip():

@@ -21,7 +21,7 @@ import numpy as np
 from .checkpoints import (PATCH_FILE, PATCH_METADATA_KEY, Checkpoint, Head, _is_safetensors, bias_name,
                           patch_record_path, read_safetensors_header)
 from .errors import CheckpointError, MismatchError, OptionError, OutputError, VerificationError
-from .write import atomic_path, write_text
+from .write import atomic_path, check_output, check_output_folder, temporary_prefix, write_text
 
 PATCH_FORMAT = "lacal-patch"
 PATCH_VERSION = 1
@@ -66,6 +66,10 @@ def make_patch(checkpoint: Checkpoint, head: Head, offsets, tau: float, calibrat
         old = torch.zeros(head.num_classes, dtype=getattr(torch, head.dtype))
     else:
         old = checkpoint.tensor(head.bias)
+    if not old.is_floating_point():
+        raise CheckpointError(f"the bias of head {head.name!r} is {str(old.dtype).replace('torch.', '')}, which "
+                              "cannot hold the fractional offsets; convert the head to a floating-point dtype first",
+                              checkpoint.path)
     exact = old.double() * scale + torch.from_numpy(offsets)
     new = exact.to(old.dtype)
     rounding = float((new.double() - exact).abs().max())
@@ -73,6 +77,10 @@ def make_patch(checkpoint: Checkpoint, head: Head, offsets, tau: float, calibrat
     if scale != 1.0:
         original = checkpoint.tensor(head.weight)
         weight = (original.double() * scale).to(original.dtype)
+    if not bool(torch.isfinite(new).all()) or (weight is not None and not bool(torch.isfinite(weight).all())):
+        raise CheckpointError(f"the patched head {head.name!r} would hold values beyond the range of "
+                              f"{str(old.dtype).replace('torch.', '')} (tau = {tau:.4g}, scale {scale:.4g}); "
+                              "nothing was written", checkpoint.path)
     record = {"format": PATCH_FORMAT, "version": PATCH_VERSION, "head": head.name,
               "bias": head.bias or bias_name(head.name), "added_bias": head.bias is None, "tau": float(tau),
               "offsets": offsets.tolist(), "scale": scale, "calibration_sha256": calibration_sha256,
@@ -237,10 +245,14 @@ def write_checkpoint(checkpoint: Checkpoint, patch: Patch, out: Path | None, for
     allowed = (".safetensors",) if checkpoint.kind == "safetensors" else (".pt", ".pth", ".bin")
     if target.suffix.lower() not in allowed:
         raise OutputError(f"a patched {checkpoint.kind} checkpoint is written as {' or '.join(allowed)}", target)
-    with atomic_path(target, force or in_place, [] if in_place else [checkpoint.path, *inputs]) as temporary:
+    protected = [] if in_place else [checkpoint.path, *inputs]
+    record = patch_record_path(target)
+    if checkpoint.kind == "torch":  # refused before anything is written: the record must not replace an input
+        check_output(record, True, [checkpoint.path, *inputs])
+    with atomic_path(target, force or in_place, protected) as temporary:
         _write_one(checkpoint, checkpoint.path, temporary, patch)
-        if checkpoint.kind == "torch":  # before the rename: a failure here leaves no patched file either
-            write_text(patch_record_path(target), json.dumps(patch.record, indent=2) + "\n", force=True)
+    if checkpoint.kind == "torch":  # after the checkpoint, which carries the record too: never a record alone
+        write_text(record, json.dumps(patch.record, indent=2) + "\n", True, [checkpoint.path, *inputs])
     if checkpoint.kind == "torch":
         return [f"provenance written into the checkpoint and to {patch_record_path(target)}"]
     return []
@@ -282,7 +294,8 @@ def _write_folder(checkpoint: Checkpoint, patch: Patch, out: Path | None, force:
         raise OutputError("already exists; pass --force to replace it", out)
     if not out.parent.is_dir():
         raise OutputError(f"folder {out.parent} does not exist", out)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".lacal-tmp", dir=out.parent))
+    check_output_folder(out, force, _earlier_output(out, source))
+    staging = Path(tempfile.mkdtemp(prefix=temporary_prefix(out), suffix=".lacal-tmp", dir=out.parent))
     notes = []
     try:
         for item in sorted(source.rglob("*")):
@@ -318,6 +331,14 @@ def _write_folder(checkpoint: Checkpoint, patch: Patch, out: Path | None, force:
     return notes
 
 
+def _earlier_output(out: Path, source: Path) -> list[str]:
+    """The files of an existing `out` that an earlier lacal patch of `source` wrote (none unless it carries a patch
+    record), which --force may replace."""
+    if not (out / PATCH_FILE).is_file():
+        return []
+    return [item.relative_to(source).as_posix() for item in source.rglob("*") if item.is_file()] + [PATCH_FILE]
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -328,7 +349,7 @@ def _replace_folder(staging: Path, out: Path) -> None:
     if not out.exists():
         os.replace(staging, out)
         return
-    backup = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".lacal-old", dir=out.parent))
+    backup = Path(tempfile.mkdtemp(prefix=temporary_prefix(out), suffix=".lacal-old", dir=out.parent))
     os.rmdir(backup)
     os.replace(out, backup)
     os.replace(staging, out)

@@ -132,7 +132,7 @@ def read_priors(path: str | os.PathLike, smoothing: float = 0.0, classes: list[s
     suffix = path.suffix.lower()
     try:
         if suffix == ".json":
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(path.read_text(encoding="utf-8-sig"))
             if isinstance(data, dict):
                 return _priors_from_json_object(data, path, smoothing, classes, source)
             values = _numbers(data, path, "a JSON list of numbers")
@@ -141,10 +141,10 @@ def read_priors(path: str | os.PathLike, smoothing: float = 0.0, classes: list[s
             if values.dtype.kind not in "iuf":
                 raise PriorsError(f"has dtype {values.dtype}; expected numbers", path)
         elif suffix == ".txt":
-            values = np.array([float(line) for line in path.read_text(encoding="utf-8").split()], dtype=np.float64)
+            values = np.array([float(line) for line in path.read_text(encoding="utf-8-sig").split()], dtype=np.float64)
         else:
             raise InputFileError(f"unknown priors format {suffix or '(no suffix)'!r}; use .json, .npy or .txt", path)
-    except (json.JSONDecodeError, UnicodeDecodeError, ValueError, OSError, EOFError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError, OSError, EOFError, RecursionError) as exc:
         raise InputFileError(f"cannot read priors: {exc or 'the file is empty or cut short'}", path) from None
     if values.ndim != 1:
         raise PriorsError(f"expected a 1-D vector, got shape {values.shape}", path)

@@ -6,6 +6,7 @@ which each sample is classified correctly), so the result does not depend on the
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -267,9 +268,21 @@ def iter_adjusted(source: LogitsSource, offset, device="cpu", rows: int | None =
     device = torch.device(device)
     shift = torch.as_tensor(np.asarray(offset), dtype=compute_dtype(source), device=device)
     out_dtype = getattr(torch, source.dtype_name) if keep_dtype else compute_dtype(source)
+    if not bool(torch.isfinite(shift).all()) or not math.isfinite(float(torch.tensor(scale, dtype=shift.dtype))):
+        raise InputDataError(f"the adjustment does not fit {shift.dtype}: offsets up to "
+                             f"{float(np.max(np.abs(offset))):.3g}, scale {scale:.3g}; it would make the logits "
+                             "infinite (check tau, the temperature and the bias)", source.name)
     for start, block in iter_blocks(source, device, rows, progress, memory_budget):
         values = block if scale == 1.0 else block * scale
-        yield start, (values + shift).to(out_dtype).cpu()
+        adjusted = (values + shift).to(out_dtype)
+        if not bool(torch.isfinite(adjusted).all()):
+            row = start + int((~torch.isfinite(adjusted)).any(1).nonzero()[0, 0])
+            name, row = _shard_row(source, row)
+            raise InputDataError(f"the adjusted logits of row {row + 1} are beyond the range of "
+                                 f"{str(out_dtype).replace('torch.', '')} (offsets up to "
+                                 f"{float(np.max(np.abs(offset))):.3g}, scale {scale:.3g}); nothing was written: "
+                                 "check tau, the temperature and the bias", name)
+        yield start, adjusted.cpu()
 
 
 def head_logits(features: LogitsSource, weight, bias=None, device="cpu", name: str | None = None) -> LogitsSource:
@@ -303,6 +316,7 @@ def score_model(model, inputs: LogitsSource, device="cpu", batch: int = 256, amp
     device = torch.device(device)
     model = model.to(device) if hasattr(model, "to") else model
     autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+    width = None
     with torch.inference_mode():
         for start in range(0, inputs.num_samples, batch):
             x = inputs.rows(start, min(start + batch, inputs.num_samples)).to(device)
@@ -323,6 +337,12 @@ def score_model(model, inputs: LogitsSource, device="cpu", batch: int = 256, amp
             if out.shape[0] != x.shape[0]:
                 raise InputDataError(f"the model returned {out.shape[0]} rows for a batch of {x.shape[0]}",
                                      inputs.name)
+            if width is None:
+                width = tuple(out.shape[1:])
+            elif tuple(out.shape[1:]) != width:
+                raise InputDataError(f"the model returned logits of shape {tuple(out.shape[1:])} for rows "
+                                     f"{start + 1} to {start + x.shape[0]}, but {width} for the first batch; every "
+                                     "batch must give the same number of classes", inputs.name)
             if not bool(torch.isfinite(out).all()):
                 raise InputDataError(f"the model returned NaN or Inf logits for rows {start + 1} to "
                                      f"{start + x.shape[0]}", inputs.name)

@@ -156,6 +156,24 @@ def _remove(path) -> None:
         pass
 
 
+def cleanup_on_signals() -> None:
+    """Make SIGTERM and SIGHUP unwind the program as Ctrl-C does, so that temporary files and folders are removed;
+    the exit status is then 128 + the signal's number. Only SIGKILL (and a crash of the machine) can still leave a
+    hidden temporary behind, which the next run for the same output removes."""
+    import signal
+
+    def stop(number, frame):
+        for other in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(other, signal.SIG_IGN)  # one unwinding at a time
+        raise SystemExit(128 + number)
+
+    for number in (signal.SIGTERM, signal.SIGHUP):
+        try:
+            signal.signal(number, stop)
+        except (ValueError, OSError):  # not the main thread
+            pass
+
+
 # ------------------------------------------------------------------------------------------- folders of outputs
 
 
@@ -298,12 +316,22 @@ def write_logits(path, blocks, shape: tuple[int, int], dtype_name: str, force: b
     return notes
 
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(text: str) -> str:
+    """A CSV cell that spreadsheet programs show as text: one starting like a formula (=, +, -, @, tab, carriage
+    return) gets a leading apostrophe, as OWASP's advice on CSV injection says."""
+    return "'" + text if text.startswith(FORMULA_STARTS) else text
+
+
 def write_predictions(path, blocks, class_names: list[str] | None, top_k: int = 1, force: bool = False,
                       inputs=()) -> None:
     """Write one CSV row per sample: its index, the predicted class id (and name), and its softmax probability;
     with top_k > 1, the next classes by rank as class_2, probability_2, ... columns."""
     import torch
 
+    class_names = [spreadsheet_safe(name) for name in class_names] if class_names else class_names
     header = ["sample", "class"] + (["name"] if class_names else []) + ["probability"]
     for rank in range(2, top_k + 1):
         header += [f"class_{rank}"] + ([f"name_{rank}"] if class_names else []) + [f"probability_{rank}"]
