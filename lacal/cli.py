@@ -1459,11 +1459,14 @@ def demo_command(
     """Build a seeded long-tailed problem, train a classifier on it, then run fit-tau, apply and report."""
     from .demo import DEMO_FILES, run_demo
 
-    directory.mkdir(parents=True, exist_ok=True)
+    from .errors import OutputError
+
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot make the demo folder: {exc.strerror or exc}", directory) from None
     clashes = [name for name in DEMO_FILES if (directory / name).exists()]
     if clashes and not force:
-        from .errors import OutputError
-
         raise OutputError(f"already holds {', '.join(clashes)}; pass --force to replace them, or choose another "
                           f"--dir", directory)
     run_demo(directory, seed, echo=typer.echo, invoke=_invoke)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import math
 import os
 import pickle
 import re
@@ -145,7 +146,33 @@ def _pick_key(keys: list[str], key: str | None, path: Path, what: str) -> str:
     return keys[0]
 
 
-NUMPY_READ_ERRORS = (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError)
+NUMPY_READ_ERRORS = (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError, MemoryError)
+
+
+def check_npy_size(handle, available: int, path, name: str = "") -> None:
+    """Refuse a .npy stream (at its start) whose header promises more bytes than the `available` ones: a tiny
+    file must not make lacal allocate a huge array."""
+    version = np.lib.format.read_magic(handle)
+    if version == (1, 0):
+        shape, _, dtype = np.lib.format.read_array_header_1_0(handle)
+    elif version == (2, 0):
+        shape, _, dtype = np.lib.format.read_array_header_2_0(handle)
+    else:
+        return  # numpy checks the rest when it loads
+    needed = math.prod(shape) * dtype.itemsize
+    if needed > available - handle.tell():
+        raise InputFileError(f"is cut short: the header{' of ' + name if name else ''} promises shape "
+                             f"{tuple(shape)} of {dtype.name} ({needed:,} bytes)", path)
+
+
+def load_npy(path: Path) -> np.ndarray:
+    """A whole small .npy file (labels, priors), its size checked against its header before anything is allocated."""
+    try:
+        with open(path, "rb") as handle:
+            check_npy_size(handle, os.fstat(handle.fileno()).st_size, path)
+        return np.load(path, allow_pickle=False)
+    except NUMPY_READ_ERRORS as exc:
+        raise InputFileError(f"cannot read as .npy: {exc or 'the file is empty or cut short'}", path) from None
 
 
 def _read_npy(path: Path, key: str | None, what: str = "logits") -> LogitsSource:
@@ -204,6 +231,9 @@ def _read_npz(path: Path, key: str | None, what: str = "logits") -> LogitsSource
     try:
         with np.load(path, allow_pickle=False) as archive:
             name = _pick_key(list(archive.files), key, path, "array")
+            member = archive.zip.getinfo(f"{name}.npy" if f"{name}.npy" in archive.zip.namelist() else name)
+            with archive.zip.open(member) as stream:
+                check_npy_size(stream, member.file_size, path, repr(name))
             array = archive[name]
     except NUMPY_READ_ERRORS as exc:
         raise InputFileError(f"cannot read as .npz: {exc or type(exc).__name__}", path) from None
@@ -484,6 +514,7 @@ def read_logits(path: str | os.PathLike, key: str | None = None, what: str = "lo
 
 # ---------------------------------------------------------------------------------------------------------- labels
 
+CLASS_ID = re.compile(r"-?[0-9]+", re.ASCII)
 LABEL_COLUMN_NAMES = ("label", "labels", "target", "targets", "y", "class")
 
 
@@ -540,15 +571,15 @@ def read_labels(path: str | os.PathLike, classes: list[str] | None = None,
     path = check_readable(paths[0])
     suffix = path.suffix.lower()
     if suffix == ".npy":
-        try:
-            array = np.load(path, allow_pickle=False)
-        except NUMPY_READ_ERRORS as exc:
-            raise InputFileError(f"cannot read as .npy: {exc or 'the file is empty or cut short'}", path) from None
+        array = load_npy(path)
         if array.ndim == 2 and array.shape[1] == 1:
             array = array[:, 0]
         if array.ndim != 1:
             raise InputDataError(f"labels must be a 1-D array, got shape {array.shape}", path)
         if array.dtype.kind in "iu":
+            if array.size and array.dtype.kind == "u" and int(array.max()) > np.iinfo(np.int64).max:
+                raise InputDataError(f"label {int(array.max())} (entry {int(array.argmax()) + 1}) is too large for "
+                                     "a class id", path)
             ids = array.astype(np.int64)
         elif array.dtype.kind == "f":
             if not np.all(np.isfinite(array)) or not np.all(array == np.round(array)):
@@ -622,7 +653,11 @@ def _tokens_to_ids(tokens: list[str], classes: list[str] | None, path: Path) -> 
     ids = []
     for number, token in enumerate(tokens, start=1):
         try:
+            if not CLASS_ID.fullmatch(token):  # int() would also take "1_0", "+5" and other digits
+                raise ValueError(token)
             ids.append(int(token))
+            if len(token) > 18:
+                raise InputDataError(f"label {token} (entry {number}) is too large for a class id", path)
         except ValueError:
             if classes is None:
                 raise InputDataError(f"label {token!r} (entry {number}) is not an integer class id; "
