@@ -1,0 +1,397 @@
+"""Hostile input and faults: nothing lacal reads runs code, a failure leaves no partial output, no input is written
+over, and bad input gets one line and a documented exit code. Real files, real torch, real signals."""
+
+import json
+import os
+import pickle
+import signal
+import stat
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from typer.testing import CliRunner
+
+import lacal
+from lacal.cli import app
+from lacal.errors import OutputError
+from lacal.write import atomic_path
+
+from .models import C, TimmLike, TorchvisionLike, build, save_hf_folder
+
+runner = CliRunner()
+COUNTS = np.array([400, 150, 60, 25, 10, 4])
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args], env={"COLUMNS": "120"})
+
+
+def one_clean_line(result, code):
+    """The run failed with `code`, one `lacal: error:` line on stderr, and no traceback."""
+    assert result.exit_code == code, result.output
+    assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit), result.exception
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("lacal: error: "), result.stderr
+    return lines[0]
+
+
+def visible(folder):
+    return sorted(str(p.relative_to(folder)) for p in Path(folder).rglob("*"))
+
+
+# ---------------------------------------------------------------------------------- torch.export archives
+
+
+class Boom:
+    """Unpickling this creates the marker file: proof that code ran."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+class Small(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(4, 3)
+        self.register_buffer("shift", torch.ones(3), persistent=False)  # a tensor constant
+
+    def forward(self, x):
+        return self.fc(x) + self.shift
+
+
+def _export(path):
+    torch.manual_seed(0)
+    program = torch.export.export(Small().eval(), (torch.randn(2, 4),),
+                                  dynamic_shapes=({0: torch.export.Dim("batch")},))
+    torch.export.save(program, str(path))
+
+
+def _tampered(clean, out, member, entry, payload):
+    """A copy of `clean` with `entry` added to its constants config and `payload` stored as `member`."""
+    with zipfile.ZipFile(clean) as source, zipfile.ZipFile(out, "w") as target:
+        root = source.namelist()[0].split("/")[0]
+        for info in source.infolist():
+            data = source.read(info)
+            if info.filename.endswith("_constants_config.json"):
+                config = json.loads(data)
+                config["config"]["evil"] = entry
+                data = json.dumps(config).encode()
+            target.writestr(info.filename, data)
+        target.writestr(f"{root}/{member}", payload)
+
+
+@pytest.mark.parametrize("member, path_name", [
+    ("data/constants/OPAQUE_OBJ_0", "opaque_obj_0"),  # torch finds members whatever their case
+    ("data/constants/tensor_9", "tensor_9"),  # a tensor constant that asks to be unpickled
+])
+def test_export_archive_that_asks_to_unpickle_never_runs_code(tmp_path, member, path_name):
+    _export(tmp_path / "clean.pt2")
+    np.save(tmp_path / "inputs.npy", np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32))
+    marker = tmp_path / "MARKER"
+    entry = {"path_name": path_name, "is_param": False, "use_pickle": True, "tensor_meta": None}
+    _tampered(tmp_path / "clean.pt2", tmp_path / "evil.pt2", member, entry, pickle.dumps(Boom(marker)))
+    result = run("score", tmp_path / "evil.pt2", tmp_path / "inputs.npy", "--out", tmp_path / "logits.npy")
+    line = one_clean_line(result, 3)
+    assert "refused" in line and "code" in line
+    assert not marker.exists() and not (tmp_path / "logits.npy").exists()
+    clean = run("score", tmp_path / "clean.pt2", tmp_path / "inputs.npy", "--out", tmp_path / "logits.npy")
+    assert clean.exit_code == 0, clean.output
+    torch.manual_seed(0)
+    expected = Small().eval()
+    inputs = torch.from_numpy(np.load(tmp_path / "inputs.npy"))
+    np.testing.assert_allclose(np.load(tmp_path / "logits.npy"), expected(inputs).detach().numpy(), rtol=1e-6)
+
+
+def test_export_archive_with_compiled_code_is_refused(tmp_path):
+    _export(tmp_path / "clean.pt2")
+    np.save(tmp_path / "inputs.npy", np.zeros((2, 4), dtype=np.float32))
+    with zipfile.ZipFile(tmp_path / "clean.pt2") as source, zipfile.ZipFile(tmp_path / "aoti.pt2", "w") as target:
+        for info in source.infolist():
+            target.writestr(info.filename, source.read(info))
+        target.writestr("clean/data/aotinductor/model/model.so", b"\x7fELF")
+    result = run("score", tmp_path / "aoti.pt2", tmp_path / "inputs.npy", "--out", tmp_path / "logits.npy")
+    assert "compiled code" in one_clean_line(result, 3)
+
+
+# ------------------------------------------------------------------------------------- per-shard folders
+
+
+@pytest.fixture
+def shards(tmp_path):
+    rng = np.random.default_rng(0)
+    (tmp_path / "in").mkdir()
+    for k, rows in enumerate((20, 30, 25)):
+        np.save(tmp_path / "in" / f"part-{k + 1}.npy", rng.normal(size=(rows, C)).astype(np.float32))
+    np.save(tmp_path / "counts.npy", COUNTS)
+    np.save(tmp_path / "labels.npy", rng.integers(0, C, 75))
+    return tmp_path
+
+
+def _apply_folder(d, *extra):
+    return run("apply", d / "in", "--tau", 1, "--priors", d / "counts.npy", "--out", d / "out", *extra)
+
+
+def test_failed_shard_leaves_no_folder_and_force_keeps_the_old_one(shards):
+    good = _apply_folder(shards)
+    assert good.exit_code == 0, good.output
+    before = {p: p.read_bytes() for p in (shards / "out").iterdir()}
+    bad = np.load(shards / "in" / "part-3.npy")
+    bad[4, 2] = np.nan
+    np.save(shards / "in" / "part-3.npy", bad)
+    failed = _apply_folder(shards, "--force")
+    assert "NaN" in one_clean_line(failed, 4)
+    assert {p: p.read_bytes() for p in (shards / "out").iterdir()} == before  # the old calibration, whole
+    assert sorted(p.name for p in shards.iterdir()) == ["counts.npy", "in", "labels.npy", "out"]
+    fresh = run("apply", shards / "in", "--tau", 1, "--priors", shards / "counts.npy", "--out", shards / "new")
+    one_clean_line(fresh, 4)
+    assert not (shards / "new").exists()  # not shards 1-2 without an index
+    assert sorted(p.name for p in shards.iterdir()) == ["counts.npy", "in", "labels.npy", "out"]
+
+
+def test_force_never_deletes_files_lacal_did_not_write(shards):
+    assert _apply_folder(shards).exit_code == 0
+    (shards / "out" / "notes.txt").write_text("mine")
+    refused = _apply_folder(shards, "--force")
+    assert "notes.txt" in one_clean_line(refused, 8)
+    assert (shards / "out" / "notes.txt").read_text() == "mine"
+    (shards / "out" / "notes.txt").unlink()
+    assert _apply_folder(shards, "--force").exit_code == 0
+    (shards / "mine").mkdir()
+    (shards / "mine" / "photo.jpg").write_bytes(b"x")
+    other = run("apply", shards / "in", "--tau", 1, "--priors", shards / "counts.npy", "--out", shards / "mine",
+                "--force")
+    one_clean_line(other, 8)
+    assert visible(shards / "mine") == ["photo.jpg"]
+
+
+@pytest.mark.parametrize("damage, code", [  # a shard missing, one unlisted, shards of other sizes, a bad entry
+    (lambda out: (out / "part-2.npy").unlink(), 3),
+    (lambda out: np.save(out / "part-9.npy", np.zeros((5, C), dtype=np.float32)), 4),
+    (lambda out: [np.save(out / "part-2.npy", np.zeros((29, C), dtype=np.float32)),  # same total, other rows
+                  np.save(out / "part-3.npy", np.zeros((26, C), dtype=np.float32))], 4),
+    (lambda out: (out / "index.json").write_text(json.dumps(
+        {"format": "lacal-shards", "version": 1, "shards": [{"file": 5}]})), 3),
+])
+def test_readers_refuse_a_folder_that_disagrees_with_its_index(shards, damage, code):
+    assert _apply_folder(shards).exit_code == 0
+    damage(shards / "out")
+    result = run("fit-tau", shards / "out", shards / "labels.npy", "--priors", shards / "counts.npy")
+    one_clean_line(result, code)
+
+
+def test_checkpoint_folder_force_keeps_foreign_files(tmp_path):
+    save_hf_folder(build(TimmLike), tmp_path / "hf", 2)
+    lacal.Calibration(tau=1.0, priors=COUNTS / COUNTS.sum()).save(tmp_path / "cal.json")
+    first = run("apply", tmp_path / "hf", "--calibration", tmp_path / "cal.json", "--out", tmp_path / "out")
+    assert first.exit_code == 0, first.output
+    (tmp_path / "out" / "notes.txt").write_text("mine")
+    again = run("apply", tmp_path / "hf", "--calibration", tmp_path / "cal.json", "--out", tmp_path / "out",
+                "--force")
+    assert "notes.txt" in one_clean_line(again, 8)
+    assert (tmp_path / "out" / "notes.txt").read_text() == "mine"
+    (tmp_path / "user").mkdir()
+    (tmp_path / "user" / "thesis.tex").write_text("years of work")
+    over = run("apply", tmp_path / "hf", "--calibration", tmp_path / "cal.json", "--out", tmp_path / "user",
+               "--force")
+    one_clean_line(over, 8)
+    assert (tmp_path / "user" / "thesis.tex").read_text() == "years of work"
+
+
+# ------------------------------------------------------------------------------------------ unwritable outputs
+
+
+@pytest.fixture
+def priors_input(tmp_path):
+    (tmp_path / "train.txt").write_text("\n".join(str(c) for c in np.repeat(np.arange(C), COUNTS)) + "\n")
+    return tmp_path / "train.txt"
+
+
+def _denied_folder():
+    """A folder where creating a file fails even for root (sysfs), or None."""
+    try:
+        handle = open("/sys/lacal-probe", "w")
+    except OSError:
+        return Path("/sys")
+    handle.close()
+    os.unlink("/sys/lacal-probe")
+    return None
+
+
+def test_unwritable_output_gives_exit_8_and_one_line(tmp_path, priors_input):
+    denied = _denied_folder()
+    if denied is None:
+        pytest.skip("no folder here refuses new files")
+    result = run("priors", priors_input, "--out", denied / "priors.json")
+    assert "cannot write" in one_clean_line(result, 8)
+
+
+def test_long_legal_name_is_written(tmp_path, priors_input):
+    out = tmp_path / ("p" * 244 + ".json")  # 249 bytes: legal; a temporary name built from it was not
+    result = run("priors", priors_input, "--out", out)
+    assert result.exit_code == 0, result.output
+    assert json.loads(out.read_text())["counts"] == COUNTS.tolist()
+    assert visible(tmp_path) == sorted(["train.txt", out.name])
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 256 KiB tmpfs (needs root and mount; skipped elsewhere)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+def test_full_and_read_only_disks(tmp_path, small_disk):
+    np.save(tmp_path / "logits.npy", np.random.default_rng(0).normal(size=(20000, C)).astype(np.float32))
+    np.save(tmp_path / "counts.npy", COUNTS)
+    full = run("apply", tmp_path / "logits.npy", "--tau", 1, "--priors", tmp_path / "counts.npy", "--out",
+               small_disk / "adjusted.npy")  # 480 kB into 256 kB
+    assert "No space left" in one_clean_line(full, 8)
+    assert visible(small_disk) == []
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    read_only = run("apply", tmp_path / "logits.npy", "--tau", 1, "--priors", tmp_path / "counts.npy", "--out",
+                    small_disk / "a.npy")
+    assert "Read-only" in one_clean_line(read_only, 8)
+
+
+# ----------------------------------------------------------------------------------------------------- CSV
+
+
+def test_csv_logits_with_a_byte_order_mark_keep_every_row(tmp_path):
+    logits = np.random.default_rng(0).normal(size=(50, C))
+    text = "\n".join(",".join(f"{v:.6f}" for v in row) for row in logits) + "\n"
+    (tmp_path / "bom.csv").write_bytes(b"\xef\xbb\xbf" + text.encode())
+    source = lacal.read_logits(tmp_path / "bom.csv")
+    assert source.shape == (50, C)
+    np.testing.assert_allclose(source.rows(0, 50).numpy(), np.round(logits, 6), atol=1e-12)
+
+
+def test_csv_numeric_header_is_a_header_and_said(tmp_path):
+    logits = np.random.default_rng(0).normal(size=(50, C))
+    text = ",".join(str(i) for i in range(C)) + "\n"
+    text += "\n".join(",".join(f"{v:.6f}" for v in row) for row in logits) + "\n"
+    (tmp_path / "header.csv").write_text(text)
+    np.save(tmp_path / "counts.npy", COUNTS)
+    result = run("apply", tmp_path / "header.csv", "--tau", 0, "--priors", tmp_path / "counts.npy", "--out",
+                 tmp_path / "out.npy")
+    assert result.exit_code == 0, result.output
+    assert "read as a header" in result.stderr
+    np.testing.assert_allclose(np.load(tmp_path / "out.npy"), np.round(logits, 6), atol=1e-12)
+
+
+def test_csv_predictions_neutralise_formulas(tmp_path):
+    names = ["=HYPERLINK(\"http://x\")", "+cmd", "-2+3", "@SUM(A1)", "\tTab", "plain"]
+    (tmp_path / "classes.json").write_text(json.dumps(names))
+    logits = np.eye(C, dtype=np.float32) * 10  # row k predicts class k
+    np.save(tmp_path / "logits.npy", logits)
+    np.save(tmp_path / "counts.npy", COUNTS)
+    result = run("apply", tmp_path / "logits.npy", "--tau", 0, "--priors", tmp_path / "counts.npy", "--classes",
+                 tmp_path / "classes.json", "--out", tmp_path / "pred.csv")
+    assert result.exit_code == 0, result.output
+    import csv
+
+    rows = list(csv.reader(open(tmp_path / "pred.csv", newline="", encoding="utf-8")))[1:]
+    written = [row[2] for row in rows]
+    assert written == ["'" + n for n in names[:5]] + ["plain"]
+    assert not any(cell.startswith(("=", "+", "-", "@", "\t", "\r")) for row in rows for cell in row[2:3])
+
+
+# ------------------------------------------------------------------------------------------- model folders
+
+
+def _folder_with_head_shard_elsewhere(tmp_path, how):
+    """A sharded HF folder whose head shard lives outside it, reached through a symlinked subfolder or file."""
+    save_hf_folder(build(TimmLike), tmp_path / "hf", 2)
+    index_path = tmp_path / "hf" / "model.safetensors.index.json"
+    index = json.loads(index_path.read_text())
+    head_file = index["weight_map"]["head.fc.bias"]
+    (tmp_path / "elsewhere").mkdir()
+    os.replace(tmp_path / "hf" / head_file, tmp_path / "elsewhere" / head_file)
+    if how == "folder":
+        (tmp_path / "hf" / "sub").symlink_to(tmp_path / "elsewhere")
+        index["weight_map"] = {k: ("sub/" + v if v == head_file else v) for k, v in index["weight_map"].items()}
+        index_path.write_text(json.dumps(index))
+    else:
+        (tmp_path / "hf" / head_file).symlink_to(tmp_path / "elsewhere" / head_file)
+    return tmp_path / "elsewhere" / head_file
+
+
+@pytest.mark.parametrize("how", ["folder", "file"])
+def test_symlinks_leaving_a_model_folder_are_refused(tmp_path, how):
+    outside = _folder_with_head_shard_elsewhere(tmp_path, how)
+    before = outside.read_bytes()
+    lacal.Calibration(tau=1.0, priors=COUNTS / COUNTS.sum()).save(tmp_path / "cal.json")
+    in_place = run("apply", tmp_path / "hf", "--calibration", tmp_path / "cal.json", "--in-place")
+    assert "outside" in one_clean_line(in_place, 3) or "symlink" in in_place.stderr
+    assert outside.read_bytes() == before
+    copied = run("apply", tmp_path / "hf", "--calibration", tmp_path / "cal.json", "--out", tmp_path / "out")
+    one_clean_line(copied, 3)
+    assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------------------------------ non-finite values
+
+
+def test_offsets_beyond_float32_are_refused(tmp_path):
+    np.save(tmp_path / "logits.npy", np.random.default_rng(0).normal(size=(10, C)).astype(np.float32))
+    np.save(tmp_path / "counts.npy", COUNTS)
+    result = run("apply", tmp_path / "logits.npy", "--tau", 1e39, "--priors", tmp_path / "counts.npy", "--out",
+                 tmp_path / "out.npy")
+    assert "infinite" in one_clean_line(result, 4) or "beyond" in result.stderr
+    assert not (tmp_path / "out.npy").exists()
+    priors = COUNTS / COUNTS.sum()
+    for name, calibration in (("t.json", lacal.Calibration(tau=1.0, priors=priors, temperature=1e-300)),
+                              ("b.json", lacal.Calibration(tau=1.0, priors=priors, bias=np.full(C, 1e308)))):
+        calibration.save(tmp_path / name)
+        for out in ("out.npy", "out.csv"):
+            result = run("apply", tmp_path / "logits.npy", "--calibration", tmp_path / name, "--out", tmp_path / out)
+            one_clean_line(result, 4)
+            assert not (tmp_path / out).exists()
+
+
+def test_patched_bias_beyond_its_dtype_is_refused(tmp_path):
+    model = build(TorchvisionLike)
+    save_file(model.state_dict(), tmp_path / "m.safetensors")
+    priors = COUNTS / COUNTS.sum()
+    lacal.Calibration(tau=1.0, priors=priors, bias=np.full(C, 1e308)).save(tmp_path / "cal.json")
+    result = run("apply", tmp_path / "m.safetensors", "--calibration", tmp_path / "cal.json", "--out",
+                 tmp_path / "p.safetensors")
+    one_clean_line(result, 9)
+    assert not (tmp_path / "p.safetensors").exists()
+
+
+# ---------------------------------------------------------------------------------------------------- score
+
+
+class Fickle(torch.nn.Module):
+    """Returns 3 classes for a full batch of 4 and 5 for a smaller one."""
+
+    def forward(self, x):
+        if x.shape[0] == 4:
+            return x[:, :3]
+        return x[:, :5]
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".safetensors", ".npz"])
+def test_score_refuses_a_model_whose_width_changes(tmp_path, suffix):
+    torch.jit.script(Fickle()).save(str(tmp_path / "fickle.ts"))
+    np.save(tmp_path / "inputs.npy", np.random.default_rng(0).normal(size=(6, 8)).astype(np.float32))
+    result = run("score", tmp_path / "fickle.ts", tmp_path / "inputs.npy", "--out", tmp_path / f"logits{suffix}",
+                 "--batch-size", 4)
+    assert "first batch" in one_clean_line(result, 4)
+    assert not (tmp_path / f"logits{suffix}").exists()
