@@ -395,3 +395,137 @@ def test_score_refuses_a_model_whose_width_changes(tmp_path, suffix):
                  "--batch-size", 4)
     assert "first batch" in one_clean_line(result, 4)
     assert not (tmp_path / f"logits{suffix}").exists()
+
+
+# ------------------------------------------------------------------------------------------------ checkpoints
+
+
+def test_patch_record_never_replaces_an_input(tmp_path):
+    model = build(TorchvisionLike)
+    torch.save(model.state_dict(), tmp_path / "m.pt")
+    calibration = tmp_path / "p.pt.lacal.json"  # where the record of --out p.pt would go
+    lacal.Calibration(tau=1.0, priors=COUNTS / COUNTS.sum()).save(calibration)
+    before = calibration.read_bytes()
+    result = run("apply", tmp_path / "m.pt", "--calibration", calibration, "--out", tmp_path / "p.pt")
+    one_clean_line(result, 8)
+    assert calibration.read_bytes() == before and not (tmp_path / "p.pt").exists()
+
+
+def test_replacing_keeps_permissions(tmp_path, priors_input):
+    old = os.umask(0o022)
+    try:
+        out = tmp_path / "priors.json"
+        assert run("priors", priors_input, "--out", out).exit_code == 0
+        os.chmod(out, 0o600)
+        assert run("priors", priors_input, "--out", out, "--force").exit_code == 0
+        assert stat.S_IMODE(os.stat(out).st_mode) == 0o600
+        save_file(build(TorchvisionLike).state_dict(), tmp_path / "m.safetensors")
+        os.chmod(tmp_path / "m.safetensors", 0o640)
+        lacal.Calibration(tau=1.0, priors=COUNTS / COUNTS.sum()).save(tmp_path / "cal.json")
+        result = run("apply", tmp_path / "m.safetensors", "--calibration", tmp_path / "cal.json", "--in-place")
+        assert result.exit_code == 0, result.output
+        assert stat.S_IMODE(os.stat(tmp_path / "m.safetensors").st_mode) == 0o640
+        new = tmp_path / "new.json"
+        assert run("priors", priors_input, "--out", new).exit_code == 0
+        assert stat.S_IMODE(os.stat(new).st_mode) == 0o644  # a new file: what a plain open gives
+    finally:
+        os.umask(old)
+
+
+def test_integer_bias_is_refused(tmp_path):
+    state = build(TorchvisionLike).state_dict()
+    state["fc.bias"] = torch.arange(C, dtype=torch.int64)
+    save_file(state, tmp_path / "m.safetensors")
+    lacal.Calibration(tau=1.0, priors=COUNTS / COUNTS.sum()).save(tmp_path / "cal.json")
+    result = run("apply", tmp_path / "m.safetensors", "--calibration", tmp_path / "cal.json", "--out",
+                 tmp_path / "p.safetensors")
+    assert "int64" in one_clean_line(result, 9)
+    assert not (tmp_path / "p.safetensors").exists()
+
+
+def test_duplicated_tensor_patches_the_copy_the_index_names(tmp_path):
+    save_hf_folder(build(TimmLike), tmp_path / "hf", 2)
+    index_path = tmp_path / "hf" / "model.safetensors.index.json"
+    index = json.loads(index_path.read_text())
+    first, second = "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"
+    one, two = load_file(tmp_path / "hf" / first), load_file(tmp_path / "hf" / second)
+    real = two["head.fc.bias"]
+    stale = real + 100
+    one["head.fc.bias"], two["head.fc.bias"] = real, stale  # the index names the first shard's copy
+    index["weight_map"]["head.fc.bias"] = first
+    save_file(one, tmp_path / "hf" / first, metadata={"format": "pt"})
+    save_file(two, tmp_path / "hf" / second, metadata={"format": "pt"})
+    index_path.write_text(json.dumps(index))
+    priors = COUNTS / COUNTS.sum()
+    lacal.Calibration(tau=1.0, priors=priors).save(tmp_path / "cal.json")
+    result = run("apply", tmp_path / "hf", "--calibration", tmp_path / "cal.json", "--out", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    patched = load_file(tmp_path / "out" / first)["head.fc.bias"].double().numpy()
+    np.testing.assert_allclose(patched, real.double().numpy() - np.log(priors), atol=1e-5)
+    np.testing.assert_array_equal(load_file(tmp_path / "out" / second)["head.fc.bias"].numpy(), stale.numpy())
+
+
+# ------------------------------------------------------------------------------------------- concurrent runs
+
+
+def test_of_two_runs_to_one_new_output_exactly_one_wins(tmp_path):
+    out = tmp_path / "out.json"
+    with pytest.raises(OutputError, match="meanwhile"):
+        with atomic_path(out) as first:
+            first.write_text("first")
+            with atomic_path(out) as second:  # started later, finished first
+                second.write_text("second")
+    assert out.read_text() == "second"
+    assert visible(tmp_path) == ["out.json"]
+
+
+# -------------------------------------------------------------------------------------------------- signals
+
+
+def _slow_score_files(folder):
+    """A TorchScript model slow enough on a CPU to be stopped mid-write, and its inputs."""
+
+    class Slow(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.randn(256, 256) / 16)
+
+        def forward(self, x):
+            for _ in range(300):
+                x = torch.tanh(x @ self.weight)
+            return x
+
+    torch.jit.script(Slow()).save(str(folder / "slow.ts"))
+    np.save(folder / "inputs.npy", np.random.default_rng(0).normal(size=(4000, 256)).astype(np.float32))
+
+
+@pytest.mark.parametrize("number", [signal.SIGTERM, signal.SIGHUP])
+def test_sigterm_and_sighup_leave_no_temporary_file(tmp_path, number):
+    _slow_score_files(tmp_path)
+    out = tmp_path / "logits.npy"
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    process = subprocess.Popen([sys.executable, "-m", "lacal", "score", str(tmp_path / "slow.ts"),
+                                str(tmp_path / "inputs.npy"), "--out", str(out), "--batch-size", "16", "--quiet",
+                                "--device", "cpu"], env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob(".logits.npy.*.lacal-tmp")):  # the temporary appears after the first batch
+        assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()
+        time.sleep(0.02)
+    process.send_signal(number)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + number, stderr
+    assert "Traceback" not in stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["inputs.npy", "slow.ts"]
+
+
+def test_a_later_run_removes_stale_temporaries_of_its_target(tmp_path, priors_input):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f".priors.json.{dead.pid}.abcd1234.lacal-tmp"
+    stale.write_bytes(b"\0" * 1000)
+    alive = tmp_path / f".priors.json.{os.getpid()}.efgh5678.lacal-tmp"  # a run still going: kept
+    alive.write_bytes(b"\0")
+    other = tmp_path / f".other.json.{dead.pid}.abcd1234.lacal-tmp"  # another target's: kept
+    other.write_bytes(b"\0")
+    assert run("priors", priors_input, "--out", tmp_path / "priors.json").exit_code == 0
+    assert not stale.exists() and alive.exists() and other.exists()
