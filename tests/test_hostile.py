@@ -529,3 +529,124 @@ def test_a_later_run_removes_stale_temporaries_of_its_target(tmp_path, priors_in
     other.write_bytes(b"\0")
     assert run("priors", priors_input, "--out", tmp_path / "priors.json").exit_code == 0
     assert not stale.exists() and alive.exists() and other.exists()
+
+
+# ---------------------------------------------------------------------------------------- low: odd inputs
+
+
+def _huge_npy(path, shape, descr="<i8"):
+    """A tiny .npy file whose header promises a huge array."""
+    with open(path, "wb") as handle:
+        np.lib.format.write_array_header_1_0(handle, {"descr": descr, "fortran_order": False, "shape": shape})
+        handle.write(b"\0" * 64)
+
+
+@pytest.fixture
+def small(tmp_path):
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "val.npy", rng.normal(size=(50, C)).astype(np.float32))
+    np.save(tmp_path / "labels.npy", rng.integers(0, C, 50))
+    np.save(tmp_path / "counts.npy", COUNTS)
+    return tmp_path
+
+
+def _fit(d, logits="val.npy", labels="labels.npy", *extra):
+    return run("fit-tau", d / logits, d / labels, *extra)
+
+
+def test_tiny_files_that_promise_huge_arrays(small):
+    _huge_npy(small / "huge_labels.npy", (10 ** 12,))
+    assert "cut short" in one_clean_line(_fit(small, "val.npy", "huge_labels.npy", "--priors", small / "counts.npy"),
+                                         3)
+    _huge_npy(small / "huge_priors.npy", (10 ** 12,))
+    assert "cut short" in one_clean_line(_fit(small, "val.npy", "labels.npy", "--priors", small / "huge_priors.npy"),
+                                         3)
+    _huge_npy(small / "member.npy", (10 ** 6, 10 ** 6), "<f4")
+    with zipfile.ZipFile(small / "huge.npz", "w") as archive:
+        archive.write(small / "member.npy", "logits.npy")
+    assert "cut short" in one_clean_line(_fit(small, "huge.npz", "labels.npy", "--priors", small / "counts.npy"), 3)
+
+
+@pytest.mark.parametrize("first, message", [
+    ("1" * 31, "too large"),  # 31 digits
+    ("1_0", "not an integer"),  # int() would read 10
+    ("+5", "not an integer"),
+])
+def test_odd_label_tokens(small, first, message):
+    (small / "labels.txt").write_text("\n".join([first] + ["1"] * 49) + "\n")
+    assert message in one_clean_line(_fit(small, "val.npy", "labels.txt", "--priors", small / "counts.npy"), 4)
+
+
+def test_huge_labels_and_class_counts(small):
+    (small / "train.txt").write_text("\n".join(["1000000000000000"] + ["1"] * 49) + "\n")
+    assert "more than lacal counts" in one_clean_line(run("priors", small / "train.txt"), 4)
+    (small / "ok.txt").write_text("0\n1\n")
+    assert "more than lacal counts" in one_clean_line(run("priors", small / "ok.txt", "--num-classes", 10 ** 13), 4)
+    np.save(small / "u64.npy", np.array([2 ** 63 + 5] + [1] * 49, dtype=np.uint64))
+    line = one_clean_line(_fit(small, "val.npy", "u64.npy", "--priors", small / "counts.npy"), 4)
+    assert "9223372036854775813" in line and "negative" not in line
+
+
+def test_priors_too_large_for_a_float(small):
+    (small / "p.json").write_text("[1" + "0" * 400 + ", 1, 1, 1, 1, 1]")
+    one_clean_line(_fit(small, "val.npy", "labels.npy", "--priors", small / "p.json"), 5)
+
+
+def test_deeply_nested_json_everywhere(small):
+    deep = "[" * 100000 + "]" * 100000
+    for name in ("cal.json", "priors.json", "classes.json"):
+        (small / name).write_text(deep)
+    one_clean_line(run("apply", small / "val.npy", "--calibration", small / "cal.json", "--out", small / "o.npy"), 3)
+    one_clean_line(_fit(small, "val.npy", "labels.npy", "--priors", small / "priors.json"), 3)
+    one_clean_line(_fit(small, "val.npy", "labels.npy", "--priors", small / "counts.npy", "--classes",
+                        small / "classes.json"), 3)
+    (small / "in").mkdir()
+    np.save(small / "in" / "a.npy", np.load(small / "val.npy"))
+    (small / "in" / "index.json").write_text(deep)
+    one_clean_line(_fit(small, "in", "labels.npy", "--priors", small / "counts.npy"), 3)
+    save_hf_folder(build(TimmLike), small / "hf", 2)
+    (small / "hf" / "config.json").write_text("{\"id2label\": " + deep + "}")
+    lacal.Calibration(tau=1.0, priors=COUNTS / COUNTS.sum()).save(small / "good.json")
+    one_clean_line(run("apply", small / "hf", "--calibration", small / "good.json", "--out", small / "out"), 3)
+    (small / "hf" / "config.json").write_text("{}")
+    (small / "hf" / "model.safetensors.index.json").write_text(deep)
+    one_clean_line(run("apply", small / "hf", "--calibration", small / "good.json", "--out", small / "out"), 4)
+
+
+def test_a_bad_shard_index_entry_with_an_output(small):
+    (small / "in").mkdir()
+    np.save(small / "in" / "a.npy", np.load(small / "val.npy"))
+    (small / "in" / "index.json").write_text(json.dumps({"format": "lacal-shards", "version": 1,
+                                                          "shards": [{"file": 5}]}))
+    result = run("apply", small / "in", "--tau", 1, "--priors", small / "counts.npy", "--out", small / "o.npy")
+    one_clean_line(result, 3)
+    assert not (small / "o.npy").exists()
+
+
+def test_tau_range_narrower_than_rounding(small):
+    result = _fit(small, "val.npy", "labels.npy", "--priors", small / "counts.npy", "--tau-range",
+                  "1,1.0000000000000002")
+    assert "narrower" in one_clean_line(result, 6)
+
+
+def test_demo_folder_that_cannot_be_made(tmp_path):
+    (tmp_path / "file").write_text("x")
+    one_clean_line(run("demo", "--dir", tmp_path / "file"), 8)
+    one_clean_line(run("demo", "--dir", tmp_path / "file" / "below"), 8)
+
+
+def test_glob_output_that_lands_among_its_shards(small):
+    (small / "sh").mkdir()
+    np.save(small / "sh" / "a.npy", np.load(small / "val.npy")[:20])
+    np.save(small / "sh" / "b.npy", np.load(small / "val.npy")[20:])
+    result = run("apply", str(small / "sh" / "*.npy"), "--tau", 1, "--priors", small / "counts.npy", "--out",
+                 small / "sh" / "out.npy")
+    one_clean_line(result, 8)
+    assert sorted(p.name for p in (small / "sh").iterdir()) == ["a.npy", "b.npy"]
+
+
+def test_byte_order_mark_is_not_part_of_the_first_class_name(tmp_path):
+    (tmp_path / "classes.txt").write_bytes(b"\xef\xbb\xbfcat\ndog\n")
+    assert lacal.read_classes(tmp_path / "classes.txt") == ["cat", "dog"]
+    (tmp_path / "labels.csv").write_bytes(b"\xef\xbb\xbflabel\ncat\ndog\n")
+    np.testing.assert_array_equal(lacal.read_labels(tmp_path / "labels.csv", ["cat", "dog"]), [0, 1])
