@@ -534,9 +534,9 @@ def fit_tau_command(
     search: Annotated[Search, typer.Option("--search", help="exact: a true minimiser over the whole range; grid: the "
                                                             "best of --grid-size evenly spaced values.")
                       ] = Search.exact,
-    grid_size: Annotated[Optional[int], typer.Option("--grid-size", min=2, help="Grid points for --search grid "
-                                                                                 "(default 401; 21 for tau-norm, "
-                                                                                 "whose search is a grid).")] = None,
+    grid_size: Annotated[Optional[int], typer.Option("--grid-size", min=2, max=10_000,
+                                                     help="Grid points for --search grid (default 401; 21 for "
+                                                          "tau-norm, whose search is a grid).")] = None,
     metric: Annotated[Metric, typer.Option("--metric", help="What tau minimises on the validation set.")
                       ] = Metric.balanced_error,
     out: Annotated[Optional[Path], typer.Option("--out", help="Write a calibration file (JSON) for `lacal apply`.")
@@ -1045,8 +1045,8 @@ def report_command(
     quiet: QuietOpt = False,
     target_priors: TargetOpt = "uniform",
     target_logits: TargetLogitsOpt = None,
-    bins: Annotated[int, typer.Option("--bins", min=1, help="Equal-width confidence bins of the ECE and classwise "
-                                                            "ECE.")] = 15,
+    bins: Annotated[int, typer.Option("--bins", min=1, max=10_000, help="Equal-width confidence bins of the ECE "
+                                                                        "and classwise ECE.")] = 15,
     compare: Annotated[bool, typer.Option("--compare", help="Instead: one table of post-hoc methods fitted on these "
                                                             "(validation) logits: ERM, logit adjustment at tau = 1 "
                                                             "and fitted, tau-normalisation (with --checkpoint and "

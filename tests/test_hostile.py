@@ -650,3 +650,11 @@ def test_byte_order_mark_is_not_part_of_the_first_class_name(tmp_path):
     assert lacal.read_classes(tmp_path / "classes.txt") == ["cat", "dog"]
     (tmp_path / "labels.csv").write_bytes(b"\xef\xbb\xbflabel\ncat\ndog\n")
     np.testing.assert_array_equal(lacal.read_labels(tmp_path / "labels.csv", ["cat", "dog"]), [0, 1])
+
+
+def test_grid_and_bins_too_large_are_usage_errors(small):
+    grid = _fit(small, "val.npy", "labels.npy", "--priors", small / "counts.npy", "--search", "grid",
+                "--grid-size", 10 ** 8)
+    assert grid.exit_code == 2 and "--grid-size" in grid.stderr and "Traceback" not in grid.output
+    bins = run("report", small / "val.npy", small / "labels.npy", "--bins", 10 ** 8)
+    assert bins.exit_code == 2 and "--bins" in bins.stderr and "Traceback" not in bins.output
