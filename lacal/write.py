@@ -8,6 +8,7 @@ import fnmatch
 import glob
 import io
 import os
+import re
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -61,7 +62,7 @@ def temporary_prefix(path: Path) -> str:
 
 def remove_stale(path: Path) -> None:
     """Remove temporary files and folders that an earlier, killed lacal run left for `path` (those of processes
-    that no longer run)."""
+    that no longer run); an old folder moved aside just before the kill goes back to `path` if nothing is there."""
     import shutil
 
     short = os.fsencode(path.name)[:NAME_BYTES].decode("utf-8", "ignore")
@@ -69,12 +70,17 @@ def remove_stale(path: Path) -> None:
         candidates = list(path.parent.glob(f".{glob.escape(short)}.*"))
     except OSError:
         return
+    pattern = re.compile(rf"\.{re.escape(short)}\.([0-9]+)\.[A-Za-z0-9_]{{8}}\.lacal-(tmp|old)")
     for candidate in candidates:
-        parts = candidate.name[len(short) + 2:].split(".")
-        if not candidate.name.endswith((TEMPORARY_SUFFIX, ".lacal-old")) or not parts[0].isdigit():
+        match = pattern.fullmatch(candidate.name)
+        if match is None or _running(int(match.group(1))):
             continue
-        if _running(int(parts[0])):
-            continue
+        if match.group(2) == "old" and not os.path.lexists(path):
+            try:  # killed between the two renames of replace_folder: the old folder goes back in place
+                os.rename(candidate, path)
+                continue
+            except OSError:
+                pass
         if candidate.is_dir() and not candidate.is_symlink():
             shutil.rmtree(candidate, ignore_errors=True)
         else:
@@ -199,6 +205,7 @@ def check_output_folder(out: Path, force: bool, ours, inputs=()) -> None:
         raise OutputError("exists and is not a folder; per-shard outputs go into a folder", out)
     if not out.parent.is_dir():
         raise OutputError(f"folder {out.parent} does not exist", out)
+    remove_stale(out)
     for item in inputs:
         if item is not None and Path(item).exists() and (out.resolve() == Path(item).resolve()
                                                          or out.resolve() in Path(item).resolve().parents):

@@ -658,3 +658,18 @@ def test_grid_and_bins_too_large_are_usage_errors(small):
     assert grid.exit_code == 2 and "--grid-size" in grid.stderr and "Traceback" not in grid.output
     bins = run("report", small / "val.npy", small / "labels.npy", "--bins", 10 ** 8)
     assert bins.exit_code == 2 and "--bins" in bins.stderr and "Traceback" not in bins.output
+
+
+def test_a_folder_moved_aside_by_a_killed_run_comes_back(shards):
+    """SIGKILL between the two renames of a folder swap leaves the old folder under a hidden name: the next run
+    puts it back before it decides anything."""
+    assert _apply_folder(shards).exit_code == 0
+    before = {p.name: p.read_bytes() for p in (shards / "out").iterdir()}
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    os.rename(shards / "out", shards / f".out.{dead.pid}.k9x2m4q1.lacal-old")
+    (shards / f".out.{dead.pid}.z8y7x6w5.lacal-tmp").mkdir()  # the new folder it was swapping in
+    refused = _apply_folder(shards)  # without --force: the old folder is back, so the output exists
+    assert "already exists" in one_clean_line(refused, 8)
+    assert {p.name: p.read_bytes() for p in (shards / "out").iterdir()} == before
+    assert sorted(p.name for p in shards.iterdir()) == ["counts.npy", "in", "labels.npy", "out"]
