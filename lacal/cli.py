@@ -1173,7 +1173,7 @@ def _shard_outputs(context, paths, out: Path, suffix: str, force: bool, inputs, 
     as a hidden sibling and swapped in at the end, so a failure leaves `out` as it was."""
     from .distributed import my_share
     from .load import SHARD_INDEX, SHARD_INDEX_FORMAT, shard_paths
-    from .write import check_output_folder, discard_folder, replace_folder, stage_folder, write_text
+    from .write import check_output_folder, discard_folder, remove_stale, replace_folder, stage_folder, write_text
 
     files = [shard for path in paths for shard in shard_paths(path)]
     stems = [f.stem for f in files]
@@ -1182,6 +1182,8 @@ def _shard_outputs(context, paths, out: Path, suffix: str, force: bool, inputs, 
     failure = staging = None
     if context.leader:
         try:
+            if out.parent.is_dir():
+                remove_stale(out)  # first, so that an old folder a killed run moved aside is back
             check_output_folder(out, force, _written_by_lacal(out / SHARD_INDEX), inputs)
             staging = stage_folder(out)
         except Exception as exc:  # noqa: BLE001  (re-raised on every rank by agree)
