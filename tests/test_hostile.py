@@ -499,6 +499,7 @@ def _slow_score_files(folder):
     np.save(folder / "inputs.npy", np.random.default_rng(0).normal(size=(4000, 256)).astype(np.float32))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("number", [signal.SIGTERM, signal.SIGHUP])
 def test_sigterm_and_sighup_leave_no_temporary_file(tmp_path, number):
     _slow_score_files(tmp_path)
