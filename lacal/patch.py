@@ -21,7 +21,7 @@ import numpy as np
 from .checkpoints import (PATCH_FILE, PATCH_METADATA_KEY, Checkpoint, Head, _is_safetensors, bias_name,
                           patch_record_path, read_safetensors_header)
 from .errors import CheckpointError, MismatchError, OptionError, OutputError, VerificationError
-from .write import atomic_path, check_output, check_output_folder, temporary_prefix, write_text
+from .write import atomic_path, check_output, check_output_folder, stage_folder, temporary_prefix, write_text
 
 PATCH_FORMAT = "lacal-patch"
 PATCH_VERSION = 1
@@ -295,7 +295,7 @@ def _write_folder(checkpoint: Checkpoint, patch: Patch, out: Path | None, force:
     if not out.parent.is_dir():
         raise OutputError(f"folder {out.parent} does not exist", out)
     check_output_folder(out, force, _earlier_output(out, source))
-    staging = Path(tempfile.mkdtemp(prefix=temporary_prefix(out), suffix=".lacal-tmp", dir=out.parent))
+    staging = stage_folder(out)
     notes = []
     try:
         for item in sorted(source.rglob("*")):

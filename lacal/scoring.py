@@ -106,6 +106,8 @@ def score_pass(source, labels, offsets=(), device="cpu", rows: int | None = None
     targets = _labels_tensor(labels, source, device)
     dtype = compute_dtype(source)
     shifts = [torch.as_tensor(np.asarray(o), dtype=dtype, device=device) for o in offsets]
+    for offset, shift in zip(offsets, shifts):
+        check_fits(shift, offset, 1.0, getattr(source, "name", None))
     correct = torch.zeros(len(shifts), source.num_classes, dtype=torch.int64, device=device)
     for start, block in iter_blocks(source, device, rows, progress, memory_budget):
         y = targets[start:start + block.shape[0]]
@@ -257,6 +259,17 @@ def interval_pass(source, labels, log_priors, points=(), device="cpu", rows: int
     return IntervalStats(support=support.cpu().numpy(), points=counts, lo=lo, hi=hi, labels=targets)
 
 
+def check_fits(shift, offset, scale: float, name) -> None:
+    """Refuse offsets (and a scale) that become infinite in the dtype the logits are computed in: the adjusted
+    logits and every prediction from them would be wrong."""
+    import torch
+
+    if not bool(torch.isfinite(shift).all()) or not math.isfinite(float(torch.tensor(scale, dtype=shift.dtype))):
+        raise InputDataError(f"the adjustment does not fit {str(shift.dtype).replace('torch.', '')}: offsets up to "
+                             f"{float(np.max(np.abs(offset))):.3g}, scale {scale:.3g}; it would make the logits "
+                             "infinite (check tau, the temperature and the bias)", name)
+
+
 def iter_adjusted(source: LogitsSource, offset, device="cpu", rows: int | None = None, keep_dtype: bool = True,
                   progress=None, memory_budget: int | None = None, scale: float = 1.0):
     """Yield (start, block * scale + offset) as CPU tensors. The sum runs in float32 (float64 for float64 input); with
@@ -268,10 +281,7 @@ def iter_adjusted(source: LogitsSource, offset, device="cpu", rows: int | None =
     device = torch.device(device)
     shift = torch.as_tensor(np.asarray(offset), dtype=compute_dtype(source), device=device)
     out_dtype = getattr(torch, source.dtype_name) if keep_dtype else compute_dtype(source)
-    if not bool(torch.isfinite(shift).all()) or not math.isfinite(float(torch.tensor(scale, dtype=shift.dtype))):
-        raise InputDataError(f"the adjustment does not fit {shift.dtype}: offsets up to "
-                             f"{float(np.max(np.abs(offset))):.3g}, scale {scale:.3g}; it would make the logits "
-                             "infinite (check tau, the temperature and the bias)", source.name)
+    check_fits(shift, offset, scale, source.name)
     for start, block in iter_blocks(source, device, rows, progress, memory_budget):
         values = block if scale == 1.0 else block * scale
         adjusted = (values + shift).to(out_dtype)

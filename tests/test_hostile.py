@@ -354,6 +354,10 @@ def test_offsets_beyond_float32_are_refused(tmp_path):
                  tmp_path / "out.npy")
     assert "infinite" in one_clean_line(result, 4) or "beyond" in result.stderr
     assert not (tmp_path / "out.npy").exists()
+    np.save(tmp_path / "labels.npy", np.arange(10) % C)
+    report = run("report", tmp_path / "logits.npy", tmp_path / "labels.npy", "--tau", 1e39, "--priors",
+                 tmp_path / "counts.npy")  # every offset infinite in float32: each row would go to class 0
+    assert "infinite" in one_clean_line(report, 4)
     priors = COUNTS / COUNTS.sum()
     for name, calibration in (("t.json", lacal.Calibration(tau=1.0, priors=priors, temperature=1e-300)),
                               ("b.json", lacal.Calibration(tau=1.0, priors=priors, bias=np.full(C, 1e308)))):
