@@ -189,7 +189,8 @@ def write_torch(checkpoint: Checkpoint, file: Path, target: Path, replace: dict,
 
     obj, keys = checkpoint.torch_object(file)
     state = checkpoint.state_dict(file)
-    new_state = type(state)() if isinstance(state, dict) else {}
+    # a plain dict becomes an OrderedDict, whose _metadata carries the record inside the file too
+    new_state = type(state)() if type(state) is not dict else collections.OrderedDict()
     for name, tensor in state.items():
         new_state[name] = replace.get(name, tensor)
         for added, value in add.items():

@@ -415,6 +415,24 @@ def test_patch_record_never_replaces_an_input(tmp_path):
     assert calibration.read_bytes() == before and not (tmp_path / "p.pt").exists()
 
 
+def test_patched_pytorch_file_carries_its_record_even_without_the_file_beside(tmp_path):
+    """The record goes into the checkpoint itself (a plain dict is saved as an OrderedDict with _metadata) and
+    beside it after it: a run stopped before the record beside is written still leaves a checkpoint that says it
+    is patched, so a retry does not add the offsets twice."""
+    state = dict(build(TorchvisionLike).state_dict())  # a plain dict, as torch.save({...}) users write
+    torch.save(state, tmp_path / "m.pt")
+    lacal.Calibration(tau=1.0, priors=COUNTS / COUNTS.sum()).save(tmp_path / "cal.json")
+    first = run("apply", tmp_path / "m.pt", "--calibration", tmp_path / "cal.json", "--out", tmp_path / "p.pt")
+    assert first.exit_code == 0, first.output
+    os.unlink(tmp_path / "p.pt.lacal.json")  # as if stopped right after the checkpoint
+    again = run("apply", tmp_path / "p.pt", "--calibration", tmp_path / "cal.json", "--out", tmp_path / "q.pt")
+    assert "already carries a lacal patch" in one_clean_line(again, 9)
+    patched = torch.load(tmp_path / "p.pt", weights_only=True)
+    np.testing.assert_allclose(patched["fc.bias"].double().numpy(),
+                               state["fc.bias"].double().numpy() - np.log(COUNTS / COUNTS.sum()), atol=1e-5)
+    assert list(patched) == list(state)
+
+
 def test_replacing_keeps_permissions(tmp_path, priors_input):
     old = os.umask(0o022)
     try:
