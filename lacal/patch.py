@@ -9,6 +9,7 @@ a second patch of the same checkpoint is caught.
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import os
 import shutil
@@ -276,9 +277,9 @@ def _write_folder(checkpoint: Checkpoint, patch: Patch, out: Path | None, force:
     weight_shard = checkpoint.tensors[patch.head.weight].file
     index = checkpoint.index_file
     if in_place:
-        for shard in sorted(changed):
-            with atomic_path(shard, force=True) as temporary:
-                _write_one(checkpoint, shard, temporary, patch)
+        with contextlib.ExitStack() as stack:  # every changed shard written before any is renamed into place
+            for shard in sorted(changed):
+                _write_one(checkpoint, shard, stack.enter_context(atomic_path(shard, force=True)), patch)
         if index is not None and patch.added_bias:
             write_text(index, _index_with_bias(index, patch, weight_shard), force=True)
         write_text(source / PATCH_FILE, json.dumps(patch.record, indent=2) + "\n", force=True)

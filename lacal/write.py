@@ -33,7 +33,7 @@ def check_output(path: str | os.PathLike, force: bool = False, inputs=()) -> Pat
         if source.exists() and path.exists() and os.path.samefile(path, source):
             raise OutputError("is also an input; lacal never writes over its input, choose another --out", path)
     for spec in inputs:
-        if spec is not None and _is_pattern(spec) and fnmatch.fnmatch(str(path), str(spec)):
+        if spec is not None and _is_pattern(spec) and fnmatch.fnmatch(os.path.abspath(path), os.path.abspath(spec)):
             raise OutputError(f"matches the input pattern {spec}, where it would be read as one more shard; "
                               "choose another --out", path)
     if path.is_dir():

@@ -696,3 +696,26 @@ def test_a_folder_moved_aside_by_a_killed_run_comes_back(shards):
     assert "already exists" in one_clean_line(refused, 8)
     assert {p.name: p.read_bytes() for p in (shards / "out").iterdir()} == before
     assert sorted(p.name for p in shards.iterdir()) == ["counts.npy", "in", "labels.npy", "out"]
+
+
+def test_in_place_folder_patch_that_fails_midway_changes_nothing(tmp_path, small_disk):
+    """A temperature changes the head's weight (first shard) and bias (second shard). The second shard does not fit
+    on the disk: no shard may be left patched."""
+    torch.manual_seed(0)
+    folder = small_disk / "hf"
+    folder.mkdir()
+    first, second = "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"
+    save_file({"fc.weight": torch.randn(C, 8)}, folder / first, metadata={"format": "pt"})
+    save_file({"fc.bias": torch.randn(C), "padding": torch.zeros(30000)}, folder / second, metadata={"format": "pt"})
+    (folder / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {}, "weight_map": {"fc.weight": first, "fc.bias": second, "padding": second}}))
+    free = os.statvfs(small_disk).f_bavail * os.statvfs(small_disk).f_frsize
+    (small_disk / "filler").write_bytes(b"\0" * (free - 60000))  # room for the first shard, not the second
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    lacal.Calibration(tau=1.0, priors=COUNTS / COUNTS.sum(), temperature=2.0).save(tmp_path / "cal.json")
+    result = run("apply", folder, "--calibration", tmp_path / "cal.json", "--in-place")
+    assert result.exit_code == 8 and "Traceback" not in result.output, result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("lacal: error: ")]
+    assert len(errors) == 1 and "No space left" in errors[0]
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    assert sorted(p.name for p in small_disk.iterdir()) == ["filler", "hf"]
