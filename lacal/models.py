@@ -3,8 +3,9 @@ torch.export program (.pt2).
 
 A model is a program, and scoring runs it; what lacal refuses is Python code hidden in the file's pickles.
 TorchScript archives are read by TorchScript's own unpickler, which builds only TorchScript values. A .pt2 archive
-may carry pickled Python objects ("opaque" and custom-class constants), which torch.export.load would unpickle: such
-archives are refused, and every tensor in the rest is loaded with weights_only=True.
+may carry pickled Python objects ("opaque" and custom-class constants, payloads marked use_pickle) or compiled code
+(AOTInductor), which torch.export.load would unpickle or load: such archives are refused, by their member names and
+by their payload configs, and every tensor in the rest is loaded with weights_only=True.
 """
 
 from __future__ import annotations

@@ -1,5 +1,7 @@
 """Writers. Every file goes to a temporary sibling first and is renamed into place, so a failure never leaves a
-partial output and an existing file is never half-overwritten."""
+partial output and an existing file is never half-overwritten; a folder of outputs is written as a hidden sibling
+folder and swapped in. Temporary names carry the writer's process id, so that a later run can remove what a killed
+one left."""
 
 from __future__ import annotations
 
