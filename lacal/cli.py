@@ -1172,7 +1172,7 @@ def _shard_outputs(context, paths, out: Path, suffix: str, force: bool, inputs, 
     rank writes its own shards. `write_one(shard, target)` writes one and returns its rows. The folder is written
     as a hidden sibling and swapped in at the end, so a failure leaves `out` as it was."""
     from .distributed import my_share
-    from .load import SHARD_INDEX, SHARD_INDEX_FORMAT, shard_paths
+    from .load import SHARD_INDEX, SHARD_INDEX_FORMAT, files_lacal_wrote, shard_paths
     from .write import check_output_folder, discard_folder, remove_stale, replace_folder, stage_folder, write_text
 
     files = [shard for path in paths for shard in shard_paths(path)]
@@ -1184,7 +1184,7 @@ def _shard_outputs(context, paths, out: Path, suffix: str, force: bool, inputs, 
         try:
             if out.parent.is_dir():
                 remove_stale(out)  # first, so that an old folder a killed run moved aside is back
-            check_output_folder(out, force, _written_by_lacal(out / SHARD_INDEX), inputs)
+            check_output_folder(out, force, files_lacal_wrote(out), inputs)
             staging = stage_folder(out)
         except Exception as exc:  # noqa: BLE001  (re-raised on every rank by agree)
             failure = exc
@@ -1212,16 +1212,6 @@ def _shard_outputs(context, paths, out: Path, suffix: str, force: bool, inputs, 
             discard_folder(staging)
         raise
     return total
-
-
-def _written_by_lacal(index: Path) -> list[str]:
-    """The files of an output folder that lacal wrote: those its shard index lists, and the index."""
-    from .load import read_shard_index
-
-    try:
-        return [entry["file"] for entry in read_shard_index(index)] + [index.name] if index.is_file() else []
-    except LacalError:
-        return []
 
 
 def _summed(context, stats, quality):

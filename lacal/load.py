@@ -443,6 +443,16 @@ def _indexed_shards(index: Path, suffixes=()) -> list[Path]:
     return [index.parent / name for name in names]
 
 
+def files_lacal_wrote(folder: Path) -> list[str]:
+    """The files of a shard folder that lacal wrote: those its index lists, and the index (none without a valid
+    index)."""
+    index = Path(folder) / SHARD_INDEX
+    try:
+        return [entry["file"] for entry in read_shard_index(index)] + [SHARD_INDEX] if index.is_file() else []
+    except LacalError:
+        return []
+
+
 def check_index_rows(spec, sources: list) -> None:
     """Refuse shards whose row counts differ from those their folder's index.json records."""
     index = Path(spec) / SHARD_INDEX
