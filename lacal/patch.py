@@ -322,7 +322,7 @@ def _write_folder(checkpoint: Checkpoint, patch: Patch, out: Path | None, force:
             else:
                 shutil.copy2(item, target)
         (staging / PATCH_FILE).write_text(json.dumps(patch.record, indent=2) + "\n", encoding="utf-8")
-        os.chmod(staging, 0o777 & ~_umask())
+        os.chmod(staging, (os.stat(out).st_mode & 0o7777) if out.is_dir() else 0o777 & ~_umask())
         _replace_folder(staging, out)
     except OSError as exc:
         shutil.rmtree(staging, ignore_errors=True)

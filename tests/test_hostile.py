@@ -719,3 +719,17 @@ def test_in_place_folder_patch_that_fails_midway_changes_nothing(tmp_path, small
     assert len(errors) == 1 and "No space left" in errors[0]
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
     assert sorted(p.name for p in small_disk.iterdir()) == ["filler", "hf"]
+
+
+def test_replaced_folders_keep_their_permissions(shards):
+    assert _apply_folder(shards).exit_code == 0
+    os.chmod(shards / "out", 0o700)
+    assert _apply_folder(shards, "--force").exit_code == 0
+    assert stat.S_IMODE(os.stat(shards / "out").st_mode) == 0o700
+    save_hf_folder(build(TimmLike), shards / "hf", 2)
+    lacal.Calibration(tau=1.0, priors=COUNTS / COUNTS.sum()).save(shards / "cal.json")
+    patch = ["apply", shards / "hf", "--calibration", shards / "cal.json", "--out", shards / "patched"]
+    assert run(*patch).exit_code == 0
+    os.chmod(shards / "patched", 0o750)
+    assert run(*patch, "--force").exit_code == 0
+    assert stat.S_IMODE(os.stat(shards / "patched").st_mode) == 0o750
