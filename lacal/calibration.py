@@ -71,7 +71,12 @@ class Calibration:
         shift = -self.tau * np.log(self.priors) * scale
         if self.bias is not None:
             shift = shift + self.bias
-        return scale, shift if self.target_priors is None else shift + np.log(self.target_priors)
+        shift = shift if self.target_priors is None else shift + np.log(self.target_priors)
+        if not (math.isfinite(scale) and scale > 0 and np.all(np.isfinite(shift))):
+            raise InputDataError(f"tau = {self.tau:.4g}, temperature {self.temperature:.4g}"
+                                 f"{'' if self.bias is None else ' and its bias'} give offsets that are not finite "
+                                 "numbers; nothing was written")
+        return scale, shift
 
 
     @classmethod
@@ -192,8 +197,8 @@ class Calibration:
         path = check_readable(path)
         try:
             data = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise InputFileError(f"is not a JSON calibration file: {exc}", path) from None
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+            raise InputFileError(f"is not a JSON calibration file: {exc or type(exc).__name__}", path) from None
         return cls.from_dict(data, str(path))
 
 

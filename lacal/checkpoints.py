@@ -134,7 +134,7 @@ def read_safetensors_header(path: Path) -> tuple[dict, int]:
             if size > os.path.getsize(path) - 8:
                 raise ValueError("header length is larger than the file")
             header = json.loads(handle.read(size))
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, RecursionError) as exc:
         raise InputFileError(f"cannot read as safetensors: {exc}", path) from None
     if not isinstance(header, dict):
         raise InputFileError("cannot read as safetensors: the header is not a JSON object", path)
@@ -209,7 +209,7 @@ def _as_record(value, where: str) -> dict:
     if isinstance(value, str):
         try:
             value = json.loads(value)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             pass
     return value if isinstance(value, dict) else {"unreadable": where}
 
@@ -241,23 +241,47 @@ def _patch_beside(path: Path):
         return None
     try:
         return _as_record(json.loads(record.read_text(encoding="utf-8")), str(record))
-    except (json.JSONDecodeError, UnicodeDecodeError, OSError):
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError, RecursionError):
         return {"unreadable": str(record)}
 
 
+def check_links(folder: Path) -> None:
+    """Refuse a model folder with a symlinked subfolder, or a symlinked file that leads outside the folder (other
+    than to a Hugging Face cache's blobs, beside its snapshots): lacal would read, copy or rewrite files elsewhere."""
+    root = folder.resolve()
+    for parent, folders, files in os.walk(folder):
+        for name in folders + files:
+            item = Path(parent) / name
+            if not item.is_symlink():
+                continue
+            real = item.resolve()
+            if not real.exists():
+                continue  # a broken link reads nothing
+            if real.is_dir():
+                raise InputFileError(f"is a symlink to a folder ({real}); lacal reads a model folder only through "
+                                     "real subfolders", item)
+            cache_blob = root.parent.name == "snapshots" and real.parent == root.parent.parent / "blobs"
+            if root not in real.parents and not cache_blob:
+                raise InputFileError(f"is a symlink that leads outside the model folder (to {real}); lacal reads "
+                                     "and writes only inside it", item)
+
+
 def _open_folder(path: Path) -> Checkpoint:
+    check_links(path)
     present = [name for name in HF_WEIGHT_FILES if (path / name).is_file()]
     if not present:
         raise InputFileError(f"is a folder without model weights; expected one of {', '.join(HF_WEIGHT_FILES)}", path)
     checkpoint = Checkpoint(path, "folder", {})
     chosen = path / present[0]
+    weight_map = {}
     if chosen.name.endswith(".index.json"):
         try:
             index = json.loads(chosen.read_text(encoding="utf-8"))
-            files = list(dict.fromkeys(index["weight_map"].values()))
+            weight_map = index["weight_map"]
+            files = list(dict.fromkeys(weight_map.values()))
             if not all(isinstance(name, str) for name in files):
                 raise TypeError("shard names must be strings")
-        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError, RecursionError) as exc:
             raise InputDataError(f"is not a valid weight index: {exc}", chosen) from None
         checkpoint.index_file = chosen
         shards = [path / name for name in files]
@@ -275,6 +299,8 @@ def _open_folder(path: Path) -> Checkpoint:
         else:
             tensors = _torch_tensors(checkpoint, shard)
         for name, info in tensors.items():
+            if name in weight_map and path / weight_map[name] != shard:
+                continue  # a copy in another shard: the index names the one that counts
             checkpoint.tensors[name] = TensorInfo(name, info.shape, info.dtype, shard, offset + info.position)
         offset += 1 << 48  # later shards come after earlier ones
     if (path / PATCH_FILE).exists():
@@ -291,7 +317,7 @@ def _open_folder(path: Path) -> Checkpoint:
 def _patch_beside_folder(path: Path):
     try:
         return _as_record(json.loads((path / PATCH_FILE).read_text(encoding="utf-8")), str(path / PATCH_FILE))
-    except (json.JSONDecodeError, UnicodeDecodeError, OSError):
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError, RecursionError):
         return {"unreadable": str(path / PATCH_FILE)}
 
 
@@ -301,7 +327,7 @@ def read_config(config: Path) -> dict | None:
         return None
     try:
         data = json.loads(config.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise InputFileError(f"is not valid JSON: {exc}", config) from None
     return data if isinstance(data, dict) else None
 

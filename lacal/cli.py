@@ -540,9 +540,9 @@ def fit_tau_command(
     search: Annotated[Search, typer.Option("--search", help="exact: a true minimiser over the whole range; grid: the "
                                                             "best of --grid-size evenly spaced values.")
                       ] = Search.exact,
-    grid_size: Annotated[Optional[int], typer.Option("--grid-size", min=2, help="Grid points for --search grid "
-                                                                                 "(default 401; 21 for tau-norm, "
-                                                                                 "whose search is a grid).")] = None,
+    grid_size: Annotated[Optional[int], typer.Option("--grid-size", min=2, max=10_000,
+                                                     help="Grid points for --search grid (default 401; 21 for "
+                                                          "tau-norm, whose search is a grid).")] = None,
     metric: Annotated[Metric, typer.Option("--metric", help="What tau minimises on the validation set.")
                       ] = Metric.balanced_error,
     out: Annotated[Optional[Path], typer.Option("--out", help="Write a calibration file (JSON) for `lacal apply`.")
@@ -1131,8 +1131,8 @@ def report_command(
     quiet: QuietOpt = False,
     target_priors: TargetOpt = "uniform",
     target_logits: TargetLogitsOpt = None,
-    bins: Annotated[int, typer.Option("--bins", min=1, help="Equal-width confidence bins of the ECE and classwise "
-                                                            "ECE.")] = 15,
+    bins: Annotated[int, typer.Option("--bins", min=1, max=10_000, help="Equal-width confidence bins of the ECE "
+                                                                        "and classwise ECE.")] = 15,
     compare: Annotated[bool, typer.Option("--compare", help="Instead: one table of post-hoc methods fitted on these "
                                                             "(validation) logits: ERM, logit adjustment at tau = 1 "
                                                             "and fitted, tau-normalisation (with --checkpoint and "
@@ -1255,48 +1255,48 @@ SHARD_FORMATS = ("npy", "npz", "safetensors", "pt", "csv")
 def _shard_outputs(context, paths, out: Path, suffix: str, force: bool, inputs, write_one) -> int:
     """One output per input shard in the folder `out` (named after the shards), and `index.json` listing them in
     order (written by rank 0 once every rank is done), so the folder reads back as one array. Under torchrun each
-    rank writes its own shards. `write_one(shard, target)` writes one and returns its rows."""
+    rank writes its own shards. `write_one(shard, target)` writes one and returns its rows. The folder is written
+    as a hidden sibling and swapped in at the end, so a failure leaves `out` as it was."""
     from .distributed import my_share
-    from .errors import OutputError
-    from .load import SHARD_INDEX, SHARD_INDEX_FORMAT, shard_paths
-    from .write import check_output, write_text
+    from .load import SHARD_INDEX, SHARD_INDEX_FORMAT, files_lacal_wrote, shard_paths
+    from .write import check_output_folder, discard_folder, remove_stale, replace_folder, stage_folder, write_text
 
     files = [shard for path in paths for shard in shard_paths(path)]
     stems = [f.stem for f in files]
     names = [f"{stem}{suffix}" for stem in stems] if len(set(stems)) == len(stems) else \
         [f"shard-{k:05d}{suffix}" for k in range(len(files))]
-    failure = None
+    failure = staging = None
     if context.leader:
         try:
-            if out.exists() and not out.is_dir():
-                raise OutputError("exists and is not a folder; per-shard outputs go into a folder", out)
-            if not out.parent.is_dir():
-                raise OutputError(f"folder {out.parent} does not exist", out)
-            for input_path in inputs:
-                if input_path is not None and Path(input_path).exists() and out.resolve() == Path(input_path).resolve():
-                    raise OutputError("is an input folder; choose another --out", out)
-            if out.is_dir():
-                check_output(out / SHARD_INDEX, force, inputs)
-                for name in names:
-                    check_output(out / name, force, inputs)
-            out.mkdir(exist_ok=True)
+            if out.parent.is_dir():
+                remove_stale(out)  # first, so that an old folder a killed run moved aside is back
+            check_output_folder(out, force, files_lacal_wrote(out), inputs)
+            staging = stage_folder(out)
         except Exception as exc:  # noqa: BLE001  (re-raised on every rank by agree)
             failure = exc
-    context.agree(failure)
-    share = my_share(len(files), context) if context.active else range(len(files))
-    written, failure = [], None
     try:
-        for k in share:
-            written.append((k, names[k], write_one(files[k], out / names[k]), str(files[k])))
-    except Exception as exc:  # noqa: BLE001
-        failure = exc
-    context.agree(failure)
-    everything = sorted(entry for part in context.gather(written) for entry in part)
-    total = sum(rows for _, _, rows, _ in everything)
-    if context.leader:
-        index = {"format": SHARD_INDEX_FORMAT, "version": 1, "rows": total,
-                 "shards": [{"file": name, "rows": rows, "source": source} for _, name, rows, source in everything]}
-        write_text(out / SHARD_INDEX, json.dumps(index, indent=2) + "\n", force=True)
+        context.agree(failure)
+        staging = Path(context.gather(str(staging) if staging else None)[0])
+        share = my_share(len(files), context) if context.active else range(len(files))
+        written, failure = [], None
+        try:
+            for k in share:
+                written.append((k, names[k], write_one(files[k], staging / names[k]), str(files[k])))
+        except Exception as exc:  # noqa: BLE001
+            failure = exc
+        context.agree(failure)
+        everything = sorted(entry for part in context.gather(written) for entry in part)
+        total = sum(rows for _, _, rows, _ in everything)
+        if context.leader:
+            index = {"format": SHARD_INDEX_FORMAT, "version": 1, "rows": total,
+                     "shards": [{"file": name, "rows": rows, "source": source}
+                                for _, name, rows, source in everything]}
+            write_text(staging / SHARD_INDEX, json.dumps(index, indent=2) + "\n")
+            replace_folder(staging, out, force)
+    except BaseException:
+        if context.leader:
+            discard_folder(staging)
+        raise
     return total
 
 
@@ -1550,11 +1550,14 @@ def demo_command(
     """Build a seeded long-tailed problem, train a classifier on it, then run fit-tau, apply and report."""
     from .demo import DEMO_FILES, run_demo
 
-    directory.mkdir(parents=True, exist_ok=True)
+    from .errors import OutputError
+
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot make the demo folder: {exc.strerror or exc}", directory) from None
     clashes = [name for name in DEMO_FILES if (directory / name).exists()]
     if clashes and not force:
-        from .errors import OutputError
-
         raise OutputError(f"already holds {', '.join(clashes)}; pass --force to replace them, or choose another "
                           f"--dir", directory)
     run_demo(directory, seed, echo=typer.echo, invoke=_invoke)
@@ -1569,6 +1572,9 @@ def _invoke(arguments: list[str]) -> None:
 
 
 def main() -> None:
+    from .write import cleanup_on_signals
+
+    cleanup_on_signals()
     app()
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import math
 import os
 import pickle
 import re
@@ -145,7 +146,33 @@ def _pick_key(keys: list[str], key: str | None, path: Path, what: str) -> str:
     return keys[0]
 
 
-NUMPY_READ_ERRORS = (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError)
+NUMPY_READ_ERRORS = (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError, MemoryError)
+
+
+def check_npy_size(handle, available: int, path, name: str = "") -> None:
+    """Refuse a .npy stream (at its start) whose header promises more bytes than the `available` ones: a tiny
+    file must not make lacal allocate a huge array."""
+    version = np.lib.format.read_magic(handle)
+    if version == (1, 0):
+        shape, _, dtype = np.lib.format.read_array_header_1_0(handle)
+    elif version == (2, 0):
+        shape, _, dtype = np.lib.format.read_array_header_2_0(handle)
+    else:
+        return  # numpy checks the rest when it loads
+    needed = math.prod(shape) * dtype.itemsize
+    if needed > available - handle.tell():
+        raise InputFileError(f"is cut short: the header{' of ' + name if name else ''} promises shape "
+                             f"{tuple(shape)} of {dtype.name} ({needed:,} bytes)", path)
+
+
+def load_npy(path: Path) -> np.ndarray:
+    """A whole small .npy file (labels, priors), its size checked against its header before anything is allocated."""
+    try:
+        with open(path, "rb") as handle:
+            check_npy_size(handle, os.fstat(handle.fileno()).st_size, path)
+        return np.load(path, allow_pickle=False)
+    except NUMPY_READ_ERRORS as exc:
+        raise InputFileError(f"cannot read as .npy: {exc or 'the file is empty or cut short'}", path) from None
 
 
 def _read_npy(path: Path, key: str | None, what: str = "logits") -> LogitsSource:
@@ -204,6 +231,9 @@ def _read_npz(path: Path, key: str | None, what: str = "logits") -> LogitsSource
     try:
         with np.load(path, allow_pickle=False) as archive:
             name = _pick_key(list(archive.files), key, path, "array")
+            member = archive.zip.getinfo(f"{name}.npy" if f"{name}.npy" in archive.zip.namelist() else name)
+            with archive.zip.open(member) as stream:
+                check_npy_size(stream, member.file_size, path, repr(name))
             array = archive[name]
     except NUMPY_READ_ERRORS as exc:
         raise InputFileError(f"cannot read as .npz: {exc or type(exc).__name__}", path) from None
@@ -291,8 +321,18 @@ def _read_torch(path: Path, key: str | None, what: str = "logits") -> LogitsSour
 
 def _read_csv_logits(path: Path, key: str | None, what: str = "logits") -> LogitsSource:
     rows = _read_csv_rows(path)
+    notes = []
     if rows and not _all_numeric(rows[0]):
         rows = rows[1:]  # a header
+    elif rows and _column_numbers(rows[0]):
+        first = ", ".join(rows[0][:3]) + (", ..." if len(rows[0]) > 3 else "")
+        if any(not _all_integers(row) for row in rows[1:]):
+            rows = rows[1:]
+            notes.append(f"{path}: its first row ({first}) numbers the columns while the others hold fractions, "
+                         "so it was read as a header, not as a sample")
+        else:
+            notes.append(f"{path}: its first row ({first}) numbers the columns like a header, but was read as a "
+                         "sample since every row holds whole numbers; remove it if it is a header")
     if not rows:
         raise InputDataError("holds no numeric rows", path)
     width = len(rows[0])
@@ -301,12 +341,29 @@ def _read_csv_logits(path: Path, key: str | None, what: str = "logits") -> Logit
             raise InputDataError(f"row {number} has {len(row)} values, the first row has {width}", path)
         if not _all_numeric(row):
             raise InputDataError(f"row {number} holds a value that is not a number: {row}", path)
-    return source_from_array(np.array(rows, dtype=np.float64), str(path), what)
+    source = source_from_array(np.array(rows, dtype=np.float64), str(path), what)
+    source.notes[:0] = notes
+    return source
+
+
+def _column_numbers(row: list[str]) -> bool:
+    """Whether a row reads 0, 1, ..., C-1 (or 1, ..., C): the column numbers of a header."""
+    if len(row) < 2 or not _all_integers(row):
+        return False
+    values = [int(float(cell)) for cell in row]
+    return values in (list(range(len(row))), list(range(1, len(row) + 1)))
+
+
+def _all_integers(row: list[str]) -> bool:
+    try:
+        return all(float(cell).is_integer() for cell in row)
+    except (ValueError, OverflowError):
+        return False
 
 
 def _read_csv_rows(path: Path) -> list[list[str]]:
     try:
-        with open(path, newline="", encoding="utf-8") as handle:
+        with open(path, newline="", encoding="utf-8-sig") as handle:  # a byte-order mark is not part of a cell
             return [[cell.strip() for cell in row] for row in csv.reader(handle) if any(c.strip() for c in row)]
     except (UnicodeDecodeError, csv.Error) as exc:
         raise InputFileError(f"cannot read as CSV text: {exc}", path) from None
@@ -350,7 +407,7 @@ def shard_paths(spec: str | os.PathLike, suffixes=None) -> list[Path]:
     if path.is_dir():
         index = path / SHARD_INDEX
         if index.is_file():
-            return _indexed_shards(index)
+            return _indexed_shards(index, suffixes)
         found = [p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")
                  and p.suffix.lower() in suffixes]
         if not found:
@@ -368,17 +425,60 @@ def shard_paths(spec: str | os.PathLike, suffixes=None) -> list[Path]:
     return [path]
 
 
-def _indexed_shards(index: Path) -> list[Path]:
+def read_shard_index(index: Path) -> list[dict]:
+    """The entries of a lacal shard index ({"file": NAME, "rows": N, ...}), checked for form."""
     try:
         data = json.loads(index.read_text(encoding="utf-8"))
-        if data.get("format") != SHARD_INDEX_FORMAT:
+        if not isinstance(data, dict) or data.get("format") != SHARD_INDEX_FORMAT:
             raise ValueError(f"not a {SHARD_INDEX_FORMAT} index")
-        names = [entry["file"] for entry in data["shards"]]
-    except (json.JSONDecodeError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise InputFileError(f"is not a shard index: {exc}", index) from None
+        entries = data["shards"]
+        if not isinstance(entries, list) or not all(isinstance(e, dict) and isinstance(e.get("file"), str)
+                                                    for e in entries):
+            raise ValueError("every shard entry needs a file name")
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError,
+            RecursionError, OSError) as exc:
+        raise InputFileError(f"is not a shard index: {exc or type(exc).__name__}", index) from None
+    return entries
+
+
+def _indexed_shards(index: Path, suffixes=()) -> list[Path]:
+    """The shards an index lists; a folder whose files disagree with its index (a listed file missing, a data file
+    it does not list) is refused, as it is not what lacal wrote."""
+    names = [entry["file"] for entry in read_shard_index(index)]
     if any(Path(name).is_absolute() or ".." in Path(name).parts for name in names):
         raise InputDataError("lists a shard outside its folder", index)
+    missing = [name for name in names if not (index.parent / name).is_file()]
+    if missing:
+        raise InputFileError(f"lists {missing[0]}, which is not in its folder: the folder is incomplete", index)
+    listed = set(names)
+    unlisted = sorted(p.name for p in index.parent.iterdir() if p.is_file() and not p.name.startswith(".")
+                      and p.name != SHARD_INDEX and p.suffix.lower() in suffixes and p.name not in listed)
+    if unlisted:
+        raise InputDataError(f"does not list {unlisted[0]}, which is in its folder: the folder is not as lacal "
+                             "wrote it", index)
     return [index.parent / name for name in names]
+
+
+def files_lacal_wrote(folder: Path) -> list[str]:
+    """The files of a shard folder that lacal wrote: those its index lists, and the index (none without a valid
+    index)."""
+    index = Path(folder) / SHARD_INDEX
+    try:
+        return [entry["file"] for entry in read_shard_index(index)] + [SHARD_INDEX] if index.is_file() else []
+    except LacalError:
+        return []
+
+
+def check_index_rows(spec, sources: list) -> None:
+    """Refuse shards whose row counts differ from those their folder's index.json records."""
+    index = Path(spec) / SHARD_INDEX
+    if not Path(spec).is_dir() or not index.is_file():
+        return
+    for entry, source in zip(read_shard_index(index), sources):
+        rows = entry.get("rows")
+        if isinstance(rows, int) and not isinstance(rows, bool) and rows != source.num_samples:
+            raise InputDataError(f"has {source.num_samples} rows but {index} records {rows}: the folder is not as "
+                                 "lacal wrote it", source.name)
 
 
 def expand_inputs(paths) -> list[Path]:
@@ -426,8 +526,10 @@ def read_logits(path: str | os.PathLike, key: str | None = None, what: str = "lo
     a folder or a glob pattern of shards, read in natural order as one array. With what="features" the same
     readers open an N x D array of penultimate-layer features."""
     paths = shard_paths(path)
-    if len(paths) > 1:
-        return concat_sources([read_logits(p, key, what) for p in paths], str(path))
+    if len(paths) > 1 or Path(path).is_dir():
+        sources = [read_logits(p, key, what) for p in paths]
+        check_index_rows(path, sources)
+        return sources[0] if len(sources) == 1 else concat_sources(sources, str(path))
     path = check_readable(paths[0])
     reader = LOGITS_READERS.get(path.suffix.lower())
     if reader is None:
@@ -438,6 +540,7 @@ def read_logits(path: str | os.PathLike, key: str | None = None, what: str = "lo
 
 # ---------------------------------------------------------------------------------------------------------- labels
 
+CLASS_ID = re.compile(r"-?[0-9]+", re.ASCII)
 LABEL_COLUMN_NAMES = ("label", "labels", "target", "targets", "y", "class")
 
 
@@ -445,13 +548,13 @@ def read_classes(path: str | os.PathLike) -> list[str]:
     """Class names, in id order: a text file with one name per line, or a JSON list (or an id -> name object)."""
     path = check_readable(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark is not part of the first name
     except UnicodeDecodeError:
         raise InputFileError("is not UTF-8 text", path) from None
     if path.suffix.lower() == ".json":
         try:
             data = json.loads(text)
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, RecursionError) as exc:
             raise InputFileError(f"is not valid JSON: {exc}", path) from None
         if isinstance(data, dict) and "id2label" in data:
             data = data["id2label"]
@@ -494,15 +597,15 @@ def read_labels(path: str | os.PathLike, classes: list[str] | None = None,
     path = check_readable(paths[0])
     suffix = path.suffix.lower()
     if suffix == ".npy":
-        try:
-            array = np.load(path, allow_pickle=False)
-        except NUMPY_READ_ERRORS as exc:
-            raise InputFileError(f"cannot read as .npy: {exc or 'the file is empty or cut short'}", path) from None
+        array = load_npy(path)
         if array.ndim == 2 and array.shape[1] == 1:
             array = array[:, 0]
         if array.ndim != 1:
             raise InputDataError(f"labels must be a 1-D array, got shape {array.shape}", path)
         if array.dtype.kind in "iu":
+            if array.size and array.dtype.kind == "u" and int(array.max()) > np.iinfo(np.int64).max:
+                raise InputDataError(f"label {int(array.max())} (entry {int(array.argmax()) + 1}) is too large for "
+                                     "a class id", path)
             ids = array.astype(np.int64)
         elif array.dtype.kind == "f":
             if not np.all(np.isfinite(array)) or not np.all(array == np.round(array)):
@@ -514,7 +617,7 @@ def read_labels(path: str | os.PathLike, classes: list[str] | None = None,
             raise InputDataError(f"labels have dtype {array.dtype}; expected integer class ids or names", path)
     elif suffix == ".txt":
         try:
-            lines = path.read_text(encoding="utf-8").splitlines()
+            lines = path.read_text(encoding="utf-8-sig").splitlines()
         except UnicodeDecodeError:
             raise InputFileError("is not UTF-8 text", path) from None
         while lines and not lines[-1].strip():
@@ -576,7 +679,11 @@ def _tokens_to_ids(tokens: list[str], classes: list[str] | None, path: Path) -> 
     ids = []
     for number, token in enumerate(tokens, start=1):
         try:
+            if not CLASS_ID.fullmatch(token):  # int() would also take "1_0", "+5" and other digits
+                raise ValueError(token)
             ids.append(int(token))
+            if len(token) > 18:
+                raise InputDataError(f"label {token} (entry {number}) is too large for a class id", path)
         except ValueError:
             if classes is None:
                 raise InputDataError(f"label {token!r} (entry {number}) is not an integer class id; "

@@ -3,8 +3,9 @@ torch.export program (.pt2).
 
 A model is a program, and scoring runs it; what lacal refuses is Python code hidden in the file's pickles.
 TorchScript archives are read by TorchScript's own unpickler, which builds only TorchScript values. A .pt2 archive
-may carry pickled Python objects ("opaque" and custom-class constants), which torch.export.load would unpickle: such
-archives are refused, and every tensor in the rest is loaded with weights_only=True.
+may carry pickled Python objects ("opaque" and custom-class constants, payloads marked use_pickle) or compiled code
+(AOTInductor), which torch.export.load would unpickle or load: such archives are refused, by their member names and
+by their payload configs, and every tensor in the rest is loaded with weights_only=True.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ from .load import check_readable
 TORCHSCRIPT_SUFFIXES = (".pt", ".pth", ".ts", ".torchscript", ".jit")
 EXPORT_SUFFIXES = (".pt2",)
 PICKLED_OBJECT_PREFIXES = ("opaque_obj_", "custom_obj_")
+PAYLOAD_CONFIG_FOLDERS = ("data/constants/", "data/weights/")
+COMPILED_CODE_FOLDER = "data/aotinductor/"
+PAYLOAD_CONFIG_LIMIT = 64 << 20
 
 
 @contextmanager
@@ -37,15 +41,53 @@ def _weights_only_everywhere():
 
 
 def _check_export_archive(path: Path) -> None:
+    """Refuse a .pt2 archive that torch.export.load would unpickle Python objects from, or load compiled code from.
+
+    torch decides what to unpickle from the payload configs (`data/constants/*.json`, `data/weights/*.json`: an
+    entry's `use_pickle` and `path_name`), and finds members case-insensitively, so every config entry is checked,
+    not only the member names."""
     try:
         with zipfile.ZipFile(path) as archive:
-            names = archive.namelist()
-    except (zipfile.BadZipFile, OSError) as exc:
+            members = archive.infolist()
+            configs = []
+            for info in members:
+                lowered = info.filename.lower().replace("\\", "/")
+                if lowered.endswith(".json") and any(part in lowered for part in PAYLOAD_CONFIG_FOLDERS):
+                    if info.file_size > PAYLOAD_CONFIG_LIMIT:
+                        raise InputFileError(f"refused: its payload config {info.filename} is larger than "
+                                             f"{PAYLOAD_CONFIG_LIMIT} bytes", path)
+                    configs.append((info.filename, archive.read(info)))
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, RuntimeError, ValueError, EOFError) as exc:
         raise InputFileError(f"cannot read as a torch.export archive: {exc}", path) from None
-    pickled = [n for n in names if os.path.basename(n).startswith(PICKLED_OBJECT_PREFIXES)]
-    if pickled:
-        raise InputFileError(f"refused: the archive holds pickled Python objects ({pickled[0]}), which loading "
-                             "would run as code", path)
+    for info in members:
+        lowered = info.filename.lower().replace("\\", "/")
+        if os.path.basename(lowered).startswith(PICKLED_OBJECT_PREFIXES):
+            raise InputFileError(f"refused: the archive holds pickled Python objects ({info.filename}), which "
+                                 "loading would run as code", path)
+        if COMPILED_CODE_FOLDER in lowered:
+            raise InputFileError(f"refused: the archive holds compiled code ({info.filename}), which loading would "
+                                 "run", path)
+    for name, data in configs:
+        for fqn, entry in _payload_entries(name, data, path):
+            path_name = entry.get("path_name")
+            if entry.get("use_pickle") or not isinstance(path_name, str) or "/" in path_name \
+                    or "\\" in path_name or ".." in path_name or path_name.lower().startswith(PICKLED_OBJECT_PREFIXES):
+                raise InputFileError(f"refused: {name} asks to unpickle {fqn!r} ({path_name!r}), which loading "
+                                     "would run as code", path)
+
+
+def _payload_entries(name: str, data: bytes, path: Path) -> list:
+    import json
+
+    try:
+        config = json.loads(data.decode("utf-8"))
+        entries = config["config"]
+        if not isinstance(entries, dict) or not all(isinstance(e, dict) for e in entries.values()):
+            raise TypeError("entries are not objects")
+    except (ValueError, UnicodeDecodeError, KeyError, TypeError, RecursionError) as exc:
+        raise InputFileError(f"refused: its payload config {name} cannot be checked ({type(exc).__name__})",
+                             path) from None
+    return list(entries.items())
 
 
 def load_model(path: str | os.PathLike):

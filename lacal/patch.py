@@ -10,6 +10,7 @@ a second patch of the same checkpoint is caught.
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import os
 import shutil
@@ -22,7 +23,7 @@ import numpy as np
 from .checkpoints import (PATCH_FILE, PATCH_METADATA_KEY, TORCH_SUFFIXES, Checkpoint, Head, _is_safetensors,
                           _plain_name, bias_name, patch_record_path, read_safetensors_header)
 from .errors import CheckpointError, MismatchError, OptionError, OutputError, VerificationError
-from .write import atomic_path, write_text
+from .write import atomic_path, check_output, check_output_folder, stage_folder, temporary_prefix, write_text
 
 PATCH_FORMAT = "lacal-patch"
 PATCH_VERSION = 1
@@ -77,6 +78,15 @@ def make_patch(checkpoint: Checkpoint, head: Head | list[Head], offsets, tau: fl
             if changes is not None:
                 copies[key] = changes[:2]
                 rounding = max(rounding, changes[2])
+    every = [*replace.items(), *add.items(), *((n, t) for r, a in copies.values() for n, t in [*r.items(), *a.items()])]
+    for name, tensor in every:
+        dtype = str(tensor.dtype).replace("torch.", "")
+        if not tensor.is_floating_point():
+            raise CheckpointError(f"{name!r} is {dtype}, which cannot hold the fractional offsets; convert the head "
+                                  "to a floating-point dtype first", checkpoint.path)
+        if not bool(torch.isfinite(tensor).all()):
+            raise CheckpointError(f"the patched {name!r} would hold values beyond the range of {dtype} (tau = "
+                                  f"{tau:.4g}, scale {scale:.4g}); nothing was written", checkpoint.path)
     main = heads[0]
     bias = main.bias or bias_name(main.name)
     new = replace.get(bias, add.get(bias))
@@ -280,7 +290,8 @@ def write_torch(checkpoint: Checkpoint, file: Path, target: Path, replace: dict,
 
 
 def _changed_state(state: dict, replace: dict, add: dict, record: dict) -> dict:
-    new_state = type(state)() if isinstance(state, dict) else {}
+    # a plain dict becomes an OrderedDict, whose _metadata carries the record inside the file too
+    new_state = type(state)() if type(state) is not dict else collections.OrderedDict()
     for name, tensor in state.items():
         new_state[name] = replace.get(name, tensor)
         for added, value in add.items():
@@ -321,10 +332,14 @@ def write_checkpoint(checkpoint: Checkpoint, patch: Patch, out: Path | None, for
     allowed = (".safetensors",) if checkpoint.kind == "safetensors" else TORCH_SUFFIXES
     if target.suffix.lower() not in allowed:
         raise OutputError(f"a patched {checkpoint.kind} checkpoint is written as {' or '.join(allowed)}", target)
-    with atomic_path(target, force or in_place, [] if in_place else [checkpoint.path, *inputs]) as temporary:
+    protected = [] if in_place else [checkpoint.path, *inputs]
+    record = patch_record_path(target)
+    if checkpoint.kind == "torch":  # refused before anything is written: the record must not replace an input
+        check_output(record, True, [checkpoint.path, *inputs])
+    with atomic_path(target, force or in_place, protected) as temporary:
         _write_one(checkpoint, checkpoint.path, temporary, patch)
-        if checkpoint.kind == "torch":  # before the rename: a failure here leaves no patched file either
-            write_text(patch_record_path(target), json.dumps(patch.record, indent=2) + "\n", force=True)
+    if checkpoint.kind == "torch":  # after the checkpoint, which carries the record too: never a record alone
+        write_text(record, json.dumps(patch.record, indent=2) + "\n", True, [checkpoint.path, *inputs])
     if checkpoint.kind == "torch":
         return [f"provenance written into the checkpoint and to {patch_record_path(target)}"]
     return []
@@ -344,9 +359,9 @@ def _write_folder(checkpoint: Checkpoint, patch: Patch, out: Path | None, force:
     index = checkpoint.index_file
     config = source / "config.json"
     if in_place:
-        for shard in sorted(changed):
-            with atomic_path(shard, force=True) as temporary:
-                _write_one(checkpoint, shard, temporary, patch)
+        with contextlib.ExitStack() as stack:  # every changed shard written before any is renamed into place
+            for shard in sorted(changed):
+                _write_one(checkpoint, shard, stack.enter_context(atomic_path(shard, force=True)), patch)
         if index is not None and patch.add:
             write_text(index, _index_with_bias(index, checkpoint, patch), force=True)
         if checkpoint.config is not None:
@@ -365,7 +380,8 @@ def _write_folder(checkpoint: Checkpoint, patch: Patch, out: Path | None, force:
         raise OutputError("already exists; pass --force to replace it", out)
     if not out.parent.is_dir():
         raise OutputError(f"folder {out.parent} does not exist", out)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".lacal-tmp", dir=out.parent))
+    check_output_folder(out, force, _earlier_output(out, source))
+    staging = stage_folder(out)
     notes = []
     try:
         for item in sorted(source.rglob("*")):
@@ -392,7 +408,7 @@ def _write_folder(checkpoint: Checkpoint, patch: Patch, out: Path | None, force:
             else:
                 shutil.copy2(item, target)
         (staging / PATCH_FILE).write_text(json.dumps(patch.record, indent=2) + "\n", encoding="utf-8")
-        os.chmod(staging, 0o777 & ~_umask())
+        os.chmod(staging, (os.stat(out).st_mode & 0o7777) if out.is_dir() else 0o777 & ~_umask())
         _replace_folder(staging, out)
     except OSError as exc:
         shutil.rmtree(staging, ignore_errors=True)
@@ -401,6 +417,14 @@ def _write_folder(checkpoint: Checkpoint, patch: Patch, out: Path | None, force:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return notes
+
+
+def _earlier_output(out: Path, source: Path) -> list[str]:
+    """The files of an existing `out` that an earlier lacal patch of `source` wrote (none unless it carries a patch
+    record), which --force may replace."""
+    if not (out / PATCH_FILE).is_file():
+        return []
+    return [item.relative_to(source).as_posix() for item in source.rglob("*") if item.is_file()] + [PATCH_FILE]
 
 
 def _umask() -> int:
@@ -413,7 +437,7 @@ def _replace_folder(staging: Path, out: Path) -> None:
     if not out.exists():
         os.replace(staging, out)
         return
-    backup = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".lacal-old", dir=out.parent))
+    backup = Path(tempfile.mkdtemp(prefix=temporary_prefix(out), suffix=".lacal-old", dir=out.parent))
     os.rmdir(backup)
     os.replace(out, backup)
     os.replace(staging, out)

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputDataError, InputFileError, PriorsError
-from .load import check_readable
+from .load import check_readable, load_npy
 
 PRIORS_FORMAT = "lacal-priors"
 PRIORS_VERSION = 1
@@ -56,6 +56,9 @@ def _describe_classes(ids: np.ndarray, classes: list[str] | None) -> str:
     return ", ".join(shown) + more
 
 
+MAX_CLASSES = 10 ** 8  # class counts of more would take gigabytes
+
+
 def check_labels(labels: np.ndarray, num_classes: int, source: str | None = None) -> None:
     """Raise InputDataError if a label id is outside 0..num_classes-1."""
     labels = np.asarray(labels)
@@ -69,6 +72,9 @@ def check_labels(labels: np.ndarray, num_classes: int, source: str | None = None
 def class_counts(labels, num_classes: int, source: str | None = None) -> np.ndarray:
     """How many times each class id 0..num_classes-1 occurs in `labels` (int64)."""
     labels = np.asarray(labels.cpu() if hasattr(labels, "cpu") else labels).astype(np.int64).ravel()
+    if num_classes > MAX_CLASSES:
+        raise InputDataError(f"{num_classes:,} classes (the largest label + 1, or --num-classes) is more than lacal "
+                             f"counts ({MAX_CLASSES:,}); check the labels", source)
     check_labels(labels, num_classes, source)
     return np.bincount(labels, minlength=num_classes).astype(np.int64)
 
@@ -132,19 +138,19 @@ def read_priors(path: str | os.PathLike, smoothing: float = 0.0, classes: list[s
     suffix = path.suffix.lower()
     try:
         if suffix == ".json":
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(path.read_text(encoding="utf-8-sig"))
             if isinstance(data, dict):
                 return _priors_from_json_object(data, path, smoothing, classes, source)
             values = _numbers(data, path, "a JSON list of numbers")
         elif suffix == ".npy":
-            values = np.load(path, allow_pickle=False)
+            values = load_npy(path)
             if values.dtype.kind not in "iuf":
                 raise PriorsError(f"has dtype {values.dtype}; expected numbers", path)
         elif suffix == ".txt":
-            values = np.array([float(line) for line in path.read_text(encoding="utf-8").split()], dtype=np.float64)
+            values = np.array([float(line) for line in path.read_text(encoding="utf-8-sig").split()], dtype=np.float64)
         else:
             raise InputFileError(f"unknown priors format {suffix or '(no suffix)'!r}; use .json, .npy or .txt", path)
-    except (json.JSONDecodeError, UnicodeDecodeError, ValueError, OSError, EOFError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError, OSError, EOFError, RecursionError) as exc:
         raise InputFileError(f"cannot read priors: {exc or 'the file is empty or cut short'}", path) from None
     if values.ndim != 1:
         raise PriorsError(f"expected a 1-D vector, got shape {values.shape}", path)
@@ -155,7 +161,10 @@ def _numbers(data, path: Path, what: str) -> np.ndarray:
     """A list of JSON numbers (booleans are not numbers here) as float64."""
     if not isinstance(data, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in data):
         raise PriorsError(f"expected {what}", path)
-    return np.array(data, dtype=np.float64)
+    try:
+        return np.array(data, dtype=np.float64)
+    except OverflowError:
+        raise PriorsError(f"holds a number too large for a float64; expected {what}", path) from None
 
 
 def _priors_from_json_object(data: dict, path: Path, smoothing: float, classes, source) -> Priors:

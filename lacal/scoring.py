@@ -6,6 +6,7 @@ which each sample is classified correctly), so the result does not depend on the
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -105,6 +106,8 @@ def score_pass(source, labels, offsets=(), device="cpu", rows: int | None = None
     targets = _labels_tensor(labels, source, device)
     dtype = compute_dtype(source)
     shifts = [torch.as_tensor(np.asarray(o), dtype=dtype, device=device) for o in offsets]
+    for offset, shift in zip(offsets, shifts):
+        check_fits(shift, offset, 1.0, getattr(source, "name", None))
     correct = torch.zeros(len(shifts), source.num_classes, dtype=torch.int64, device=device)
     for start, block in iter_blocks(source, device, rows, progress, memory_budget):
         y = targets[start:start + block.shape[0]]
@@ -256,6 +259,17 @@ def interval_pass(source, labels, log_priors, points=(), device="cpu", rows: int
     return IntervalStats(support=support.cpu().numpy(), points=counts, lo=lo, hi=hi, labels=targets)
 
 
+def check_fits(shift, offset, scale: float, name) -> None:
+    """Refuse offsets (and a scale) that become infinite in the dtype the logits are computed in: the adjusted
+    logits and every prediction from them would be wrong."""
+    import torch
+
+    if not bool(torch.isfinite(shift).all()) or not math.isfinite(float(torch.tensor(scale, dtype=shift.dtype))):
+        raise InputDataError(f"the adjustment does not fit {str(shift.dtype).replace('torch.', '')}: offsets up to "
+                             f"{float(np.max(np.abs(offset))):.3g}, scale {scale:.3g}; it would make the logits "
+                             "infinite (check tau, the temperature and the bias)", name)
+
+
 def iter_adjusted(source: LogitsSource, offset, device="cpu", rows: int | None = None, keep_dtype: bool = True,
                   progress=None, memory_budget: int | None = None, scale: float = 1.0):
     """Yield (start, block * scale + offset) as CPU tensors. The sum runs in float32 (float64 for float64 input); with
@@ -267,9 +281,18 @@ def iter_adjusted(source: LogitsSource, offset, device="cpu", rows: int | None =
     device = torch.device(device)
     shift = torch.as_tensor(np.asarray(offset), dtype=compute_dtype(source), device=device)
     out_dtype = getattr(torch, source.dtype_name) if keep_dtype else compute_dtype(source)
+    check_fits(shift, offset, scale, source.name)
     for start, block in iter_blocks(source, device, rows, progress, memory_budget):
         values = block if scale == 1.0 else block * scale
-        yield start, (values + shift).to(out_dtype).cpu()
+        adjusted = (values + shift).to(out_dtype)
+        if not bool(torch.isfinite(adjusted).all()):
+            row = start + int((~torch.isfinite(adjusted)).any(1).nonzero()[0, 0])
+            name, row = _shard_row(source, row)
+            raise InputDataError(f"the adjusted logits of row {row + 1} are beyond the range of "
+                                 f"{str(out_dtype).replace('torch.', '')} (offsets up to "
+                                 f"{float(np.max(np.abs(offset))):.3g}, scale {scale:.3g}); nothing was written: "
+                                 "check tau, the temperature and the bias", name)
+        yield start, adjusted.cpu()
 
 
 def head_logits(features: LogitsSource, weight, bias=None, device="cpu", name: str | None = None) -> LogitsSource:
@@ -303,6 +326,7 @@ def score_model(model, inputs: LogitsSource, device="cpu", batch: int = 256, amp
     device = torch.device(device)
     model = model.to(device) if hasattr(model, "to") else model
     autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+    width = None
     with torch.inference_mode():
         for start in range(0, inputs.num_samples, batch):
             x = inputs.rows(start, min(start + batch, inputs.num_samples)).to(device)
@@ -323,6 +347,12 @@ def score_model(model, inputs: LogitsSource, device="cpu", batch: int = 256, amp
             if out.shape[0] != x.shape[0]:
                 raise InputDataError(f"the model returned {out.shape[0]} rows for a batch of {x.shape[0]}",
                                      inputs.name)
+            if width is None:
+                width = tuple(out.shape[1:])
+            elif tuple(out.shape[1:]) != width:
+                raise InputDataError(f"the model returned logits of shape {tuple(out.shape[1:])} for rows "
+                                     f"{start + 1} to {start + x.shape[0]}, but {width} for the first batch; every "
+                                     "batch must give the same number of classes", inputs.name)
             if not bool(torch.isfinite(out).all()):
                 raise InputDataError(f"the model returned NaN or Inf logits for rows {start + 1} to "
                                      f"{start + x.shape[0]}", inputs.name)

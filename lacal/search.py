@@ -14,6 +14,7 @@ fits in int64, which it does for the usual class-balanced validation sets; other
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -73,6 +74,9 @@ def check_tau_range(tau_range) -> tuple[float, float]:
     if lo >= hi:
         kind = "empty" if lo == hi else "reversed"
         raise OptionError(f"the range {lo:g},{hi:g} is {kind}; give LO < HI, for example 0,4", "--tau-range")
+    if hi - lo <= 1024 * sys.float_info.epsilon * max(1.0, abs(lo), abs(hi)):
+        raise OptionError(f"the range {lo!r},{hi!r} is narrower than floating-point rounding; give a wider one",
+                          "--tau-range")
     return lo, hi
 
 
