@@ -4,11 +4,12 @@ Predict argmax_y f_y(x) - tau * log(pi_y), where pi is the training label prior 
 (Menon et al., "Long-Tail Learning via Logit Adjustment", ICLR 2021).
 
     >>> import lacal
-    >>> priors = lacal.priors_from_labels(train_labels, num_classes=100)
-    >>> fit = lacal.fit_tau(val_logits, val_labels, priors)
-    >>> calibration = lacal.Calibration.from_fit(fit, priors)
-    >>> calibration.save("calibration.json")
-    >>> adjusted = calibration.adjust(test_logits)
+    >>> result = lacal.fit(val_logits, val_labels, train_labels=train_labels, out="calibration.json")
+    >>> adjusted = lacal.apply(test_logits, result.calibration)
+    >>> lacal.report(test_logits, test_labels, result.calibration).to_dict()["balanced_error"]
+
+Each command of the CLI is one function here (`count_priors`, `estimate_priors`, `fit`, `apply`, `patch_checkpoint`,
+`report`, `compare`, `score`), returning a frozen result whose `to_dict()` is that command's `--json`.
 
 The names below are imported on first use, so `import lacal` (and `lacal --help`) does not load torch.
 """
@@ -36,8 +37,12 @@ _EXPORTS = {
     "ProbabilityMetrics": "metrics",
     "logit_adjusted_cross_entropy": "losses", "LogitAdjustedLoss": "losses",
     "TauNormFit": "taunorm", "fit_tau_norm": "taunorm", "tau_norm_logits": "taunorm",
-    "MethodResult": "compare", "compare_methods": "compare",
-    "Report": "report",
+    "MethodResult": "comparison", "compare_methods": "comparison",
+    "Report": "workflows", "count_priors": "workflows", "estimate_priors": "workflows", "fit": "workflows",
+    "apply": "workflows", "patch_checkpoint": "workflows", "report": "workflows", "compare": "workflows",
+    "score": "workflows", "FitResult": "workflows", "ApplyResult": "workflows", "CheckpointPatch": "workflows",
+    "Comparison": "workflows", "PriorsResult": "workflows", "EstimateResult": "workflows",
+    "ScoreResult": "workflows", "TauNormResult": "workflows",
     "resolve_device": "device",
     "patch_module": "module_patch", "PatchResult": "module_patch",
 }
@@ -66,13 +71,15 @@ if TYPE_CHECKING:  # pragma: no cover
     from .errors import (InputDataError, InputFileError, LacalError, MismatchError, OptionError, OutputError,
                          PriorsError)
     from .load import LogitsSource, read_classes, read_labels, read_logits
-    from .compare import MethodResult, compare_methods
+    from .comparison import MethodResult, compare_methods
     from .losses import LogitAdjustedLoss, logit_adjusted_cross_entropy
     from .taunorm import TauNormFit, fit_tau_norm, tau_norm_logits
     from .module_patch import PatchResult, patch_module
     from .metrics import (ClassEvaluation, ProbabilityMetrics, balanced_error, evaluate, evaluate_predictions,
                           group_errors, shot_groups, worst_class_error)
     from .priors import Priors, class_counts, priors_from_counts, priors_from_labels, read_priors
-    from .report import Report
+    from .workflows import (ApplyResult, CheckpointPatch, Comparison, EstimateResult, FitResult, PriorsResult,
+                            Report, ScoreResult, TauNormResult, apply, compare, count_priors, estimate_priors, fit,
+                            patch_checkpoint, report, score)
     from .search import TauFit, fit_tau
     from .shift import PriorEstimate, estimate_target_priors

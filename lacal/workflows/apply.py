@@ -1,0 +1,173 @@
+"""`lacal.apply`: adjusted logits or predictions, in memory, to a file (streamed) or to one file per shard with an
+index (what `lacal apply LOGITS` does)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+from ..errors import OptionError
+from .inputs import Notes, class_names as class_names_for, calibration_for, is_path, make_context, memory_bytes, \
+    open_logits, output_check, path_list, paths_of, progress_bar
+from .shards import SHARD_FORMATS
+
+
+@dataclass(frozen=True, eq=False)
+class ApplyResult:
+    """What `apply` wrote.
+
+    Attributes:
+        out: the file, or the folder of per-shard outputs (with index.json).
+        rows: samples written.
+        tau: the calibration's tau.
+        per_shard: whether `out` is a folder of per-shard outputs.
+        predictions: whether predictions (CSV) rather than logits were written.
+        warnings: notes for the user (a bfloat16 array stored as float32, logits that look like probabilities).
+    """
+
+    out: Path
+    rows: int
+    tau: float
+    per_shard: bool
+    predictions: bool
+    warnings: tuple[str, ...] = field(default=())
+
+    def to_dict(self) -> dict:
+        return {"out": str(self.out), "rows": self.rows, "tau": self.tau, "per_shard": self.per_shard,
+                "predictions": self.predictions, "warnings": list(self.warnings)}
+
+
+def apply(logits, calibration=None, out=None, *, tau: Optional[float] = None, train_labels=None, priors=None,
+          top_k: int = 1, class_names=None, label_column: Optional[str] = None, smoothing: float = 0.0,
+          target_priors: Any = "uniform", target_logits=None, key: Optional[str] = None, device: str = "auto",
+          memory_budget=None, format: str = "npy", force: bool = False, progress: Optional[Callable] = None,
+          context=None):
+    """Adjust logits by a calibration: (logits - tau * log(pi)) / T + bias + log(q), as `lacal apply` does.
+
+    Args:
+        logits: N x C logits: a numpy array, a torch tensor, a `LogitsSource`, a file, or a folder or glob of shards.
+        calibration: a `Calibration` or a calibration file; or None with `tau` and `train_labels`/`priors`.
+        out: None to get the adjusted array back (an array or tensor in, the same type out: same shape and dtype);
+            a file (.npy, .npz, .safetensors, .pt: adjusted logits; .csv: predictions), written as the rows come;
+            or a folder (a path without a suffix): one output per input shard, in `format`, and index.json.
+        tau, train_labels, priors, smoothing, target_priors, target_logits: a calibration built here instead of one
+            given (see `fit`).
+        top_k: for predictions, also list the classes ranked 2..K.
+        class_names: class names for the predictions (a list or a classes file).
+        format: with a folder `out`: npy, npz, safetensors, pt or csv.
+        force: replace an existing output.
+        key, device, memory_budget, progress, context: as for `fit`.
+
+    Returns:
+        The adjusted array or tensor (with `out=None`), else an `ApplyResult`.
+
+    Example:
+        >>> adjusted = lacal.apply(test_logits, calibration)              # a tensor in, a tensor out
+        >>> lacal.apply("test_shards/", calibration, out="adjusted/")     # one file per shard and index.json
+    """
+    notes = Notes()
+    budget = memory_bytes(memory_budget)
+    context = make_context(device, context)
+    if out is None:
+        if path_list(logits):
+            raise OptionError("give `out` for the adjusted logits or predictions of a file", "out")
+        return _in_memory(logits, calibration, tau, train_labels, priors, class_names, label_column, smoothing,
+                          target_priors, target_logits, key, context, budget)
+    out = Path(out)
+    if out.suffix == "" or context.active:
+        if format not in SHARD_FORMATS:
+            raise OptionError(f"unknown format {format!r}; use one of {', '.join(SHARD_FORMATS)}", "format")
+        if out.suffix:
+            raise OptionError("under torchrun, apply writes one output per input shard: give `out` FOLDER", "out")
+        return _apply_shards(context, logits, out, format, calibration, tau, train_labels, priors, top_k,
+                             class_names, label_column, smoothing, key, force, budget, target_priors, target_logits,
+                             notes)
+    return _apply_file(logits, out, calibration, tau, train_labels, priors, top_k, class_names, label_column,
+                       smoothing, key, context, force, budget, progress, target_priors, target_logits, notes)
+
+
+def _in_memory(logits, calibration, tau, train_labels, priors, classes, column, smoothing, target, target_logits, key,
+               context, budget):
+    """The adjusted logits as the type given: what the CLI would write for them, kept in memory."""
+    import torch
+
+    from ..scoring import iter_adjusted
+
+    source = open_logits(logits, key)
+    names = class_names_for(classes, source.num_classes)
+    fitted = calibration_for(calibration, tau, train_labels, priors, source.num_classes, smoothing, names, column,
+                             True, target, target_logits, key, context.device, budget, context)
+    scale, shift = fitted.affine()
+    blocks = [block for _, block in iter_adjusted(source, shift, context.device, memory_budget=budget, scale=scale)]
+    adjusted = torch.cat(blocks)
+    if isinstance(logits, torch.Tensor):
+        return adjusted.to(logits.device)
+    if isinstance(logits, np.ndarray):
+        return adjusted.numpy()
+    return adjusted
+
+
+def _apply_file(logits, out, calibration, tau, train_labels, priors, top_k, classes, column, smoothing, key, context,
+                force, budget, progress, target, target_logits, notes) -> ApplyResult:
+    from ..scoring import iter_adjusted
+    from ..write import PREDICTION_SUFFIXES, write_logits, write_predictions
+
+    inputs = paths_of(logits, calibration, train_labels, priors, classes, target_logits)
+    output_check(out, force, *inputs)
+    source = open_logits(logits, key, notes=notes)
+    names = class_names_for(classes, source.num_classes)
+    fitted = calibration_for(calibration, tau, train_labels, priors, source.num_classes, smoothing, names, column,
+                             True, target, target_logits, key, context.device, budget, notes=notes)
+    scale, shift = fitted.affine()
+    names = names or fitted.class_names
+    predictions = out.suffix.lower() in PREDICTION_SUFFIXES
+    if predictions and top_k > source.num_classes:
+        raise OptionError(f"`top_k` {top_k} is more than the {source.num_classes} classes", "top_k")
+    with progress_bar(progress, source.num_samples, "apply") as step:
+        blocks = iter_adjusted(source, shift, context.device, keep_dtype=not predictions, progress=step,
+                               memory_budget=budget, scale=scale)
+        if predictions:
+            write_predictions(out, blocks, names, top_k, force, inputs)
+        else:
+            for note in write_logits(out, blocks, source.shape, source.dtype_name, force, inputs):
+                notes.warn(note)
+    return ApplyResult(out, source.num_samples, fitted.tau, False, predictions, tuple(notes.warnings))
+
+
+def _apply_shards(context, logits, out, shard_format, calibration, tau, train_labels, priors, top_k, classes, column,
+                  smoothing, key, force, budget, target, target_logits, notes) -> ApplyResult:
+    from ..load import read_logits, shard_paths
+    from ..scoring import iter_adjusted
+    from ..write import write_logits, write_predictions
+    from .shards import write_shards
+
+    if not is_path(logits):
+        raise OptionError("per-shard output needs input shards: give `logits` as a folder or glob", "out")
+    inputs = paths_of(logits, calibration, train_labels, priors, classes, target_logits)
+    first = read_logits(shard_paths(logits)[0], key)
+    names = class_names_for(classes, first.num_classes)
+    fitted = calibration_for(calibration, tau, train_labels, priors, first.num_classes, smoothing, names, column,
+                             True, target, target_logits, key, context.device, budget, context, notes)
+    names = names or fitted.class_names
+    scale, shift = fitted.affine()
+    predictions = shard_format == "csv"
+    if predictions and top_k > first.num_classes:
+        raise OptionError(f"`top_k` {top_k} is more than the {first.num_classes} classes", "top_k")
+
+    def write_one(shard, target_path):
+        source = read_logits(shard, key)
+        fitted.check_num_classes(source.num_classes, "logits", str(shard))
+        blocks = iter_adjusted(source, shift, context.device, keep_dtype=not predictions, memory_budget=budget,
+                               scale=scale)
+        if predictions:
+            write_predictions(target_path, blocks, names, top_k, force, inputs)
+        else:
+            for note in write_logits(target_path, blocks, source.shape, source.dtype_name, force, inputs):
+                notes.warn(note)
+        return source.num_samples
+
+    rows = write_shards(context, [logits], out, f".{shard_format}", force, inputs, write_one)
+    return ApplyResult(out, rows, fitted.tau, True, predictions, tuple(notes.warnings))

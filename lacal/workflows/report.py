@@ -1,0 +1,296 @@
+"""`lacal.report` and `lacal.compare`: the per-class picture before and after adjustment, and post-hoc methods side by
+side, as data (what `lacal report` and `lacal report --compare` do; rendering lives in the CLI)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+from ..errors import MismatchError, OptionError
+from ..metrics import ClassEvaluation, ProbabilityMetrics, group_errors
+from .inputs import Notes, calibration_for, class_names as class_names_for, is_path, logits_input, make_context, \
+    memory_bytes, open_labels, open_logits, open_priors, paths_of, progress_bar, title
+
+SORT_KEYS = ("class", "error", "count")
+
+
+@dataclass(frozen=True)
+class Report:
+    """Evaluations of the raw logits (`baseline`) and of the adjusted ones (`adjusted`, None when no tau was
+    given), with the training counts (for shot groups) and class names when known."""
+
+    baseline: ClassEvaluation
+    adjusted: ClassEvaluation | None = None
+    train_counts: np.ndarray | None = None
+    class_names: list[str] | None = None
+    tau: float | None = None
+    baseline_quality: ProbabilityMetrics | None = None
+    adjusted_quality: ProbabilityMetrics | None = None
+    target_priors: np.ndarray | None = None
+    temperature: float | None = None
+    name: str | None = None
+    plot: Path | None = None
+    warnings: tuple[str, ...] = field(default=())
+
+    @property
+    def main(self) -> ClassEvaluation:
+        return self.adjusted if self.adjusted is not None else self.baseline
+
+    def order(self, sort: str = "class") -> np.ndarray:
+        """Class ids in display order: by id, by error after (worst first), or by training count (largest first)."""
+        ids = np.arange(self.baseline.num_classes)
+        if sort == "error":
+            errors = np.nan_to_num(self.main.errors, nan=-1.0)
+            return ids[np.lexsort((ids, -errors))]
+        if sort == "count":
+            counts = self.train_counts if self.train_counts is not None else self.main.support
+            return ids[np.lexsort((ids, -np.asarray(counts)))]
+        return ids
+
+    def groups(self, evaluation: ClassEvaluation) -> dict | None:
+        return None if self.train_counts is None else group_errors(evaluation, self.train_counts)
+
+    def _section(self, evaluation: ClassEvaluation, quality: ProbabilityMetrics | None = None) -> dict:
+        errors = evaluation.errors
+        names = self.class_names
+        counts = self.train_counts
+        return {
+            **evaluation.to_dict(),
+            **({} if quality is None else quality.to_dict()),
+            "num_samples": evaluation.num_samples,
+            "per_class": [
+                {"class": c, "name": names[c] if names else None,
+                 "train_count": None if counts is None else int(counts[c]),
+                 "support": int(evaluation.support[c]),
+                 "error": None if np.isnan(errors[c]) else float(errors[c])}
+                for c in range(evaluation.num_classes)],
+            "groups": self.groups(evaluation),
+        }
+
+    def to_dict(self) -> dict:
+        """Exactly `lacal report --json`."""
+        adjusted = self.adjusted is not None
+        result = self._section(self.main, self.adjusted_quality if adjusted else self.baseline_quality)
+        result["tau"] = self.tau
+        result["temperature"] = self.temperature
+        result["target_priors"] = None if self.target_priors is None else [float(q) for q in self.target_priors]
+        result["num_classes"] = self.main.num_classes
+        result["classes_without_samples"] = self.main.classes_without_samples
+        result["baseline"] = self._section(self.baseline, self.baseline_quality)
+        return result
+
+
+
+def report(logits=None, labels=None, calibration=None, *, tau: Optional[float] = None, train_labels=None,
+           priors=None, target_priors: Any = "uniform", target_logits=None, bins: int = 15, checkpoint=None,
+           features=None, head: Optional[str] = None, class_names=None, label_column: Optional[str] = None,
+           smoothing: float = 0.0, key: Optional[str] = None, device: str = "auto", memory_budget=None, plot=None,
+           force: bool = False, progress: Optional[Callable] = None, context=None) -> Report:
+    """Per-class errors before and after adjustment, with shot groups, NLL, Brier score, ECE and classwise ECE, as
+    `lacal report` does.
+
+    Args:
+        logits: N x C logits (an array, a tensor, a `LogitsSource`, a file, a folder or glob of shards, or a list of
+            files); None with `checkpoint` and `features`.
+        labels: N class ids (an array, a tensor or a labels file).
+        calibration: the adjustment to report: a `Calibration` or a calibration file; or None with `tau` and
+            `train_labels`/`priors`; or neither, for the raw logits only.
+        train_labels, priors: the training priors (for `tau`, or only for the shot groups).
+        target_priors, target_logits: target priors with `tau` (a calibration carries its own).
+        bins: equal-width confidence bins of the ECE.
+        checkpoint, features, head, class_names, label_column, smoothing, key, device, memory_budget, progress,
+            context: as for `fit`.
+        plot: also draw the three panels into this PNG (needs matplotlib); `force` replaces it.
+
+    Returns:
+        A `Report`: `.baseline` and `.adjusted` evaluations, `.to_dict()` is `lacal report --json`.
+
+    Example:
+        >>> lacal.report(test_logits, test_labels, calibration).to_dict()["balanced_error"]
+    """
+    from ..scoring import probability_pass, score_pass
+
+    notes = Notes()
+    budget = memory_bytes(memory_budget)
+    context = make_context(device, context)
+    compute = context.device
+    if plot is not None:
+        from ..plot import check_plotting
+        from ..write import check_output
+
+        if Path(plot).suffix.lower() != ".png":
+            raise OptionError(f"plots are written as PNG; give a FILE.png, got {Path(plot).name}", "plot")
+        check_plotting()
+        check_output(plot, force, paths_of(logits, labels, calibration, train_labels, priors, checkpoint, features))
+    source, labels_data, known_names = logits_input(logits, labels, checkpoint, features, head, key, class_names,
+                                                    compute, calibration is not None or tau is not None, context,
+                                                    notes)
+    names = class_names_for(class_names, source.num_classes) or known_names
+    values = open_labels(labels_data, source, names, label_column, context)
+    uniform = is_path(target_priors) and str(target_priors).strip().lower() == "uniform"
+    if calibration is None and tau is None and (not uniform or target_logits is not None):
+        raise OptionError("`target_priors` goes with `tau` (a calibration file carries its own)", "target_priors")
+    fitted = calibration_for(calibration, tau, train_labels, priors, source.num_classes, smoothing, names,
+                             label_column, False, target_priors, target_logits, key, compute, budget, context, notes)
+    counts = fitted.counts if fitted is not None else None
+    if fitted is None and (train_labels is not None or priors is not None):
+        counts = open_priors(train_labels, priors, source.num_classes, smoothing, names, label_column).counts
+    names = names or (fitted.class_names if fitted is not None else None)
+    affines = [(1.0, np.zeros(source.num_classes))] + ([fitted.affine()] if fitted is not None else [])
+    # argmax(f * scale + shift) = argmax(f + shift / scale), as scale = 1 / temperature > 0
+    offsets = [shift / scale for scale, shift in affines]
+    with progress_bar(progress, 2 * source.num_samples, "report") as step:
+        failure = None
+        try:
+            stats = score_pass(source, values, offsets, device=compute, progress=step, memory_budget=budget)
+            quality = probability_pass(source, values, affines, bins, compute, memory_budget=budget,
+                                       progress=lambda done: step(source.num_samples + done))
+        except Exception as exc:  # noqa: BLE001  (re-raised on every rank by agree)
+            failure = exc
+        context.agree(failure)
+        if context.active:
+            stats, quality = _summed(context, stats, quality)
+    result = Report(baseline=ClassEvaluation(stats.support, stats.correct[0]),
+                    adjusted=ClassEvaluation(stats.support, stats.correct[1]) if fitted is not None else None,
+                    train_counts=counts, class_names=names, tau=None if fitted is None else fitted.tau,
+                    baseline_quality=quality[0], adjusted_quality=quality[1] if fitted is not None else None,
+                    target_priors=None if fitted is None else fitted.target_priors,
+                    temperature=None if fitted is None else fitted.temperature, name=title(source),
+                    plot=None if plot is None else Path(plot), warnings=tuple(notes.warnings))
+    if plot is not None:
+        _plot(result, plot, source, values, fitted, train_labels, priors, smoothing, names, label_column, compute,
+              budget, context, force, paths_of(logits, labels, calibration, train_labels, priors))
+    return result
+
+
+def _plot(result, plot, source, values, fitted, train_labels, priors, smoothing, names, column, compute, budget,
+          context, force, inputs) -> None:
+    from ..plot import plot_report
+    from ..search import fit_tau
+
+    curve = None
+    prior_values = fitted.priors if fitted is not None else (
+        open_priors(train_labels, priors, source.num_classes, smoothing, names, column)
+        if train_labels is not None or priors is not None else None)
+    if prior_values is not None:
+        grid = fit_tau(source, values, prior_values, (0.0, 4.0), search="grid", grid_size=401, device=compute,
+                       memory_budget=budget, context=context)
+        curve = (grid.grid_taus, grid.grid_values)
+    if context.leader:
+        plot_report(plot, result, curve, result.tau, f"lacal report: {result.name}", force, inputs)
+
+
+def _summed(context, stats, quality):
+    """Pass statistics of every rank, added up."""
+    from ..scoring import PassStats
+
+    stats = PassStats(context.sum(stats.support), context.sum(stats.correct))
+    quality = [ProbabilityMetrics(int(context.sum(np.array([q.num_samples]))[0]),
+                                  float(context.sum(np.array([q.nll_sum]))[0]),
+                                  float(context.sum(np.array([q.brier_sum]))[0]), context.sum(q.bin_count),
+                                  context.sum(q.bin_confidence), context.sum(q.bin_correct), context.sum(q.class_gap))
+               for q in quality]
+    return stats, quality
+
+
+@dataclass(frozen=True, eq=False)
+class Comparison:
+    """Post-hoc methods fitted on the validation data and measured on the test data (or the validation data).
+
+    Attributes:
+        methods: a `MethodResult` per method (ERM, logit adjustment at tau = 1 and fitted, tau-normalisation with a
+            checkpoint, adjustment plus the bias calibration).
+        train_counts: the training counts (for the shot groups).
+        fitted_on, measured_on: the names of the data.
+        warnings: for example, methods measured on the data they were fitted on.
+    """
+
+    methods: tuple
+    train_counts: Any
+    fitted_on: str
+    measured_on: str
+    warnings: tuple[str, ...] = field(default=())
+
+    def to_dict(self) -> dict:
+        """Exactly `lacal report --compare --json`."""
+        return {"fitted_on": self.fitted_on, "measured_on": self.measured_on,
+                "methods": [r.to_dict(self.train_counts) for r in self.methods]}
+
+    def rows(self) -> list[dict]:
+        return [r.to_dict(self.train_counts) for r in self.methods]
+
+
+def compare(val_logits=None, val_labels=None, priors=None, *, train_labels=None, test_logits=None, test_labels=None,
+            checkpoint=None, features=None, test_features=None, head: Optional[str] = None, class_names=None,
+            label_column: Optional[str] = None, smoothing: float = 0.0, key: Optional[str] = None,
+            device: str = "auto", memory_budget=None, progress: Optional[Callable] = None,
+            context=None) -> Comparison:
+    """Post-hoc methods side by side, as `lacal report --compare` does: each fitted on the validation data and
+    measured on the test data when given (else on the validation data itself).
+
+    Args:
+        val_logits, val_labels: the validation data (None logits with `checkpoint` and `features`).
+        priors, train_labels: the training priors (as for `fit`).
+        test_logits, test_labels: the test split to measure on; with a checkpoint, `test_features` instead.
+        checkpoint, features, head: the head's weights and features, which add tau-normalisation.
+        class_names, label_column, smoothing, key, device, memory_budget, progress, context: as for `fit`.
+
+    Returns:
+        A `Comparison`; `.to_dict()` is `lacal report --compare --json`.
+
+    Example:
+        >>> lacal.compare(val_logits, val_labels, priors, test_logits=test_logits, test_labels=test_labels)
+    """
+    from ..comparison import compare_methods
+
+    notes = Notes()
+    budget = memory_bytes(memory_budget)
+    context = make_context(device, context)
+    compute = context.device
+    if context.active:
+        raise OptionError("report --compare does not run under torchrun yet; run it in one process", "torchrun")
+    source, labels, known_names = logits_input(val_logits, val_labels, checkpoint, features, head, key, class_names,
+                                               compute, False, context, notes)
+    names = class_names_for(class_names, source.num_classes) or known_names
+    values = open_labels(labels, source, names, label_column)
+    prior = open_priors(train_labels, priors, source.num_classes, smoothing, names, label_column)
+    evaluation_source = evaluation_labels = head_data = None
+    if checkpoint is not None:
+        from ..checkpoints import find_head, open_checkpoint
+        from ..load import read_logits
+        from ..scoring import head_logits
+
+        if test_logits is not None:
+            raise OptionError("with `checkpoint`, give the test split as `test_features`", "test_logits")
+        model = open_checkpoint(checkpoint)
+        layer = find_head(model, source.num_classes, head)
+        weight = model.tensor(layer.weight)
+        bias = model.tensor(layer.bias) if layer.bias else None
+        val_features = read_logits(features, key, what="features")
+        eval_features = read_logits(test_features, key, what="features") if test_features else val_features
+        if test_features is not None:
+            evaluation_source = head_logits(eval_features, weight, bias, compute, f"{test_features} through "
+                                                                                  f"{checkpoint}")
+        head_data = (weight, val_features, eval_features)
+    elif test_features is not None:
+        raise OptionError("`test_features` needs `checkpoint` and `features`", "test_features")
+    elif test_logits is not None:
+        evaluation_source = open_logits(test_logits, key, notes=notes)
+        if evaluation_source.num_classes != source.num_classes:
+            raise MismatchError(f"has {evaluation_source.num_classes} classes but the validation logits have "
+                                f"{source.num_classes}", test_logits if is_path(test_logits) else "test_logits")
+    if (evaluation_source is None) != (test_labels is None):
+        raise OptionError("give `test_labels` together with `test_logits` (or `test_features`)", "test_labels")
+    if evaluation_source is not None:
+        evaluation_labels = open_labels(test_labels, evaluation_source, names, label_column)
+    with progress_bar(progress, source.num_samples, "compare") as step:
+        results = compare_methods(source, values, prior, evaluation_source, evaluation_labels, head_data, compute,
+                                  budget, progress=step)
+    if evaluation_source is None:
+        notes.warn("every method was fitted and measured on the same data; give --test-logits and --test-labels for "
+                   "an honest comparison")
+    measured = evaluation_source.name if evaluation_source is not None else source.name
+    return Comparison(tuple(results), prior.counts, source.name, measured, tuple(notes.warnings))
