@@ -1,0 +1,199 @@
+"""The library workflows give what the CLI commands give: the same --json, the same files, the same bytes."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import lacal
+from lacal.cli import app
+
+from .conftest import long_tail_problem
+
+
+def run(*args) -> str:
+    result = CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "120"}, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("workflows")
+    logits, labels, counts = long_tail_problem(num_samples=500, num_classes=6, seed=11)
+    target, target_labels, _ = long_tail_problem(num_samples=300, num_classes=6, seed=12)
+    np.save(folder / "val_logits.npy", logits)
+    np.save(folder / "val_labels.npy", labels)
+    np.save(folder / "test_logits.npy", target)
+    np.save(folder / "test_labels.npy", target_labels)
+    train = np.repeat(np.arange(len(counts)), counts)
+    (folder / "train_labels.txt").write_text("\n".join(map(str, train)) + "\n")
+    return folder
+
+
+def test_fit_with_em_and_bias_equals_the_cli(data):
+    cli = json.loads(run("fit-tau", data / "val_logits.npy", data / "val_labels.npy", "--train-labels",
+                         data / "train_labels.txt", "--target-priors", "em", "--target-logits",
+                         data / "test_logits.npy", "--calibrate", "bias", "--json"))
+    result = lacal.fit(data / "val_logits.npy", data / "val_labels.npy", train_labels=data / "train_labels.txt",
+                       target_priors="em", target_logits=data / "test_logits.npy", calibrate="bias", device="cpu")
+    assert result.to_dict() == cli
+    assert "balanced_error_calibrated" in cli and cli["target_priors"]["kind"] == "em"
+    calibration = result.calibration
+    assert calibration.bias is not None and calibration.target_priors is not None
+    assert calibration.tau == cli["tau"]
+
+
+def test_fit_from_arrays_equals_the_cli_on_files(data):
+    cli = json.loads(run("fit-tau", data / "val_logits.npy", data / "val_labels.npy", "--train-labels",
+                         data / "train_labels.txt", "--json"))
+    train = np.loadtxt(data / "train_labels.txt", dtype=np.int64)
+    result = lacal.fit(torch.from_numpy(np.load(data / "val_logits.npy")), np.load(data / "val_labels.npy"),
+                       train_labels=train, device="cpu")
+    assert result.to_dict() == cli
+    assert result.warnings == ()
+
+
+def test_fit_writes_the_same_calibration_file_as_the_cli(data, tmp_path):
+    run("fit-tau", data / "val_logits.npy", data / "val_labels.npy", "--train-labels", data / "train_labels.txt",
+        "--calibrate", "temperature", "--out", tmp_path / "cli.json")
+    lacal.fit(data / "val_logits.npy", data / "val_labels.npy", train_labels=data / "train_labels.txt",
+              calibrate="temperature", out=tmp_path / "lib.json", device="cpu")
+    assert json.loads((tmp_path / "cli.json").read_text()) == json.loads((tmp_path / "lib.json").read_text())
+
+
+@pytest.mark.parametrize("extra", [(), ("--target-priors", "em", "--target-logits", "test_logits.npy")])
+def test_report_equals_the_cli(data, monkeypatch, extra):
+    monkeypatch.chdir(data)
+    cli = json.loads(run("report", "test_logits.npy", "test_labels.npy", "--tau", "1.2", "--train-labels",
+                         "train_labels.txt", *extra, "--json"))
+    options = {"target_priors": "em", "target_logits": "test_logits.npy"} if extra else {}
+    result = lacal.report("test_logits.npy", "test_labels.npy", tau=1.2, train_labels="train_labels.txt",
+                          device="cpu", **options)
+    assert result.to_dict() == cli
+    # and from a calibration object, on arrays
+    calibration = lacal.Calibration(tau=1.2, priors=lacal.priors_from_labels(
+        np.loadtxt("train_labels.txt", dtype=np.int64), 6).priors,
+        counts=lacal.priors_from_labels(np.loadtxt("train_labels.txt", dtype=np.int64), 6).counts)
+    if not extra:
+        again = lacal.report(np.load("test_logits.npy"), np.load("test_labels.npy"), calibration, device="cpu")
+        assert again.to_dict()["balanced_error"] == cli["balanced_error"]
+
+
+def test_compare_and_priors_equal_the_cli(data, monkeypatch):
+    monkeypatch.chdir(data)
+    cli = json.loads(run("report", "val_logits.npy", "val_labels.npy", "--train-labels", "train_labels.txt",
+                         "--compare", "--test-logits", "test_logits.npy", "--test-labels", "test_labels.npy",
+                         "--json"))
+    result = lacal.compare("val_logits.npy", "val_labels.npy", train_labels="train_labels.txt",
+                           test_logits="test_logits.npy", test_labels="test_labels.npy", device="cpu")
+    assert result.to_dict() == cli and result.warnings == ()
+    assert lacal.count_priors("train_labels.txt").to_dict() == json.loads(run("priors", "train_labels.txt",
+                                                                               "--json"))
+    em = json.loads(run("priors", "--em", "test_logits.npy", "--train-labels", "train_labels.txt", "--json"))
+    assert lacal.estimate_priors("test_logits.npy", train_labels="train_labels.txt",
+                                 device="cpu").to_dict() == em
+
+
+@pytest.mark.parametrize("kind", ["numpy", "torch"])
+def test_apply_in_memory_returns_the_cli_output(data, tmp_path, kind):
+    run("fit-tau", data / "val_logits.npy", data / "val_labels.npy", "--train-labels", data / "train_labels.txt",
+        "--calibrate", "temperature", "--out", tmp_path / "calibration.json")
+    run("apply", data / "test_logits.npy", "--calibration", tmp_path / "calibration.json", "--out",
+        tmp_path / "adjusted.npy")
+    written = np.load(tmp_path / "adjusted.npy")
+    logits = np.load(data / "test_logits.npy")
+    given = torch.from_numpy(logits) if kind == "torch" else logits
+    adjusted = lacal.apply(given, lacal.Calibration.load(tmp_path / "calibration.json"))
+    assert type(adjusted) is type(given) and adjusted.dtype == given.dtype and adjusted.shape == given.shape
+    assert np.array_equal(np.asarray(adjusted), written)
+    # an independent float64 computation of (f - tau log pi) / T
+    calibration = lacal.Calibration.load(tmp_path / "calibration.json")
+    expected = (logits.astype(np.float64) - calibration.tau * np.log(calibration.priors)) / calibration.temperature
+    assert np.allclose(np.asarray(adjusted), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_apply_to_shards_writes_what_the_cli_writes(data, tmp_path):
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    logits = np.load(data / "test_logits.npy")
+    for k, part in enumerate(np.array_split(logits, 3)):
+        np.save(shards / f"part-{k}.npy", part)
+    run("apply", shards, "--tau", "1", "--train-labels", data / "train_labels.txt", "--out", tmp_path / "cli")
+    result = lacal.apply(shards, None, tmp_path / "lib", tau=1.0, train_labels=data / "train_labels.txt",
+                         device="cpu")
+    assert result.per_shard and result.rows == logits.shape[0]
+    cli_files = sorted(p.name for p in (tmp_path / "cli").iterdir())
+    assert cli_files == sorted(p.name for p in (tmp_path / "lib").iterdir()) and "index.json" in cli_files
+    for name in cli_files:
+        if name.endswith(".npy"):
+            assert (tmp_path / "cli" / name).read_bytes() == (tmp_path / "lib" / name).read_bytes()
+    index = json.loads((tmp_path / "lib" / "index.json").read_text())
+    assert index["rows"] == logits.shape[0] and [s["file"] for s in index["shards"]] == [
+        "part-0.npy", "part-1.npy", "part-2.npy"]
+    expected = logits.astype(np.float64) - 1.0 * np.log(lacal.priors_from_labels(
+        np.loadtxt(data / "train_labels.txt", dtype=np.int64), 6).priors)
+    assert np.allclose(lacal.read_logits(tmp_path / "lib").rows(0, logits.shape[0]).numpy(), expected, atol=1e-5)
+
+
+def _checkpoint(folder, suffix):
+    rng = np.random.default_rng(6)
+    state = {"backbone.weight": torch.from_numpy(rng.normal(size=(16, 12)).astype(np.float32)),
+             "fc.weight": torch.from_numpy(rng.normal(size=(6, 16)).astype(np.float32)),
+             "fc.bias": torch.from_numpy(rng.normal(size=6).astype(np.float32))}
+    path = folder / f"model{suffix}"
+    if suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file(state, str(path))
+    else:
+        torch.save(state, path)
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
+def test_patch_checkpoint_writes_what_apply_writes(data, tmp_path, suffix):
+    model = _checkpoint(tmp_path, suffix)
+    run("fit-tau", data / "val_logits.npy", data / "val_labels.npy", "--train-labels", data / "train_labels.txt",
+        "--calibrate", "temperature", "--out", tmp_path / "calibration.json")
+    run("apply", model, "--calibration", tmp_path / "calibration.json", "--out", tmp_path / f"cli{suffix}")
+    result = lacal.patch_checkpoint(model, tmp_path / "calibration.json", out=tmp_path / f"lib{suffix}",
+                                    device="cpu")
+    assert result.heads == ("fc",) and result.num_classes == 6
+    if suffix == ".safetensors":
+        assert (tmp_path / f"cli{suffix}").read_bytes() == (tmp_path / f"lib{suffix}").read_bytes()
+    else:
+        cli = torch.load(tmp_path / f"cli{suffix}", weights_only=True)
+        lib = torch.load(tmp_path / f"lib{suffix}", weights_only=True)
+        assert cli.keys() == lib.keys()
+        for name in cli:
+            if isinstance(cli[name], torch.Tensor):
+                assert torch.equal(cli[name], lib[name])
+            else:
+                assert cli[name] == lib[name]
+    # the patched bias is (b - tau log pi) / T, computed independently in float64
+    calibration = lacal.Calibration.load(tmp_path / "calibration.json")
+    original = torch.load(model, weights_only=True) if suffix == ".pt" else None
+    if original is None:
+        from safetensors.torch import load_file
+
+        original, patched = load_file(str(model)), load_file(str(tmp_path / f"lib{suffix}"))
+    else:
+        patched = torch.load(tmp_path / f"lib{suffix}", weights_only=True)
+    expected = (original["fc.bias"].double().numpy() - calibration.tau * np.log(calibration.priors)) \
+        / calibration.temperature
+    assert np.allclose(patched["fc.bias"].double().numpy(), expected, atol=1e-5)
+
+
+def test_workflows_report_bad_input_by_parameter_name(data):
+    with pytest.raises(lacal.OptionError) as error:
+        lacal.fit(data / "val_logits.npy", data / "val_labels.npy", device="cpu")
+    assert error.value.source == "train_labels" and "`train_labels`" in error.value.problem
+    with pytest.raises(lacal.OptionError) as error:
+        lacal.fit(data / "val_logits.npy", data / "val_labels.npy", train_labels=data / "train_labels.txt",
+                  memory_budget="lots", device="cpu")
+    assert error.value.source == "memory_budget"
