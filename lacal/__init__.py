@@ -19,7 +19,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-__version__ = "0.1.0"
+from .version import __version__
 
 _EXPORTS = {
     "LacalError": "errors", "InputFileError": "errors", "InputDataError": "errors", "PriorsError": "errors",
@@ -32,8 +32,8 @@ _EXPORTS = {
     "balanced_error": "metrics", "worst_class_error": "metrics", "shot_groups": "metrics", "group_errors": "metrics",
     "TauFit": "search", "fit_tau": "search",
     "Calibration": "calibration",
-    "PriorEstimate": "shift", "estimate_target_priors": "shift",
-    "ProbabilityFit": "calibrate", "fit_temperature": "calibrate", "fit_bias": "calibrate",
+    "PriorEstimate": "label_shift", "estimate_target_priors": "label_shift",
+    "ProbabilityFit": "probability", "fit_temperature": "probability", "fit_bias": "probability",
     "ProbabilityMetrics": "metrics",
     "logit_adjusted_cross_entropy": "losses", "LogitAdjustedLoss": "losses",
     "TauNormFit": "taunorm", "fit_tau_norm": "taunorm", "tau_norm_logits": "taunorm",
@@ -65,7 +65,7 @@ def __dir__():
 
 if TYPE_CHECKING:  # pragma: no cover
     from .adjust import adjust_logits, offsets
-    from .calibrate import ProbabilityFit, fit_bias, fit_temperature
+    from .probability import ProbabilityFit, fit_bias, fit_temperature
     from .calibration import Calibration
     from .device import resolve_device
     from .errors import (InputDataError, InputFileError, LacalError, MismatchError, OptionError, OutputError,
@@ -82,4 +82,4 @@ if TYPE_CHECKING:  # pragma: no cover
                             Report, ScoreResult, TauNormResult, apply, compare, count_priors, estimate_priors, fit,
                             patch_checkpoint, report, score)
     from .search import TauFit, fit_tau
-    from .shift import PriorEstimate, estimate_target_priors
+    from .label_shift import PriorEstimate, estimate_target_priors

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 
-def _as_priors_array(priors) -> np.ndarray:
+def as_priors_array(priors) -> np.ndarray:
     values = getattr(priors, "priors", priors)
     values = np.asarray(values.cpu() if hasattr(values, "cpu") else values, dtype=np.float64).ravel()
     if values.size == 0 or not np.all(np.isfinite(values)) or values.min() <= 0:
@@ -20,8 +20,8 @@ def offsets(priors, tau: float, target_priors=None) -> np.ndarray:
     `priors` (and `target_priors`) are vectors of class priors or counts, or `Priors` objects; without target
     priors the target is uniform, whose log adds the same constant to every class and is left out.
     """
-    shift = -float(tau) * np.log(_as_priors_array(priors))
-    return shift if target_priors is None else shift + np.log(_as_priors_array(target_priors))
+    shift = -float(tau) * np.log(as_priors_array(priors))
+    return shift if target_priors is None else shift + np.log(as_priors_array(target_priors))
 
 
 def adjust_logits(logits, priors=None, tau: float = 1.0, *, offset=None, scale: float = 1.0, target_priors=None):
@@ -43,3 +43,6 @@ def adjust_logits(logits, priors=None, tau: float = 1.0, *, offset=None, scale: 
     values = tensor.to(compute) if scale == 1.0 else tensor.to(compute) * scale
     result = (values + shift).to(tensor.dtype)
     return result.numpy() if is_numpy else result
+
+
+_as_priors_array = as_priors_array  # the name search.py imports until it is rewritten (issue 15)

@@ -75,7 +75,7 @@ class Checkpoint:
     def tensor(self, name: str):
         """The named tensor, on the CPU."""
         info = self.tensors[name]
-        if _is_safetensors(info.file):
+        if is_safetensors(info.file):
             from safetensors import SafetensorError, safe_open
 
             try:
@@ -119,7 +119,7 @@ class Checkpoint:
         return str((self.config or {}).get("model_type") or "this architecture")
 
 
-def _is_safetensors(path: Path) -> bool:
+def is_safetensors(path: Path) -> bool:
     return path.suffix.lower() == ".safetensors"
 
 
@@ -192,7 +192,7 @@ def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
     if path.is_dir():
         return _open_folder(path)
     check_readable(path)
-    if _is_safetensors(path):
+    if is_safetensors(path):
         tensors, metadata = _safetensors_tensors(path)
         return Checkpoint(path, "safetensors", tensors, patch=_patch_from_metadata(metadata, path))
     if path.suffix.lower() in TORCH_SUFFIXES:
@@ -293,7 +293,7 @@ def _open_folder(path: Path) -> Checkpoint:
         shards = [chosen]
     offset = 0
     for shard in shards:
-        if _is_safetensors(shard):
+        if is_safetensors(shard):
             tensors, metadata = _safetensors_tensors(shard)
             checkpoint.patch = checkpoint.patch or _patch_from_metadata(metadata, shard)
         else:
@@ -350,7 +350,7 @@ def read_config_classes(config: Path) -> list[str] | None:
 # ----------------------------------------------------------------------------------------------------- the head
 
 
-def _plain_name(module: str) -> str:
+def plain_name(module: str) -> str:
     changed = True
     while changed:
         changed = False
@@ -397,7 +397,7 @@ def _natural(name: str) -> tuple:
 def _order(info: TensorInfo) -> tuple:
     """File order for PyTorch files (the order the model defined its modules); safetensors files are written sorted
     by name, so there module names in natural order (classifier.9 before classifier.10) stand in for it."""
-    if _is_safetensors(info.file):
+    if is_safetensors(info.file):
         return (info.position >> 48, _natural(info.name))
     return (info.position >> 48, info.position)
 
@@ -416,7 +416,7 @@ def find_head(checkpoint: Checkpoint, num_classes: int | None = None, name: str 
         module = name[: -len("weight")].rstrip(".") if name == "weight" or name.endswith(".weight") else name
         every = _layers(checkpoint, None)
         matches = [layer for layer in every if layer.name == module] or \
-            [layer for layer in every if _plain_name(layer.name) == _plain_name(module)]
+            [layer for layer in every if plain_name(layer.name) == plain_name(module)]
         if len(matches) != 1:
             found = "several layers match it" if matches else f"no 2-D tensor {module + '.weight'!r}"
             raise CheckpointError(f"--head {name!r}: {found} in the checkpoint", checkpoint.path)
@@ -425,7 +425,7 @@ def find_head(checkpoint: Checkpoint, num_classes: int | None = None, name: str 
                                 f"{num_classes} classes", checkpoint.path)
         return matches[0]
     layers = _layers(checkpoint, num_classes)
-    usual = [layer for layer in layers if USUAL_HEAD.match(_plain_name(layer.name))]
+    usual = [layer for layer in layers if USUAL_HEAD.match(plain_name(layer.name))]
     if usual:
         return usual[-1]
     if num_classes is None:
@@ -437,7 +437,7 @@ def find_head(checkpoint: Checkpoint, num_classes: int | None = None, name: str 
     if len(layers) == 1:
         return layers[0]
     if not layers:
-        heads = [layer for layer in _layers(checkpoint, None) if USUAL_HEAD.match(_plain_name(layer.name))]
+        heads = [layer for layer in _layers(checkpoint, None) if USUAL_HEAD.match(plain_name(layer.name))]
         if heads:
             raise MismatchError(f"the head {heads[-1].name!r} has {heads[-1].num_classes} outputs but the "
                                 f"calibration is for {num_classes} classes", checkpoint.path)
@@ -459,15 +459,15 @@ def find_heads(checkpoint: Checkpoint, num_classes: int | None = None, name: str
     them (unless --head names the one to patch), and a known architecture that transforms the head's output
     further (torchvision's SqueezeNet)."""
     layers = _layers(checkpoint, num_classes)
-    by_plain = {_plain_name(layer.name): layer for layer in layers}
+    by_plain = {plain_name(layer.name): layer for layer in layers}
     pair = next(((by_plain[a], by_plain[b]) for a, b in AVERAGED_HEADS.items() if a in by_plain and b in by_plain),
                 None)
     if pair is not None and name is None:
         heads = list(pair)
     else:
         head = find_head(checkpoint, num_classes, name)
-        every = {_plain_name(layer.name): layer for layer in _layers(checkpoint, head.num_classes)}
-        plain = _plain_name(head.name)
+        every = {plain_name(layer.name): layer for layer in _layers(checkpoint, head.num_classes)}
+        plain = plain_name(head.name)
         partner = AVERAGED_HEADS.get(plain) or next((a for a, b in AVERAGED_HEADS.items() if b == plain), None)
         heads = [head] + ([every[partner]] if partner in every else [])
     if name is None:
@@ -484,7 +484,7 @@ def find_heads(checkpoint: Checkpoint, num_classes: int | None = None, name: str
 
 
 def _head_like(layer: Head) -> bool:
-    parts = _plain_name(layer.name).split(".")
+    parts = plain_name(layer.name).split(".")
     if any(part.lower().startswith("aux") for part in parts):
         return False  # torchvision's GoogLeNet and Inception v3: auxiliary heads feed the training loss only
     return any(HEAD_LIKE.match(part) for part in parts)
@@ -502,7 +502,7 @@ def _refuse_known_nonlinear_head(checkpoint: Checkpoint, heads: list[Head]) -> N
     bias would be clipped by the ReLU, so the model's output would not move by the offsets."""
     names = checkpoint.tensors
     squeezenet = any(".squeeze." in n for n in names) and any(".expand1x1." in n for n in names)
-    if squeezenet and any(_plain_name(h.name) == "classifier.1" for h in heads):
+    if squeezenet and any(plain_name(h.name) == "classifier.1" for h in heads):
         raise CheckpointError(
             "looks like torchvision's SqueezeNet, whose classifier.1 is followed by a ReLU and average pooling: a new "
             "bias would be clipped by the ReLU, so the patched model would not give logits - tau * log(pi); adjust "
@@ -536,7 +536,7 @@ def is_checkpoint(path: str | os.PathLike, key: str | None = None) -> bool:
         return True
     if key is not None or not path.is_file():
         return False
-    if _is_safetensors(path):
+    if is_safetensors(path):
         header, _ = read_safetensors_header(path)
         return len([k for k in header if k != "__metadata__"]) > 1
     if path.suffix.lower() in (".pt", ".pth"):

@@ -34,7 +34,7 @@ def compare_methods(val_logits, val_labels, priors, eval_logits=None, eval_label
                     progress=None) -> list[MethodResult]:
     """`head`: (weight, validation features, evaluation features) to add tau-normalisation, else None."""
     from .adjust import offsets
-    from .calibrate import DEFAULT_BIAS_L2, fit_bias
+    from .probability import DEFAULT_BIAS_L2, fit_bias
     from .scoring import head_logits, score_pass
     from .search import fit_tau
     from .taunorm import fit_tau_norm, normalised_weight

@@ -12,9 +12,9 @@ import numpy as np
 def _log_priors(priors, device=None, dtype=None):
     import torch
 
-    from .adjust import _as_priors_array
+    from .adjust import as_priors_array
 
-    return torch.as_tensor(np.log(_as_priors_array(priors)), device=device, dtype=dtype)
+    return torch.as_tensor(np.log(as_priors_array(priors)), device=device, dtype=dtype)
 
 
 def logit_adjusted_cross_entropy(logits, labels, priors, tau: float = 1.0, reduction: str = "mean",

@@ -27,7 +27,7 @@ PAYLOAD_CONFIG_LIMIT = 64 << 20
 
 
 @contextmanager
-def _weights_only_everywhere():
+def weights_only_everywhere():
     """Make every torch.load inside (including those that pass weights_only=False) load weights only."""
     old = os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
     os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
@@ -40,7 +40,7 @@ def _weights_only_everywhere():
             os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = old
 
 
-def _check_export_archive(path: Path) -> None:
+def check_export_archive(path: Path) -> None:
     """Refuse a .pt2 archive that torch.export.load would unpickle Python objects from, or load compiled code from.
 
     torch decides what to unpickle from the payload configs (`data/constants/*.json`, `data/weights/*.json`: an
@@ -99,9 +99,9 @@ def load_model(path: str | os.PathLike):
     path = check_readable(path)
     suffix = path.suffix.lower()
     if suffix in EXPORT_SUFFIXES:
-        _check_export_archive(path)
+        check_export_archive(path)
         try:
-            with _weights_only_everywhere():
+            with weights_only_everywhere():
                 program = torch.export.load(str(path))
         except (pickle.UnpicklingError, RuntimeError, ValueError, KeyError, zipfile.BadZipFile) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

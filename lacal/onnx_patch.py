@@ -362,7 +362,7 @@ def make_onnx_patch(file: OnnxFile, head: OnnxHead, offsets, tau: float, scale: 
     temperature) inserted after the head. Refuses a model that already carries a lacal patch unless `force`."""
     from onnx import ModelProto, StringStringEntryProto, helper, numpy_helper
 
-    from . import __version__
+    from .version import __version__
     from .patch import PATCH_FORMAT, PATCH_VERSION, describe_patch
 
     earlier = file.patch

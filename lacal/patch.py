@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .checkpoints import (PATCH_FILE, PATCH_METADATA_KEY, TORCH_SUFFIXES, Checkpoint, Head, _is_safetensors,
-                          _plain_name, bias_name, patch_record_path, read_safetensors_header)
+from .checkpoints import (PATCH_FILE, PATCH_METADATA_KEY, TORCH_SUFFIXES, Checkpoint, Head, is_safetensors,
+                          plain_name, bias_name, patch_record_path, read_safetensors_header)
 from .errors import CheckpointError, MismatchError, OptionError, OutputError, VerificationError
 from .write import atomic_path, check_output, check_output_folder, stage_folder, temporary_prefix, write_text
 
@@ -148,10 +148,10 @@ def _copy_changes(checkpoint: Checkpoint, key: str, state: dict, heads: list[Hea
     such head (it is not a copy of this model)."""
     plain = {}
     for name in state:
-        plain.setdefault(_plain_name(str(name)), []).append(str(name))
+        plain.setdefault(plain_name(str(name)), []).append(str(name))
     names = {}
     for layer in heads:
-        found = plain.get(_plain_name(layer.weight), [])
+        found = plain.get(plain_name(layer.weight), [])
         if not found:
             if layer is heads[0]:
                 return None
@@ -162,7 +162,7 @@ def _copy_changes(checkpoint: Checkpoint, key: str, state: dict, heads: list[Hea
                                   "model to patch too", checkpoint.path)
         names[layer.weight] = found[0]
         if layer.bias:
-            bias = plain.get(_plain_name(layer.bias), [])
+            bias = plain.get(plain_name(layer.bias), [])
             if len(bias) != 1:
                 raise CheckpointError(f"the state dict {key!r} beside the model has {layer.weight!r} but no bias for "
                                       "it", checkpoint.path)
@@ -314,7 +314,7 @@ def _write_one(checkpoint: Checkpoint, file: Path, target: Path, patch: Patch) -
     """Write `file` with the patch's changes to the tensors it holds (a new bias goes beside the weight)."""
     replace = {name: tensor for name, tensor in patch.replace.items() if checkpoint.tensors[name].file == file}
     add = {name: tensor for name, tensor in patch.add.items() if checkpoint.tensors[_weight_of(name)].file == file}
-    if _is_safetensors(file):
+    if is_safetensors(file):
         write_safetensors(file, target, replace, add, {PATCH_METADATA_KEY: json.dumps(patch.record)})
     else:
         write_torch(checkpoint, file, target, replace, add, patch.record, patch.copies)

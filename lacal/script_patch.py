@@ -111,16 +111,16 @@ def open_script(path, kind: str | None = None) -> ScriptFile:
     import torch
 
     from .load import check_readable
-    from .models import _check_export_archive, _weights_only_everywhere
+    from .models import check_export_archive, weights_only_everywhere
 
     path = check_readable(path)
     extras = {name: "" for name in _extra_names(path)}
     extras.setdefault(PATCH_EXTRA_FILE, "")
     kind = kind or ("export" if is_export(path) else "torchscript")
     if kind == "export":
-        _check_export_archive(path)
+        check_export_archive(path)
         try:
-            with _weights_only_everywhere(), warnings.catch_warnings(), open(path, "rb") as handle:
+            with weights_only_everywhere(), warnings.catch_warnings(), open(path, "rb") as handle:
                 warnings.simplefilter("ignore")
                 program = torch.export.load(handle, extra_files=extras)
         except Exception as exc:  # torch.export.load raises many kinds; none may escape as a traceback
@@ -157,7 +157,7 @@ def make_script_patch(file: ScriptFile, heads: Heads, offsets, tau: float, scale
                       calibration_sha256: str | None = None, force: bool = False):
     """The new bias (and, with a temperature, weight) for the head, as lacal.patch.make_patch computes them for a
     checkpoint; a head without a bias is refused (the module's code has no bias to add)."""
-    from . import __version__
+    from .version import __version__
     from .patch import make_patch
 
     bare = [head for head in heads.heads if head.bias is None]

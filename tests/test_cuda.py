@@ -63,7 +63,7 @@ def test_unknown_device_is_refused():
 
 @cuda
 def test_label_shift_calibration_and_metrics_on_cuda_equal_cpu():
-    from lacal.calibrate import fit_bias, fit_temperature
+    from lacal.probability import fit_bias, fit_temperature
     from lacal.scoring import probability_pass
     from lacal.taunorm import fit_tau_norm
 

@@ -8,7 +8,7 @@ import torch
 from typer.testing import CliRunner
 
 import lacal
-from lacal.calibrate import fit_bias, fit_temperature
+from lacal.probability import fit_bias, fit_temperature
 from lacal.cli import app
 from lacal.load import shard_paths
 

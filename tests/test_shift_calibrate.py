@@ -7,7 +7,7 @@ from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 import lacal
-from lacal.calibrate import fit_bias, fit_temperature
+from lacal.probability import fit_bias, fit_temperature
 from lacal.cli import app
 from lacal.scoring import probability_pass
 

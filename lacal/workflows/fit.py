@@ -172,7 +172,7 @@ def _calibrate(method, source, labels, prior, tau, bias_l2, compute, budget, con
     """The probability fit on the adjusted logits, and (for a bias, which moves predictions) the evaluation with
     it."""
     from ..adjust import offsets
-    from ..calibrate import fit_probabilities
+    from ..probability import fit_probabilities
     from ..metrics import ClassEvaluation
     from ..scoring import score_pass
 

@@ -150,7 +150,7 @@ def open_labels(data, source, classes=None, column=None, context=None) -> np.nda
     from ..load import read_labels
 
     if not is_path(data):
-        labels = _label_array(data)
+        labels = label_array(data)
         _check_labels(labels, source, "labels")
         return labels
     share = getattr(source, "share", None)
@@ -169,7 +169,7 @@ def open_labels(data, source, classes=None, column=None, context=None) -> np.nda
     return labels
 
 
-def _label_array(data) -> np.ndarray:
+def label_array(data) -> np.ndarray:
     if hasattr(data, "detach"):
         data = data.detach().cpu().numpy()
     labels = np.asarray(data)
@@ -241,7 +241,7 @@ def open_priors(train_labels, priors, num_classes, smoothing, classes, column=No
     if train_labels is not None:
         if is_path(train_labels):
             return read_train_labels(train_labels, num_classes, smoothing, classes, column)
-        return priors_from_labels(_label_array(train_labels), num_classes, smoothing, classes)
+        return priors_from_labels(label_array(train_labels), num_classes, smoothing, classes)
     if priors is not None:
         if isinstance(priors, Priors):
             found = priors
@@ -293,7 +293,7 @@ def estimate(target_logits, prior, num_classes, key, device, budget, progress=No
              max_iterations=None, context=None, notes: Notes | None = None):
     """EM target priors of unlabeled logits: (q, a record of the estimate)."""
     from ..load import sha256_file
-    from ..shift import DEFAULT_MAX_ITERATIONS, DEFAULT_TOLERANCE, estimate_target_priors
+    from ..label_shift import DEFAULT_MAX_ITERATIONS, DEFAULT_TOLERANCE, estimate_target_priors
 
     source = open_logits(target_logits, key, context, notes=notes)
     where = target_logits if is_path(target_logits) else source.name

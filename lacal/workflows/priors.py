@@ -85,7 +85,7 @@ def count_priors(train_labels, *, num_classes: Optional[int] = None, smoothing: 
     """
     from ..load import read_labels, sha256_file
     from ..priors import priors_from_labels
-    from .inputs import _label_array
+    from .inputs import label_array
 
     names = read_names(class_names)
     output_check(out, force, train_labels, class_names)
@@ -93,7 +93,7 @@ def count_priors(train_labels, *, num_classes: Optional[int] = None, smoothing: 
         labels = read_labels(train_labels, names, label_column)
         source, name = {"path": str(train_labels), "sha256": sha256_file(train_labels)}, str(train_labels)
     else:
-        labels, source, name = _label_array(train_labels), None, "labels"
+        labels, source, name = label_array(train_labels), None, "labels"
     if names is not None and num_classes is not None and len(names) != num_classes:
         raise MismatchError(f"lists {len(names)} class names but `num_classes` is {num_classes}",
                             class_names if is_path(class_names) else "class_names")

@@ -49,7 +49,7 @@ def estimate_target_priors(logits, train_priors, tolerance: float = DEFAULT_TOLE
     """
     import torch
 
-    from .adjust import _as_priors_array
+    from .adjust import as_priors_array
     from .load import LogitsSource, source_from_array
     from .scoring import DEFAULT_MEMORY_BUDGET, iter_blocks
 
@@ -60,7 +60,7 @@ def estimate_target_priors(logits, train_priors, tolerance: float = DEFAULT_TOLE
     context = context or Context()
     source = logits if isinstance(logits, LogitsSource) else source_from_array(logits)
     samples = int(context.sum(np.array([source.num_samples]))[0])
-    pi = torch.as_tensor(_as_priors_array(train_priors), dtype=torch.float64, device=device)
+    pi = torch.as_tensor(as_priors_array(train_priors), dtype=torch.float64, device=device)
     if pi.numel() != source.num_classes:
         raise ValueError(f"{pi.numel()} training priors for logits with {source.num_classes} classes")
     budget = memory_budget or DEFAULT_MEMORY_BUDGET
