@@ -170,7 +170,7 @@ def bench_shape(name: str, repeats: int, device: str, skip_sklearn: bool, workdi
 
 
 def budget_check(size_text: str, workdir: Path) -> dict:
-    from lacal.cli import _parse_size
+    from lacal.workflows.inputs import memory_bytes as _parse_size
 
     budget = _parse_size(size_text)
     classes = 1_000

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from .errors import MismatchError, OptionError, PriorsError
+
 
 def as_priors_array(priors) -> np.ndarray:
     values = getattr(priors, "priors", priors)
     values = np.asarray(values.cpu() if hasattr(values, "cpu") else values, dtype=np.float64).ravel()
     if values.size == 0 or not np.all(np.isfinite(values)) or values.min() <= 0:
-        raise ValueError("priors must be positive and finite; a zero prior has no logarithm")
+        raise PriorsError("`priors` must be positive and finite; a zero prior has no logarithm", "priors")
     return values / values.sum()
 
 
@@ -32,12 +34,13 @@ def adjust_logits(logits, priors=None, tau: float = 1.0, *, offset=None, scale: 
 
     if offset is None:
         if priors is None:
-            raise ValueError("give priors (with tau) or an offset vector")
+            raise OptionError("give `priors` (with `tau`) or `offset`", "priors")
         offset = offsets(priors, tau, target_priors)
     is_numpy = not isinstance(logits, torch.Tensor)
     tensor = torch.from_numpy(np.asarray(logits)) if is_numpy else logits
     if tensor.ndim != 2 or tensor.shape[1] != len(offset):
-        raise ValueError(f"logits of shape {tuple(tensor.shape)} do not match {len(offset)} class offsets")
+        raise MismatchError(f"logits of shape {tuple(tensor.shape)} do not match {len(offset)} class offsets",
+                            "logits")
     compute = torch.float64 if tensor.dtype == torch.float64 else torch.float32
     shift = torch.as_tensor(np.asarray(offset), dtype=compute, device=tensor.device)
     values = tensor.to(compute) if scale == 1.0 else tensor.to(compute) * scale

@@ -6,8 +6,6 @@ torch and the numeric modules are imported inside the commands, so `lacal --help
 from __future__ import annotations
 
 import functools
-import json
-import math
 import sys
 from enum import Enum
 from pathlib import Path
@@ -549,17 +547,7 @@ def report_command(
     logits, labels = _data_arguments(inputs, checkpoint, features)
     context = PROCESS.context(device)
     if compare:
-        if plot is not None:
-            raise OptionError("--plot draws the report of one adjustment; leave out --compare", "--plot")
-        if calibration is not None or tau is not None:
-            raise OptionError("--compare fits every method itself; give the training priors (--train-labels or "
-                              "--priors), not --calibration or --tau", "--compare")
-        ignored = [flag for flag, given in (("--target-priors", target_priors.strip().lower() != "uniform"),
-                                            ("--target-logits", target_logits is not None),
-                                            ("--sort", sort.value != "class"), ("--limit", limit is not None),
-                                            ("--bins", bins != 15)) if given]
-        if ignored:
-            raise OptionError(f"{', '.join(ignored)} do(es) not apply to --compare", "--compare")
+        _refuse_with_compare(plot, calibration, tau, target_priors, target_logits, sort, limit, bins)
         result = compare_methods(logits, labels, priors, train_labels=train_labels, test_logits=test_logits,
                                  test_labels=test_labels, checkpoint=checkpoint, features=features,
                                  test_features=test_features, head=head, class_names=classes,
@@ -579,6 +567,21 @@ def report_command(
     if result.plot is not None and context.leader:
         _wrote(result.plot)
     show.print_json(result) if json_out else show.report_tables(result, sort.value, limit)
+
+
+def _refuse_with_compare(plot, calibration, tau, target_priors, target_logits, sort, limit, bins) -> None:
+    """The report options that mean nothing to --compare."""
+    if plot is not None:
+        raise OptionError("--plot draws the report of one adjustment; leave out --compare", "--plot")
+    if calibration is not None or tau is not None:
+        raise OptionError("--compare fits every method itself; give the training priors (--train-labels or "
+                          "--priors), not --calibration or --tau", "--compare")
+    ignored = [flag for flag, given in (("--target-priors", target_priors.strip().lower() != "uniform"),
+                                        ("--target-logits", target_logits is not None),
+                                        ("--sort", sort.value != "class"), ("--limit", limit is not None),
+                                        ("--bins", bins != 15)) if given]
+    if ignored:
+        raise OptionError(f"{', '.join(ignored)} do(es) not apply to --compare", "--compare")
 
 
 # ---------------------------------------------------------------------------------------------------------- score

@@ -15,17 +15,17 @@ def resolve_device(name: str | None = "auto"):
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise OptionError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps", "--device") from None
+        raise OptionError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps", "device") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise OptionError(f"{name} was asked for but torch sees no CUDA device; use --device cpu or auto",
-                              "--device")
+                              "device")
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise OptionError(f"{name} does not exist; torch sees {torch.cuda.device_count()} CUDA device(s)",
-                              "--device")
+                              "device")
     elif device.type == "mps":
         if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-            raise OptionError("mps was asked for but is not available on this machine", "--device")
+            raise OptionError("mps was asked for but is not available on this machine", "device")
     elif device.type != "cpu":
-        raise OptionError(f"unsupported device {name!r}; use auto, cpu, cuda, cuda:N or mps", "--device")
+        raise OptionError(f"unsupported device {name!r}; use auto, cpu, cuda, cuda:N or mps", "device")
     return device

@@ -138,7 +138,7 @@ def join(device_name: str | None = "auto") -> Context:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     name = (device_name or "auto").lower()
     if name.startswith("cuda:"):
-        raise OptionError("under torchrun each rank uses cuda:LOCAL_RANK; pass --device cuda or auto", "--device")
+        raise OptionError("under torchrun each rank uses cuda:LOCAL_RANK; pass `device` cuda or auto", "device")
     if name == "cuda" and not torch.cuda.is_available():
         resolve_device(name)  # says that there is no CUDA device
     use_cuda = torch.cuda.is_available() and name in ("auto", "cuda")

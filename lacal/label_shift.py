@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .errors import MismatchError, OptionError
+
 DEFAULT_TOLERANCE = 1e-8
 DEFAULT_MAX_ITERATIONS = 1000
 PRIOR_FLOOR = 1e-12  # a prior EM drives to 0 is set to this, so that log(q) stays finite
@@ -54,7 +56,7 @@ def estimate_target_priors(logits, train_priors, tolerance: float = DEFAULT_TOLE
     from .scoring import DEFAULT_MEMORY_BUDGET, iter_blocks
 
     if tolerance <= 0 or max_iterations < 1:
-        raise ValueError("tolerance must be positive and max_iterations at least 1")
+        raise OptionError("`tolerance` must be positive and `max_iterations` at least 1", "tolerance")
     from .distributed import Context
 
     context = context or Context()
@@ -62,7 +64,8 @@ def estimate_target_priors(logits, train_priors, tolerance: float = DEFAULT_TOLE
     samples = int(context.sum(np.array([source.num_samples]))[0])
     pi = torch.as_tensor(as_priors_array(train_priors), dtype=torch.float64, device=device)
     if pi.numel() != source.num_classes:
-        raise ValueError(f"{pi.numel()} training priors for logits with {source.num_classes} classes")
+        raise MismatchError(f"{pi.numel()} training priors for logits with {source.num_classes} classes",
+                            source.name)
     budget = memory_budget or DEFAULT_MEMORY_BUDGET
     cached, failure = None, None
     if source.num_samples * source.num_classes * 8 <= budget // 2:  # posteriors kept: one matvec pair per step

@@ -471,7 +471,7 @@ def write_onnx(file: OnnxFile, patch: OnnxPatch, out, force: bool = False, in_pl
     the written file before it is renamed into place. External data files stay as they are; for an `out` in
     another folder they are hard-linked (or copied) beside it. Returns notes."""
     if in_place == (out is not None):
-        raise OptionError("give --out PATH, or --in-place to rewrite the model itself", "--out")
+        raise OptionError("give `out`, or `in_place` to rewrite the model itself", "out")
     target = file.path if in_place else Path(out)
     if target.suffix.lower() not in ONNX_SUFFIXES:
         raise OutputError("a patched ONNX model is written as .onnx", target)

@@ -185,8 +185,8 @@ def verify_patch(checkpoint: Checkpoint, patch: Patch, features, offsets, device
 
     head = patch.head
     if features.num_classes != head.in_features:
-        raise VerificationError(f"features have {features.num_classes} columns but head {head.name!r} takes "
-                                f"{head.in_features}", features.name)
+        raise MismatchError(f"features have {features.num_classes} columns but head {head.name!r} takes "
+                            f"{head.in_features}", features.name)
     device = torch.device(device)
     weight = checkpoint.tensor(head.weight).to(device)
     weight = weight.reshape(weight.shape[0], -1)
@@ -325,7 +325,7 @@ def write_checkpoint(checkpoint: Checkpoint, patch: Patch, out: Path | None, for
     """Write the patched checkpoint to `out` (or over the input with in_place), atomically; `inputs` are other
     files the output must not replace. Returns notes."""
     if in_place == (out is not None):
-        raise OptionError("give --out PATH, or --in-place to rewrite the checkpoint itself", "--out")
+        raise OptionError("give `out`, or `in_place` to rewrite the checkpoint itself", "out")
     if checkpoint.kind == "folder":
         return _write_folder(checkpoint, patch, out, force, in_place, link, inputs)
     target = checkpoint.path if in_place else Path(out)

@@ -19,7 +19,7 @@ def _pyplot():
         import matplotlib
     except ImportError:
         raise OptionError("plots need matplotlib, an optional extra: pip install 'lacal[plot]' (or pip install "
-                          "matplotlib)", "--plot") from None
+                          "matplotlib)", "plot") from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

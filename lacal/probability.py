@@ -235,4 +235,4 @@ def fit_probabilities(method: str, logits, labels, offset=None, l2: float = DEFA
         return fit_temperature(logits, labels, offset, **kwargs)
     if method == "bias":
         return fit_bias(logits, labels, offset, l2, **kwargs)
-    raise OptionError(f"unknown calibration {method!r}; use one of {', '.join(METHODS)}", "--calibrate")
+    raise OptionError(f"unknown calibration {method!r}; use one of {', '.join(METHODS)}", "calibrate")

@@ -185,7 +185,7 @@ def write_script(file: ScriptFile, patch, out, force: bool = False, in_place: bo
     from .models import EXPORT_SUFFIXES, TORCHSCRIPT_SUFFIXES
 
     if in_place == (out is not None):
-        raise OptionError("give --out PATH, or --in-place to rewrite the model itself", "--out")
+        raise OptionError("give `out`, or `in_place` to rewrite the model itself", "out")
     target = file.path if in_place else Path(out)
     allowed = EXPORT_SUFFIXES if file.kind == "export" else TORCHSCRIPT_SUFFIXES
     if target.suffix.lower() not in allowed:

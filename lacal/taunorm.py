@@ -63,23 +63,23 @@ def fit_tau_norm(features, labels, weight, tau_range=DEFAULT_RANGE, grid_size: i
     tau nearest 1."""
     import torch
 
-    from .errors import OptionError
+    from .errors import MismatchError, OptionError
     from .load import LogitsSource, source_from_array
     from .scoring import _labels_tensor, iter_blocks
     from .search import METRICS, check_tau_range
 
     if metric not in METRICS:
-        raise OptionError(f"unknown metric {metric!r}; use one of {', '.join(METRICS)}", "--metric")
+        raise OptionError(f"unknown metric {metric!r}; use one of {', '.join(METRICS)}", "metric")
     if grid_size < 2:
-        raise OptionError(f"the grid needs at least 2 points, got {grid_size}", "--grid-size")
+        raise OptionError(f"the grid needs at least 2 points, got {grid_size}", "grid_size")
     low, high = check_tau_range(tau_range)
     source = features if isinstance(features, LogitsSource) else source_from_array(features, what="features")
     device = torch.device(device)
     weight = torch.as_tensor(weight).to(device=device, dtype=torch.float32)
     weight = weight.reshape(weight.shape[0], -1)
     if source.num_classes != weight.shape[1]:
-        raise OptionError(f"features have {source.num_classes} columns but the head takes {weight.shape[1]}",
-                          "--features")
+        raise MismatchError(f"features have {source.num_classes} columns but the head takes {weight.shape[1]}",
+                            source.name)
     classes = weight.shape[0]
     targets = _labels_tensor(labels, source, device, classes)
     taus = np.linspace(low, high, grid_size)

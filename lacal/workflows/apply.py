@@ -10,8 +10,9 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from ..errors import OptionError
-from .inputs import Notes, class_names as class_names_for, calibration_for, is_path, make_context, memory_bytes, \
-    open_logits, output_check, path_list, paths_of, progress_bar
+from .inputs import Notes, calibration_for, is_path, make_context, memory_bytes, open_logits, output_check, path_list, \
+    paths_of, progress_bar
+from .inputs import class_names as class_names_for
 from .shards import SHARD_FORMATS
 
 

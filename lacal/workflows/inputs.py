@@ -349,6 +349,13 @@ def calibration_for(calibration, tau, train_labels, priors, num_classes, smoothi
                        smoothing=prior.smoothing, target_priors=q, target=info)
 
 
+def check_width(features, weight) -> None:
+    """Features must be as wide as the head's input: a MismatchError (the same exit code wherever it is found)."""
+    width = int(weight.reshape(weight.shape[0], -1).shape[1])
+    if features.num_classes != width:
+        raise MismatchError(f"features have {features.num_classes} columns but the head takes {width}", features.name)
+
+
 def logits_input(logits, labels, checkpoint, features, head, key, classes, device, adjusting: bool, context=None,
                  notes: Notes | None = None):
     """The logits source and the labels: from logits, or with checkpoint and features (logits = features @ W.T + b
@@ -378,8 +385,10 @@ def logits_input(logits, labels, checkpoint, features, head, key, classes, devic
                               checkpoint)
     layer = layers[0]
     features_source = open_logits(features, key, context, what="features", notes=notes)
-    source = head_logits(features_source, model.tensor(layer.weight), model.tensor(layer.bias) if layer.bias else None,
-                         device, f"{features} through {checkpoint} ({layer.name})")
+    weight = model.tensor(layer.weight)
+    check_width(features_source, weight)
+    source = head_logits(features_source, weight, model.tensor(layer.bias) if layer.bias else None, device,
+                         f"{features} through {checkpoint} ({layer.name})")
     source.share = getattr(features_source, "share", None)
     return source, labels, model.class_names
 

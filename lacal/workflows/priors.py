@@ -11,8 +11,8 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from ..errors import MismatchError
-from .inputs import Notes, estimate, is_path, make_context, memory_bytes, open_logits, open_priors, output_check, \
-    paths_of, read_names
+from .inputs import Notes, estimate, is_path, make_context, open_logits, open_priors, output_check, paths_of, \
+    read_names
 
 
 @dataclass(frozen=True, eq=False)

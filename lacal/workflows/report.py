@@ -11,8 +11,9 @@ import numpy as np
 
 from ..errors import MismatchError, OptionError
 from ..metrics import ClassEvaluation, ProbabilityMetrics, group_errors
-from .inputs import Notes, calibration_for, class_names as class_names_for, is_path, logits_input, make_context, \
-    memory_bytes, open_labels, open_logits, open_priors, paths_of, progress_bar, title
+from .inputs import Notes, calibration_for, check_width, is_path, logits_input, make_context, memory_bytes, \
+    open_labels, open_logits, open_priors, paths_of, progress_bar, title
+from .inputs import class_names as class_names_for
 
 SORT_KEYS = ("class", "error", "count")
 
@@ -271,6 +272,8 @@ def compare(val_logits=None, val_labels=None, priors=None, *, train_labels=None,
         bias = model.tensor(layer.bias) if layer.bias else None
         val_features = read_logits(features, key, what="features")
         eval_features = read_logits(test_features, key, what="features") if test_features else val_features
+        for given in (val_features, eval_features):
+            check_width(given, weight)
         if test_features is not None:
             evaluation_source = head_logits(eval_features, weight, bias, compute, f"{test_features} through "
                                                                                   f"{checkpoint}")
