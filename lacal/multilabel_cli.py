@@ -45,6 +45,18 @@ def _names(classes, num_classes: int):
     return names
 
 
+def _labels(path, source, names):
+    """The N x C label matrix of `source`'s rows."""
+    from .errors import InputDataError
+    from .multilabel_data import read_label_matrix
+
+    labels = read_label_matrix(path, source.num_classes, names)
+    if labels.shape[0] != source.num_samples:
+        raise InputDataError(f"holds {labels.shape[0]} label rows but {source.name} has {source.num_samples} rows",
+                             path)
+    return labels
+
+
 def _percent(value) -> str:
     return "-" if value is None or value != value else f"{100 * value:.2f}%"
 
@@ -57,7 +69,7 @@ def fit_tau(inputs, train_labels, priors, tau_range, metric: str, out, json_out,
     from .calibration import Calibration
     from .cli import _Progress, _inputs, _open_logits, _stdout_console, _warn
     from .multilabel import fit_multilabel_tau
-    from .multilabel_data import open_multilabel_priors, read_label_matrix
+    from .multilabel_data import open_multilabel_priors
     from .write import check_output
 
     if metric not in ("balanced-error", "macro-f1"):
@@ -68,7 +80,7 @@ def fit_tau(inputs, train_labels, priors, tau_range, metric: str, out, json_out,
         check_output(out, force, [*inputs, train_labels, priors, classes])
     source = _open_logits(inputs[:-1], key)
     names = _names(classes, source.num_classes)
-    labels = read_label_matrix(inputs[-1], source.num_classes, names)
+    labels = _labels(inputs[-1], source, names)
     prior = open_multilabel_priors(train_labels, priors, source.num_classes, smoothing, names)
     names = names or prior.classes
     with _Progress(source.num_samples, "fit-tau", quiet or json_out) as progress:
@@ -204,14 +216,14 @@ def report(inputs, calibration, tau, train_labels, priors, sort, limit, json_out
            budget, quiet, compare, test_logits, test_labels, metric) -> None:
     from .cli import _Progress, _open_logits, _stdout_console, _warn
     from .multilabel import evaluate_multilabel
-    from .multilabel_data import open_multilabel_priors, read_label_matrix
+    from .multilabel_data import open_multilabel_priors
     from .multilabel_report import MultiLabelReport
 
     if len(inputs) < 2:
         raise OptionError(f"expected the logits and the labels files, got {len(inputs)} path(s)", "arguments")
     source = _open_logits(inputs[:-1], key)
     names = _names(classes, source.num_classes)
-    labels = read_label_matrix(inputs[-1], source.num_classes, names)
+    labels = _labels(inputs[-1], source, names)
     if compare:
         _compare(source, labels, names, calibration, tau, train_labels, priors, smoothing, test_logits, test_labels,
                  key, device, budget, json_out, quiet, metric)
@@ -294,7 +306,7 @@ def _compare(source, labels, names, calibration, tau, train_labels, priors, smoo
     from rich.table import Table
 
     from .cli import _Progress, _open_logits, _stdout_console, _warn
-    from .multilabel_data import open_multilabel_priors, read_label_matrix
+    from .multilabel_data import open_multilabel_priors
     from .multilabel_report import compare_multilabel
 
     if calibration is not None or tau is not None:
@@ -309,7 +321,7 @@ def _compare(source, labels, names, calibration, tau, train_labels, priors, smoo
         if evaluation_source.num_classes != source.num_classes:
             raise MismatchError(f"has {evaluation_source.num_classes} labels but the validation logits have "
                                 f"{source.num_classes}", test_logits)
-        evaluation_labels = read_label_matrix(test_labels, source.num_classes, names)
+        evaluation_labels = _labels(test_labels, evaluation_source, names)
     with _Progress(source.num_samples, "compare", quiet or json_out) as progress:
         results = compare_multilabel(source, labels, prior, evaluation_source, evaluation_labels, metric, device,
                                      budget, progress)
