@@ -550,7 +550,8 @@ def fit_tau_command(
     grid_size: Annotated[Optional[int], typer.Option("--grid-size", min=2, help="Grid points for --search grid "
                                                                                  "(default 401; 21 for tau-norm, "
                                                                                  "whose search is a grid).")] = None,
-    metric: Annotated[Metric, typer.Option("--metric", help="What tau minimises on the validation set.")
+    metric: Annotated[Metric, typer.Option("--metric", help="What tau minimises on the validation set (macro-f1, "
+                                                            "maximised, is for --multi-label).")
                       ] = Metric.balanced_error,
     out: Annotated[Optional[Path], typer.Option("--out", help="Write a calibration file (JSON) for `lacal apply`.")
                    ] = None,

@@ -190,3 +190,64 @@ def test_a_flip_point_where_both_kinds_of_flips_meet_can_win_alone():
     assert fit.after.balanced_error == 0.0
     assert value(f, y, L, 2.0, "balanced-error") == 0.0
     assert value(f, y, L, 1.999, "balanced-error") == value(f, y, L, 2.001, "balanced-error") == 0.25
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("metric", ["balanced-error", "macro-f1"])
+def test_search_on_cuda_equals_cpu(metric):
+    rng = np.random.default_rng(5)
+    rates = np.linspace(0.01, 0.5, 30)
+    y = rng.random((3000, 30)) < rates
+    f = (rng.normal(size=y.shape) + 2 * y - 1 + np.log(rates / (1 - rates))).astype(np.float32)
+    on_cpu = fit_multilabel_tau(f, y, rates, metric=metric, device="cpu")
+    on_gpu = fit_multilabel_tau(f, y, rates, metric=metric, device="cuda")
+    assert on_gpu.tau == on_cpu.tau and on_gpu.interval == on_cpu.interval
+    np.testing.assert_array_equal(on_gpu.after.true_positives, on_cpu.after.true_positives)
+    np.testing.assert_array_equal(on_gpu.after.false_positives, on_cpu.after.false_positives)
+
+
+def test_label_readers_agree_and_name_the_problem(tmp_path):
+    from lacal.errors import InputDataError
+    from lacal.multilabel_data import label_matrix_kind, read_label_matrix
+
+    matrix = np.array([[1, 0, 1], [0, 0, 0], [0, 1, 0]], dtype=bool)
+    np.save(tmp_path / "m.npy", matrix.astype(np.float32))
+    (tmp_path / "m.csv").write_text("1,0,1\n0,0,0\n0,1,0\n")
+    (tmp_path / "m.txt").write_text("0,2\n\nb\n")
+    for name in ("m.npy", "m.csv"):
+        np.testing.assert_array_equal(read_label_matrix(tmp_path / name, 3), matrix)
+    np.testing.assert_array_equal(read_label_matrix(tmp_path / "m.txt", 3, ["a", "b", "c"]), matrix)
+    assert label_matrix_kind(tmp_path / "m.npy") == "a 3 x 3 matrix of 0/1"
+    assert label_matrix_kind(tmp_path / "m.txt") == "a text file of comma-separated label lists"
+    np.save(tmp_path / "single.npy", np.array([0, 2, 1]))
+    (tmp_path / "single.csv").write_text("label,weight\n1,0\n0,1\n")
+    assert label_matrix_kind(tmp_path / "single.npy") is None and label_matrix_kind(tmp_path / "single.csv") is None
+    (tmp_path / "far.txt").write_text("0\n1,7\n")
+    with pytest.raises(InputDataError, match="line 2: label 7 is out of range for 3 labels"):
+        read_label_matrix(tmp_path / "far.txt", 3)
+    with pytest.raises(InputDataError, match="has 3 label columns but the logits have 4"):
+        read_label_matrix(tmp_path / "m.npy", 4)
+    np.save(tmp_path / "bad.npy", np.array([[0, 2], [1, 0]]))
+    with pytest.raises(InputDataError, match="only 0 and 1"):
+        read_label_matrix(tmp_path / "bad.npy")
+
+
+def test_multilabel_calibration_round_trip_and_validation(tmp_path):
+    import json
+
+    from lacal.calibration import Calibration
+    from lacal.errors import InputDataError
+
+    priors = multilabel_priors([3, 50, 97], 100)
+    calibration = Calibration(tau=1.5, priors=priors.priors, counts=priors.positives, multi_label=True,
+                              train_samples=100)
+    calibration.save(tmp_path / "c.json")
+    loaded = Calibration.load(tmp_path / "c.json")
+    assert loaded == calibration and loaded.multi_label and loaded.train_samples == 100
+    np.testing.assert_allclose(loaded.offsets, -1.5 * np.log([3 / 97, 1.0, 97 / 3]))
+    assert loaded.offsets[1] == 0.0 and loaded.affine()[0] == 1.0
+    data = json.loads((tmp_path / "c.json").read_text())
+    data["priors"][0] = 1.0
+    (tmp_path / "bad.json").write_text(json.dumps(data))
+    with pytest.raises(InputDataError, match="strictly between 0 and 1"):
+        Calibration.load(tmp_path / "bad.json")
