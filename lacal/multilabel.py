@@ -300,7 +300,8 @@ def fit_multilabel_tau(logits, labels, priors, tau_range=DEFAULT_TAU_RANGE, metr
     `logits - tau * log(pi / (1 - pi)) > 0` on the N x C 0/1 `labels`, found exactly (see the module docstring).
 
     `priors`: a MultiLabelPriors or C positive rates in (0, 1). The flips inside the range are held in memory
-    (about EVENT_BYTES[metric] bytes each, at most N x C of them); a search that would need more than `memory_budget` is refused.
+    (about EVENT_BYTES[metric] bytes each, at most N x C of them); a search that would need more than
+    `memory_budget` is refused.
     """
     import torch
 
@@ -338,8 +339,9 @@ def fit_multilabel_tau(logits, labels, priors, tau_range=DEFAULT_TAU_RANGE, metr
         held += int(inside.sum())
         if held * EVENT_BYTES[metric] > budget:
             raise OptionError(f"the exact multi-label search holds every flip of a decision inside the tau range, "
-                              f"about {EVENT_BYTES[metric]} bytes each; {held:,} flips so far exceed the memory budget of "
-                              f"{budget:,} bytes: raise --memory-budget or narrow --tau-range", "--memory-budget")
+                              f"about {EVENT_BYTES[metric]} bytes each; {held:,} flips so far exceed the memory "
+                              f"budget of {budget:,} bytes: raise --memory-budget or narrow --tau-range",
+                              "--memory-budget")
         positions.append(t[inside])
         codes.append((2 * classes[None, :] + y.int())[inside])
     ends = torch.tensor([lo, hi], dtype=torch.float64, device=device)
