@@ -601,9 +601,9 @@ def fit_tau_command(
         multilabel_cli.refuse({"--checkpoint": checkpoint, "--features": features, "--method": tau_norm,
                                "--search grid": search == Search.grid, "--calibrate": calibrate,
                                "--label-column": label_column, "--target-logits": target_logits,
-                               "--target-priors": target_priors.strip().lower() != "uniform"}, context)
+                               "--target-priors": target_priors.strip().lower() != "uniform"})
         multilabel_cli.fit_tau(inputs, train_labels, priors, low_high, metric.value, out, json_out, classes,
-                               smoothing, key, compute, force, budget, quiet)
+                               smoothing, key, compute, force, budget, quiet, context)
         return
     if tau_norm:
         _not_under_torchrun(context, "--method tau-norm")
@@ -1127,9 +1127,11 @@ def report_command(
         multilabel_cli.refuse({"--checkpoint": checkpoint, "--features": features, "--plot": plot,
                                "--test-features": test_features, "--label-column": label_column,
                                "--target-logits": target_logits, "--bins": bins != 15,
-                               "--target-priors": target_priors.strip().lower() != "uniform"}, context)
+                               "--target-priors": target_priors.strip().lower() != "uniform"},
+                              context if compare else None)
         multilabel_cli.report(inputs, calibration, tau, train_labels, priors, sort.value, limit, json_out, classes,
-                              smoothing, key, compute, budget, quiet, compare, test_logits, test_labels, metric.value)
+                              smoothing, key, compute, budget, quiet, compare, test_logits, test_labels, metric.value,
+                              context)
         return
     if metric != Metric.balanced_error:
         raise OptionError("--metric goes with --multi-label --compare", "--metric")

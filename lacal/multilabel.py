@@ -230,10 +230,28 @@ def _source(logits):
 
 
 def evaluate_multilabel(logits, labels, offsets=None, device="cpu", rows: int | None = None, progress=None,
-                        memory_budget: int | None = None) -> list[MultiLabelEvaluation]:
+                        memory_budget: int | None = None, context=None) -> list[MultiLabelEvaluation]:
     """One pass over `logits` (N x C array, tensor or LogitsSource) scoring `logits + offset > 0` against the N x C
     0/1 `labels` for each offset vector in `offsets` (default: only the raw logits), in the compute dtype `apply`
-    uses."""
+    uses. Under torch.distributed, `context` adds up every rank's counts (each rank passing its own rows)."""
+    from .distributed import Context
+
+    context = context or Context()
+    failure = result = None
+    try:  # a rank that fails must not leave the others waiting in the sums
+        result = _evaluate(logits, labels, offsets, device, rows, progress, memory_budget)
+    except Exception as exc:  # noqa: BLE001  (re-raised, on every rank, by agree)
+        failure = exc
+    context.agree(failure)
+    if not context.active:
+        return result
+    samples = int(context.sum(np.array([result[0].positives[0] + result[0].negatives[0]]))[0])
+    positives = context.sum(result[0].positives)
+    return [MultiLabelEvaluation(positives, samples - positives, context.sum(e.true_positives),
+                                 context.sum(e.false_positives)) for e in result]
+
+
+def _evaluate(logits, labels, offsets, device, rows, progress, memory_budget) -> list[MultiLabelEvaluation]:
     import torch
 
     from .scoring import compute_dtype, iter_blocks
@@ -295,16 +313,18 @@ class MultiLabelFit:
 
 def fit_multilabel_tau(logits, labels, priors, tau_range=DEFAULT_TAU_RANGE, metric: str = "balanced-error",
                        device="cpu", rows: int | None = None, progress=None,
-                       memory_budget: int | None = None) -> MultiLabelFit:
+                       memory_budget: int | None = None, context=None) -> MultiLabelFit:
     """The tau in `tau_range` minimising the macro balanced error (or maximising the macro-F1) of
     `logits - tau * log(pi / (1 - pi)) > 0` on the N x C 0/1 `labels`, found exactly (see the module docstring).
 
     `priors`: a MultiLabelPriors or C positive rates in (0, 1). The flips inside the range are held in memory
     (about EVENT_BYTES[metric] bytes each, at most N x C of them); a search that would need more than
-    `memory_budget` is refused.
+    `memory_budget` is refused. Under torch.distributed, `context` combines every rank's rows: the per-label counts
+    are summed and the flips gathered, so every rank sweeps all of them and the result is that of one process.
     """
     import torch
 
+    from .distributed import Context
     from .scoring import DEFAULT_MEMORY_BUDGET, iter_blocks
     from .search import FLOAT_TIE_TOLERANCE, _balanced_weights, _best_mask, _better, _choose, _representable
 
@@ -324,26 +344,50 @@ def fit_multilabel_tau(logits, labels, priors, tau_range=DEFAULT_TAU_RANGE, metr
     falling = L > 0  # positive below the flip, negative from it on
     classes = torch.arange(source.num_classes, dtype=torch.int32, device=device)
 
-    # the state just left of lo (every flip below lo done), and every flip in [lo, hi] as (position, 2 * label + y)
-    base_tp = torch.zeros(source.num_classes, dtype=torch.int64, device=device)
-    base_fp = torch.zeros_like(base_tp)
-    positions, codes, held = [], [], 0
-    for start, block in iter_blocks(source, device, rows, progress, budget):
-        f = block.double()
-        y = truth[start:start + block.shape[0]].to(device)
-        t = f / torch.where(flips, L, 1.0)
-        predicted = torch.where(flips, torch.where(falling, t >= lo, t < lo), f > 0)
-        base_tp += (predicted & y).sum(0)
-        base_fp += (predicted & ~y).sum(0)
-        inside = flips & (t >= lo) & (t <= hi)
-        held += int(inside.sum())
+    def check_budget(held: int) -> None:
         if held * EVENT_BYTES[metric] > budget:
             raise OptionError(f"the exact multi-label search holds every flip of a decision inside the tau range, "
                               f"about {EVENT_BYTES[metric]} bytes each; {held:,} flips so far exceed the memory "
                               f"budget of {budget:,} bytes: raise --memory-budget or narrow --tau-range",
                               "--memory-budget")
-        positions.append(t[inside])
-        codes.append((2 * classes[None, :] + y.int())[inside])
+
+    # the state just left of lo (every flip below lo done), and every flip in [lo, hi] as (position, 2 * label + y)
+    base_tp = torch.zeros(source.num_classes, dtype=torch.int64, device=device)
+    base_fp = torch.zeros_like(base_tp)
+    positions, codes, held = [], [], 0
+    context = context or Context()
+    failure = None
+    try:  # a rank that fails must not leave the others waiting in the sums below
+        for start, block in iter_blocks(source, device, rows, progress, budget):
+            f = block.double()
+            y = truth[start:start + block.shape[0]].to(device)
+            t = f / torch.where(flips, L, 1.0)
+            predicted = torch.where(flips, torch.where(falling, t >= lo, t < lo), f > 0)
+            base_tp += (predicted & y).sum(0)
+            base_fp += (predicted & ~y).sum(0)
+            inside = flips & (t >= lo) & (t <= hi)
+            held += int(inside.sum())
+            check_budget(held)
+            positions.append(t[inside])
+            codes.append((2 * classes[None, :] + y.int())[inside])
+    except Exception as exc:  # noqa: BLE001  (re-raised, on every rank, by agree)
+        failure = exc
+    context.agree(failure)
+    num_samples = source.num_samples
+    if context.active:
+        base_tp, base_fp = context.sum(base_tp), context.sum(base_fp)
+        num_samples = int(context.sum(np.array([num_samples]))[0])
+        parts = context.gather((torch.cat(positions).cpu().numpy() if positions else np.zeros(0),
+                                torch.cat(codes).cpu().numpy() if codes else np.zeros(0, dtype=np.int32)))
+        failure = None
+        try:
+            check_budget(sum(part[0].size for part in parts))
+        except OptionError as exc:
+            failure = exc
+        context.agree(failure)
+        positions = [torch.as_tensor(part[0], dtype=torch.float64, device=device) for part in parts]
+        codes = [torch.as_tensor(part[1], dtype=torch.int32, device=device) for part in parts]
+        del parts
     ends = torch.tensor([lo, hi], dtype=torch.float64, device=device)
     position = torch.cat([ends] + positions)  # the range's ends first, then the flips
     code = torch.cat(codes) if codes else torch.zeros(0, dtype=torch.int32, device=device)
@@ -352,8 +396,8 @@ def fit_multilabel_tau(logits, labels, priors, tau_range=DEFAULT_TAU_RANGE, metr
     del code
     falls = falling[label]  # the decision turns negative at the flip (else positive)
 
-    pos_count = truth.sum(0).to(device)
-    neg_count = source.num_samples - pos_count
+    pos_count = context.sum(truth.sum(0)).to(device)
+    neg_count = num_samples - pos_count
     scored = (pos_count > 0) & (neg_count > 0)
     if metric == "balanced-error":
         # balanced accuracy summed over scored labels, weights lcm / count (exact) or 1 / count
@@ -412,7 +456,7 @@ def fit_multilabel_tau(logits, labels, priors, tau_range=DEFAULT_TAU_RANGE, metr
     # the reported figures are measured directly, with apply's arithmetic, at 0, 1, the range ends and the fitted tau
     special = sorted({0.0, 1.0, lo, hi, tau})
     evaluations = evaluate_multilabel(source, truth.numpy(), [-t * ratios for t in special], device, rows,
-                                      memory_budget=budget)
+                                      memory_budget=budget, context=context)
     direct = dict(zip(special, evaluations))
     in_range = [t for t in special if lo <= t <= hi]
     fallback = min(in_range, key=lambda t: (direct[t].metric(metric), abs(t - 1.0)))

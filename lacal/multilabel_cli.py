@@ -45,15 +45,28 @@ def _names(classes, num_classes: int):
     return names
 
 
-def _labels(path, source, names):
-    """The N x C label matrix of `source`'s rows."""
+def _labels(path, source, names, context=None):
+    """The N x C label matrix of `source`'s rows (under torchrun, this rank's rows of the whole file)."""
     from .errors import InputDataError
     from .multilabel_data import read_label_matrix
 
-    labels = read_label_matrix(path, source.num_classes, names)
-    if labels.shape[0] != source.num_samples:
-        raise InputDataError(f"holds {labels.shape[0]} label rows but {source.name} has {source.num_samples} rows",
-                             path)
+    share = getattr(source, "share", None)
+    if share is None:
+        labels = read_label_matrix(path, source.num_classes, names)
+        if labels.shape[0] != source.num_samples:
+            raise InputDataError(f"holds {labels.shape[0]} label rows but {source.name} has {source.num_samples} "
+                                 "rows", path)
+        return labels
+    failure = labels = None
+    try:
+        labels = read_label_matrix(path, source.num_classes, names)
+        if labels.shape[0] != share.total_rows:
+            raise InputDataError(f"holds {labels.shape[0]} label rows but the logits shards have {share.total_rows} "
+                                 "rows", path)
+        labels = labels[share.offset:share.offset + source.num_samples]
+    except Exception as exc:  # noqa: BLE001  (re-raised on every rank by agree)
+        failure = exc
+    context.agree(failure)
     return labels
 
 
@@ -65,7 +78,7 @@ def _percent(value) -> str:
 
 
 def fit_tau(inputs, train_labels, priors, tau_range, metric: str, out, json_out, classes, smoothing, key, device,
-            force, budget, quiet) -> None:
+            force, budget, quiet, context=None) -> None:
     from .calibration import Calibration
     from .cli import _Progress, _inputs, _open_logits, _stdout_console, _warn
     from .multilabel import fit_multilabel_tau
@@ -78,15 +91,15 @@ def fit_tau(inputs, train_labels, priors, tau_range, metric: str, out, json_out,
         raise OptionError(f"expected the logits and the labels files, got {len(inputs)} path(s)", "arguments")
     if out is not None:
         check_output(out, force, [*inputs, train_labels, priors, classes])
-    source = _open_logits(inputs[:-1], key)
+    source = _open_logits(inputs[:-1], key, context)
     names = _names(classes, source.num_classes)
-    labels = _labels(inputs[-1], source, names)
+    labels = _labels(inputs[-1], source, names, context)
     prior = open_multilabel_priors(train_labels, priors, source.num_classes, smoothing, names)
     names = names or prior.classes
     with _Progress(source.num_samples, "fit-tau", quiet or json_out) as progress:
         fit = fit_multilabel_tau(source, labels, prior, tau_range, metric, device, progress=progress,
-                                 memory_budget=budget)
-    if out is not None:
+                                 memory_budget=budget, context=context)
+    if out is not None and (context is None or context.leader):
         calibration = Calibration.from_multilabel_fit(fit, prior, names,
                                                       _inputs(*inputs, train_labels, priors, classes))
         calibration.save(out, force, [*inputs, train_labels, priors, classes])
@@ -213,7 +226,7 @@ def apply(source_path, out, calibration, tau, train_labels, priors, top_k, class
 
 
 def report(inputs, calibration, tau, train_labels, priors, sort, limit, json_out, classes, smoothing, key, device,
-           budget, quiet, compare, test_logits, test_labels, metric) -> None:
+           budget, quiet, compare, test_logits, test_labels, metric, context=None) -> None:
     from .cli import _Progress, _open_logits, _stdout_console, _warn
     from .multilabel import evaluate_multilabel
     from .multilabel_data import open_multilabel_priors
@@ -221,9 +234,9 @@ def report(inputs, calibration, tau, train_labels, priors, sort, limit, json_out
 
     if len(inputs) < 2:
         raise OptionError(f"expected the logits and the labels files, got {len(inputs)} path(s)", "arguments")
-    source = _open_logits(inputs[:-1], key)
+    source = _open_logits(inputs[:-1], key, context)
     names = _names(classes, source.num_classes)
-    labels = _labels(inputs[-1], source, names)
+    labels = _labels(inputs[-1], source, names, context)
     if compare:
         _compare(source, labels, names, calibration, tau, train_labels, priors, smoothing, test_logits, test_labels,
                  key, device, budget, json_out, quiet, metric)
@@ -237,7 +250,8 @@ def report(inputs, calibration, tau, train_labels, priors, sort, limit, json_out
     names = names or (fitted.class_names if fitted is not None else None)
     offsets = [np.zeros(source.num_classes)] + ([fitted.offsets] if fitted is not None else [])
     with _Progress(source.num_samples, "report", quiet or json_out) as progress:
-        evaluations = evaluate_multilabel(source, labels, offsets, device, progress=progress, memory_budget=budget)
+        evaluations = evaluate_multilabel(source, labels, offsets, device, progress=progress, memory_budget=budget,
+                                          context=context)
     result = MultiLabelReport(evaluations[0], evaluations[1] if fitted is not None else None, counts, names,
                               None if fitted is None else fitted.tau)
     if json_out:
