@@ -282,7 +282,7 @@ def _evaluate(logits, labels, offsets, device, rows, progress, memory_budget) ->
 @dataclass(frozen=True)
 class MultiLabelFit:
     """The shared tau, the run of tau around it with the same optimal value, and the validation evaluations at
-    tau = 0, tau = 1 and the fitted tau."""
+    tau = 0, tau = 1 and the fitted tau (measured directly, with `apply`'s arithmetic)."""
 
     tau: float
     interval: tuple[float, float]
@@ -291,6 +291,7 @@ class MultiLabelFit:
     before: MultiLabelEvaluation
     at_one: MultiLabelEvaluation
     after: MultiLabelEvaluation
+    search_value: float | None = None  # the optimum as the sweep computed it (`MultiLabelEvaluation.metric` units)
 
     @property
     def num_classes(self) -> int:
@@ -448,10 +449,17 @@ def fit_multilabel_tau(logits, labels, priors, tau_range=DEFAULT_TAU_RANGE, metr
     else:
         tau, interval, best_segment = None, None, floor
     best_point = at_points.max().item()
+    best = best_segment
     if tau is None or _better(best_point, best_segment, exact):
         candidates = points[_best_mask(at_points, exact)].cpu().numpy()
         tau = float(candidates[np.argmin(np.abs(candidates - 1.0))])
-        interval = (tau, tau)
+        interval, best = (tau, tau), best_point
+    labels_scored = int(scored.sum())
+    if metric == "balanced-error":  # the sum of lcm-weighted (or 1 / count-weighted) balanced accuracies
+        unit = float((w_pos * pos_count)[scored][0]) if labels_scored else 1.0
+        search_value = 1 - best / (2 * unit * labels_scored) if labels_scored else float("nan")
+    else:
+        search_value = 1 - best / labels_scored if labels_scored else float("nan")
 
     # the reported figures are measured directly, with apply's arithmetic, at 0, 1, the range ends and the fitted tau
     special = sorted({0.0, 1.0, lo, hi, tau})
@@ -463,7 +471,8 @@ def fit_multilabel_tau(logits, labels, priors, tau_range=DEFAULT_TAU_RANGE, metr
     if direct[fallback].metric(metric) < direct[tau].metric(metric) - FLOAT_TIE_TOLERANCE:
         tau, interval = fallback, (fallback, fallback)  # float rounding at an extreme: keep the better direct point
     return MultiLabelFit(tau=float(tau), interval=(float(interval[0]), float(interval[1])), metric=metric,
-                         tau_range=(lo, hi), before=direct[0.0], at_one=direct[1.0], after=direct[tau])
+                         tau_range=(lo, hi), before=direct[0.0], at_one=direct[1.0], after=direct[tau],
+                         search_value=float(search_value))
 
 
 def _running(base, label, delta):

@@ -145,22 +145,15 @@ def calibration_for(calibration, tau, train_labels, priors, num_classes, smoothi
     import math
 
     from .calibration import Calibration
+    from .cli import _calibration_for
     from .multilabel_data import open_multilabel_priors
 
-    if calibration is not None:
-        if tau is not None or train_labels is not None or priors is not None:
-            raise OptionError("give --calibration, or --tau with --train-labels/--priors, not both", "--calibration")
-        loaded = Calibration.load(calibration)
-        if not loaded.multi_label:
+    if calibration is not None or tau is None:  # the file, or nothing: as for a softmax head
+        loaded = _calibration_for(calibration, tau, train_labels, priors, num_classes, smoothing, names, None,
+                                  required)
+        if loaded is not None and not loaded.multi_label:
             raise MismatchError("is a single-label (softmax) calibration, but --multi-label was given", calibration)
-        if num_classes is not None:
-            loaded.check_num_classes(num_classes, "logits", str(calibration))
         return loaded
-    if tau is None:
-        if required:
-            raise OptionError("give --calibration FILE, or --tau T with --train-labels FILE or --priors FILE",
-                              "--calibration")
-        return None
     if not math.isfinite(tau):
         raise OptionError(f"tau must be a finite number, got {tau}", "--tau")
     prior = open_multilabel_priors(train_labels, priors, num_classes, smoothing, names)

@@ -79,6 +79,7 @@ def test_search_finds_the_brute_force_minimum_and_its_exact_run(problem, metric,
     best = min(value(f, y, L, t, metric) for t in points + middles)
     assert value(f, y, L, fit.tau, metric) == pytest.approx(best, abs=1e-12)
     assert fit.after.metric(metric) == pytest.approx(best, abs=1e-12)
+    assert fit.search_value == pytest.approx(best, abs=1e-12)  # the sweep's own value at its optimum
     left, right = fit.interval
     assert lo <= left <= fit.tau <= right <= hi
     if left == right:  # a single point: strictly better than every segment
