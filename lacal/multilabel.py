@@ -326,8 +326,8 @@ def fit_multilabel_tau(logits, labels, priors, tau_range=DEFAULT_TAU_RANGE, metr
     import torch
 
     from .distributed import Context
-    from .scoring import DEFAULT_MEMORY_BUDGET, iter_blocks
-    from .search import FLOAT_TIE_TOLERANCE, _balanced_weights, _best_mask, _better, _choose, _representable
+    from .scoring import DEFAULT_MEMORY_BUDGET
+    from .search import FLOAT_TIE_TOLERANCE, _best_mask, _better, _choose, _representable
 
     if metric not in METRICS:
         raise OptionError(f"unknown multi-label metric {metric!r}; use one of {', '.join(METRICS)}", "--metric")
@@ -335,101 +335,25 @@ def fit_multilabel_tau(logits, labels, priors, tau_range=DEFAULT_TAU_RANGE, metr
     source = _source(logits)
     device = torch.device(device)
     budget = memory_budget or DEFAULT_MEMORY_BUDGET
+    context = context or Context()
     ratios = log_odds(priors)
     if ratios.shape[0] != source.num_classes:
         raise InputDataError(f"priors have {ratios.shape[0]} labels but the logits have {source.num_classes}",
                              source.name)
     truth = torch.from_numpy(check_label_matrix(labels, source.num_samples, source.num_classes, source.name))
     L = torch.as_tensor(ratios, dtype=torch.float64, device=device)
-    flips = L != 0
-    falling = L > 0  # positive below the flip, negative from it on
-    classes = torch.arange(source.num_classes, dtype=torch.int32, device=device)
 
-    def check_budget(held: int) -> None:
-        if held * EVENT_BYTES[metric] > budget:
-            raise OptionError(f"the exact multi-label search holds every flip of a decision inside the tau range, "
-                              f"about {EVENT_BYTES[metric]} bytes each; {held:,} flips so far exceed the memory "
-                              f"budget of {budget:,} bytes: raise --memory-budget or narrow --tau-range",
-                              "--memory-budget")
-
-    # the state just left of lo (every flip below lo done), and every flip in [lo, hi] as (position, 2 * label + y)
-    base_tp = torch.zeros(source.num_classes, dtype=torch.int64, device=device)
-    base_fp = torch.zeros_like(base_tp)
-    positions, codes, held = [], [], 0
-    context = context or Context()
-    failure = None
-    try:  # a rank that fails must not leave the others waiting in the sums below
-        for start, block in iter_blocks(source, device, rows, progress, budget):
-            f = block.double()
-            y = truth[start:start + block.shape[0]].to(device)
-            t = f / torch.where(flips, L, 1.0)
-            predicted = torch.where(flips, torch.where(falling, t >= lo, t < lo), f > 0)
-            base_tp += (predicted & y).sum(0)
-            base_fp += (predicted & ~y).sum(0)
-            inside = flips & (t >= lo) & (t <= hi)
-            held += int(inside.sum())
-            check_budget(held)
-            positions.append(t[inside])
-            codes.append((2 * classes[None, :] + y.int())[inside])
-    except Exception as exc:  # noqa: BLE001  (re-raised, on every rank, by agree)
-        failure = exc
-    context.agree(failure)
-    num_samples = source.num_samples
-    if context.active:
-        base_tp, base_fp = context.sum(base_tp), context.sum(base_fp)
-        num_samples = int(context.sum(np.array([num_samples]))[0])
-        parts = context.gather((torch.cat(positions).cpu().numpy() if positions else np.zeros(0),
-                                torch.cat(codes).cpu().numpy() if codes else np.zeros(0, dtype=np.int32)))
-        failure = None
-        try:
-            check_budget(sum(part[0].size for part in parts))
-        except OptionError as exc:
-            failure = exc
-        context.agree(failure)
-        positions = [torch.as_tensor(part[0], dtype=torch.float64, device=device) for part in parts]
-        codes = [torch.as_tensor(part[1], dtype=torch.int32, device=device) for part in parts]
-        del parts
-    ends = torch.tensor([lo, hi], dtype=torch.float64, device=device)
-    position = torch.cat([ends] + positions)  # the range's ends first, then the flips
-    code = torch.cat(codes) if codes else torch.zeros(0, dtype=torch.int32, device=device)
-    del positions, codes
+    base_tp, base_fp, position, code, num_samples = _collect_flips(source, truth, L, (lo, hi), metric, device, rows,
+                                                                   progress, budget, context)
     label, positive = (code >> 1).long(), (code & 1).bool()
     del code
-    falls = falling[label]  # the decision turns negative at the flip (else positive)
-
+    falls = (L > 0)[label]  # the decision turns negative at the flip (else positive)
     pos_count = context.sum(truth.sum(0)).to(device)
-    neg_count = num_samples - pos_count
-    scored = (pos_count > 0) & (neg_count > 0)
-    if metric == "balanced-error":
-        # balanced accuracy summed over scored labels, weights lcm / count (exact) or 1 / count
-        weights, exact = _balanced_weights(torch.cat([torch.where(scored, pos_count, 0),
-                                                      torch.where(scored, neg_count, 0)]))
-        w_pos, w_neg = weights[:source.num_classes], weights[source.num_classes:]
-        base = (base_tp * w_pos + (neg_count - base_fp) * w_neg).sum()
-        delta = torch.where(positive, w_pos[label], -w_neg[label])  # a positive decision: a gain if y = 1
-        delta = torch.where(falls, -delta, delta)
-    else:
-        exact = False
-        sign = torch.where(falls, -1, 1)
-        d_tp, d_fp = torch.where(positive, sign, 0), torch.where(positive, 0, sign)
-        del sign
-        order = torch.argsort(position[2:], stable=True)
-        order = order[torch.argsort(label[order], stable=True)]  # by label, then position
-        running_tp = _running(base_tp, label[order], d_tp[order])
-        running_fp = _running(base_fp, label[order], d_fp[order])
-        p = pos_count.double()[label[order]]
-
-        def f1(tp, fp, p):
-            return 2 * tp.double() / (tp + fp + p).clamp(min=1)
-
-        change = (f1(running_tp, running_fp, p) - f1(running_tp - d_tp[order], running_fp - d_fp[order], p))
-        del running_tp, running_fp, p, d_tp, d_fp
-        change = torch.where(scored[label[order]], change, 0.0)
-        delta = torch.empty_like(change).index_put_((order,), change)
-        del order, change
-        base = torch.where(scored, f1(base_tp, base_fp, pos_count.double()), 0.0).sum()
+    base, delta, exact, unit = _flip_values(metric, position[2:], label, positive, falls, base_tp, base_fp, pos_count,
+                                            num_samples - pos_count)
     del label, positive
 
+    # each point's step, and the part of it that falling decisions make (they are already negative at the point)
     points, where = torch.unique(position, sorted=True, return_inverse=True)
     del position
     where = where[2:]
@@ -438,28 +362,22 @@ def fit_multilabel_tau(logits, labels, priors, tau_range=DEFAULT_TAU_RANGE, metr
     del where, delta, falls
     after_point = base + step.cumsum(0)
     segments = after_point[:-1]  # the open segment (points[j], points[j + 1])
-    at_points = after_point - step + right  # at a flip point, falling decisions have flipped, rising ones not yet
+    at_points = after_point - step + right
     usable = _representable(points)
     floor = min(float(segments.min()), float(at_points.min())) - 1
     segments = torch.where(usable, segments, torch.as_tensor(floor, dtype=segments.dtype, device=device))
     if bool(usable.any()):
         optimal = _best_mask(segments, exact) & usable
         tau, interval = _choose(points.cpu().numpy(), optimal.cpu().numpy())
-        best_segment = segments.max().item()
+        best = segments.max().item()
     else:
-        tau, interval, best_segment = None, None, floor
+        tau, interval, best = None, None, floor
     best_point = at_points.max().item()
-    best = best_segment
-    if tau is None or _better(best_point, best_segment, exact):
+    if tau is None or _better(best_point, best, exact):  # a point beats every segment: flips of both kinds meet
         candidates = points[_best_mask(at_points, exact)].cpu().numpy()
         tau = float(candidates[np.argmin(np.abs(candidates - 1.0))])
         interval, best = (tau, tau), best_point
-    labels_scored = int(scored.sum())
-    if metric == "balanced-error":  # the sum of lcm-weighted (or 1 / count-weighted) balanced accuracies
-        unit = float((w_pos * pos_count)[scored][0]) if labels_scored else 1.0
-        search_value = 1 - best / (2 * unit * labels_scored) if labels_scored else float("nan")
-    else:
-        search_value = 1 - best / labels_scored if labels_scored else float("nan")
+    search_value = 1 - best / unit if unit else float("nan")
 
     # the reported figures are measured directly, with apply's arithmetic, at 0, 1, the range ends and the fitted tau
     special = sorted({0.0, 1.0, lo, hi, tau})
@@ -473,6 +391,102 @@ def fit_multilabel_tau(logits, labels, priors, tau_range=DEFAULT_TAU_RANGE, metr
     return MultiLabelFit(tau=float(tau), interval=(float(interval[0]), float(interval[1])), metric=metric,
                          tau_range=(lo, hi), before=direct[0.0], at_one=direct[1.0], after=direct[tau],
                          search_value=float(search_value))
+
+
+def _check_budget(held: int, metric: str, budget: int) -> None:
+    if held * EVENT_BYTES[metric] > budget:
+        raise OptionError(f"the exact multi-label search holds every flip of a decision inside the tau range, about "
+                          f"{EVENT_BYTES[metric]} bytes each; {held:,} flips so far exceed the memory budget of "
+                          f"{budget:,} bytes: raise --memory-budget or narrow --tau-range", "--memory-budget")
+
+
+def _collect_flips(source, truth, L, tau_range, metric: str, device, rows, progress, budget: int, context):
+    """One pass over the logits: the per-label true and false positives just left of lo (every flip below lo
+    done), every flip in [lo, hi] as a position (after lo and hi themselves) and a code 2 * label + y, and the
+    number of samples; under torch.distributed, counted over every rank and with every rank's flips."""
+    import torch
+
+    from .scoring import iter_blocks
+
+    lo, hi = tau_range
+    flips, falling = L != 0, L > 0  # falling: positive below the flip, negative from it on
+    classes = torch.arange(source.num_classes, dtype=torch.int32, device=device)
+    base_tp = torch.zeros(source.num_classes, dtype=torch.int64, device=device)
+    base_fp = torch.zeros_like(base_tp)
+    positions, codes, held = [], [], 0
+    failure = None
+    try:  # a rank that fails must not leave the others waiting in the sums below
+        for start, block in iter_blocks(source, device, rows, progress, budget):
+            f = block.double()
+            y = truth[start:start + block.shape[0]].to(device)
+            t = f / torch.where(flips, L, 1.0)
+            predicted = torch.where(flips, torch.where(falling, t >= lo, t < lo), f > 0)
+            base_tp += (predicted & y).sum(0)
+            base_fp += (predicted & ~y).sum(0)
+            inside = flips & (t >= lo) & (t <= hi)
+            held += int(inside.sum())
+            _check_budget(held, metric, budget)
+            positions.append(t[inside])
+            codes.append((2 * classes[None, :] + y.int())[inside])
+    except Exception as exc:  # noqa: BLE001  (re-raised, on every rank, by agree)
+        failure = exc
+    context.agree(failure)
+    num_samples = source.num_samples
+    if context.active:
+        base_tp, base_fp = context.sum(base_tp), context.sum(base_fp)
+        num_samples = int(context.sum(np.array([num_samples]))[0])
+        parts = context.gather((torch.cat(positions).cpu().numpy() if positions else np.zeros(0),
+                                torch.cat(codes).cpu().numpy() if codes else np.zeros(0, dtype=np.int32)))
+        failure = None
+        try:
+            _check_budget(sum(part[0].size for part in parts), metric, budget)
+        except OptionError as exc:
+            failure = exc
+        context.agree(failure)
+        positions = [torch.as_tensor(part[0], dtype=torch.float64, device=device) for part in parts]
+        codes = [torch.as_tensor(part[1], dtype=torch.int32, device=device) for part in parts]
+        del parts
+    position = torch.cat([torch.tensor([lo, hi], dtype=torch.float64, device=device)] + positions)
+    code = torch.cat(codes) if codes else torch.zeros(0, dtype=torch.int32, device=device)
+    return base_tp, base_fp, position, code, num_samples
+
+
+def _flip_values(metric: str, position, label, positive, falls, base_tp, base_fp, pos_count, neg_count):
+    """(the score just left of lo, each flip's change of it, whether the scores are exact integers, the score of a
+    perfect prediction). The score is higher for better: the sum over scored labels of their balanced accuracy
+    (weighted by lcm / count when that fits in int64, else 1 / count), or of their F1 (running counts per label)."""
+    import torch
+
+    from .search import _balanced_weights
+
+    scored = (pos_count > 0) & (neg_count > 0)
+    if metric == "balanced-error":
+        weights, exact = _balanced_weights(torch.cat([torch.where(scored, pos_count, 0),
+                                                      torch.where(scored, neg_count, 0)]))
+        w_pos, w_neg = weights[:pos_count.numel()], weights[pos_count.numel():]
+        base = (base_tp * w_pos + (neg_count - base_fp) * w_neg).sum()
+        delta = torch.where(positive, w_pos[label], -w_neg[label])  # a positive decision: a gain if y = 1
+        delta = torch.where(falls, -delta, delta)
+        unit = 2 * float((w_pos * pos_count)[scored][0]) * int(scored.sum()) if bool(scored.any()) else 0
+        return base, delta, exact, unit
+
+    def f1(tp, fp, p):
+        return 2 * tp.double() / (tp + fp + p).clamp(min=1)
+
+    sign = torch.where(falls, -1, 1)
+    d_tp, d_fp = torch.where(positive, sign, 0), torch.where(positive, 0, sign)
+    del sign
+    order = torch.argsort(position, stable=True)
+    order = order[torch.argsort(label[order], stable=True)]  # by label, then position
+    running_tp = _running(base_tp, label[order], d_tp[order])
+    running_fp = _running(base_fp, label[order], d_fp[order])
+    p = pos_count.double()[label[order]]
+    change = f1(running_tp, running_fp, p) - f1(running_tp - d_tp[order], running_fp - d_fp[order], p)
+    del running_tp, running_fp, p, d_tp, d_fp
+    change = torch.where(scored[label[order]], change, 0.0)
+    delta = torch.empty_like(change).index_put_((order,), change)
+    base = torch.where(scored, f1(base_tp, base_fp, pos_count.double()), 0.0).sum()
+    return base, delta, False, int(scored.sum())
 
 
 def _running(base, label, delta):

@@ -35,14 +35,9 @@ def refuse(options: dict, context=None) -> None:
 
 
 def _names(classes, num_classes: int):
-    from .load import read_classes
+    from .cli import _class_names
 
-    if classes is None:
-        return None
-    names = read_classes(classes)
-    if len(names) != num_classes:
-        raise MismatchError(f"lists {len(names)} label names but the logits have {num_classes} labels", classes)
-    return names
+    return _class_names(classes, num_classes)
 
 
 def _labels(path, source, names, context=None):
