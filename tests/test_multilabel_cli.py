@@ -244,3 +244,25 @@ def test_bad_inputs_get_one_line(ml):
     mixed = run("apply", d / "test_logits.npy", "--calibration", single, "--out", d / "x.npy", "--multi-label")
     assert mixed.exit_code == 7 and "single-label (softmax) calibration" in mixed.stderr
     assert not (d / "x.npy").exists()
+
+
+def test_label_names_from_classes(ml):
+    d, val_f, val_y, _, _, train_y = ml
+    names = [f"tag{k}" for k in range(6)]
+    (d / "names.txt").write_text("\n".join(names) + "\n")
+    (d / "train_named.txt").write_text(
+        "\n".join(",".join(names[k] for k in np.flatnonzero(row)) for row in train_y) + "\n")
+    by_name, _ = fit_json(d, "val_labels.npy", "train_named.txt", "--multi-label", "--classes", d / "names.txt")
+    by_id, _ = fit_json(d, "val_labels.npy", "train_labels.txt", "--multi-label")
+    assert by_name == by_id
+    report = run("report", d / "val_logits.npy", d / "val_labels.npy", "--tau", 1, "--train-labels",
+                 d / "train_named.txt", "--classes", d / "names.txt", "--multi-label", "--json")
+    assert report.exit_code == 0, report.output
+    assert [row["name"] for row in json.loads(report.stdout)["per_label"]] == names
+    wrong = run("fit-tau", d / "val_logits.npy", d / "val_labels.npy", "--train-labels", d / "train_labels.txt",
+                "--multi-label", "--classes", d / "names.txt", "--json")
+    assert wrong.exit_code == 0  # ids are still ids when names are known
+    (d / "five.txt").write_text("\n".join(names[:5]) + "\n")
+    mismatch = run("fit-tau", d / "val_logits.npy", d / "val_labels.npy", "--train-labels", d / "train_labels.txt",
+                   "--multi-label", "--classes", d / "five.txt")
+    assert mismatch.exit_code == 7 and "lists 5 class names but the logits have 6 classes" in mismatch.stderr
