@@ -39,6 +39,7 @@ class Search(str, Enum):
 class Metric(str, Enum):
     balanced_error = "balanced-error"
     worst_class_error = "worst-class-error"
+    macro_f1 = "macro-f1"
 
 
 class Method(str, Enum):
@@ -86,6 +87,11 @@ BudgetOpt = Annotated[str, typer.Option("--memory-budget", help="Working memory 
                                         "example 512MB or 4GB); data larger than this is streamed in blocks.",
                                         metavar="SIZE")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+MultiLabelOpt = Annotated[bool, typer.Option("--multi-label", help="A multi-label (sigmoid) head: labels are an N x C "
+                                             "0/1 matrix (.npy, a CSV of 0/1 columns) or a .txt of comma-separated "
+                                             "label ids per line, and every label k is adjusted by -tau * log(pi_k / "
+                                             "(1 - pi_k)) with one shared tau. Found by itself when the labels file "
+                                             "can only be multi-label.")]
 CheckpointOpt = Annotated[Optional[Path], typer.Option("--checkpoint", help="With --features, in place of a logits "
                                                        "file: a checkpoint (.safetensors, .pt/.pth/.bin or a Hugging "
                                                        "Face folder) whose classifier head turns the features into "
@@ -443,13 +449,20 @@ def priors_command(
                                                                             "cap.")] = 1000,
     key: KeyOpt = None,
     device: DeviceOpt = "auto",
+    multi_label: MultiLabelOpt = False,
 ):
     """Count training labels and write the class priors pi (for --priors); or, with --em, estimate target priors q
-    (for --target-priors)."""
+    (for --target-priors). With --multi-label, the positives per label and the number of samples."""
+    from . import multilabel_cli
     from .errors import MismatchError
     from .load import read_classes, read_labels, sha256_file
     from .priors import priors_from_labels
 
+    if em is None and multilabel_cli.wanted(multi_label, train_labels, "training labels"):
+        multilabel_cli.refuse({"--label-column": label_column, "--train-labels": train_labels_option,
+                               "--priors": priors_option})
+        multilabel_cli.priors(train_labels, out, num_classes, classes, smoothing, json_out, force)
+        return
     names = read_classes(classes) if classes is not None else None
     if em is not None:
         _priors_by_em(em, train_labels or train_labels_option, priors_option, names, label_column, smoothing, out,
@@ -543,7 +556,8 @@ def fit_tau_command(
     grid_size: Annotated[Optional[int], typer.Option("--grid-size", min=2, max=10_000,
                                                      help="Grid points for --search grid (default 401; 21 for "
                                                           "tau-norm, whose search is a grid).")] = None,
-    metric: Annotated[Metric, typer.Option("--metric", help="What tau minimises on the validation set.")
+    metric: Annotated[Metric, typer.Option("--metric", help="What tau minimises on the validation set (macro-f1, "
+                                                            "maximised, is for --multi-label).")
                       ] = Metric.balanced_error,
     out: Annotated[Optional[Path], typer.Option("--out", help="Write a calibration file (JSON) for `lacal apply`.")
                    ] = None,
@@ -572,6 +586,7 @@ def fit_tau_command(
                                                             "(w_y . phi / ||w_y||^tau, bias dropped; Kang et al. "
                                                             "2020), which needs --checkpoint and --features.")
                       ] = None,
+    multi_label: MultiLabelOpt = False,
 ):
     """Find the tau that minimises the validation balanced error of argmax f(x) - tau * log(pi).
 
@@ -586,6 +601,16 @@ def fit_tau_command(
     budget = _parse_size(memory_budget)
     context = _context(device)
     compute = context.device
+    from . import multilabel_cli
+
+    if multilabel_cli.wanted(multi_label, inputs[-1] if checkpoint is None and inputs else None):
+        multilabel_cli.refuse({"--checkpoint": checkpoint, "--features": features, "--method": tau_norm,
+                               "--search grid": search == Search.grid, "--calibrate": calibrate,
+                               "--label-column": label_column, "--target-logits": target_logits,
+                               "--target-priors": target_priors.strip().lower() != "uniform"})
+        multilabel_cli.fit_tau(inputs, train_labels, priors, low_high, metric.value, out, json_out, classes,
+                               smoothing, key, compute, force, budget, quiet, context)
+        return
     if tau_norm:
         _not_under_torchrun(context, "--method tau-norm")
         _fit_tau_norm(inputs, checkpoint, features, head, key, classes, label_column, low_high, grid_size,
@@ -871,12 +896,13 @@ def apply_command(
     shard_format: Annotated[str, typer.Option("--format", help="With --out FOLDER (needed under torchrun): the format "
                                                                "of the output written for each input shard: npy, "
                                                                "npz, safetensors, pt or csv.")] = "npy",
+    multi_label: MultiLabelOpt = False,
 ):
     """Write adjusted logits f - tau * log(pi), a CSV of adjusted predictions, or a checkpoint whose classifier bias
     carries the adjustment. A calibration file's target priors, temperature and bias are applied too. With --out
     FOLDER (a path without a suffix), one output per input shard and an index.json."""
+    from . import multilabel_cli
     from .checkpoints import is_checkpoint
-
     from .deploy import deployed_kind
 
     context = _context(device)
@@ -884,9 +910,21 @@ def apply_command(
     kind = deployed_kind(source_path)
     if kind is not None:
         _not_under_torchrun(context, "patching a model file")
+        if multi_label and (calibration is None or not multilabel_cli.is_multilabel_calibration(calibration)):
+            raise OptionError("a multi-label ONNX, TorchScript or torch.export model is patched from the calibration "
+                              "file of `lacal fit-tau --multi-label --out`; give it with --calibration",
+                              "--multi-label")
         _apply_deployed(kind, source_path, out, calibration, tau, train_labels, priors, classes, label_column,
                         smoothing, compute, force, head, add_bias, in_place, link, verify_features, key,
                         target_priors, target_logits, _parse_size(memory_budget))
+        return
+    if multi_label or multilabel_cli.is_multilabel_calibration(calibration):
+        multilabel_cli.refuse({"--label-column": label_column, "--target-logits": target_logits,
+                               "--target-priors": target_priors.strip().lower() != "uniform"}, context)
+        multilabel_cli.apply(source_path, out, calibration, tau, train_labels, priors, top_k, classes, smoothing, key,
+                             compute, force, _parse_size(memory_budget), quiet,
+                             {"--head": head, "--add-bias": add_bias, "--in-place": in_place, "--link": link,
+                              "--verify-features": verify_features})
         return
     if is_checkpoint(source_path, key):
         _not_under_torchrun(context, "patching a checkpoint")
@@ -977,7 +1015,7 @@ def _apply_logits(logits, out, calibration, tau, train_labels, priors, top_k, cl
 
 def _apply_checkpoint(path, out, calibration, tau, train_labels, priors, classes, label_column, smoothing, compute,
                       force, head, add_bias, in_place, link, verify_features, key, target="uniform",
-                      target_logits=None, budget=None):
+                      target_logits=None, budget=None, fitted=None):
     from .checkpoints import find_heads, head_notes, open_checkpoint
     from .load import read_classes, read_logits, sha256_file
     from .patch import make_patch, verify_patch, write_checkpoint
@@ -991,8 +1029,7 @@ def _apply_checkpoint(path, out, calibration, tau, train_labels, priors, classes
 
         check_output(out, force, [path, calibration, train_labels, priors, classes, verify_features])
     model = open_checkpoint(path)
-    fitted = None
-    if calibration is not None:
+    if fitted is None and calibration is not None:
         fitted = _calibration_for(calibration, tau, train_labels, priors, None, smoothing, None, label_column, True,
                                   target, target_logits, key, compute, budget)
     names = read_classes(classes) if classes is not None else model.class_names
@@ -1153,6 +1190,10 @@ def report_command(
                                                                 "install 'lacal[plot]').", metavar="FILE.png")
                     ] = None,
     force: ForceOpt = False,
+    multi_label: MultiLabelOpt = False,
+    metric: Annotated[Metric, typer.Option("--metric", help="With --multi-label --compare: what the shared tau is "
+                                                            "fitted for (balanced-error or macro-f1).")
+                      ] = Metric.balanced_error,
 ):
     """Per-class errors before and after adjustment, grouped into many/medium/few-shot classes, with NLL, Brier
     score, ECE and classwise ECE.
@@ -1167,6 +1208,21 @@ def report_command(
     budget = _parse_size(memory_budget)
     context = _context(device)
     compute = context.device
+    from . import multilabel_cli
+
+    if multilabel_cli.wanted(multi_label or multilabel_cli.is_multilabel_calibration(calibration),
+                             inputs[-1] if checkpoint is None and inputs else None):
+        multilabel_cli.refuse({"--checkpoint": checkpoint, "--features": features, "--plot": plot,
+                               "--test-features": test_features, "--label-column": label_column,
+                               "--target-logits": target_logits, "--bins": bins != 15,
+                               "--target-priors": target_priors.strip().lower() != "uniform"},
+                              context if compare else None)
+        multilabel_cli.report(inputs, calibration, tau, train_labels, priors, sort.value, limit, json_out, classes,
+                              smoothing, key, compute, budget, quiet, compare, test_logits, test_labels, metric.value,
+                              context)
+        return
+    if metric != Metric.balanced_error:
+        raise OptionError("--metric goes with --multi-label --compare", "--metric")
     if compare:
         _not_under_torchrun(context, "report --compare")
     if plot is not None:
