@@ -162,7 +162,7 @@ def is_multilabel_calibration(path) -> bool:
         return False
     try:
         return bool(json.loads(Path(path).read_text(encoding="utf-8")).get("multi_label"))
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError, AttributeError, RecursionError):
         return False
 
 

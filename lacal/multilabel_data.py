@@ -142,7 +142,7 @@ def read_multilabel_priors(path: str | os.PathLike, smoothing: float = 0.0,
     path = check_readable(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise InputFileError(f"is not a JSON multi-label priors file: {exc}", path) from None
     if not isinstance(data, dict) or "positives" not in data or "num_samples" not in data:
         raise PriorsError("a multi-label priors file is a JSON object with \"positives\" (a count per label) and "
