@@ -45,6 +45,11 @@ _EXPORTS = {
     "ScoreResult": "workflows", "TauNormResult": "workflows",
     "resolve_device": "device",
     "patch_module": "module_patch", "PatchResult": "module_patch",
+    "MultiLabelPriors": "multilabel", "multilabel_priors": "multilabel", "multilabel_priors_from_labels": "multilabel",
+    "multilabel_offsets": "multilabel", "MultiLabelEvaluation": "multilabel", "evaluate_multilabel": "multilabel",
+    "MultiLabelFit": "multilabel", "fit_multilabel_tau": "multilabel", "fit_label_thresholds": "multilabel",
+    "read_label_matrix": "multilabel_data", "read_multilabel_priors": "multilabel_data",
+    "MultiLabelReport": "multilabel_report", "compare_multilabel": "multilabel_report",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -83,3 +88,8 @@ if TYPE_CHECKING:  # pragma: no cover
                             patch_checkpoint, report, score)
     from .search import TauFit, fit_tau
     from .label_shift import PriorEstimate, estimate_target_priors
+    from .multilabel import (MultiLabelEvaluation, MultiLabelFit, MultiLabelPriors, evaluate_multilabel,
+                             fit_label_thresholds, fit_multilabel_tau, multilabel_offsets, multilabel_priors,
+                             multilabel_priors_from_labels)
+    from .multilabel_data import read_label_matrix, read_multilabel_priors
+    from .multilabel_report import MultiLabelReport, compare_multilabel

@@ -15,7 +15,8 @@ from .load import check_readable
 
 CALIBRATION_FORMAT = "lacal-calibration"
 SCHEMA_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+MULTI_LABEL_VERSION = 3  # multi-label files: an older lacal must not read their priors as class priors
+READABLE_VERSIONS = (1, 2, 3)
 
 
 @dataclass(frozen=True, eq=False)
@@ -27,6 +28,9 @@ class Calibration:
     gives as a scale and a per-class shift.
 
     `validation` holds the metrics measured when tau was fitted, `inputs` the path and sha256 of each input file.
+
+    A multi-label calibration (`multi_label`) holds per-label positive rates pi_k in (0, 1) as `priors`, the
+    training positives as `counts` out of `train_samples`, and offsets -tau * log(pi / (1 - pi)).
     """
 
     tau: float
@@ -44,6 +48,8 @@ class Calibration:
     temperature: float = 1.0
     bias: np.ndarray | None = None
     probability_fit: dict | None = field(default=None, compare=False)
+    multi_label: bool = False
+    train_samples: int | None = None
 
     def __eq__(self, other) -> bool:
         """Equal when tau, priors, counts, names and fit details are (validation and input hashes aside)."""
@@ -62,12 +68,20 @@ class Calibration:
 
     @property
     def offsets(self) -> np.ndarray:
+        if self.multi_label:
+            from .positive_rates import log_odds, multilabel_priors
+
+            if self.counts is not None and self.train_samples is not None:
+                return -self.tau * multilabel_priors(self.counts, self.train_samples, self.smoothing).log_odds
+            return -self.tau * log_odds(self.priors)
         shift = -self.tau * np.log(self.priors)
         return shift if self.target_priors is None else shift + np.log(self.target_priors)
 
     def affine(self) -> tuple[float, np.ndarray]:
         """(scale, shift): calibrated logits = logits * scale + shift, the same for every sample."""
         scale = 1.0 / self.temperature
+        if self.multi_label:
+            return 1.0, self.offsets
         shift = -self.tau * np.log(self.priors) * scale
         if self.bias is not None:
             shift = shift + self.bias
@@ -92,6 +106,14 @@ class Calibration:
                    temperature=1.0 if probability_fit is None else probability_fit.temperature,
                    bias=None if probability_fit is None else probability_fit.bias,
                    probability_fit=None if probability_fit is None else probability_fit.to_dict())
+
+    @classmethod
+    def from_multilabel_fit(cls, fit, priors, class_names=None, inputs=None) -> "Calibration":
+        """Build from a `multilabel.MultiLabelFit` and the `MultiLabelPriors` it was fitted with."""
+        return cls(tau=fit.tau, priors=np.asarray(priors.priors, dtype=np.float64), counts=priors.positives,
+                   class_names=class_names or priors.classes, smoothing=priors.smoothing,
+                   tau_interval=fit.interval, metric=fit.metric, search="exact", validation=fit.to_dict(),
+                   inputs=inputs, multi_label=True, train_samples=int(priors.num_samples))
 
     def adjust(self, logits):
         """The calibrated logits, (logits - tau * log(pi)) / temperature + bias + log(q): same type, shape and dtype
@@ -128,6 +150,14 @@ class Calibration:
             "class_names": self.class_names,
             "validation": self.validation,
             "inputs": self.inputs,
+        } if not self.multi_label else {
+            "format": CALIBRATION_FORMAT, "schema_version": MULTI_LABEL_VERSION, "multi_label": True,
+            "tau": self.tau, "tau_interval": None if self.tau_interval is None else list(self.tau_interval),
+            "metric": self.metric, "search": self.search, "num_classes": self.num_classes,
+            "train_samples": self.train_samples,
+            "counts": None if self.counts is None else [int(c) for c in self.counts], "smoothing": self.smoothing,
+            "priors": [float(p) for p in self.priors], "offsets": [float(o) for o in self.offsets],
+            "class_names": self.class_names, "validation": self.validation, "inputs": self.inputs,
         }
 
     @classmethod
@@ -139,7 +169,7 @@ class Calibration:
             raise InputDataError(f"has schema version {version!r}; this lacal reads versions "
                                  f"{', '.join(map(str, READABLE_VERSIONS))}", name)
         try:
-            return cls._parse(data)
+            return cls._parse_multilabel(data) if data.get("multi_label") else cls._parse(data)
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             detail = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
             raise InputDataError(f"has an invalid calibration: {detail}", name) from None
@@ -185,6 +215,34 @@ class Calibration:
                    metric=data.get("metric"), search=data.get("search"), validation=data.get("validation"),
                    inputs=data.get("inputs"), target_priors=target, target=data.get("target"),
                    temperature=temperature, bias=bias, probability_fit=data.get("probability_fit"))
+
+    @classmethod
+    def _parse_multilabel(cls, data: dict) -> "Calibration":
+        priors = np.asarray(data["priors"], dtype=np.float64)
+        if priors.ndim != 1 or priors.size < 1 or not np.all((priors > 0) & (priors < 1)):
+            raise ValueError("\"priors\" of a multi-label calibration must be numbers strictly between 0 and 1")
+        names = data.get("class_names")
+        if names is not None and not (isinstance(names, list) and len(names) == priors.size
+                                      and all(isinstance(n, str) for n in names)):
+            raise ValueError(f"\"class_names\" must be a list of {priors.size} names")
+        counts, samples = data.get("counts"), data.get("train_samples")
+        if counts is not None:
+            counts = np.asarray(counts, dtype=np.float64)
+            if counts.shape != priors.shape or not np.all(counts == np.round(counts)) or counts.min() < 0:
+                raise ValueError(f"\"counts\" must be {priors.size} whole numbers >= 0")
+            counts = counts.astype(np.int64)
+        if samples is not None and (isinstance(samples, bool) or not isinstance(samples, int) or samples < 1
+                                    or (counts is not None and counts.max() > samples)):
+            raise ValueError("\"train_samples\" must be a whole number >= 1 and >= every count")
+        interval = data.get("tau_interval")
+        if interval is not None:
+            if not isinstance(interval, list) or len(interval) != 2:
+                raise ValueError("\"tau_interval\" must be a list [low, high]")
+            interval = (float(interval[0]), float(interval[1]))
+        return cls(tau=_finite(data["tau"], "tau"), priors=priors, counts=counts, class_names=names,
+                   smoothing=_finite(data.get("smoothing", 0.0), "smoothing"), tau_interval=interval,
+                   metric=data.get("metric"), search=data.get("search"), validation=data.get("validation"),
+                   inputs=data.get("inputs"), multi_label=True, train_samples=samples)
 
     def save(self, path: str | os.PathLike, force: bool = False, inputs=()) -> None:
         """Write the calibration as JSON, atomically."""

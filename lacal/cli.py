@@ -13,6 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from .cli_render import Progress
 from .errors import EXIT_CODES, LacalError, OptionError
 
 EXIT_CODE_HELP = "Exit codes: " + "; ".join(f"{code} {text}" for code, text in EXIT_CODES.items()) + "."
@@ -37,6 +38,7 @@ class Search(str, Enum):
 class Metric(str, Enum):
     balanced_error = "balanced-error"
     worst_class_error = "worst-class-error"
+    macro_f1 = "macro-f1"
 
 
 class Method(str, Enum):
@@ -84,6 +86,11 @@ BudgetOpt = Annotated[str, typer.Option("--memory-budget", help="Working memory 
                                         "example 512MB or 4GB); data larger than this is streamed in blocks.",
                                         metavar="SIZE")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+MultiLabelOpt = Annotated[bool, typer.Option("--multi-label", help="A multi-label (sigmoid) head: labels are an N x C "
+                                             "0/1 matrix (.npy, a CSV of 0/1 columns) or a .txt of comma-separated "
+                                             "label ids per line, and every label k is adjusted by -tau * log(pi_k / "
+                                             "(1 - pi_k)) with one shared tau. Found by itself when the labels file "
+                                             "can only be multi-label.")]
 CheckpointOpt = Annotated[Optional[Path], typer.Option("--checkpoint", help="With --features, in place of a logits "
                                                        "file: a checkpoint (.safetensors, .pt/.pth/.bin or a Hugging "
                                                        "Face folder) whose classifier head turns the features into "
@@ -207,47 +214,7 @@ def _data_arguments(inputs: list[Path], checkpoint, features, needs_logits: bool
     return None, inputs[-1]
 
 
-class _Progress:
-    """A progress bar on stderr with samples per second, shown once a pass has taken more than a second."""
-
-    DELAY = 1.0
-
-    def __init__(self, total: int, description: str, quiet: bool):
-        import time
-
-        self.total, self.description, self.quiet = total, description, quiet
-        self.started = time.monotonic()
-        self.bar = self.task = None
-
-    def __call__(self, done: int) -> None:
-        import time
-
-        if self.quiet:
-            return
-        if self.bar is None:
-            if time.monotonic() - self.started < self.DELAY:
-                return
-            from rich.console import Console
-            from rich.progress import BarColumn, Progress, ProgressColumn, TaskProgressColumn, TextColumn, \
-                TimeRemainingColumn
-            from rich.text import Text
-
-            class Rate(ProgressColumn):
-                def render(self, task):
-                    return Text(f"{task.speed or 0:,.0f} samples/s")
-
-            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), Rate(),
-                                TimeRemainingColumn(), console=Console(stderr=True), transient=True)
-            self.bar.start()
-            self.task = self.bar.add_task(self.description, total=self.total)
-        self.bar.update(self.task, completed=done)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.bar is not None:
-            self.bar.stop()
+_Progress = Progress  # the progress bar on stderr (cli_render)
 
 
 def _bar(quiet: bool):
@@ -290,12 +257,19 @@ def priors_command(
                                                                             "cap.")] = 1000,
     key: KeyOpt = None,
     device: DeviceOpt = "auto",
+    multi_label: MultiLabelOpt = False,
 ):
     """Count training labels and write the class priors pi (for --priors); or, with --em, estimate target priors q
-    (for --target-priors)."""
+    (for --target-priors). With --multi-label, the positives per label and the number of samples."""
     from . import cli_render as show
+    from . import multilabel_cli
     from .workflows import count_priors, estimate_priors
 
+    if em is None and multilabel_cli.wanted(multi_label, train_labels, "training labels"):
+        multilabel_cli.refuse({"--label-column": label_column, "--train-labels": train_labels_option,
+                               "--priors": priors_option})
+        multilabel_cli.priors(train_labels, out, num_classes, classes, smoothing, json_out, force)
+        return
     if em is not None:
         result = estimate_priors(em, priors_option, train_labels=train_labels or train_labels_option,
                                  class_names=classes, label_column=label_column, smoothing=smoothing,
@@ -338,7 +312,8 @@ def fit_tau_command(
     grid_size: Annotated[Optional[int], typer.Option("--grid-size", min=2, max=10_000,
                                                      help="Grid points for --search grid (default 401; 21 for "
                                                           "tau-norm, whose search is a grid).")] = None,
-    metric: Annotated[Metric, typer.Option("--metric", help="What tau minimises on the validation set.")
+    metric: Annotated[Metric, typer.Option("--metric", help="What tau minimises on the validation set (macro-f1, "
+                                                            "maximised, is for --multi-label).")
                       ] = Metric.balanced_error,
     out: Annotated[Optional[Path], typer.Option("--out", help="Write a calibration file (JSON) for `lacal apply`.")
                    ] = None,
@@ -367,6 +342,7 @@ def fit_tau_command(
                                                             "(w_y . phi / ||w_y||^tau, bias dropped; Kang et al. "
                                                             "2020), which needs --checkpoint and --features.")
                       ] = None,
+    multi_label: MultiLabelOpt = False,
 ):
     """Find the tau that minimises the validation balanced error of argmax f(x) - tau * log(pi).
 
@@ -374,6 +350,10 @@ def fit_tau_command(
     from . import cli_render as show
     from .workflows import fit
 
+    if _multi_label_fit(inputs, multi_label, checkpoint, features, method, search, calibrate, label_column,
+                        target_logits, target_priors, train_labels, priors, tau_range, metric, out, json_out,
+                        classes, smoothing, key, force, memory_budget, quiet, device):
+        return
     logits, labels = _data_arguments(inputs, checkpoint, features, method != Method.tau_norm)
     result = fit(logits, labels, priors, train_labels=train_labels, tau_range=_parse_range(tau_range),
                  search=search.value, metric=metric.value, grid_size=grid_size, target_priors=target_priors,
@@ -443,26 +423,38 @@ def apply_command(
     shard_format: Annotated[str, typer.Option("--format", help="With --out FOLDER (needed under torchrun): the format "
                                                                "of the output written for each input shard: npy, "
                                                                "npz, safetensors, pt or csv.")] = "npy",
+    multi_label: MultiLabelOpt = False,
 ):
     """Write adjusted logits f - tau * log(pi), a CSV of adjusted predictions, or a checkpoint whose classifier bias
     carries the adjustment. A calibration file's target priors, temperature and bias are applied too. With --out
     FOLDER (a path without a suffix), one output per input shard and an index.json."""
     from . import cli_render as show
+    from . import multilabel_cli
     from .checkpoints import is_checkpoint
     from .deploy import deployed_kind
     from .workflows import apply, patch_checkpoint
+    from .workflows.inputs import memory_bytes
 
     context = PROCESS.context(device)
     options = dict(tau=tau, train_labels=train_labels, priors=priors, class_names=classes, label_column=label_column,
                    smoothing=smoothing, target_priors=target_priors, target_logits=target_logits, key=key,
                    memory_budget=memory_budget, force=force, context=context)
-    if deployed_kind(source_path) is not None or is_checkpoint(source_path, key):
+    deployed = deployed_kind(source_path) is not None
+    if deployed and multi_label and (calibration is None or not multilabel_cli.is_multilabel_calibration(calibration)):
+        raise OptionError("a multi-label ONNX, TorchScript or torch.export model is patched from the calibration "
+                          "file of `lacal fit-tau --multi-label --out`; give it with --calibration", "--multi-label")
+    if not deployed and (multi_label or multilabel_cli.is_multilabel_calibration(calibration)):
+        multilabel_cli.refuse({"--label-column": label_column, "--target-logits": target_logits,
+                               "--target-priors": target_priors.strip().lower() != "uniform"}, context)
+        multilabel_cli.apply(source_path, out, calibration, tau, train_labels, priors, top_k, classes, smoothing, key,
+                             context.device, force, memory_bytes(memory_budget), quiet,
+                             {"--head": head, "--add-bias": add_bias, "--in-place": in_place, "--link": link,
+                              "--verify-features": verify_features})
+        return
+    if deployed or is_checkpoint(source_path, key):
         result = patch_checkpoint(source_path, calibration, out=out, head=head, add_bias=add_bias, in_place=in_place,
                                   link=link, verify_features=verify_features, **options)
-        show.notes(result)
-        heads = " and ".join(repr(h) for h in result.heads)
-        typer.echo(f"lacal: patched {heads} ({result.num_classes} classes, tau = {result.tau:.4f}) and wrote "
-                   f"{result.out}", err=True)
+        show.patched(result)
         return
     if out is None:
         raise OptionError("give --out FILE for the adjusted logits or predictions", "--out")
@@ -536,6 +528,10 @@ def report_command(
                                                                 "install 'lacal[plot]').", metavar="FILE.png")
                     ] = None,
     force: ForceOpt = False,
+    multi_label: MultiLabelOpt = False,
+    metric: Annotated[Metric, typer.Option("--metric", help="With --multi-label --compare: what the shared tau is "
+                                                            "fitted for (balanced-error or macro-f1).")
+                      ] = Metric.balanced_error,
 ):
     """Per-class errors before and after adjustment, grouped into many/medium/few-shot classes, with NLL, Brier
     score, ECE and classwise ECE.
@@ -544,8 +540,13 @@ def report_command(
     from . import cli_render as show
     from .workflows import compare as compare_methods, report
 
-    logits, labels = _data_arguments(inputs, checkpoint, features)
     context = PROCESS.context(device)
+    if _multi_label_report(inputs, multi_label, calibration, checkpoint, features, plot, test_features, label_column,
+                           target_logits, target_priors, bins, tau, train_labels, priors, sort, limit, json_out,
+                           classes, smoothing, key, memory_budget, quiet, compare, test_logits, test_labels, metric,
+                           context):
+        return
+    logits, labels = _data_arguments(inputs, checkpoint, features)
     if compare:
         _refuse_with_compare(plot, calibration, tau, target_priors, target_logits, sort, limit, bins)
         result = compare_methods(logits, labels, priors, train_labels=train_labels, test_logits=test_logits,
@@ -567,6 +568,54 @@ def report_command(
     if result.plot is not None and context.leader:
         _wrote(result.plot)
     show.print_json(result) if json_out else show.report_tables(result, sort.value, limit)
+
+
+def _multi_label_fit(inputs, multi_label, checkpoint, features, method, search, calibrate, label_column,
+                     target_logits, target_priors, train_labels, priors, tau_range, metric, out, json_out, classes,
+                     smoothing, key, force, memory_budget, quiet, device) -> bool:
+    """Hand a multi-label head (--multi-label, or labels that can only be multi-label) to multilabel_cli."""
+    from . import multilabel_cli
+    from .search import check_tau_range
+    from .workflows.inputs import memory_bytes
+
+    tau_norm = method == Method.tau_norm
+    low_high = check_tau_range(_parse_range(tau_range) or ((0.0, 2.0) if tau_norm else (0.0, 4.0)))
+    budget = memory_bytes(memory_budget)
+    context = PROCESS.context(device)
+    if not multilabel_cli.wanted(multi_label, inputs[-1] if checkpoint is None and inputs else None):
+        return False
+    multilabel_cli.refuse({"--checkpoint": checkpoint, "--features": features, "--method": tau_norm,
+                           "--search grid": search == Search.grid, "--calibrate": calibrate,
+                           "--label-column": label_column, "--target-logits": target_logits,
+                           "--target-priors": target_priors.strip().lower() != "uniform"})
+    multilabel_cli.fit_tau(inputs, train_labels, priors, low_high, metric.value, out, json_out, classes, smoothing,
+                           key, context.device, force, budget, quiet, context)
+    return True
+
+
+def _multi_label_report(inputs, multi_label, calibration, checkpoint, features, plot, test_features, label_column,
+                        target_logits, target_priors, bins, tau, train_labels, priors, sort, limit, json_out, classes,
+                        smoothing, key, memory_budget, quiet, compare, test_logits, test_labels, metric,
+                        context) -> bool:
+    """Hand a multi-label report (or --compare) to multilabel_cli."""
+    from . import multilabel_cli
+    from .workflows.inputs import memory_bytes
+
+    budget = memory_bytes(memory_budget)
+    if not multilabel_cli.wanted(multi_label or multilabel_cli.is_multilabel_calibration(calibration),
+                                 inputs[-1] if checkpoint is None and inputs else None):
+        if metric != Metric.balanced_error:
+            raise OptionError("--metric goes with --multi-label --compare", "--metric")
+        return False
+    multilabel_cli.refuse({"--checkpoint": checkpoint, "--features": features, "--plot": plot,
+                           "--test-features": test_features, "--label-column": label_column,
+                           "--target-logits": target_logits, "--bins": bins != 15,
+                           "--target-priors": target_priors.strip().lower() != "uniform"},
+                          context if compare else None)
+    multilabel_cli.report(inputs, calibration, tau, train_labels, priors, sort.value, limit, json_out, classes,
+                          smoothing, key, context.device, budget, quiet, compare, test_logits, test_labels,
+                          metric.value, context)
+    return True
 
 
 def _refuse_with_compare(plot, calibration, tau, target_priors, target_logits, sort, limit, bins) -> None:

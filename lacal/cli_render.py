@@ -23,6 +23,56 @@ def notes(result) -> None:
         say(message)
 
 
+class Progress:
+    """A progress bar on stderr with samples per second, shown once a pass has taken more than a second."""
+
+    DELAY = 1.0
+
+    def __init__(self, total: int, description: str, quiet: bool):
+        import time
+
+        self.total, self.description, self.quiet = total, description, quiet
+        self.started = time.monotonic()
+        self.bar = self.task = None
+
+    def __call__(self, done: int) -> None:
+        import time
+
+        if self.quiet:
+            return
+        if self.bar is None:
+            if time.monotonic() - self.started < self.DELAY:
+                return
+            from rich.console import Console
+            from rich.progress import BarColumn, Progress, ProgressColumn, TaskProgressColumn, TextColumn, \
+                TimeRemainingColumn
+            from rich.text import Text
+
+            class Rate(ProgressColumn):
+                def render(self, task):
+                    return Text(f"{task.speed or 0:,.0f} samples/s")
+
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), Rate(),
+                                TimeRemainingColumn(), console=Console(stderr=True), transient=True)
+            self.bar.start()
+            self.task = self.bar.add_task(self.description, total=self.total)
+        self.bar.update(self.task, completed=done)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def patched(result) -> None:
+    """A patched checkpoint or model file: its notes, then what was patched and written."""
+    notes(result)
+    heads = " and ".join(repr(h) for h in result.heads)
+    say(f"patched {heads} ({result.num_classes} classes, tau = {result.tau:.4f}) and wrote {result.out}")
+
+
 def print_json(result) -> None:
     typer.echo(json.dumps(result.to_dict()))
 

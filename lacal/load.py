@@ -320,7 +320,7 @@ def _read_torch(path: Path, key: str | None, what: str = "logits") -> LogitsSour
 
 
 def _read_csv_logits(path: Path, key: str | None, what: str = "logits") -> LogitsSource:
-    rows = _read_csv_rows(path)
+    rows = read_csv_rows(path)
     notes = []
     if rows and not _all_numeric(rows[0]):
         rows = rows[1:]  # a header
@@ -361,7 +361,7 @@ def _all_integers(row: list[str]) -> bool:
         return False
 
 
-def _read_csv_rows(path: Path) -> list[list[str]]:
+def read_csv_rows(path: Path) -> list[list[str]]:
     try:
         with open(path, newline="", encoding="utf-8-sig") as handle:  # a byte-order mark is not part of a cell
             return [[cell.strip() for cell in row] for row in csv.reader(handle) if any(c.strip() for c in row)]
@@ -638,7 +638,7 @@ def read_labels(path: str | os.PathLike, classes: list[str] | None = None,
 
 
 def _csv_label_column(path: Path, column: str | None) -> list[str]:
-    rows = _read_csv_rows(path)
+    rows = read_csv_rows(path)
     if not rows:
         raise InputDataError("holds no rows", path)
     header = [cell.lower() for cell in rows[0]]

@@ -107,7 +107,7 @@ class OnnxFile:
             if entry.key == PATCH_KEY:
                 try:
                     record = json.loads(entry.value)
-                except json.JSONDecodeError:
+                except (json.JSONDecodeError, RecursionError):
                     record = None
                 return record if isinstance(record, dict) else {"unreadable": str(self.path)}
         return None

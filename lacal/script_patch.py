@@ -142,7 +142,7 @@ def open_script(path, kind: str | None = None) -> ScriptFile:
     if record:
         try:
             patch = json.loads(record)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             patch = None
         patch = patch if isinstance(patch, dict) else {"unreadable": str(path)}
     return ScriptFile(path, kind, program, ModuleTensors(path, kind, state, patch), extras)

@@ -733,3 +733,15 @@ def test_replaced_folders_keep_their_permissions(shards):
     os.chmod(shards / "patched", 0o750)
     assert run(*patch, "--force").exit_code == 0
     assert stat.S_IMODE(os.stat(shards / "patched").st_mode) == 0o750
+
+
+def test_deeply_nested_json_in_multilabel_and_deployed_inputs(small, tmp_path):
+    deep = "[" * 100000 + "]" * 100000
+    (small / "deep.json").write_text(deep)
+    labels = np.zeros((np.load(small / "val.npy").shape[0], np.load(small / "val.npy").shape[1]), dtype=np.int8)
+    labels[::3, 0] = 1
+    np.save(small / "multi.npy", labels)
+    one_clean_line(_fit(small, "val.npy", "multi.npy", "--multi-label", "--priors", small / "deep.json"), 3)
+    one_clean_line(run("apply", small / "val.npy", "--multi-label", "--calibration", small / "deep.json", "--out",
+                       small / "o.npy"), 3)
+    assert not (small / "o.npy").exists()

@@ -46,7 +46,7 @@ def patch_checkpoint(checkpoint, calibration=None, *, out=None, head: Optional[s
                      train_labels=None, priors=None, class_names=None, label_column: Optional[str] = None,
                      smoothing: float = 0.0, target_priors: Any = "uniform", target_logits=None,
                      key: Optional[str] = None, device: str = "auto", memory_budget=None, force: bool = False,
-                     context=None) -> CheckpointPatch:
+                     calibration_file=None, context=None) -> CheckpointPatch:
     """Write a copy of a model whose classifier head gives the adjusted logits, as `lacal apply CHECKPOINT` does.
 
     Args:
@@ -60,6 +60,8 @@ def patch_checkpoint(checkpoint, calibration=None, *, out=None, head: Optional[s
         verify_features: features (N x D) checked through the patched head before writing; for a served model,
             model inputs run through the original and the patched model.
         force: replace an existing output; also patch a model that already carries a lacal patch.
+        calibration_file: the file a `Calibration` object given as `calibration` came from (its sha256 goes into
+            the patch record).
         tau, train_labels, priors, class_names, label_column, smoothing, target_priors, target_logits, key, device,
             memory_budget, context: as for `apply`.
 
@@ -76,17 +78,20 @@ def patch_checkpoint(checkpoint, calibration=None, *, out=None, head: Optional[s
     if context.active:
         raise OptionError("patching a model file does not run under torchrun yet; run it in one process", "torchrun")
     budget = memory_bytes(memory_budget)
+    fitted = None
+    if calibration_file is not None:  # a Calibration object read from this file
+        fitted, calibration = calibration, calibration_file
     args = (Path(checkpoint), None if out is None else Path(out), calibration, tau, train_labels, priors,
             class_names, label_column, smoothing, context.device, force, head, add_bias, in_place, link,
             verify_features, key, target_priors, target_logits, budget)
     kind = deployed_kind(checkpoint)
     if kind is not None:
-        return _patch_deployed(kind, *args)
+        return _patch_deployed(kind, *args, fitted=fitted)
     if not is_checkpoint(checkpoint, key):
         from ..errors import InputFileError
 
         raise InputFileError("is not a checkpoint lacal can patch", checkpoint)
-    return _patch_checkpoint(*args)
+    return _patch_checkpoint(*args, fitted=fitted)
 
 
 def _calibration_path(calibration):
@@ -164,7 +169,7 @@ def _patch_checkpoint(path, out, calibration, tau, train_labels, priors, classes
 
 def _patch_deployed(kind, path, out, calibration, tau, train_labels, priors, classes, label_column, smoothing,
                     compute, force, head, add_bias, in_place, link, verify_features, key, target, target_logits,
-                    budget) -> CheckpointPatch:
+                    budget, fitted=None) -> CheckpointPatch:
     """Patch an ONNX, TorchScript or torch.export model file (lacal.deploy)."""
     from ..deploy import open_deployed, patch_deployed
     from ..load import read_logits, sha256_file
@@ -181,8 +186,7 @@ def _patch_deployed(kind, path, out, calibration, tau, train_labels, priors, cla
     if out is not None:
         check_output(out, force, [path, *inputs])
     model = open_deployed(path, kind)
-    fitted = None
-    if calibration is not None:
+    if fitted is None and calibration is not None:
         fitted = calibration_for(calibration, tau, train_labels, priors, None, smoothing, None, label_column, True,
                                  target, target_logits, key, compute, budget, notes=notes)
     names = read_names(classes) if classes is not None else None

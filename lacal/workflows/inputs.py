@@ -51,7 +51,7 @@ def make_context(device="auto", context=None):
     from ..device import resolve_device
     from ..distributed import Context
 
-    return Context(device=resolve_device(device))
+    return Context(device=resolve_device(device) if isinstance(device, str) or device is None else device)
 
 
 def is_path(value) -> bool:
