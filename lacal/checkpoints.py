@@ -419,9 +419,9 @@ def find_head(checkpoint: Checkpoint, num_classes: int | None = None, name: str 
             [layer for layer in every if plain_name(layer.name) == plain_name(module)]
         if len(matches) != 1:
             found = "several layers match it" if matches else f"no 2-D tensor {module + '.weight'!r}"
-            raise CheckpointError(f"--head {name!r}: {found} in the checkpoint", checkpoint.path)
+            raise CheckpointError(f"`head` {name!r}: {found} in the checkpoint", checkpoint.path)
         if num_classes is not None and matches[0].num_classes != num_classes:
-            raise MismatchError(f"--head {name!r} has {matches[0].num_classes} outputs but the calibration is for "
+            raise MismatchError(f"`head` {name!r} has {matches[0].num_classes} outputs but the calibration is for "
                                 f"{num_classes} classes", checkpoint.path)
         return matches[0]
     layers = _layers(checkpoint, num_classes)

@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .cli_render import Progress
+from .cli_render import FLAGS, Progress, flagged
 from .errors import EXIT_CODES, LacalError, OptionError
 
 EXIT_CODE_HELP = "Exit codes: " + "; ".join(f"{code} {text}" for code, text in EXIT_CODES.items()) + "."
@@ -101,31 +101,6 @@ HeadOpt = Annotated[Optional[str], typer.Option("--head", help="The classifier l
                                                 "example fc or head.fc); for an ONNX model, the name of its logits "
                                                 "output. Found by shape and usual names when omitted.",
                                                 metavar="NAME")]
-
-
-# How the library's parameter names read on the command line: a library error names `tau_range`, the user sees
-# --tau-range.
-FLAGS = {
-    "tau_range": "--tau-range", "search": "--search", "grid_size": "--grid-size", "metric": "--metric",
-    "train_labels": "--train-labels", "priors": "--priors", "train_priors": "--priors", "smoothing": "--smoothing",
-    "target_priors": "--target-priors", "target_logits": "--target-logits", "calibrate": "--calibrate",
-    "bias_l2": "--bias-l2", "method": "--method", "calibration": "--calibration", "tau": "--tau",
-    "checkpoint": "--checkpoint", "features": "--features", "head": "--head", "class_names": "--classes",
-    "label_column": "--label-column", "key": "--key", "device": "--device", "memory_budget": "--memory-budget",
-    "out": "--out", "force": "--force", "top_k": "--top-k", "format": "--format", "in_place": "--in-place",
-    "add_bias": "--add-bias", "link": "--link", "verify_features": "--verify-features", "bins": "--bins",
-    "plot": "--plot", "test_logits": "--test-logits", "test_labels": "--test-labels",
-    "test_features": "--test-features", "num_classes": "--num-classes", "em_tolerance": "--em-tolerance",
-    "tolerance": "--em-tolerance", "max_iterations": "--em-max-iter", "batch_size": "--batch-size", "amp": "--amp",
-    "compare": "--compare",
-}
-
-
-def flagged(text: str) -> str:
-    """A library message with its `parameter` names written as the CLI's flags."""
-    import re
-
-    return re.sub(r"`(\w+)`", lambda match: FLAGS.get(match.group(1), match.group(0)), text)
 
 
 def _message(error) -> str:

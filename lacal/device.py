@@ -18,7 +18,7 @@ def resolve_device(name: str | None = "auto"):
         raise OptionError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps", "device") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise OptionError(f"{name} was asked for but torch sees no CUDA device; use --device cpu or auto",
+            raise OptionError(f"{name} was asked for but torch sees no CUDA device; use `device` cpu or auto",
                               "device")
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise OptionError(f"{name} does not exist; torch sees {torch.cuda.device_count()} CUDA device(s)",

@@ -650,7 +650,7 @@ def _csv_label_column(path: Path, column: str | None) -> list[str]:
         except ValueError:
             raise InputDataError(f"has no column named {column!r}; its first row is {rows[0]}", path) from None
         if not 0 <= index < len(rows[0]):
-            raise InputDataError(f"has {len(rows[0])} columns, so --label-column {index} is out of range", path)
+            raise InputDataError(f"has {len(rows[0])} columns, so `label_column` {index} is out of range", path)
         if not rows[0][index].lstrip("-").isdigit() and len(rows) > 1 and rows[1][index].lstrip("-").isdigit():
             rows = rows[1:]  # a header above integer labels
     else:

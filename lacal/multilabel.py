@@ -242,7 +242,7 @@ def fit_multilabel_tau(logits, labels, priors, tau_range=DEFAULT_TAU_RANGE, metr
     from .search import FLOAT_TIE_TOLERANCE, _best_mask, _better, _choose, _representable
 
     if metric not in METRICS:
-        raise OptionError(f"unknown multi-label metric {metric!r}; use one of {', '.join(METRICS)}", "--metric")
+        raise OptionError(f"unknown multi-label metric {metric!r}; use one of {', '.join(METRICS)}", "metric")
     lo, hi = check_tau_range(tau_range)
     source = _source(logits)
     device = torch.device(device)

@@ -168,14 +168,14 @@ def open_multilabel_priors(train_labels=None, priors_path=None, num_classes: int
     from .load import sha256_file
 
     if train_labels is not None and priors_path is not None:
-        raise OptionError("give --train-labels or --priors, not both", "--priors")
+        raise OptionError("give `train_labels` or `priors`, not both", "priors")
     if train_labels is not None:
         matrix = read_label_matrix(train_labels, num_classes, classes)
         return multilabel_priors_from_labels(matrix, smoothing, classes,
                                              {"path": str(train_labels), "sha256": sha256_file(train_labels)},
                                              str(train_labels))
     if priors_path is None:
-        raise OptionError("the training priors are needed: give --train-labels FILE or --priors FILE",
+        raise OptionError("the training priors are needed: give `train_labels` FILE or `priors` FILE",
                           "--train-labels")
     priors = read_multilabel_priors(priors_path, smoothing, classes)
     if num_classes is not None and priors.num_classes != num_classes:

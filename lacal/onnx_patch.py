@@ -186,7 +186,7 @@ def find_onnx_head(file: OnnxFile, num_classes: int | None = None, output: str |
     outputs = [o.name for o in graph.output]
     if output is not None:
         if output not in outputs:
-            raise CheckpointError(f"--head {output!r}: the model has no such output; its outputs are "
+            raise CheckpointError(f"`head` {output!r}: the model has no such output; its outputs are "
                                   f"{', '.join(outputs)}", file.path)
         chosen = output
     else:

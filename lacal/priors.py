@@ -73,7 +73,7 @@ def class_counts(labels, num_classes: int, source: str | None = None) -> np.ndar
     """How many times each class id 0..num_classes-1 occurs in `labels` (int64)."""
     labels = np.asarray(labels.cpu() if hasattr(labels, "cpu") else labels).astype(np.int64).ravel()
     if num_classes > MAX_CLASSES:
-        raise InputDataError(f"{num_classes:,} classes (the largest label + 1, or --num-classes) is more than lacal "
+        raise InputDataError(f"{num_classes:,} classes (the largest label + 1, or `num_classes`) is more than lacal "
                              f"counts ({MAX_CLASSES:,}); check the labels", source)
     check_labels(labels, num_classes, source)
     return np.bincount(labels, minlength=num_classes).astype(np.int64)
@@ -122,7 +122,7 @@ def priors_from_vector(values, smoothing: float = 0.0, classes: list[str] | None
         raise PriorsError(f"{zero.size} class(es) have prior 0: {_describe_classes(zero, classes)}; log(0) is "
                           "undefined; give counts instead of probabilities and pass --smoothing ALPHA", name)
     if smoothing:
-        raise PriorsError("--smoothing adds to counts, but this file holds probabilities", name)
+        raise PriorsError("`smoothing` adds to counts, but this file holds probabilities", name)
     if classes is not None and len(classes) != values.size:
         raise PriorsError(f"{len(classes)} class names for {values.size} priors", name)
     return Priors(priors=values / values.sum(), counts=None, smoothing=0.0, classes=classes, source=source)

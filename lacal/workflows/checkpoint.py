@@ -143,7 +143,7 @@ def _patch_checkpoint(path, out, calibration, tau, train_labels, priors, classes
     if patch.earlier is not None:
         from ..patch import describe_patch
 
-        notes.warn(f"{path} already carries a lacal patch{describe_patch(patch.earlier)}; --force patches it again, "
+        notes.warn(f"{path} already carries a lacal patch{describe_patch(patch.earlier)}; `force` patches it again, "
                    "so the offsets add up")
     if patch.added_bias:
         notes.warn(f"added a bias to {layer.name!r}; the model's code must build this layer with bias=True")
@@ -202,7 +202,7 @@ def _patch_deployed(kind, path, out, calibration, tau, train_labels, priors, cla
     result = patch_deployed(model, found, shift, fitted.tau, scale, sha256_file(where) if where is not None else None,
                             out, force, in_place, inputs, features)
     if result.earlier is not None:
-        notes.warn(f"{path} already carried a lacal patch{describe_patch(result.earlier)}; --force patched it "
+        notes.warn(f"{path} already carried a lacal patch{describe_patch(result.earlier)}; `force` patched it "
                    "again, so the offsets add up")
     if result.added:
         notes.say(f"the offsets are added by a new node after {found.name!r}: {result.added}")

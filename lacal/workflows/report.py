@@ -293,7 +293,7 @@ def compare(val_logits=None, val_labels=None, priors=None, *, train_labels=None,
         results = compare_methods(source, values, prior, evaluation_source, evaluation_labels, head_data, compute,
                                   budget, progress=step)
     if evaluation_source is None:
-        notes.warn("every method was fitted and measured on the same data; give --test-logits and --test-labels for "
+        notes.warn("every method was fitted and measured on the same data; give `test_logits` and `test_labels` for "
                    "an honest comparison")
     measured = evaluation_source.name if evaluation_source is not None else source.name
     return Comparison(tuple(results), prior.counts, source.name, measured, tuple(notes.warnings))
