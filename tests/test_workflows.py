@@ -197,3 +197,81 @@ def test_workflows_report_bad_input_by_parameter_name(data):
         lacal.fit(data / "val_logits.npy", data / "val_labels.npy", train_labels=data / "train_labels.txt",
                   memory_budget="lots", device="cpu")
     assert error.value.source == "memory_budget"
+
+
+@pytest.fixture
+def six_class_calibration(tmp_path):
+    """A calibration for the 6 classes of tests.models, with a temperature (folded into the head)."""
+    counts = np.array([500, 200, 80, 30, 10, 3])
+    calibration = lacal.Calibration(tau=1.3, priors=counts / counts.sum(), counts=counts, temperature=1.25)
+    calibration.save(tmp_path / "calibration.json")
+    return tmp_path / "calibration.json"
+
+
+def _same_state(cli: dict, lib: dict) -> None:
+    assert cli.keys() == lib.keys()
+    for name in cli:
+        if isinstance(cli[name], dict):
+            _same_state(cli[name], lib[name])
+        elif isinstance(cli[name], torch.Tensor):
+            assert torch.equal(cli[name], lib[name]), name
+        else:
+            assert cli[name] == lib[name], name
+
+
+def test_patch_checkpoint_writes_what_apply_writes_for_a_training_checkpoint(tmp_path, six_class_calibration):
+    from .models import TorchvisionLike, build
+
+    model, ema = build(TorchvisionLike, seed=0), build(TorchvisionLike, seed=1)
+    torch.save({"epoch": 3, "state_dict": model.state_dict(), "state_dict_ema": ema.state_dict()},
+               tmp_path / "m.pth.tar")
+    run("apply", tmp_path / "m.pth.tar", "--calibration", six_class_calibration, "--out", tmp_path / "cli.pth.tar")
+    result = lacal.patch_checkpoint(tmp_path / "m.pth.tar", six_class_calibration, out=tmp_path / "lib.pth.tar",
+                                    device="cpu")
+    cli = torch.load(tmp_path / "cli.pth.tar", weights_only=True)
+    lib = torch.load(tmp_path / "lib.pth.tar", weights_only=True)
+    _same_state(cli, lib)
+    assert any("copies" in message for message in result.messages)  # the EMA copy is patched too
+    calibration = lacal.Calibration.load(six_class_calibration)
+    scale, shift = calibration.affine()
+    for key, original in (("state_dict", model), ("state_dict_ema", ema)):
+        expected = original.fc.bias.detach().double().numpy() * scale + shift
+        assert np.allclose(lib[key]["fc.bias"].double().numpy(), expected, atol=1e-6)
+
+
+def test_patch_checkpoint_writes_what_apply_writes_for_torchscript_and_onnx(tmp_path, six_class_calibration):
+    from .models import TorchvisionLike, build
+
+    model = build(TorchvisionLike)
+    x = torch.randn(4, 3, 8, 8)
+    torch.jit.script(model).save(str(tmp_path / "m.pt"))
+    run("apply", tmp_path / "m.pt", "--calibration", six_class_calibration, "--out", tmp_path / "cli.pt")
+    result = lacal.patch_checkpoint(tmp_path / "m.pt", six_class_calibration, out=tmp_path / "lib.pt", device="cpu")
+    assert result.kind != "checkpoint" and result.heads == ("fc",)
+    cli, lib = torch.jit.load(str(tmp_path / "cli.pt")), torch.jit.load(str(tmp_path / "lib.pt"))
+    _same_state(dict(cli.state_dict()), dict(lib.state_dict()))
+    scale, shift = lacal.Calibration.load(six_class_calibration).affine()
+    with torch.no_grad():
+        expected = model(x).double() * scale + torch.from_numpy(shift)
+        assert torch.allclose(lib(x).double(), expected, atol=1e-5)
+
+    torch.onnx.export(model, (x[:1],), str(tmp_path / "m.onnx"), dynamo=False, input_names=["x"],
+                      output_names=["logits"], dynamic_axes={"x": {0: "n"}})
+    run("apply", tmp_path / "m.onnx", "--calibration", six_class_calibration, "--out", tmp_path / "cli.onnx")
+    lacal.patch_checkpoint(tmp_path / "m.onnx", six_class_calibration, out=tmp_path / "lib.onnx", device="cpu")
+    assert (tmp_path / "cli.onnx").read_bytes() == (tmp_path / "lib.onnx").read_bytes()
+
+
+def test_score_writes_what_the_cli_writes(tmp_path):
+    from .models import TorchvisionLike, build
+
+    model = build(TorchvisionLike)
+    torch.jit.script(model).save(str(tmp_path / "m.pt"))
+    x = torch.randn(10, 3, 8, 8)
+    np.save(tmp_path / "x.npy", x.numpy())
+    run("score", tmp_path / "m.pt", tmp_path / "x.npy", "--out", tmp_path / "cli.npy", "--batch-size", 3)
+    result = lacal.score(tmp_path / "m.pt", tmp_path / "x.npy", tmp_path / "lib.npy", batch_size=3, device="cpu")
+    assert (result.rows, result.num_classes) == (10, 6)
+    assert (tmp_path / "cli.npy").read_bytes() == (tmp_path / "lib.npy").read_bytes()
+    with torch.no_grad():
+        assert np.allclose(np.load(tmp_path / "lib.npy"), model(x).numpy(), atol=1e-5)
