@@ -53,7 +53,8 @@ class LogitsSource:
     """An N x C block of logits that can be read a range of rows at a time.
 
     `rows(start, stop)` returns a CPU torch tensor in the file's dtype. `notes` holds warnings found while opening
-    (for example, rows that look like probabilities), for the caller to show.
+    (for example, rows that look like probabilities), for the caller to show. Under torchrun, `share` says which
+    shards of the whole input this rank holds and `title` names the whole input (set by lacal.workflows.inputs).
     """
 
     def __init__(self, name: str, shape: tuple[int, int], dtype_name: str, read_rows: Callable[[int, int], "object"]):
@@ -62,6 +63,8 @@ class LogitsSource:
         self.dtype_name = dtype_name
         self._read_rows = read_rows
         self.notes: list[str] = []
+        self.share = None
+        self.title = name
 
     @property
     def num_samples(self) -> int:

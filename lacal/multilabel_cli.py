@@ -58,7 +58,7 @@ def _labels(path, source, names, context=None):
     from .errors import InputDataError
     from .multilabel_data import read_label_matrix
 
-    share = getattr(source, "share", None)
+    share = source.share
     if share is None:
         labels = read_label_matrix(path, source.num_classes, names)
         if labels.shape[0] != source.num_samples:
@@ -118,7 +118,7 @@ def fit_tau(inputs, train_labels, priors, tau_range, metric: str, out, json_out,
     if json_out:
         typer.echo(json.dumps(fit.to_dict()))
     else:
-        render_fit(fit, getattr(source, "title", source.name), _stdout_console())
+        render_fit(fit, source.title, _stdout_console())
     if fit.before.labels_without_samples:
         missing = fit.before.labels_without_samples
         _warn(f"{len(missing)} label(s) lack positive or negative validation samples and are left out of the macro "
@@ -267,7 +267,7 @@ def report(inputs, calibration, tau, train_labels, priors, sort, limit, json_out
     if json_out:
         typer.echo(json.dumps(result.to_dict()))
     else:
-        render_report(result, sort, getattr(source, "title", source.name), limit, _stdout_console())
+        render_report(result, sort, source.title, limit, _stdout_console())
     if counts is None:
         _warn("no training positives given (--train-labels, or --priors or --calibration), so labels are not "
               "grouped into many/medium/few")

@@ -135,7 +135,7 @@ def _open_share(paths, key, context, what):
 
 
 def title(source) -> str:
-    return getattr(source, "title", source.name)
+    return source.title
 
 
 class Columns:
@@ -153,7 +153,7 @@ def open_labels(data, source, classes=None, column=None, context=None) -> np.nda
         labels = label_array(data)
         _check_labels(labels, source, "labels")
         return labels
-    share = getattr(source, "share", None)
+    share = source.share
     if share is not None:
         failure = labels = None
         try:
@@ -389,7 +389,7 @@ def logits_input(logits, labels, checkpoint, features, head, key, classes, devic
     check_width(features_source, weight)
     source = head_logits(features_source, weight, model.tensor(layer.bias) if layer.bias else None, device,
                          f"{features} through {checkpoint} ({layer.name})")
-    source.share = getattr(features_source, "share", None)
+    source.share = features_source.share
     return source, labels, model.class_names
 
 
