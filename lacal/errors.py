@@ -10,7 +10,8 @@ import os
 
 class LacalError(Exception):
     """A problem with the user's input or options, reported as one line with a documented exit code. Raise one of
-    the subclasses below; each has its own code."""
+    the subclasses below; each has its own code. A library error names the parameter (`source="tau_range"`, and
+    `` `tau_range` `` in the text); the CLI shows the flag (`--tau-range`) instead."""
 
     exit_code = 1
 
@@ -50,7 +51,8 @@ class OptionError(LacalError):
 
 
 class MismatchError(LacalError):
-    """Two inputs disagree: a calibration made for another number of classes than the logits have."""
+    """Two inputs disagree: a calibration made for another number of classes than the logits have, features of
+    another width than the head takes."""
 
     exit_code = 7
 
@@ -90,7 +92,8 @@ EXIT_CODES = {
     InputDataError.exit_code: "input data unusable: shape, dtype, NaN/Inf, sample counts, labels, class names",
     PriorsError.exit_code: "priors unusable: a class with no training samples, values neither counts nor probabilities",
     OptionError.exit_code: "option value refused: empty or reversed tau range, missing device, conflicting options",
-    MismatchError.exit_code: "inputs disagree: a calibration or class list for another number of classes",
+    MismatchError.exit_code: "inputs disagree: a calibration or class list for another number of classes, features "
+                             "of another width than the head takes",
     OutputError.exit_code: "output refused: it exists (no --force), it is an input, or it cannot be written",
     CheckpointError.exit_code: "checkpoint refused: no classifier head, an ambiguous head, no bias, a nonlinearity "
                                "after the head, already patched",
