@@ -28,8 +28,9 @@ _EXPORTS = {
     "Priors": "priors", "class_counts": "priors", "priors_from_counts": "priors", "priors_from_labels": "priors",
     "read_priors": "priors",
     "offsets": "adjust", "adjust_logits": "adjust",
-    "ClassEvaluation": "metrics", "evaluate": "metrics", "evaluate_predictions": "metrics",
-    "balanced_error": "metrics", "worst_class_error": "metrics", "shot_groups": "metrics", "group_errors": "metrics",
+    "ClassEvaluation": "metrics", "evaluate": "evaluation", "evaluate_predictions": "metrics",
+    "balanced_error": "evaluation", "worst_class_error": "evaluation", "shot_groups": "metrics",
+    "group_errors": "metrics",
     "TauFit": "search", "fit_tau": "search",
     "Calibration": "calibration",
     "PriorEstimate": "label_shift", "estimate_target_priors": "label_shift",
@@ -80,8 +81,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from .losses import LogitAdjustedLoss, logit_adjusted_cross_entropy
     from .taunorm import TauNormFit, fit_tau_norm, tau_norm_logits
     from .module_patch import PatchResult, patch_module
-    from .metrics import (ClassEvaluation, ProbabilityMetrics, balanced_error, evaluate, evaluate_predictions,
-                          group_errors, shot_groups, worst_class_error)
+    from .evaluation import balanced_error, evaluate, worst_class_error
+    from .metrics import ClassEvaluation, ProbabilityMetrics, evaluate_predictions, group_errors, shot_groups
     from .priors import Priors, class_counts, priors_from_counts, priors_from_labels, read_priors
     from .workflows import (ApplyResult, CheckpointPatch, Comparison, EstimateResult, FitResult, PriorsResult,
                             Report, ScoreResult, TauNormResult, apply, compare, count_priors, estimate_priors, fit,

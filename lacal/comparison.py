@@ -46,8 +46,7 @@ def compare_methods(val_logits, val_labels, priors, eval_logits=None, eval_label
                     memory_budget=memory_budget)
     shifts = [np.zeros(len(bias.bias)), offsets(priors, 1.0), offsets(priors, fit.tau),
               offsets(priors, fit.tau) + bias.temperature * bias.bias]
-    stats = score_pass(eval_logits, eval_labels, shifts, device, memory_budget=memory_budget)
-    evaluations = [ClassEvaluation(stats.support, c) for c in stats.correct]
+    evaluations = score_pass(eval_logits, eval_labels, shifts, device, memory_budget=memory_budget)
     results = [MethodResult("ERM", None, evaluations[0]),
                MethodResult("logit adjustment, tau = 1", 1.0, evaluations[1]),
                MethodResult("logit adjustment, fitted tau", fit.tau, evaluations[2])]
@@ -56,7 +55,6 @@ def compare_methods(val_logits, val_labels, priors, eval_logits=None, eval_label
         norm = fit_tau_norm(val_features, val_labels, weight, device=device, memory_budget=memory_budget)
         scores = head_logits(eval_features, normalised_weight(weight, norm.tau), None, device)
         normed = score_pass(scores, eval_labels, [np.zeros(len(bias.bias))], device, memory_budget=memory_budget)
-        results.append(MethodResult("tau-normalisation", norm.tau, ClassEvaluation(normed.support,
-                                                                                   normed.correct[0])))
+        results.append(MethodResult("tau-normalisation", norm.tau, normed[0]))
     results.append(MethodResult("logit adjustment + bias calibration", fit.tau, evaluations[3]))
     return results

@@ -65,6 +65,10 @@ class ClassEvaluation:
         return {"balanced_error": self.balanced_error, "accuracy": self.accuracy,
                 "worst_class_error": self.worst_class_error}
 
+    def reduce(self, context) -> "ClassEvaluation":
+        """The counts of every rank of a torchrun job, added up (itself in one process)."""
+        return ClassEvaluation(context.sum(self.support), context.sum(self.correct))
+
 
 def evaluate_predictions(predictions, labels, num_classes: int) -> ClassEvaluation:
     """Per-class counts from predicted and true class ids."""
@@ -73,35 +77,6 @@ def evaluate_predictions(predictions, labels, num_classes: int) -> ClassEvaluati
     support = np.bincount(labels, minlength=num_classes)
     correct = np.bincount(labels[predictions == labels], minlength=num_classes)
     return ClassEvaluation(support=support[:num_classes], correct=correct[:num_classes])
-
-
-def evaluate(logits, labels, priors=None, tau: float = 0.0, *, offset=None, device="cpu",
-             rows: int | None = None) -> ClassEvaluation:
-    """Evaluate argmax(logits - tau * log(pi)) (or argmax(logits + offset)) against `labels`.
-
-    `logits` is an N x C array, tensor or LogitsSource; with neither priors nor offset, the raw logits are scored.
-    """
-    from .adjust import offsets
-    from .scoring import score_pass
-
-    if offset is None:
-        offset = np.zeros(_num_classes(logits)) if priors is None else offsets(priors, tau)
-    stats = score_pass(logits, labels, [offset], device=device, rows=rows)
-    return ClassEvaluation(support=stats.support, correct=stats.correct[0])
-
-
-def _num_classes(logits) -> int:
-    return int(logits.shape[1])
-
-
-def balanced_error(logits, labels, priors=None, tau: float = 0.0, **kwargs) -> float:
-    """Mean over classes with samples of the per-class error of argmax(logits - tau * log(pi))."""
-    return evaluate(logits, labels, priors, tau, **kwargs).balanced_error
-
-
-def worst_class_error(logits, labels, priors=None, tau: float = 0.0, **kwargs) -> float:
-    """Largest per-class error of argmax(logits - tau * log(pi)) over classes with samples."""
-    return evaluate(logits, labels, priors, tau, **kwargs).worst_class_error
 
 
 def shot_groups(train_counts) -> np.ndarray:
@@ -162,3 +137,13 @@ class ProbabilityMetrics:
     def to_dict(self) -> dict:
         return {"nll": self.nll, "brier": self.brier, "ece": self.ece, "classwise_ece": self.classwise_ece,
                 "bins": int(self.bin_count.shape[0])}
+
+    def reduce(self, context) -> "ProbabilityMetrics":
+        """The sums of every rank of a torchrun job, added up (itself in one process)."""
+        if not context.active:
+            return self
+        return ProbabilityMetrics(int(context.sum(np.array([self.num_samples]))[0]),
+                                  float(context.sum(np.array([self.nll_sum]))[0]),
+                                  float(context.sum(np.array([self.brier_sum]))[0]), context.sum(self.bin_count),
+                                  context.sum(self.bin_confidence), context.sum(self.bin_correct),
+                                  context.sum(self.class_gap))

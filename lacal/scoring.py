@@ -13,6 +13,7 @@ import numpy as np
 
 from .errors import InputDataError
 from .load import LogitsSource, source_from_array
+from .metrics import ClassEvaluation
 
 DEFAULT_MEMORY_BUDGET = 2 << 30
 WORK_BYTES_PER_VALUE = 24  # a block's logits in the compute dtype plus the temporaries a pass makes of it
@@ -71,15 +72,6 @@ def _shard_row(source: LogitsSource, row: int) -> tuple[str, int]:
     return source.name, row
 
 
-@dataclass(frozen=True)
-class PassStats:
-    """What one pass gathered: `correct[k, c]`, how many samples of class c were predicted correctly with offset
-    vector k added."""
-
-    support: np.ndarray
-    correct: np.ndarray
-
-
 def _labels_tensor(labels, source: LogitsSource, device, num_classes: int | None = None):
     """Labels as an int64 tensor on `device`, checked against the row count and the number of classes (the
     source's columns unless given)."""
@@ -96,9 +88,9 @@ def _labels_tensor(labels, source: LogitsSource, device, num_classes: int | None
 
 
 def score_pass(source, labels, offsets=(), device="cpu", rows: int | None = None, progress=None,
-               memory_budget: int | None = None) -> PassStats:
-    """One pass over `source` (a LogitsSource or an array): for each offset vector in `offsets`, count per class
-    how many samples argmax(logits + offset) gets right (torch.argmax takes the first of tied maxima)."""
+               memory_budget: int | None = None) -> tuple[ClassEvaluation, ...]:
+    """One pass over `source` (a LogitsSource or an array): for each offset vector in `offsets`, the per-class
+    evaluation of argmax(logits + offset) (torch.argmax takes the first of tied maxima)."""
     import torch
 
     source = source_from_array(source) if not isinstance(source, LogitsSource) else source
@@ -114,8 +106,8 @@ def score_pass(source, labels, offsets=(), device="cpu", rows: int | None = None
         for k, shift in enumerate(shifts):
             hit = (block + shift).argmax(1) == y
             correct[k].index_add_(0, y, hit.to(torch.int64))
-    support = torch.bincount(targets, minlength=source.num_classes)
-    return PassStats(support=support.cpu().numpy(), correct=correct.cpu().numpy())
+    support = torch.bincount(targets, minlength=source.num_classes).cpu().numpy()
+    return tuple(ClassEvaluation(support, row) for row in correct.cpu().numpy())
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ def test_every_pass_is_independent_of_the_block_size(rows):
     offsets = [np.zeros(9), lacal.offsets(counts, 1.5)]
     whole = score_pass(logits, labels, offsets)
     blocked = score_pass(logits, labels, offsets, rows=rows)
-    np.testing.assert_array_equal(blocked.correct, whole.correct)
+    np.testing.assert_array_equal([e.correct for e in blocked], [e.correct for e in whole])
     source = lacal.load.source_from_array(logits)
     adjusted = torch.cat([b for _, b in iter_adjusted(source, offsets[1], rows=rows)])
     np.testing.assert_array_equal(adjusted.numpy(), lacal.adjust_logits(logits, counts, 1.5))

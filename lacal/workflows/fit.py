@@ -173,7 +173,6 @@ def _calibrate(method, source, labels, prior, tau, bias_l2, compute, budget, con
     it."""
     from ..adjust import offsets
     from ..probability import fit_probabilities
-    from ..metrics import ClassEvaluation
     from ..scoring import score_pass
 
     probability = fit_probabilities(method, source, labels, offsets(prior, tau), bias_l2, device=compute,
@@ -187,8 +186,7 @@ def _calibrate(method, source, labels, prior, tau, bias_l2, compute, budget, con
     if probability.bias is None:
         return probability, None
     shift = offsets(prior, tau) + probability.temperature * probability.bias
-    stats = score_pass(source, labels, [shift], compute, memory_budget=budget)
-    return probability, ClassEvaluation(context.sum(stats.support), context.sum(stats.correct[0]))
+    return probability, score_pass(source, labels, [shift], compute, memory_budget=budget)[0].reduce(context)
 
 
 def _fit_tau_norm(val_logits, val_labels, checkpoint, features, head, key, classes, column, low_high, grid_size,

@@ -143,6 +143,7 @@ class Columns:
 
     def __init__(self, num_samples: int, num_classes: int, name: str):
         self.num_samples, self.num_classes, self.name = num_samples, num_classes, name
+        self.share = None
 
 
 def open_labels(data, source, classes=None, column=None, context=None) -> np.ndarray:

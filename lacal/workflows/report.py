@@ -146,16 +146,15 @@ def report(logits=None, labels=None, calibration=None, *, tau: Optional[float] =
     with progress_bar(progress, 2 * source.num_samples, "report") as step:
         failure = None
         try:
-            stats = score_pass(source, values, offsets, device=compute, progress=step, memory_budget=budget)
+            evaluations = score_pass(source, values, offsets, device=compute, progress=step, memory_budget=budget)
             quality = probability_pass(source, values, affines, bins, compute, memory_budget=budget,
                                        progress=lambda done: step(source.num_samples + done))
         except Exception as exc:  # noqa: BLE001  (re-raised on every rank by agree)
             failure = exc
         context.agree(failure)
-        if context.active:
-            stats, quality = _summed(context, stats, quality)
-    result = Report(baseline=ClassEvaluation(stats.support, stats.correct[0]),
-                    adjusted=ClassEvaluation(stats.support, stats.correct[1]) if fitted is not None else None,
+    evaluations = [evaluation.reduce(context) for evaluation in evaluations]
+    quality = [metrics.reduce(context) for metrics in quality]
+    result = Report(baseline=evaluations[0], adjusted=evaluations[1] if fitted is not None else None,
                     train_counts=counts, class_names=names, tau=None if fitted is None else fitted.tau,
                     baseline_quality=quality[0], adjusted_quality=quality[1] if fitted is not None else None,
                     target_priors=None if fitted is None else fitted.target_priors,
@@ -182,19 +181,6 @@ def _plot(result, plot, source, values, fitted, train_labels, priors, smoothing,
         curve = (grid.grid_taus, grid.grid_values)
     if context.leader:
         plot_report(plot, result, curve, result.tau, f"lacal report: {result.name}", force, inputs)
-
-
-def _summed(context, stats, quality):
-    """Pass statistics of every rank, added up."""
-    from ..scoring import PassStats
-
-    stats = PassStats(context.sum(stats.support), context.sum(stats.correct))
-    quality = [ProbabilityMetrics(int(context.sum(np.array([q.num_samples]))[0]),
-                                  float(context.sum(np.array([q.nll_sum]))[0]),
-                                  float(context.sum(np.array([q.brier_sum]))[0]), context.sum(q.bin_count),
-                                  context.sum(q.bin_confidence), context.sum(q.bin_correct), context.sum(q.class_gap))
-               for q in quality]
-    return stats, quality
 
 
 @dataclass(frozen=True, eq=False)
