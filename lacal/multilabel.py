@@ -239,7 +239,7 @@ def fit_multilabel_tau(logits, labels, priors, tau_range=DEFAULT_TAU_RANGE, metr
 
     from .distributed import Context
     from .scoring import DEFAULT_MEMORY_BUDGET
-    from .search import FLOAT_TIE_TOLERANCE, _best_mask, _better, _choose, _representable
+    from .search import FLOAT_TIE_TOLERANCE, best_mask, better, choose, representable
 
     if metric not in METRICS:
         raise OptionError(f"unknown multi-label metric {metric!r}; use one of {', '.join(METRICS)}", "metric")
@@ -275,18 +275,18 @@ def fit_multilabel_tau(logits, labels, priors, tau_range=DEFAULT_TAU_RANGE, metr
     after_point = base + step.cumsum(0)
     segments = after_point[:-1]  # the open segment (points[j], points[j + 1])
     at_points = after_point - step + right
-    usable = _representable(points)
+    usable = representable(points)
     floor = min(float(segments.min()), float(at_points.min())) - 1
     segments = torch.where(usable, segments, torch.as_tensor(floor, dtype=segments.dtype, device=device))
     if bool(usable.any()):
-        optimal = _best_mask(segments, exact) & usable
-        tau, interval = _choose(points.cpu().numpy(), optimal.cpu().numpy())
+        optimal = best_mask(segments, exact) & usable
+        tau, interval = choose(points.cpu().numpy(), optimal.cpu().numpy())
         best = segments.max().item()
     else:
         tau, interval, best = None, None, floor
     best_point = at_points.max().item()
-    if tau is None or _better(best_point, best, exact):  # a point beats every segment: flips of both kinds meet
-        candidates = points[_best_mask(at_points, exact)].cpu().numpy()
+    if tau is None or better(best_point, best, exact):  # a point beats every segment: flips of both kinds meet
+        candidates = points[best_mask(at_points, exact)].cpu().numpy()
         tau = float(candidates[np.argmin(np.abs(candidates - 1.0))])
         interval, best = (tau, tau), best_point
     search_value = 1 - best / unit if unit else float("nan")
@@ -369,11 +369,11 @@ def _flip_values(metric: str, position, label, positive, falls, base_tp, base_fp
     (weighted by lcm / count when that fits in int64, else 1 / count), or of their F1 (running counts per label)."""
     import torch
 
-    from .search import _balanced_weights
+    from .search import balanced_weights
 
     scored = (pos_count > 0) & (neg_count > 0)
     if metric == "balanced-error":
-        weights, exact = _balanced_weights(torch.cat([torch.where(scored, pos_count, 0),
+        weights, exact = balanced_weights(torch.cat([torch.where(scored, pos_count, 0),
                                                       torch.where(scored, neg_count, 0)]))
         w_pos, w_neg = weights[:pos_count.numel()], weights[pos_count.numel():]
         base = (base_tp * w_pos + (neg_count - base_fp) * w_neg).sum()

@@ -125,7 +125,7 @@ def fit_tau(logits, labels, priors, tau_range=DEFAULT_TAU_RANGE, search: str = "
     direct = {t: ClassEvaluation(global_support, total[k + 1]) for k, t in enumerate(special)}
     points = {t: e for t, e in direct.items() if lo_tau <= t <= hi_tau}
     support = torch.as_tensor(global_support, device=device)
-    weights, exact_sums = _balanced_weights(support)
+    weights, exact_sums = balanced_weights(support)
     grid_taus = grid_values = None
     if search == "exact" and context.active and metric == "balanced-error":
         tau, interval, best = _exact_distributed(context, stats.lo, stats.hi, stats.labels, lo_tau, hi_tau, weights,
@@ -139,7 +139,7 @@ def fit_tau(logits, labels, priors, tau_range=DEFAULT_TAU_RANGE, search: str = "
         tau, interval, best = _exact(lo, hi, classes, support, lo_tau, hi_tau, metric, weights, exact_sums)
         point_scores = {t: _score(e, metric, weights) for t, e in points.items()}
         winner = max(point_scores, key=lambda t: (point_scores[t], -abs(t - 1.0)))
-        if _better(point_scores[winner], best, exact_sums):
+        if better(point_scores[winner], best, exact_sums):
             tau, interval = winner, (winner, winner)
     else:
         grid_taus, grid_values, tau, interval = _grid(stats.lo, stats.hi, stats.labels, support, lo_tau, hi_tau,
@@ -191,7 +191,7 @@ def _score(evaluation: ClassEvaluation, metric: str, weights):
     return -evaluation.worst_class_error
 
 
-def _better(candidate, best, exact: bool) -> bool:
+def better(candidate, best, exact: bool) -> bool:
     if isinstance(candidate, int) and isinstance(best, int):
         return candidate > best
     return candidate > best + FLOAT_TIE_TOLERANCE * max(1.0, abs(float(best)))
@@ -200,7 +200,7 @@ def _better(candidate, best, exact: bool) -> bool:
 # ------------------------------------------------------------------------------------------------ class weights
 
 
-def _balanced_weights(support):
+def balanced_weights(support):
     """Per-class integer weights lcm / n_c when the sums fit in int64 (exact), else float64 weights 1 / n_c."""
     import torch
 
@@ -216,7 +216,7 @@ def _balanced_weights(support):
     return weights.to(torch.int64), True
 
 
-def _best_mask(values, exact: bool):
+def best_mask(values, exact: bool):
     best = values.max()
     if exact:
         return values == best
@@ -239,18 +239,18 @@ def _exact(lo, hi, labels, support, lo_tau: float, hi_tau: float, metric: str, w
     count = starts.numel()
     start_at, end_at = where[2:2 + count], where[2 + count:]
     segments = points.numel() - 1
-    usable = _representable(points)
+    usable = representable(points)
     if metric == "balanced-error":
         step = torch.zeros(segments + 1, dtype=weights.dtype, device=lo.device)
         step.index_add_(0, start_at, weights[classes]).index_add_(0, end_at, -weights[classes])
         values = step.cumsum(0)[:segments]
         values = torch.where(usable, values, values.min() - 1)
-        optimal = _best_mask(values, exact) & usable
+        optimal = best_mask(values, exact) & usable
         best = values.max().item()
     else:
         optimal, worst = _worst_class_optimal(start_at, end_at, classes, support, segments, usable)
         best = -worst
-    tau, run = _choose(points.cpu().numpy(), optimal.cpu().numpy())
+    tau, run = choose(points.cpu().numpy(), optimal.cpu().numpy())
     return tau, run, best
 
 
@@ -354,7 +354,7 @@ def _sweep_candidates(positions, deltas, chosen, before, edges, exact: bool):
         points.extend(run_points.tolist())
         values.extend(run_values)
     edges_of = np.array(points, dtype=np.float64)
-    for k, usable in enumerate(_representable(edges_of)):
+    for k, usable in enumerate(representable(edges_of)):
         if not usable:
             values[k] = None
     best = max(v for v in values if v is not None)
@@ -363,7 +363,7 @@ def _sweep_candidates(positions, deltas, chosen, before, edges, exact: bool):
     else:
         optimal = np.array([v is not None and v >= best - FLOAT_TIE_TOLERANCE * max(1.0, abs(float(best)))
                             for v in values])
-    tau, run = _choose(np.array(points, dtype=np.float64), optimal, np.array(sorted(set(real)), dtype=np.float64))
+    tau, run = choose(np.array(points, dtype=np.float64), optimal, np.array(sorted(set(real)), dtype=np.float64))
     return tau, run, best
 
 
@@ -372,7 +372,7 @@ def _representable_pairs(left, right):
     return (left < middle) & (middle < right)
 
 
-def _representable(points):
+def representable(points):
     """Segments between consecutive points that hold a float strictly inside (a segment one float wide holds none,
     so no tau can reach its score)."""
     middle = points[:-1] + (points[1:] - points[:-1]) / 2
@@ -420,7 +420,7 @@ def _worst_class_optimal(start_at, end_at, classes, support, segments: int, usab
     return satisfied(candidates[low][1], candidates[low][2]), candidates[low][1] / candidates[low][2]
 
 
-def _choose(points: np.ndarray, optimal: np.ndarray, events: np.ndarray | None = None):
+def choose(points: np.ndarray, optimal: np.ndarray, events: np.ndarray | None = None):
     """The midpoint of the run of optimal segments nearest tau = 1 (the lower run on a tie), and the run.
     `events`: the interval ends among `points` (default: all of them), where a midpoint would sit on a tie."""
     index = np.flatnonzero(optimal)
@@ -474,7 +474,7 @@ def _grid(lo, hi, labels, support, lo_tau: float, hi_tau: float, grid_size: int,
     supported = support > 0
     if metric == "balanced-error":
         score = (correct * weights[None, :]).sum(1)
-        optimal = _best_mask(score, exact)
+        optimal = best_mask(score, exact)
         values = 1.0 - (correct[:, supported].double() / support[supported].double()).mean(1)
     else:
         errors = (support[supported] - correct[:, supported]).double() / support[supported].double()

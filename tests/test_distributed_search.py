@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 import lacal
 from lacal.distributed import Context
-from lacal.search import _balanced_weights, _exact, _exact_distributed
+from lacal.search import _exact, _exact_distributed, balanced_weights
 
 from .conftest import long_tail_problem
 
@@ -49,7 +49,7 @@ def test_bucketed_sweep_equals_the_full_sweep(seed, buckets, ties, low, width):
     if ties:
         logits = np.round(logits)
     stats, support = _intervals(logits, labels, counts)
-    weights, exact = _balanced_weights(support)
+    weights, exact = balanced_weights(support)
     expected = _exact(stats.lo, stats.hi, stats.labels, support, low, low + width, "balanced-error", weights, exact)
     got = _exact_distributed(AllInOne(), stats.lo, stats.hi, stats.labels, low, low + width, weights, exact, buckets)
     assert got == expected
@@ -84,7 +84,7 @@ def test_interval_ends_on_bucket_edges_land_in_the_same_bucket_as_in_the_sweep()
         lo, hi = torch.tensor(starts), torch.tensor(ends)
         labels = torch.tensor(rng.integers(0, int(rng.integers(2, 5)), n))
         support = torch.bincount(labels)
-        weights, exact = _balanced_weights(support)
+        weights, exact = balanced_weights(support)
         one = _exact(lo, hi, labels, support, low, high, "balanced-error", weights, exact)
         many = _exact_distributed(AllInOne(), lo, hi, labels, low, high, weights, exact, buckets)
         if one[:2] != many[:2]:
@@ -97,6 +97,6 @@ def test_a_run_one_float_wide_is_not_returned_outside_itself():
     hi = torch.tensor([1.25, 1.5], dtype=torch.float64)
     labels = torch.tensor([0, 1])
     support = torch.tensor([1, 1])
-    weights, exact = _balanced_weights(support)
+    weights, exact = balanced_weights(support)
     tau, (left, right), _ = _exact(lo, hi, labels, support, 0.0, 4.0, "balanced-error", weights, exact)
     assert left < tau < right

@@ -32,9 +32,7 @@ LAYER_OF = {
 # Keep these empty.
 KNOWN = set()
 KNOWN_PRIVATE = {("probability", "scoring", "_labels_tensor"), ("taunorm", "scoring", "_labels_tensor"),
-                 ("search", "adjust", "_as_priors_array"),  # scoring.py and search.py: after issue 15 lands
-                 *(("multilabel", "search", name) for name in ("_balanced_weights", "_best_mask", "_better", "_choose",
-                                                               "_representable"))}
+                 ("search", "adjust", "_as_priors_array")}  # scoring.py and search.py: after issue 15 lands
 
 
 def _modules() -> dict[str, Path]:
