@@ -11,33 +11,49 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from collections import deque
+
+_outer = threading.local()  # torch's thread count from before the outermost single_threaded_ops, on this thread
+
+
+def available_threads() -> int:
+    """torch's thread count (which honours OMP_NUM_THREADS and torch.set_num_threads), as it was before
+    `single_threaded_ops` turned it down."""
+    import torch
+
+    return getattr(_outer, "threads", None) or torch.get_num_threads()
 
 
 def block_workers(device, blocks: int) -> int:
-    """How many threads a pass over `blocks` blocks on `device` uses: torch's thread count (which honours
-    OMP_NUM_THREADS and torch.set_num_threads) capped by the CPUs and the blocks; one on a GPU."""
+    """How many threads a pass over `blocks` blocks on `device` uses: `available_threads()` capped by the CPUs and
+    the blocks; one on a GPU."""
     import torch
 
     if torch.device(device).type != "cpu":
         return 1
-    return max(1, min(torch.get_num_threads(), os.cpu_count() or 1, blocks))
+    return max(1, min(available_threads(), os.cpu_count() or 1, blocks))
 
 
 @contextlib.contextmanager
 def single_threaded_ops():
-    """torch's intra-op threads set to one for the duration (restored afterwards)."""
+    """torch's intra-op threads set to one for the duration (restored afterwards). Small operations then run on
+    the calling thread, with no other thread to wait for; passes over blocks still use `block_workers` threads."""
     import torch
 
+    outermost = getattr(_outer, "threads", None) is None
     before = torch.get_num_threads()
-    if before == 1:
-        yield
-        return
-    torch.set_num_threads(1)
+    if outermost:
+        _outer.threads = before
+    if before != 1:
+        torch.set_num_threads(1)
     try:
         yield
     finally:
-        torch.set_num_threads(before)
+        if before != 1:
+            torch.set_num_threads(before)
+        if outermost:
+            _outer.threads = None
 
 
 def run_blocks(blocks, work, workers: int, progress=None) -> None:

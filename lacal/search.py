@@ -89,6 +89,20 @@ def fit_tau(logits, labels, priors, tau_range=DEFAULT_TAU_RANGE, search: str = "
     """
     import torch
 
+    from .parallel import single_threaded_ops
+
+    if torch.device(device).type != "cpu":
+        return _fit_tau(logits, labels, priors, tau_range, search, metric, grid_size, device, rows, progress,
+                        memory_budget, context)
+    with single_threaded_ops():  # many small operations: torch's own threads would mostly wait (see parallel)
+        return _fit_tau(logits, labels, priors, tau_range, search, metric, grid_size, device, rows, progress,
+                        memory_budget, context)
+
+
+def _fit_tau(logits, labels, priors, tau_range, search, metric, grid_size, device, rows, progress, memory_budget,
+             context) -> TauFit:
+    import torch
+
     from .adjust import _as_priors_array
     from .load import LogitsSource, source_from_array
     from .scoring import interval_pass

@@ -1,5 +1,6 @@
 """The interval pass against the pre-rewrite one (tests/reference_intervals.py), its threading, and its memory."""
 
+import os
 import subprocess
 import sys
 import threading
@@ -10,6 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import lacal
 import lacal.parallel
 from lacal.scoring import _block_intervals, interval_pass
 
@@ -118,3 +120,27 @@ def test_no_table_grows_with_the_square_of_the_classes():
         pytest.skip("needs /proc/self/clear_refs (Linux)")
     assert result.returncode == 0, result.stderr
     assert int(result.stdout.split()[-1]) < 64  # MB
+
+
+def test_fit_tau_spreads_the_pass_and_restores_the_thread_count(monkeypatch):
+    logits, labels, log_priors = problem(5, 300, 12, "float32", "random", 2.0, 0.0)
+    counts = np.exp(log_priors)
+    single = lacal.fit_tau(logits, labels, counts, rows=7)
+    seen = []
+    original = lacal.scoring._block_intervals
+
+    def recording(*args):
+        seen.append((threading.get_ident(), torch.get_num_threads()))
+        return original(*args)
+
+    monkeypatch.setattr(lacal.scoring, "_block_intervals", recording)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        spread = lacal.fit_tau(logits, labels, counts, rows=7)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert all(count == 1 for _, count in seen)
+    assert len({ident for ident, _ in seen}) == min(2, os.cpu_count() or 1)
+    assert (spread.tau, spread.interval, spread.after) == (single.tau, single.interval, single.after)
