@@ -181,8 +181,24 @@ def balanced_error(logits, labels, log_priors, tau: float) -> float:
     return 1.0 - float(np.mean([np.mean(predictions[labels == c] == c) for c in classes]))
 
 
+def compare_previous(logits, labels, log_priors, repeats: int) -> dict:
+    """The interval pass against the one before it (tests/reference_intervals.py: per-label C x C tables, 2 MiB
+    blocks), on the same logits in one run, idle, with torch's default threads; and whether they agree."""
+    sys.path.insert(0, str(ROOT))
+    from lacal.scoring import interval_pass
+    from tests.reference_intervals import reference_intervals
+
+    rows = max(1, (2 << 20) // (4 * logits.shape[1]))
+    new_s, new, _ = timed(lambda: interval_pass(logits, labels, log_priors), repeats)
+    old_s, old, _ = timed(lambda: reference_intervals(logits, labels, log_priors, rows=rows), repeats)
+    old_1 = timed_with_threads(lambda: reference_intervals(logits, labels, log_priors, rows=rows), 1, repeats)
+    same = bool(np.array_equal(new.lo.numpy(), old[0].numpy()) and np.array_equal(new.hi.numpy(), old[1].numpy()))
+    return {"pass_s": new_s, "previous_pass_s": old_s, "previous_pass_1_thread_s": old_1, "speedup": old_s / new_s,
+            "intervals_equal": same}
+
+
 def bench_shape(name: str, repeats: int, device: str, skip_sklearn: bool, workdir: Path, busy: bool = True,
-                process: bool = True) -> dict:
+                process: bool = True, previous: bool = False) -> dict:
     import torch
 
     import lacal
@@ -235,6 +251,8 @@ def bench_shape(name: str, repeats: int, device: str, skip_sklearn: bool, workdi
         result["threads"] = threads
     if process:
         result["process"] = whole_process(workdir, max(1, min(repeats, 3)))
+    if previous:
+        result["previous"] = compare_previous(logits, labels, log_priors, repeats)
     # an independent numpy check that the exact tau is no worse than the best grid point
     exact_np = balanced_error(logits, labels, log_priors, exact.tau)
     grid_np = balanced_error(logits, labels, log_priors, grid.tau)
@@ -335,6 +353,8 @@ def main() -> None:
     parser.add_argument("--skip-sklearn", action="store_true", help="skip (d) (always skipped for the large shape)")
     parser.add_argument("--skip-busy", action="store_true", help="skip the rows with a busy process beside")
     parser.add_argument("--skip-process", action="store_true", help="skip the whole-process timings")
+    parser.add_argument("--compare-previous", action="store_true",
+                        help="also time the previous interval pass (tests/reference_intervals.py) on the same logits")
     parser.add_argument("--budget-check", metavar="SIZE", help="also run the larger-than-budget check")
     parser.add_argument("--json", metavar="FILE", help="write the results as JSON too")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -354,7 +374,8 @@ def main() -> None:
         repeats = args.large_repeats if name in LARGE else args.repeats
         with tempfile.TemporaryDirectory() as folder:
             result = bench_shape(name, repeats, device, args.skip_sklearn or name in LARGE, Path(folder),
-                                 busy=not args.skip_busy, process=not args.skip_process)
+                                 busy=not args.skip_busy, process=not args.skip_process,
+                                 previous=args.compare_previous and name not in LARGE)
         result["load_average_after"] = os.getloadavg()
         report["results"].append(result)
         print(f"\n{name}: {result['samples']} x {result['classes']} float32, device {device}, median of "
@@ -389,6 +410,11 @@ def main() -> None:
                       f"`lacal fit-tau` {row['fit_tau_s']:6.2f} s, ratio {row['ratio']:.2f}")
         if process:
             print(f"  `lacal fit-tau` peak resident memory: {process['fit_tau_peak_rss_mb']:.0f} MB")
+        if "previous" in result:
+            row = result["previous"]
+            print(f"  interval pass {row['pass_s'] * 1e3:.1f} ms, the previous one (C x C tables) "
+                  f"{row['previous_pass_s'] * 1e3:.1f} ms ({row['previous_pass_1_thread_s'] * 1e3:.1f} ms with one "
+                  f"thread): {row['speedup']:.1f}x; intervals equal: {row['intervals_equal']}")
         print(f"  balanced error: before {result['balanced_error_before']:.4f}, exact tau {result['tau_exact']:.4f} "
               f"-> {result['balanced_error_exact']:.4f}, grid tau {result['tau_grid']:.4f} -> "
               f"{result['balanced_error_grid']:.4f}; exact <= grid: {result['exact_not_worse_than_grid']}")
