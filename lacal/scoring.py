@@ -15,7 +15,7 @@ from .load import LogitsSource, source_from_array
 
 DEFAULT_MEMORY_BUDGET = 2 << 30
 WORK_BYTES_PER_VALUE = 24  # a block's logits in the compute dtype plus the temporaries a pass makes of it
-CPU_BLOCK_BYTES = 1 << 20  # blocks this size stay in the CPU's cache while several operations run over them
+CPU_BLOCK_BYTES = 2 << 20  # blocks this size stay in the CPU's cache while several operations run over them
 CUDA_BLOCK_BYTES = 256 << 20
 
 
