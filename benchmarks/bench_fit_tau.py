@@ -115,6 +115,31 @@ def timed_with_threads(function, threads: int, repeats: int):
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def fused_timings(run, repeats: int, busy: bool) -> dict:
+    """The exact search with the compiled interval kernel (LACAL_COMPILE=1), idle and busy, after one call that
+    compiles it; {} when it cannot be compiled here."""
+    import torch
+
+    import lacal.fused
+
+    before = os.environ.get(lacal.fused.ENVIRONMENT)
+    os.environ[lacal.fused.ENVIRONMENT] = "1"
+    try:
+        if lacal.fused.fused_kernel(torch.float32, "cpu") is None:
+            return {}
+        run()
+        times = {"idle": timed(run, repeats)[0]}
+        if busy:
+            with busy_machine():
+                times["busy"] = timed(run, repeats)[0]
+        return times
+    finally:
+        if before is None:
+            os.environ.pop(lacal.fused.ENVIRONMENT)
+        else:
+            os.environ[lacal.fused.ENVIRONMENT] = before
+
+
 def process_seconds(command: list[str], env: dict) -> float:
     start = time.perf_counter()
     subprocess.run(command, check=True, capture_output=True, env=env, cwd=ROOT)
@@ -245,6 +270,10 @@ def bench_shape(name: str, repeats: int, device: str, skip_sklearn: bool, workdi
                 threads["busy"] = {"argmax_s": timed(lambda: np.argmax(logits, axis=1), repeats)[0],
                                    "exact_1_thread_s": timed_with_threads(run, 1, repeats),
                                    "exact_default_threads_s": timed_with_threads(run, default, repeats)}
+        fused = fused_timings(run, repeats, busy)
+        if fused:
+            for state, seconds in fused.items():
+                threads[state]["exact_fused_s"] = seconds
         for row in [v for k, v in threads.items() if k in ("idle", "busy")]:
             row["exact_over_argmax"] = row["exact_default_threads_s"] / row["argmax_s"]
             row["default_over_1_thread"] = row["exact_default_threads_s"] / row["exact_1_thread_s"]
@@ -401,7 +430,9 @@ def main() -> None:
                 print(f"  {state:4s}: argmax {row['argmax_s'] * 1e3:8.1f} ms, exact with 1 thread "
                       f"{row['exact_1_thread_s'] * 1e3:8.1f} ms, with {threads['default_threads']} "
                       f"{row['exact_default_threads_s'] * 1e3:8.1f} ms; exact/argmax = {row['exact_over_argmax']:.1f}, "
-                      f"{threads['default_threads']} threads / 1 = {row['default_over_1_thread']:.2f}")
+                      f"{threads['default_threads']} threads / 1 = {row['default_over_1_thread']:.2f}"
+                      + (f"; compiled kernel {row['exact_fused_s'] * 1e3:.1f} ms ("
+                         f"{row['exact_fused_s'] / row['argmax_s']:.1f}x argmax)" if "exact_fused_s" in row else ""))
         process = result.get("process")
         for state in ("idle", "busy"):
             if process:

@@ -134,9 +134,10 @@ class IntervalStats:
 POINT_GAP = 1e-6  # interval ends this close to a scored point are settled by argmax itself
 
 
-def _block_intervals(block, y, lp, buffers=(None, None, None)):
+def _block_intervals(block, y, lp, buffers=(None, None, None), fused=None):
     """Each row's open tau-interval (lo, hi) of correct classification, in the block's dtype, for the rows of `block`
-    with labels `y` and log priors `lp`; `buffers`: three tensors at least the block's size to work in (or None).
+    with labels `y` and log priors `lp`; `buffers`: three tensors at least the block's size to work in (or None);
+    `fused`: the compiled kernel of `fused.py`, used instead of the eager passes when given.
 
     With W = 1 / (lp_j - lp_y), class j's adjusted score crosses y's at tau = (f_j - f_y) * W: a lower bound on tau
     where W > 0 (lp_j > lp_y), an upper bound where W < 0. Classes sharing y's prior get W = 1 / 0 = +inf, and
@@ -152,18 +153,25 @@ def _block_intervals(block, y, lp, buffers=(None, None, None)):
     """
     import torch
 
-    work, side, spare = buffers
-    n = block.shape[0]
-    if work is not None:
-        work, side, spare = work[:n], side[:n], spare[:n]
-    f_y = block.gather(1, y[:, None])
-    weight = torch.sub(lp[None, :], lp.index_select(0, y)[:, None], out=side).reciprocal_()
-    crossing = torch.sub(block, f_y, out=work)
-    crossing.scatter_(1, y[:, None], -1.0)  # times W = +inf: y itself bounds nothing
-    crossing.mul_(weight)
-    side = weight.mul_(torch.inf)
-    lo = torch.minimum(crossing, side, out=spare).amax(1).add_(0.0)  # + 0.0: a bound of -0.0 reads +0.0
-    hi = torch.maximum(crossing, side, out=spare).amin(1).add_(0.0)
+    lo = hi = None
+    if fused is not None and block.shape[0] > 1:  # one row would be compiled anew (torch specialises size 1)
+        try:
+            lo, hi = fused(block, y, lp)
+        except Exception:  # noqa: BLE001  (the eager pass below gives the same result)
+            lo = hi = None
+    if lo is None:
+        work, side, spare = buffers
+        n = block.shape[0]
+        if work is not None:
+            work, side, spare = work[:n], side[:n], spare[:n]
+        weight = torch.sub(lp[None, :], lp.index_select(0, y)[:, None], out=side).reciprocal_()
+        crossing = torch.sub(block, block.gather(1, y[:, None]), out=work)
+        crossing.scatter_(1, y[:, None], -1.0)  # times W = +inf: y itself bounds nothing
+        crossing.mul_(weight)
+        side = weight.mul_(torch.inf)
+        lo = torch.minimum(crossing, side, out=spare).amax(1)
+        hi = torch.maximum(crossing, side, out=spare).amin(1)
+    lo, hi = lo.add_(0.0), hi.add_(0.0)  # + 0.0: a bound of -0.0 reads +0.0
     hi.masked_fill_(lo == torch.inf, -torch.inf)  # y never wins: the interval is empty
     tied = lo.isnan()
     if bool(tied.any()):
@@ -207,6 +215,7 @@ def interval_pass(source, labels, log_priors, points=(), device="cpu", rows: int
 
     import torch
 
+    from .fused import fused_kernel
     from .parallel import block_workers, run_blocks
 
     source = source_from_array(source) if not isinstance(source, LogitsSource) else source
@@ -223,6 +232,7 @@ def interval_pass(source, labels, log_priors, points=(), device="cpu", rows: int
     lo_all = torch.empty(source.num_samples, dtype=torch.float64, device=device)
     hi_all = torch.empty(source.num_samples, dtype=torch.float64, device=device)
     buffers = {}
+    fused = fused_kernel(dtype, device)  # None unless LACAL_COMPILE=1 and it compiles here
 
     def work(start, block):
         own = buffers.get(threading.get_ident())
@@ -230,7 +240,7 @@ def interval_pass(source, labels, log_priors, points=(), device="cpu", rows: int
             own = buffers[threading.get_ident()] = tuple(
                 torch.empty(step, source.num_classes, dtype=dtype, device=device) for _ in range(3))
         stop = start + block.shape[0]
-        lo_all[start:stop], hi_all[start:stop] = _block_intervals(block, targets[start:stop], lp, own)
+        lo_all[start:stop], hi_all[start:stop] = _block_intervals(block, targets[start:stop], lp, own, fused)
 
     run_blocks(iter_blocks(source, device, step, None, budget), work, workers, progress)
     buffers.clear()

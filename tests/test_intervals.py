@@ -144,3 +144,44 @@ def test_fit_tau_spreads_the_pass_and_restores_the_thread_count(monkeypatch):
     assert all(count == 1 for _, count in seen)
     assert len({ident for ident, _ in seen}) == min(2, os.cpu_count() or 1)
     assert (spread.tau, spread.interval, spread.after) == (single.tau, single.interval, single.after)
+
+
+@pytest.mark.slow
+def test_the_fused_kernel_gives_the_same_intervals(monkeypatch):
+    import lacal.fused
+
+    monkeypatch.setenv(lacal.fused.ENVIRONMENT, "1")
+    monkeypatch.setattr(lacal.fused, "_kernels", {})
+    kernel = lacal.fused.fused_kernel(torch.float32, "cpu")
+    if kernel is None:
+        pytest.skip("torch.compile cannot compile here (no C++ compiler)")
+    calls = []
+
+    def counting(*args):
+        calls.append(1)
+        return kernel(*args)
+
+    monkeypatch.setitem(lacal.fused._kernels, (torch.float32, "cpu"), counting)
+    for seed, dtype, priors in [(1, "integers", "pairs"), (2, "float16", "random"), (3, "float32", "distinct"),
+                                (4, "bfloat16", "all equal"), (5, "integers", "random")]:
+        logits, labels, log_priors = problem(seed, 300, 9, dtype, priors, 1.0, -3.0)
+        stats = interval_pass(logits, labels, log_priors, rows=64)
+        lo, hi = reference_intervals(logits, labels, log_priors)
+        np.testing.assert_array_equal(stats.lo.numpy(), lo.numpy(), strict=True)
+        np.testing.assert_array_equal(stats.hi.numpy(), hi.numpy(), strict=True)
+        np.testing.assert_array_equal(np.signbit(stats.lo.numpy()), np.signbit(lo.numpy()))
+        np.testing.assert_array_equal(np.signbit(stats.hi.numpy()), np.signbit(hi.numpy()))
+    assert len(calls) == 5 * 5  # every block of 64 rows (the last has 44) went through the kernel
+
+
+def test_a_failing_fused_kernel_falls_back_to_the_eager_pass(monkeypatch):
+    import lacal.fused
+
+    def broken(*args):
+        raise RuntimeError("compiled code failed")
+
+    monkeypatch.setattr(lacal.fused, "fused_kernel", lambda dtype, device: broken)
+    logits, labels, log_priors = problem(6, 200, 7, "integers", "pairs", 1.0, 0.0)
+    stats = interval_pass(logits, labels, log_priors, rows=16)
+    lo, hi = reference_intervals(logits, labels, log_priors)
+    assert torch.equal(stats.lo, lo) and torch.equal(stats.hi, hi)
