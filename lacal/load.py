@@ -24,6 +24,7 @@ from .errors import InputDataError, InputFileError, LacalError
 LOGIT_DTYPES = ("float16", "bfloat16", "float32", "float64")
 INPUT_DTYPES = LOGIT_DTYPES + ("bool", "uint8", "int8", "int16", "int32", "int64")
 PROBABILITY_CHECK_ROWS = 1024
+PROBABILITY_CHECK_VALUES = 1 << 20  # and at most this many values (8 MiB in float64), however many classes
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -129,7 +130,8 @@ def _check_shape_dtype(shape: tuple, dtype_name: str, name: str, what: str = "lo
 
 
 def _note_probabilities(source: LogitsSource) -> None:
-    head = source.rows(0, min(PROBABILITY_CHECK_ROWS, source.num_samples)).double()
+    rows = max(1, min(PROBABILITY_CHECK_ROWS, PROBABILITY_CHECK_VALUES // max(1, source.num_classes)))
+    head = source.rows(0, min(rows, source.num_samples)).double()
     if not bool(head.isfinite().all()):
         return  # the scorer reports non-finite values with their row
     if bool((head >= 0).all()) and bool(((head.sum(1) - 1).abs() < 1e-3).all()):

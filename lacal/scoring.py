@@ -126,79 +126,71 @@ class IntervalStats:
     labels: object
 
 
-TABLE_SHARE = 2  # the per-label tables may take half of the memory budget
 POINT_GAP = 1e-6  # interval ends this close to a scored point are settled by argmax itself
-SMALL_GROUP = 64  # classes sharing one prior are checked by a gather up to this many, or a quarter of all classes
 
 
-class _Bounds:
-    """What each label y needs to turn a block of logits into tau-intervals.
+def _block_intervals(block, y, lp, buffers=(None, None, None), fused=None):
+    """Each row's open tau-interval (lo, hi) of correct classification, in the block's dtype, for the rows of `block`
+    with labels `y` and log priors `lp`; `buffers`: three tensors at least the block's size to work in (or None);
+    `fused`: the compiled kernel of `fused.py`, used instead of the eager passes when given.
 
-    weight[y, j] = 1 / (lp_j - lp_y), so that (f_j - f_y) * weight[y, j] is the tau at which class j's adjusted
-    score crosses y's; lower[y] / upper[y] are 0 where that crossing is a lower bound on tau (lp_j > lp_y) or an
-    upper bound (lp_j < lp_y), and -inf / +inf elsewhere. They are C x C tables when those fit the memory budget,
-    else rows computed per block.
+    With W = 1 / (lp_j - lp_y), class j's adjusted score crosses y's at tau = (f_j - f_y) * W: a lower bound on tau
+    where W > 0 (lp_j > lp_y), an upper bound where W < 0. Classes sharing y's prior get W = 1 / 0 = +inf, and
+    side = W * inf is +inf there and where W > 0, -inf where W < 0, so that
 
-    Classes with the same prior as y give no bound: y beats such a class for every tau or for none (f_j > f_y, or
-    f_j == f_y with j < y, since argmax keeps the first maximum). `peers[y]` lists them (padded with y) so that a
-    gather checks them; when a prior is shared by many classes, a dense mask does it.
+        lo = max_j min(crossing_j, side_j)      hi = min_j max(crossing_j, side_j)
+
+    keep exactly the lower bounds in lo and the upper bounds in hi, with no per-label table: nine passes over the
+    block, all elementwise or reductions. A class with y's prior that scores above y (y never wins) gives
+    crossing = +inf and so lo = +inf; one below gives -inf and bounds nothing; y's own column is set to -inf. A
+    class with y's prior and exactly y's score gives 0 * inf = NaN: those rows (exact ties, where argmax's
+    first-maximum rule decides) are settled by `_tied_intervals`, one comparison at a time.
     """
+    import torch
 
-    def __init__(self, lp, dtype, device, memory_budget: int):
-        import torch
+    lo = hi = None
+    if fused is not None and block.shape[0] > 1:  # one row would be compiled anew (torch specialises size 1)
+        try:
+            lo, hi = fused(block, y, lp)
+        except Exception:  # noqa: BLE001  (the eager pass below gives the same result)
+            lo = hi = None
+    if lo is None:
+        work, side, spare = buffers
+        n = block.shape[0]
+        if work is not None:
+            work, side, spare = work[:n], side[:n], spare[:n]
+        weight = torch.sub(lp[None, :], lp.index_select(0, y)[:, None], out=side).reciprocal_()
+        crossing = torch.sub(block, block.gather(1, y[:, None]), out=work)
+        crossing.scatter_(1, y[:, None], -1.0)  # times W = +inf: y itself bounds nothing
+        crossing.mul_(weight)
+        side = weight.mul_(torch.inf)
+        lo = torch.minimum(crossing, side, out=spare).amax(1)
+        hi = torch.maximum(crossing, side, out=spare).amin(1)
+    lo, hi = lo.add_(0.0), hi.add_(0.0)  # + 0.0: a bound of -0.0 reads +0.0
+    hi.masked_fill_(lo == torch.inf, -torch.inf)  # y never wins: the interval is empty
+    tied = lo.isnan()
+    if bool(tied.any()):
+        rows = tied.nonzero().flatten()
+        lo[rows], hi[rows] = _tied_intervals(block.index_select(0, rows), y.index_select(0, rows), lp)
+    return lo, hi
 
-        self.lp = lp
-        classes = lp.shape[0]
-        table_bytes = 3 * classes * classes * torch.finfo(dtype).bits // 8
-        self.tables = None
-        if table_bytes <= memory_budget // TABLE_SHARE:
-            self.tables = self._rows(torch.arange(classes, device=device))
-        values, group, sizes = torch.unique(lp, return_inverse=True, return_counts=True)
-        self.group = group
-        self.groups = int(values.numel())
-        self.peers = None
-        self.shared = int(sizes.max()) > 1
-        self.large_groups = int(sizes.max()) > max(SMALL_GROUP, classes // 4)
-        if self.shared and not self.large_groups:
-            order = torch.argsort(group, stable=True)
-            starts = torch.cumsum(sizes, 0) - sizes
-            width = int(sizes.max())
-            slots = starts[group][:, None] + torch.arange(width, device=device)[None, :]
-            valid = torch.arange(width, device=device)[None, :] < sizes[group][:, None]
-            members = order[slots.clamp(max=classes - 1)]
-            own = torch.arange(classes, device=device)[:, None]
-            self.peers = torch.where(valid & (members != own), members, own)
 
-    def _rows(self, y):
-        import torch
+def _tied_intervals(block, y, lp):
+    """`_block_intervals` for rows where y ties with a class of the same prior, the plain way: masks for the lower
+    and upper bounds, and y never wins where a class with its prior scores higher, or the same and comes first
+    (argmax keeps the first maximum)."""
+    import torch
 
-        diff = self.lp[None, :] - self.lp[y][:, None]
-        lower = torch.full_like(diff, -torch.inf).masked_fill_(diff > 0, 0.0)
-        upper = torch.full_like(diff, torch.inf).masked_fill_(diff < 0, 0.0)
-        same = diff == 0  # equal priors bound nothing: weight 0, both masks off
-        weight = diff.reciprocal_().masked_fill_(same, 0.0)
-        return weight, lower, upper
-
-    def rows(self, y):
-        if self.tables is None:
-            return self._rows(y)
-        return tuple(table.index_select(0, y) for table in self.tables)
-
-    def never(self, block, y):
-        """Rows that a class with y's prior beats (or ties and precedes) at every tau."""
-        import torch
-
-        if not self.shared:
-            return torch.zeros(block.shape[0], dtype=torch.bool, device=block.device)
-        f_y = block.gather(1, y[:, None])
-        if not self.large_groups:
-            peers = self.peers.index_select(0, y)
-            f_peer = block.gather(1, peers)
-            return ((f_peer > f_y) | ((f_peer == f_y) & (peers < y[:, None]))).any(1)
-        # most classes share one prior (a nearly balanced training set): check them all
-        columns = torch.arange(block.shape[1], device=block.device)[None, :]
-        same = (self.group[None, :] == self.group[y][:, None]) & (columns != y[:, None])
-        return (same & ((block > f_y) | ((block == f_y) & (columns < y[:, None])))).any(1)
+    f_y = block.gather(1, y[:, None])
+    diff = lp[None, :] - lp.index_select(0, y)[:, None]
+    same = diff == 0
+    crossing = torch.sub(block, f_y).mul_(diff.reciprocal().masked_fill_(same, 0.0))
+    lo = crossing.masked_fill(diff <= 0, -torch.inf).amax(1).add_(0.0)
+    hi = crossing.masked_fill(diff >= 0, torch.inf).amin(1).add_(0.0)
+    columns = torch.arange(block.shape[1], device=block.device)[None, :]
+    peers = same & (columns != y[:, None])
+    never = (peers & ((block > f_y) | ((block == f_y) & (columns < y[:, None])))).any(1)
+    return lo.masked_fill_(never, torch.inf), hi.masked_fill_(never, -torch.inf)
 
 
 def interval_pass(source, labels, log_priors, points=(), device="cpu", rows: int | None = None, progress=None,
@@ -208,13 +200,18 @@ def interval_pass(source, labels, log_priors, points=(), device="cpu", rows: int
 
     For a sample with label y, class j beats y at tau iff f_j - tau * lp_j > f_y - tau * lp_y, so each class gives
     one bound, (f_j - f_y) / (lp_j - lp_y): a lower bound on tau where lp_j > lp_y, an upper bound where
-    lp_j < lp_y. The interval is (max of the lower bounds, min of the upper bounds). Per block this is a
-    subtraction, a product with a looked-up row of 1 / (lp_j - lp_y), and two masked reductions, on blocks small
-    enough to stay in the CPU's cache. A point is right for a sample when the open interval holds it; samples with
-    an interval end within a hair of the point are scored by argmax itself, which settles exact ties as `apply` and
-    `report` do.
+    lp_j < lp_y. The interval is (max of the lower bounds, min of the upper bounds); see `_block_intervals`. The
+    working memory is a few blocks, linear in the number of classes. On a CPU the blocks are spread over torch's
+    thread count, each worker doing its blocks single-threaded (see `parallel`). A point is right for a sample
+    when the open interval holds it; samples with an interval end within a hair of the point are scored by argmax
+    itself, which settles exact ties as `apply` and `report` do.
     """
+    import threading
+
     import torch
+
+    from .fused import fused_kernel
+    from .parallel import block_workers, run_blocks
 
     source = source_from_array(source) if not isinstance(source, LogitsSource) else source
     device = torch.device(device)
@@ -223,20 +220,25 @@ def interval_pass(source, labels, log_priors, points=(), device="cpu", rows: int
     log_priors = np.asarray(log_priors, dtype=np.float64)
     lp = torch.as_tensor(log_priors, dtype=dtype, device=device)
     budget = memory_budget or DEFAULT_MEMORY_BUDGET
-    bounds = _Bounds(lp, dtype, device, budget)
+    step = block_rows(source, rows, budget, device)
+    workers = block_workers(device, -(-source.num_samples // step))
+    step = block_rows(source, rows, budget // workers, device)  # each worker holds its blocks and buffers
     # allocated once: small per-block results kept between the large block buffers would fragment the heap
     lo_all = torch.empty(source.num_samples, dtype=torch.float64, device=device)
     hi_all = torch.empty(source.num_samples, dtype=torch.float64, device=device)
-    for start, block in iter_blocks(source, device, rows, progress, budget):
-        y = targets[start:start + block.shape[0]]
-        weight, lower, upper = bounds.rows(y)
-        crossing = torch.sub(block, block.gather(1, y[:, None])).mul_(weight)
-        lo = crossing.add(lower).amax(1)
-        hi = crossing.add_(upper).amin(1)
-        del crossing, weight, lower, upper
-        never = bounds.never(block, y)
-        lo_all[start:start + block.shape[0]] = lo.masked_fill_(never, torch.inf)
-        hi_all[start:start + block.shape[0]] = hi.masked_fill_(never, -torch.inf)
+    buffers = {}
+    fused = fused_kernel(dtype, device)  # None unless LACAL_COMPILE=1 and it compiles here
+
+    def work(start, block):
+        own = buffers.get(threading.get_ident())
+        if own is None:
+            own = buffers[threading.get_ident()] = tuple(
+                torch.empty(step, source.num_classes, dtype=dtype, device=device) for _ in range(3))
+        stop = start + block.shape[0]
+        lo_all[start:stop], hi_all[start:stop] = _block_intervals(block, targets[start:stop], lp, own, fused)
+
+    run_blocks(iter_blocks(source, device, step, None, budget), work, workers, progress)
+    buffers.clear()
     lo, hi = lo_all, hi_all
     counts = {}
     for t in points:

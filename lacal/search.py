@@ -13,6 +13,7 @@ fits in int64, which it does for the usual class-balanced validation sets; other
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 from dataclasses import dataclass, field
@@ -90,7 +91,22 @@ def fit_tau(logits, labels, priors, tau_range=DEFAULT_TAU_RANGE, search: str = "
     values. Ties go to the optimum nearest tau = 1. `rows` (rows per block), `memory_budget` (bytes) and
     `progress` (called with the rows done) go to the scorer. Under torch.distributed, `context` (a
     distributed.Context) combines every rank's share of the samples; the result is that of one process with all.
+    On a CPU it uses torch's thread count (OMP_NUM_THREADS, torch.set_num_threads) as workers over blocks.
     """
+    import torch
+
+    from .parallel import single_threaded_ops
+
+    # on a CPU: many small operations, where torch's own threads would mostly wait for each other (see parallel);
+    # the interval pass spreads its blocks over that many threads instead
+    on_cpu = torch.device(device).type == "cpu"
+    with single_threaded_ops() if on_cpu else contextlib.nullcontext():
+        return _fit_tau(logits, labels, priors, tau_range, search, metric, grid_size, device, rows, progress,
+                        memory_budget, context)
+
+
+def _fit_tau(logits, labels, priors, tau_range, search, metric, grid_size, device, rows, progress, memory_budget,
+             context) -> TauFit:
     import torch
 
     from .adjust import _as_priors_array
