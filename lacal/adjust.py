@@ -47,5 +47,3 @@ def adjust_logits(logits, priors=None, tau: float = 1.0, *, offset=None, scale: 
     result = (values + shift).to(tensor.dtype)
     return result.numpy() if is_numpy else result
 
-
-_as_priors_array = as_priors_array  # the name search.py imports until it is rewritten (issue 15)

@@ -69,11 +69,11 @@ class _Data:
         from .distributed import Context
 
         from .load import LogitsSource, source_from_array
-        from .scoring import DEFAULT_MEMORY_BUDGET, _labels_tensor
+        from .scoring import DEFAULT_MEMORY_BUDGET, labels_tensor
 
         self.source = logits if isinstance(logits, LogitsSource) else source_from_array(logits)
         self.device = torch.device(device)
-        self.labels = _labels_tensor(labels, self.source, self.device)
+        self.labels = labels_tensor(labels, self.source, self.device)
         self.shift = torch.as_tensor(np.zeros(self.source.num_classes) if offset is None else np.asarray(offset),
                                      dtype=torch.float64, device=self.device)
         self.rows, self.budget = rows, memory_budget or DEFAULT_MEMORY_BUDGET

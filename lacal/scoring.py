@@ -72,7 +72,7 @@ def _shard_row(source: LogitsSource, row: int) -> tuple[str, int]:
     return source.name, row
 
 
-def _labels_tensor(labels, source: LogitsSource, device, num_classes: int | None = None):
+def labels_tensor(labels, source: LogitsSource, device, num_classes: int | None = None):
     """Labels as an int64 tensor on `device`, checked against the row count and the number of classes (the
     source's columns unless given)."""
     import torch
@@ -95,7 +95,7 @@ def score_pass(source, labels, offsets=(), device="cpu", rows: int | None = None
 
     source = source_from_array(source) if not isinstance(source, LogitsSource) else source
     device = torch.device(device)
-    targets = _labels_tensor(labels, source, device)
+    targets = labels_tensor(labels, source, device)
     dtype = compute_dtype(source)
     shifts = [torch.as_tensor(np.asarray(o), dtype=dtype, device=device) for o in offsets]
     for offset, shift in zip(offsets, shifts):
@@ -215,7 +215,7 @@ def interval_pass(source, labels, log_priors, points=(), device="cpu", rows: int
 
     source = source_from_array(source) if not isinstance(source, LogitsSource) else source
     device = torch.device(device)
-    targets = _labels_tensor(labels, source, device)
+    targets = labels_tensor(labels, source, device)
     dtype = compute_dtype(source)
     log_priors = np.asarray(log_priors, dtype=np.float64)
     lp = torch.as_tensor(log_priors, dtype=dtype, device=device)
@@ -381,7 +381,7 @@ def probability_pass(source, labels, affines, bins: int = 15, device="cpu", rows
         raise ValueError("bins must be at least 1")
     source = source_from_array(source) if not isinstance(source, LogitsSource) else source
     device = torch.device(device)
-    targets = _labels_tensor(labels, source, device)
+    targets = labels_tensor(labels, source, device)
     classes = source.num_classes
     prepared = [(float(scale), torch.as_tensor(np.asarray(shift), dtype=torch.float64, device=device))
                 for scale, shift in affines]

@@ -69,15 +69,15 @@ def check_tau_range(tau_range) -> tuple[float, float]:
     try:
         lo, hi = (float(v) for v in tau_range)
     except (TypeError, ValueError):
-        raise OptionError(f"expected two numbers LO,HI, got {tau_range!r}", "--tau-range") from None
+        raise OptionError(f"expected two numbers LO,HI, got {tau_range!r}", "tau_range") from None
     if not (math.isfinite(lo) and math.isfinite(hi)):
-        raise OptionError(f"the range must be finite, got {lo:g},{hi:g}", "--tau-range")
+        raise OptionError(f"the range must be finite, got {lo:g},{hi:g}", "tau_range")
     if lo >= hi:
         kind = "empty" if lo == hi else "reversed"
-        raise OptionError(f"the range {lo:g},{hi:g} is {kind}; give LO < HI, for example 0,4", "--tau-range")
+        raise OptionError(f"the range {lo:g},{hi:g} is {kind}; give LO < HI, for example 0,4", "tau_range")
     if hi - lo <= 1024 * sys.float_info.epsilon * max(1.0, abs(lo), abs(hi)):
         raise OptionError(f"the range {lo!r},{hi!r} is narrower than floating-point rounding; give a wider one",
-                          "--tau-range")
+                          "tau_range")
     return lo, hi
 
 
@@ -109,18 +109,18 @@ def _fit_tau(logits, labels, priors, tau_range, search, metric, grid_size, devic
              context) -> TauFit:
     import torch
 
-    from .adjust import _as_priors_array
+    from .adjust import as_priors_array
     from .load import LogitsSource, source_from_array
     from .scoring import interval_pass
 
     if metric not in METRICS:
-        raise OptionError(f"unknown metric {metric!r}; use one of {', '.join(METRICS)}", "--metric")
+        raise OptionError(f"unknown metric {metric!r}; use one of {', '.join(METRICS)}", "metric")
     if search not in SEARCHES:
-        raise OptionError(f"unknown search {search!r}; use one of {', '.join(SEARCHES)}", "--search")
+        raise OptionError(f"unknown search {search!r}; use one of {', '.join(SEARCHES)}", "search")
     if search == "grid" and grid_size < 2:
-        raise OptionError(f"the grid needs at least 2 points, got {grid_size}", "--grid-size")
+        raise OptionError(f"the grid needs at least 2 points, got {grid_size}", "grid_size")
     lo_tau, hi_tau = check_tau_range(tau_range)
-    log_priors = np.log(_as_priors_array(priors))
+    log_priors = np.log(as_priors_array(priors))
     device = torch.device(device)
 
     # tau = 0, 1 and the range's ends are also scored directly: exact ties in the logits (common in float16 and

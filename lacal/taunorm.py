@@ -65,7 +65,7 @@ def fit_tau_norm(features, labels, weight, tau_range=DEFAULT_RANGE, grid_size: i
 
     from .errors import MismatchError, OptionError
     from .load import LogitsSource, source_from_array
-    from .scoring import _labels_tensor, iter_blocks
+    from .scoring import labels_tensor, iter_blocks
     from .search import METRICS, check_tau_range
 
     if metric not in METRICS:
@@ -81,7 +81,7 @@ def fit_tau_norm(features, labels, weight, tau_range=DEFAULT_RANGE, grid_size: i
         raise MismatchError(f"features have {source.num_classes} columns but the head takes {weight.shape[1]}",
                             source.name)
     classes = weight.shape[0]
-    targets = _labels_tensor(labels, source, device, classes)
+    targets = labels_tensor(labels, source, device, classes)
     taus = np.linspace(low, high, grid_size)
     taus[0], taus[-1] = low, high
     norms = weight.norm(dim=1).double()

@@ -19,7 +19,7 @@ LAYER_OF = {
     "load": "data", "write": "data",
     "priors": "core", "adjust": "core", "metrics": "core", "calibration": "core", "positive_rates": "core",
     "multilabel_data": "core",
-    "scoring": "engine", "distributed": "engine", "device": "engine",
+    "scoring": "engine", "distributed": "engine", "device": "engine", "fused": "engine", "parallel": "engine",
     "search": "methods", "probability": "methods", "label_shift": "methods", "taunorm": "methods",
     "losses": "methods", "comparison": "methods", "multilabel": "methods", "evaluation": "methods",
     "checkpoints": "models", "patch": "models", "models": "models", "module_patch": "models",
@@ -28,11 +28,9 @@ LAYER_OF = {
     "cli": "cli", "cli_render": "cli", "multilabel_cli": "cli", "demo": "cli", "__main__": "cli", "": "cli",
 }
 
-# Edges that still go the wrong way, and private names still shared, each until the change that removes it lands.
-# Keep these empty.
+# Edges that may go the wrong way, and private names that may be shared, each with the reason. Keep these empty.
 KNOWN = set()
-KNOWN_PRIVATE = {("probability", "scoring", "_labels_tensor"), ("taunorm", "scoring", "_labels_tensor"),
-                 ("search", "adjust", "_as_priors_array")}  # scoring.py and search.py: after issue 15 lands
+KNOWN_PRIVATE = set()
 
 
 def _modules() -> dict[str, Path]:
