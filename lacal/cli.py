@@ -404,27 +404,18 @@ def apply_command(
     carries the adjustment. A calibration file's target priors, temperature and bias are applied too. With --out
     FOLDER (a path without a suffix), one output per input shard and an index.json."""
     from . import cli_render as show
-    from . import multilabel_cli
     from .checkpoints import is_checkpoint
     from .deploy import deployed_kind
     from .workflows import apply, patch_checkpoint
-    from .workflows.inputs import memory_bytes
 
     context = PROCESS.context(device)
     options = dict(tau=tau, train_labels=train_labels, priors=priors, class_names=classes, label_column=label_column,
                    smoothing=smoothing, target_priors=target_priors, target_logits=target_logits, key=key,
                    memory_budget=memory_budget, force=force, context=context)
     deployed = deployed_kind(source_path) is not None
-    if deployed and multi_label and (calibration is None or not multilabel_cli.is_multilabel_calibration(calibration)):
-        raise OptionError("a multi-label ONNX, TorchScript or torch.export model is patched from the calibration "
-                          "file of `lacal fit-tau --multi-label --out`; give it with --calibration", "--multi-label")
-    if not deployed and (multi_label or multilabel_cli.is_multilabel_calibration(calibration)):
-        multilabel_cli.refuse({"--label-column": label_column, "--target-logits": target_logits,
-                               "--target-priors": target_priors.strip().lower() != "uniform"}, context)
-        multilabel_cli.apply(source_path, out, calibration, tau, train_labels, priors, top_k, classes, smoothing, key,
-                             context.device, force, memory_bytes(memory_budget), quiet,
-                             {"--head": head, "--add-bias": add_bias, "--in-place": in_place, "--link": link,
-                              "--verify-features": verify_features})
+    if _multi_label_apply(deployed, source_path, out, calibration, tau, train_labels, priors, top_k, classes,
+                          label_column, smoothing, key, force, head, add_bias, in_place, link, verify_features,
+                          memory_budget, quiet, target_priors, target_logits, multi_label, context):
         return
     if deployed or is_checkpoint(source_path, key):
         result = patch_checkpoint(source_path, calibration, out=out, head=head, add_bias=add_bias, in_place=in_place,
@@ -565,6 +556,31 @@ def _multi_label_fit(inputs, multi_label, checkpoint, features, method, search, 
                            "--target-priors": target_priors.strip().lower() != "uniform"})
     multilabel_cli.fit_tau(inputs, train_labels, priors, low_high, metric.value, out, json_out, classes, smoothing,
                            key, context.device, force, budget, quiet, context)
+    return True
+
+
+def _multi_label_apply(deployed, source_path, out, calibration, tau, train_labels, priors, top_k, classes,
+                       label_column, smoothing, key, force, head, add_bias, in_place, link, verify_features,
+                       memory_budget, quiet, target_priors, target_logits, multi_label, context) -> bool:
+    """Hand multi-label logits or checkpoints to multilabel_cli (a served model file takes a multi-label
+    calibration file through `patch_checkpoint` like any other)."""
+    from . import multilabel_cli
+    from .workflows.inputs import memory_bytes
+
+    if deployed:
+        if multi_label and (calibration is None or not multilabel_cli.is_multilabel_calibration(calibration)):
+            raise OptionError("a multi-label ONNX, TorchScript or torch.export model is patched from the "
+                              "calibration file of `lacal fit-tau --multi-label --out`; give it with --calibration",
+                              "--multi-label")
+        return False
+    if not (multi_label or multilabel_cli.is_multilabel_calibration(calibration)):
+        return False
+    multilabel_cli.refuse({"--label-column": label_column, "--target-logits": target_logits,
+                           "--target-priors": target_priors.strip().lower() != "uniform"}, context)
+    multilabel_cli.apply(source_path, out, calibration, tau, train_labels, priors, top_k, classes, smoothing, key,
+                         context.device, force, memory_bytes(memory_budget), quiet,
+                         {"--head": head, "--add-bias": add_bias, "--in-place": in_place, "--link": link,
+                          "--verify-features": verify_features})
     return True
 
 
