@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import InputDataError
+from .errors import InputDataError, OptionError
 from .load import LogitsSource, source_from_array
 from .metrics import ClassEvaluation
 
@@ -33,7 +33,7 @@ def block_rows(source: LogitsSource, rows: int | None = None, memory_budget: int
     larger on a GPU), never more than `memory_budget` (bytes) allows."""
     if rows is not None:
         if rows < 1:
-            raise ValueError("rows must be at least 1")
+            raise OptionError("`rows` must be at least 1", "rows")
         return int(rows)
     value_bytes = 8 if source.dtype_name == "float64" else 4
     on_gpu = device is not None and getattr(device, "type", str(device)) != "cpu"
@@ -378,7 +378,7 @@ def probability_pass(source, labels, affines, bins: int = 15, device="cpu", rows
     from .metrics import ProbabilityMetrics
 
     if bins < 1:
-        raise ValueError("bins must be at least 1")
+        raise OptionError("`bins` must be at least 1", "bins")
     source = source_from_array(source) if not isinstance(source, LogitsSource) else source
     device = torch.device(device)
     targets = labels_tensor(labels, source, device)
