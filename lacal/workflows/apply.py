@@ -51,7 +51,8 @@ def apply(logits, calibration=None, out=None, *, tau: Optional[float] = None, tr
     Args:
         logits: N x C logits: a numpy array, a torch tensor, a `LogitsSource`, a file, or a folder or glob of shards.
         calibration: a `Calibration` or a calibration file; or None with `tau` and `train_labels`/`priors`.
-        out: None to get the adjusted array back (an array or tensor in, the same type out: same shape and dtype);
+        out: None to get the adjusted array back (an array or tensor in, the same type out: same shape and dtype;
+            a `LogitsSource` in, a CPU tensor out);
             a file (.npy, .npz, .safetensors, .pt: adjusted logits; .csv: predictions), written as the rows come;
             or a folder (a path without a suffix): one output per input shard, in `format`, and index.json.
         tau, train_labels, priors, smoothing, target_priors, target_logits: a calibration built here instead of one
