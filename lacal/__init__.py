@@ -43,7 +43,9 @@ _EXPORTS = {
     "apply": "workflows", "patch_checkpoint": "workflows", "report": "workflows", "compare": "workflows",
     "score": "workflows", "FitResult": "workflows", "ApplyResult": "workflows", "CheckpointPatch": "workflows",
     "Comparison": "workflows", "PriorsResult": "workflows", "EstimateResult": "workflows",
-    "ScoreResult": "workflows", "TauNormResult": "workflows",
+    "ScoreResult": "workflows", "TauNormResult": "workflows", "MultiLabelFitResult": "workflows",
+    "MultiLabelReportResult": "workflows", "MultiLabelComparison": "workflows", "MultiLabelPriorsResult": "workflows",
+    "MultiLabelApplyResult": "workflows",
     "resolve_device": "device",
     "patch_module": "module_patch", "PatchResult": "module_patch",
     "MultiLabelPriors": "multilabel", "multilabel_priors": "multilabel", "multilabel_priors_from_labels": "multilabel",
@@ -84,8 +86,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from .evaluation import balanced_error, evaluate, worst_class_error
     from .metrics import ClassEvaluation, ProbabilityMetrics, evaluate_predictions, group_errors, shot_groups
     from .priors import Priors, class_counts, priors_from_counts, priors_from_labels, read_priors
-    from .workflows import (ApplyResult, CheckpointPatch, Comparison, EstimateResult, FitResult, PriorsResult,
-                            Report, ScoreResult, TauNormResult, apply, compare, count_priors, estimate_priors, fit,
+    from .workflows import (ApplyResult, CheckpointPatch, Comparison, EstimateResult, FitResult,
+                            MultiLabelApplyResult, MultiLabelComparison, MultiLabelFitResult, MultiLabelPriorsResult, MultiLabelReportResult,
+                            PriorsResult, Report, ScoreResult, TauNormResult, apply, compare, count_priors, estimate_priors, fit,
                             patch_checkpoint, report, score)
     from .search import TauFit, fit_tau
     from .label_shift import PriorEstimate, estimate_target_priors

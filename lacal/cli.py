@@ -240,11 +240,10 @@ def priors_command(
     from . import multilabel_cli
     from .workflows import count_priors, estimate_priors
 
-    if em is None and multilabel_cli.wanted(multi_label, train_labels, "training labels"):
+    multi = em is None and multilabel_cli.wanted(multi_label, train_labels, "training labels")
+    if multi:
         multilabel_cli.refuse({"--label-column": label_column, "--train-labels": train_labels_option,
                                "--priors": priors_option})
-        multilabel_cli.priors(train_labels, out, num_classes, classes, smoothing, json_out, force)
-        return
     if em is not None:
         result = estimate_priors(em, priors_option, train_labels=train_labels or train_labels_option,
                                  class_names=classes, label_column=label_column, smoothing=smoothing,
@@ -255,7 +254,7 @@ def priors_command(
                           "--priors)", "arguments")
     else:
         result = count_priors(train_labels, num_classes=num_classes, smoothing=smoothing, class_names=classes,
-                              label_column=label_column, out=out, force=force)
+                              label_column=label_column, out=out, force=force, multi_label=multi)
     show.notes(result)
     if result.out is not None:
         _wrote(result.out)
@@ -263,6 +262,10 @@ def priors_command(
         show.print_json(result)
     elif em is not None:
         show.estimate_table(result)
+    elif out is None and multi:
+        from .cli_render_multilabel import priors_table
+
+        priors_table(result)
     elif out is None:
         show.priors_table(result, result.priors.classes)
 
@@ -539,9 +542,12 @@ def report_command(
 def _multi_label_fit(inputs, multi_label, checkpoint, features, method, search, calibrate, label_column,
                      target_logits, target_priors, train_labels, priors, tau_range, metric, out, json_out, classes,
                      smoothing, key, force, memory_budget, quiet, device) -> bool:
-    """Hand a multi-label head (--multi-label, or labels that can only be multi-label) to multilabel_cli."""
+    """A multi-label head (--multi-label, or labels that can only be multi-label): `fit(..., multi_label=True)`."""
+    from . import cli_render as show
     from . import multilabel_cli
+    from .cli_render_multilabel import fit_tables
     from .search import check_tau_range
+    from .workflows import fit
     from .workflows.inputs import memory_bytes
 
     tau_norm = method == Method.tau_norm
@@ -554,18 +560,30 @@ def _multi_label_fit(inputs, multi_label, checkpoint, features, method, search, 
                            "--search grid": search == Search.grid, "--calibrate": calibrate,
                            "--label-column": label_column, "--target-logits": target_logits,
                            "--target-priors": target_priors.strip().lower() != "uniform"})
-    multilabel_cli.fit_tau(inputs, train_labels, priors, low_high, metric.value, out, json_out, classes, smoothing,
-                           key, context.device, force, budget, quiet, context)
+    if len(inputs) < 2:
+        raise OptionError(f"expected the logits and the labels files, got {len(inputs)} path(s)", "arguments")
+    result = fit(inputs[0] if len(inputs) == 2 else inputs[:-1], inputs[-1], priors, train_labels=train_labels,
+                 tau_range=low_high, metric=metric.value, class_names=classes, smoothing=smoothing, key=key,
+                 memory_budget=budget, out=out, force=force, progress=_bar(quiet or json_out), context=context,
+                 multi_label=True)
+    if result.out is not None and context.leader:
+        _wrote(result.out)
+    show.print_json(result) if json_out else fit_tables(result)
+    show.notes(result)
     return True
 
 
 def _multi_label_apply(deployed, source_path, out, calibration, tau, train_labels, priors, top_k, classes,
                        label_column, smoothing, key, force, head, add_bias, in_place, link, verify_features,
                        memory_budget, quiet, target_priors, target_logits, multi_label, context) -> bool:
-    """Hand multi-label logits or checkpoints to multilabel_cli (a served model file takes a multi-label
-    calibration file through `patch_checkpoint` like any other)."""
+    """Multi-label logits (`apply(..., multi_label=True)`) or checkpoints (`patch_checkpoint` with the multi-label
+    calibration); a served model file takes a multi-label calibration file through `patch_checkpoint` like any
+    other."""
+    from . import cli_render as show
     from . import multilabel_cli
-    from .workflows.inputs import memory_bytes
+    from .checkpoints import is_checkpoint
+    from .workflows import apply, patch_checkpoint
+    from .workflows.multilabel import multilabel_calibration
 
     if deployed:
         if multi_label and (calibration is None or not multilabel_cli.is_multilabel_calibration(calibration)):
@@ -577,10 +595,24 @@ def _multi_label_apply(deployed, source_path, out, calibration, tau, train_label
         return False
     multilabel_cli.refuse({"--label-column": label_column, "--target-logits": target_logits,
                            "--target-priors": target_priors.strip().lower() != "uniform"}, context)
-    multilabel_cli.apply(source_path, out, calibration, tau, train_labels, priors, top_k, classes, smoothing, key,
-                         context.device, force, memory_bytes(memory_budget), quiet,
-                         {"--head": head, "--add-bias": add_bias, "--in-place": in_place, "--link": link,
-                          "--verify-features": verify_features})
+    if is_checkpoint(source_path, key):
+        fitted = multilabel_calibration(calibration, tau, train_labels, priors, None, smoothing)
+        show.patched(patch_checkpoint(source_path, fitted, calibration_file=calibration, out=out, head=head,
+                                      add_bias=add_bias, in_place=in_place, link=link,
+                                      verify_features=verify_features, class_names=classes, smoothing=smoothing,
+                                      key=key, device=context.device, memory_budget=memory_budget, force=force))
+        return True
+    for flag, given in (("--head", head), ("--add-bias", add_bias), ("--in-place", in_place), ("--link", link),
+                        ("--verify-features", verify_features)):
+        if given:
+            raise OptionError(f"{source_path} is a logits file, and {flag} is for checkpoints", flag)
+    if out is None:
+        raise OptionError("give --out FILE for the adjusted logits or predictions", "--out")
+    result = apply(source_path, calibration, out, tau=tau, train_labels=train_labels, priors=priors, top_k=top_k,
+                   class_names=classes, smoothing=smoothing, key=key, device=context.device,
+                   memory_budget=memory_budget, force=force, progress=_bar(quiet), multi_label=True)
+    show.notes(result)
+    _wrote(result.out, f" ({result.rows} samples, {result.labels} labels, tau = {result.tau:.4f})")
     return True
 
 
@@ -588,8 +620,11 @@ def _multi_label_report(inputs, multi_label, calibration, checkpoint, features, 
                         target_logits, target_priors, bins, tau, train_labels, priors, sort, limit, json_out, classes,
                         smoothing, key, memory_budget, quiet, compare, test_logits, test_labels, metric,
                         context) -> bool:
-    """Hand a multi-label report (or --compare) to multilabel_cli."""
+    """A multi-label report (`report(..., multi_label=True)`) or comparison (`compare(..., multi_label=True)`)."""
+    from . import cli_render as show
     from . import multilabel_cli
+    from .cli_render_multilabel import comparison_table, report_tables
+    from .workflows import compare as compare_methods, report
     from .workflows.inputs import memory_bytes
 
     budget = memory_bytes(memory_budget)
@@ -603,9 +638,27 @@ def _multi_label_report(inputs, multi_label, calibration, checkpoint, features, 
                            "--target-logits": target_logits, "--bins": bins != 15,
                            "--target-priors": target_priors.strip().lower() != "uniform"},
                           context if compare else None)
-    multilabel_cli.report(inputs, calibration, tau, train_labels, priors, sort.value, limit, json_out, classes,
-                          smoothing, key, context.device, budget, quiet, compare, test_logits, test_labels,
-                          metric.value, context)
+    if len(inputs) < 2:
+        raise OptionError(f"expected the logits and the labels files, got {len(inputs)} path(s)", "arguments")
+    logits = inputs[0] if len(inputs) == 2 else inputs[:-1]
+    if compare:
+        if calibration is not None or tau is not None:
+            raise OptionError("--compare fits every method itself; give the training priors (--train-labels or "
+                              "--priors), not --calibration or --tau", "--compare")
+        result = compare_methods(logits, inputs[-1], priors, train_labels=train_labels, test_logits=test_logits,
+                                 test_labels=test_labels, metric=metric.value, class_names=classes,
+                                 smoothing=smoothing, key=key, device=context.device, memory_budget=budget,
+                                 progress=_bar(quiet or json_out), multi_label=True)
+        show.print_json(result) if json_out else comparison_table(result)
+        show.notes(result)
+        return True
+    if test_logits or test_labels:
+        raise OptionError("--test-logits and --test-labels go with --compare", "--compare")
+    result = report(logits, inputs[-1], calibration, tau=tau, train_labels=train_labels, priors=priors,
+                    class_names=classes, smoothing=smoothing, key=key, memory_budget=budget,
+                    progress=_bar(quiet or json_out), context=context, multi_label=True)
+    show.print_json(result) if json_out else report_tables(result, sort.value, limit)
+    show.notes(result)
     return True
 
 

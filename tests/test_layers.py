@@ -25,7 +25,8 @@ LAYER_OF = {
     "checkpoints": "models", "patch": "models", "models": "models", "module_patch": "models",
     "onnx_patch": "models", "script_patch": "models", "deploy": "models",
     "workflows": "workflows", "plot": "workflows", "multilabel_report": "workflows",
-    "cli": "cli", "cli_render": "cli", "multilabel_cli": "cli", "demo": "cli", "__main__": "cli", "": "cli",
+    "cli": "cli", "cli_render": "cli", "cli_render_multilabel": "cli", "multilabel_cli": "cli", "demo": "cli",
+    "__main__": "cli", "": "cli",
 }
 
 # Edges that may go the wrong way, and private names that may be shared, each with the reason. Keep these empty.

@@ -45,7 +45,7 @@ def apply(logits, calibration=None, out=None, *, tau: Optional[float] = None, tr
           top_k: int = 1, class_names=None, label_column: Optional[str] = None, smoothing: float = 0.0,
           target_priors: Any = "uniform", target_logits=None, key: Optional[str] = None, device: str = "auto",
           memory_budget=None, format: str = "npy", force: bool = False, progress: Optional[Callable] = None,
-          context=None):
+          context=None, multi_label: bool = False):
     """Adjust logits by a calibration: (logits - tau * log(pi)) / T + bias + log(q), as `lacal apply` does.
 
     Args:
@@ -62,6 +62,8 @@ def apply(logits, calibration=None, out=None, *, tau: Optional[float] = None, tr
         format: with a folder `out`: npy, npz, safetensors, pt or csv.
         force: replace an existing output.
         key, device, memory_budget, progress, context: as for `fit`.
+        multi_label: a multi-label head: f - tau * log(pi / (1 - pi)), one file out; also taken when `calibration`
+            is a multi-label `Calibration` (see `workflows.multilabel.apply_multi_label`).
 
     Returns:
         The adjusted array or tensor (with `out=None`), else an `ApplyResult`.
@@ -70,6 +72,15 @@ def apply(logits, calibration=None, out=None, *, tau: Optional[float] = None, tr
         >>> adjusted = lacal.apply(test_logits, calibration)              # a tensor in, a tensor out
         >>> lacal.apply("test_shards/", calibration, out="adjusted/")     # one file per shard and index.json
     """
+    if multi_label or getattr(calibration, "multi_label", False):
+        from .multilabel import apply_multi_label, refuse_options
+
+        uniform = isinstance(target_priors, str) and target_priors.strip().lower() == "uniform"
+        refuse_options(label_column=label_column, target_priors=not uniform, target_logits=target_logits is not None,
+                       context=context is not None and context.active)
+        return apply_multi_label(logits, calibration, out, tau=tau, train_labels=train_labels, priors=priors,
+                                 top_k=top_k, class_names=class_names, smoothing=smoothing, key=key, device=device,
+                                 memory_budget=memory_budget, force=force, progress=progress)
     notes = Notes()
     budget = memory_bytes(memory_budget)
     context = make_context(device, context)

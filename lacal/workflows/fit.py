@@ -84,7 +84,7 @@ def fit(val_logits=None, val_labels=None, priors=None, *, train_labels=None, tau
         method: str = "logit-adjustment", checkpoint=None, features=None, head: Optional[str] = None,
         class_names=None, label_column: Optional[str] = None, smoothing: float = 0.0, key: Optional[str] = None,
         device: str = "auto", memory_budget=None, out=None, force: bool = False, record_inputs: bool = True,
-        progress: Optional[Callable] = None, context=None) -> FitResult:
+        progress: Optional[Callable] = None, context=None, multi_label: bool = False) -> FitResult:
     """Fit tau for argmax f(x) - tau * log(pi) on validation data, as `lacal fit-tau` does.
 
     Args:
@@ -114,9 +114,12 @@ def fit(val_logits=None, val_labels=None, priors=None, *, train_labels=None, tau
         record_inputs: store the input files' paths and sha256 in the calibration.
         progress: `progress(total, description)`, a context manager yielding a callable(done); None is silent.
         context: a `distributed.Context` (a torchrun rank); default: one process on `device`.
+        multi_label: a multi-label head (one sigmoid per label): `val_labels` and `train_labels` are N x C 0/1
+            matrices, `metric` is "balanced-error" or "macro-f1"; see `workflows.multilabel.fit_multi_label`.
 
     Returns:
-        A `FitResult`: `.calibration`, `.tau`, `.warnings`; `.to_dict()` is `lacal fit-tau --json`.
+        A `FitResult`: `.calibration`, `.tau`, `.warnings`; `.to_dict()` is `lacal fit-tau --json`. With
+        `multi_label`, a `MultiLabelFitResult` (the same, for `lacal fit-tau --multi-label --json`).
 
     Example:
         >>> result = lacal.fit(val_logits, val_labels, train_labels=train_labels, target_priors="em",
@@ -125,6 +128,18 @@ def fit(val_logits=None, val_labels=None, priors=None, *, train_labels=None, tau
     """
     from ..search import check_tau_range, fit_tau
 
+    if multi_label:
+        from .multilabel import fit_multi_label, refuse_options
+
+        uniform = isinstance(target_priors, str) and target_priors.strip().lower() == "uniform"
+        refuse_options(method=method != "logit-adjustment", search=search != "exact", grid_size=grid_size,
+                       target_priors=not uniform, target_logits=target_logits is not None, calibrate=calibrate,
+                       checkpoint=checkpoint is not None, features=features is not None, head=head,
+                       label_column=label_column)
+        return fit_multi_label(val_logits, val_labels, priors, train_labels=train_labels, tau_range=tau_range,
+                               metric=metric, class_names=class_names, smoothing=smoothing, key=key, device=device,
+                               memory_budget=memory_budget, out=out, force=force, record_inputs=record_inputs,
+                               progress=progress, context=context)
     notes = Notes()
     tau_norm = method == "tau-norm"
     if method not in ("logit-adjustment", "tau-norm"):

@@ -65,7 +65,8 @@ class EstimateResult:
 
 
 def count_priors(train_labels, *, num_classes: Optional[int] = None, smoothing: float = 0.0, class_names=None,
-                 label_column: Optional[str] = None, out=None, force: bool = False) -> PriorsResult:
+                 label_column: Optional[str] = None, out=None, force: bool = False,
+                 multi_label: bool = False) -> PriorsResult:
     """Count training labels into class priors pi, as `lacal priors` does.
 
     Args:
@@ -76,9 +77,12 @@ def count_priors(train_labels, *, num_classes: Optional[int] = None, smoothing: 
         class_names: class names in id order (a list or a classes file).
         label_column: the column of a CSV labels file.
         out: write the priors as JSON here (for `priors=`); `force` replaces it.
+        multi_label: `train_labels` is an N x C 0/1 matrix; count the positives per label (see
+            `workflows.multilabel.count_multi_label_priors`).
 
     Returns:
-        A `PriorsResult`; `.priors` is the `Priors`, `.to_dict()` is `lacal priors --json`.
+        A `PriorsResult`; `.priors` is the `Priors`, `.to_dict()` is `lacal priors --json`. With `multi_label`, a
+        `MultiLabelPriorsResult` (`lacal priors --multi-label --json`).
 
     Example:
         >>> lacal.count_priors("train_labels.txt", num_classes=100).priors.priors[:3]
@@ -87,6 +91,12 @@ def count_priors(train_labels, *, num_classes: Optional[int] = None, smoothing: 
     from ..priors import priors_from_labels
     from .inputs import label_array
 
+    if multi_label:
+        from .multilabel import count_multi_label_priors, refuse_options
+
+        refuse_options(label_column=label_column)
+        return count_multi_label_priors(train_labels, num_classes=num_classes, class_names=class_names,
+                                        smoothing=smoothing, out=out, force=force)
     names = read_names(class_names)
     output_check(out, force, train_labels, class_names)
     if is_path(train_labels):

@@ -89,7 +89,8 @@ def report(logits=None, labels=None, calibration=None, *, tau: Optional[float] =
            priors=None, target_priors: Any = "uniform", target_logits=None, bins: int = 15, checkpoint=None,
            features=None, head: Optional[str] = None, class_names=None, label_column: Optional[str] = None,
            smoothing: float = 0.0, key: Optional[str] = None, device: str = "auto", memory_budget=None, plot=None,
-           force: bool = False, progress: Optional[Callable] = None, context=None) -> Report:
+           force: bool = False, progress: Optional[Callable] = None, context=None,
+           multi_label: bool = False) -> Report:
     """Per-class errors before and after adjustment, with shot groups, NLL, Brier score, ECE and classwise ECE, as
     `lacal report` does.
 
@@ -105,15 +106,28 @@ def report(logits=None, labels=None, calibration=None, *, tau: Optional[float] =
         checkpoint, features, head, class_names, label_column, smoothing, key, device, memory_budget, progress,
             context: as for `fit`.
         plot: also draw the three panels into this PNG (needs matplotlib); `force` replaces it.
+        multi_label: a multi-label head: `labels` is an N x C 0/1 matrix; also taken when `calibration` is a
+            multi-label `Calibration` (see `workflows.multilabel.report_multi_label`).
 
     Returns:
-        A `Report`: `.baseline` and `.adjusted` evaluations, `.to_dict()` is `lacal report --json`.
+        A `Report`: `.baseline` and `.adjusted` evaluations, `.to_dict()` is `lacal report --json`. With
+        `multi_label`, a `MultiLabelReportResult` (`lacal report --multi-label --json`).
 
     Example:
         >>> lacal.report(test_logits, test_labels, calibration).to_dict()["balanced_error"]
     """
     from ..scoring import probability_pass, score_pass
 
+    if multi_label or getattr(calibration, "multi_label", False):
+        from .multilabel import refuse_options, report_multi_label
+
+        uniform = is_path(target_priors) and str(target_priors).strip().lower() == "uniform"
+        refuse_options(checkpoint=checkpoint is not None, features=features is not None, head=head, plot=plot,
+                       label_column=label_column, target_priors=not uniform, target_logits=target_logits is not None,
+                       bins=bins != 15)
+        return report_multi_label(logits, labels, calibration, tau=tau, train_labels=train_labels, priors=priors,
+                                  class_names=class_names, smoothing=smoothing, key=key, device=device,
+                                  memory_budget=memory_budget, progress=progress, context=context)
     notes = Notes()
     budget = memory_bytes(memory_budget)
     context = make_context(device, context)
@@ -214,7 +228,7 @@ def compare(val_logits=None, val_labels=None, priors=None, *, train_labels=None,
             checkpoint=None, features=None, test_features=None, head: Optional[str] = None, class_names=None,
             label_column: Optional[str] = None, smoothing: float = 0.0, key: Optional[str] = None,
             device: str = "auto", memory_budget=None, progress: Optional[Callable] = None,
-            context=None) -> Comparison:
+            context=None, metric: str = "balanced-error", multi_label: bool = False) -> Comparison:
     """Post-hoc methods side by side, as `lacal report --compare` does: each fitted on the validation data and
     measured on the test data when given (else on the validation data itself).
 
@@ -224,15 +238,30 @@ def compare(val_logits=None, val_labels=None, priors=None, *, train_labels=None,
         test_logits, test_labels: the test split to measure on; with a checkpoint, `test_features` instead.
         checkpoint, features, head: the head's weights and features, which add tau-normalisation.
         class_names, label_column, smoothing, key, device, memory_budget, progress, context: as for `fit`.
+        metric: with `multi_label`, what the shared tau is fitted for ("balanced-error" or "macro-f1").
+        multi_label: a multi-label head: N x C 0/1 label matrices (see `workflows.multilabel.compare_multi_label`).
 
     Returns:
-        A `Comparison`; `.to_dict()` is `lacal report --compare --json`.
+        A `Comparison`; `.to_dict()` is `lacal report --compare --json`. With `multi_label`, a
+        `MultiLabelComparison` (`lacal report --multi-label --compare --json`).
 
     Example:
         >>> lacal.compare(val_logits, val_labels, priors, test_logits=test_logits, test_labels=test_labels)
     """
     from ..comparison import compare_methods
 
+    if multi_label:
+        from .multilabel import compare_multi_label, refuse_options
+
+        refuse_options(checkpoint=checkpoint is not None, features=features is not None,
+                       test_features=test_features is not None, head=head, label_column=label_column,
+                       torchrun=context is not None and context.active)
+        return compare_multi_label(val_logits, val_labels, priors, train_labels=train_labels,
+                                   test_logits=test_logits, test_labels=test_labels, metric=metric,
+                                   class_names=class_names, smoothing=smoothing, key=key, device=device,
+                                   memory_budget=memory_budget, progress=progress)
+    if metric != "balanced-error":
+        raise OptionError("`metric` goes with `multi_label`", "metric")
     notes = Notes()
     budget = memory_bytes(memory_budget)
     context = make_context(device, context)
