@@ -87,9 +87,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from .metrics import ClassEvaluation, ProbabilityMetrics, evaluate_predictions, group_errors, shot_groups
     from .priors import Priors, class_counts, priors_from_counts, priors_from_labels, read_priors
     from .workflows import (ApplyResult, CheckpointPatch, Comparison, EstimateResult, FitResult,
-                            MultiLabelApplyResult, MultiLabelComparison, MultiLabelFitResult, MultiLabelPriorsResult, MultiLabelReportResult,
-                            PriorsResult, Report, ScoreResult, TauNormResult, apply, compare, count_priors, estimate_priors, fit,
-                            patch_checkpoint, report, score)
+                            MultiLabelApplyResult, MultiLabelComparison, MultiLabelFitResult,
+                            MultiLabelPriorsResult, MultiLabelReportResult, PriorsResult, Report, ScoreResult,
+                            TauNormResult, apply, compare, count_priors, estimate_priors, fit, patch_checkpoint,
+                            report, score)
     from .search import TauFit, fit_tau
     from .label_shift import PriorEstimate, estimate_target_priors
     from .multilabel import (MultiLabelEvaluation, MultiLabelFit, MultiLabelPriors, evaluate_multilabel,

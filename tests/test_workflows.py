@@ -275,3 +275,99 @@ def test_score_writes_what_the_cli_writes(tmp_path):
     assert (tmp_path / "cli.npy").read_bytes() == (tmp_path / "lib.npy").read_bytes()
     with torch.no_grad():
         assert np.allclose(np.load(tmp_path / "lib.npy"), model(x).numpy(), atol=1e-5)
+
+
+RATES = np.array([0.5, 0.3, 0.15, 0.08, 0.04, 0.02])
+
+
+@pytest.fixture(scope="module")
+def multi(tmp_path_factory):
+    """A multi-label head: logits f = 1.8 y - 0.9 + noise + log-odds of the label rates, as BCE learns them."""
+    folder = tmp_path_factory.mktemp("multilabel")
+    rng = np.random.default_rng(5)
+
+    def split(size):
+        y = rng.random((size, RATES.size)) < RATES
+        return (1.8 * y - 0.9 + rng.normal(size=y.shape) + np.log(RATES / (1 - RATES))).astype(np.float32), y
+
+    val_f, val_y = split(400)
+    test_f, test_y = split(500)
+    train_y = rng.random((2500, RATES.size)) < RATES
+    for name, array in (("val_logits", val_f), ("val_labels", val_y), ("test_logits", test_f),
+                        ("test_labels", test_y.astype(np.uint8)), ("train_labels", train_y.astype(np.uint8))):
+        np.save(folder / f"{name}.npy", array)
+    return folder, val_f, val_y, test_f, test_y, train_y
+
+
+def _macro_balanced_error(f, y, offsets):
+    predicted = f.astype(np.float64) + offsets > 0
+    rates = [((~predicted[:, k] & y[:, k]).sum() / y[:, k].sum()
+              + (predicted[:, k] & ~y[:, k]).sum() / (~y[:, k]).sum()) / 2
+             for k in range(y.shape[1]) if y[:, k].any() and not y[:, k].all()]
+    return float(np.mean(rates))
+
+
+def test_multi_label_fit_equals_the_cli_and_numpy(multi, tmp_path):
+    folder, val_f, val_y, _, _, train_y = multi
+    cli = json.loads(run("fit-tau", folder / "val_logits.npy", folder / "val_labels.npy", "--train-labels",
+                         folder / "train_labels.npy", "--multi-label", "--json", "--device", "cpu", "--out",
+                         tmp_path / "cli.json"))
+    result = lacal.fit(val_f, val_y, train_labels=train_y, multi_label=True, device="cpu")
+    assert isinstance(result, lacal.MultiLabelFitResult) and result.calibration.multi_label
+    assert result.to_dict() == cli
+    files = lacal.fit(folder / "val_logits.npy", folder / "val_labels.npy", train_labels=folder / "train_labels.npy",
+                      multi_label=True, device="cpu", out=tmp_path / "lib.json")
+    assert files.to_dict() == cli and files.out == tmp_path / "lib.json"
+    assert lacal.Calibration.load(tmp_path / "lib.json") == lacal.Calibration.load(tmp_path / "cli.json")
+    positives = train_y.sum(0).astype(np.float64)
+    odds = np.log(positives / (train_y.shape[0] - positives))
+    assert np.allclose(result.calibration.offsets, -result.tau * odds)
+    assert cli["balanced_error_after"] == pytest.approx(_macro_balanced_error(val_f, val_y, -result.tau * odds))
+    with pytest.raises(lacal.OptionError) as error:
+        lacal.fit(val_f, val_y, train_labels=train_y, multi_label=True, calibrate="bias")
+    assert error.value.source == "calibrate"
+
+
+def test_multi_label_report_and_compare_equal_the_cli(multi, tmp_path):
+    folder, _, _, test_f, test_y, train_y = multi
+    run("fit-tau", folder / "val_logits.npy", folder / "val_labels.npy", "--train-labels",
+        folder / "train_labels.npy", "--multi-label", "--device", "cpu", "--out", tmp_path / "cal.json")
+    calibration = lacal.Calibration.load(tmp_path / "cal.json")
+    cli = json.loads(run("report", folder / "test_logits.npy", folder / "test_labels.npy", "--calibration",
+                         tmp_path / "cal.json", "--multi-label", "--json", "--device", "cpu"))
+    result = lacal.report(test_f, test_y, calibration, multi_label=True, device="cpu")
+    assert result.to_dict() == cli
+    assert lacal.report(folder / "test_logits.npy", folder / "test_labels.npy", tmp_path / "cal.json",
+                        multi_label=True, device="cpu").to_dict() == cli
+    assert result.report.main.balanced_error == pytest.approx(
+        _macro_balanced_error(test_f, test_y, calibration.offsets))
+    compare = json.loads(run("report", folder / "val_logits.npy", folder / "val_labels.npy", "--train-labels",
+                             folder / "train_labels.npy", "--compare", "--test-logits", folder / "test_logits.npy",
+                             "--test-labels", folder / "test_labels.npy", "--multi-label", "--json", "--device",
+                             "cpu"))
+    methods = lacal.compare(folder / "val_logits.npy", folder / "val_labels.npy", train_labels=train_y,
+                            test_logits=folder / "test_logits.npy", test_labels=test_y, multi_label=True,
+                            device="cpu")
+    assert methods.to_dict() == compare and not methods.warnings
+    priors = json.loads(run("priors", folder / "train_labels.npy", "--multi-label", "--json"))
+    assert lacal.count_priors(folder / "train_labels.npy", multi_label=True).to_dict() == priors
+    assert priors["positives"] == train_y.sum(0).tolist()
+
+
+def test_multi_label_apply_equals_the_cli_output(multi, tmp_path):
+    folder, _, _, test_f, _, _ = multi
+    run("fit-tau", folder / "val_logits.npy", folder / "val_labels.npy", "--train-labels",
+        folder / "train_labels.npy", "--multi-label", "--device", "cpu", "--out", tmp_path / "cal.json")
+    run("apply", folder / "test_logits.npy", "--calibration", tmp_path / "cal.json", "--out", tmp_path / "cli.npy",
+        "--device", "cpu")
+    calibration = lacal.Calibration.load(tmp_path / "cal.json")
+    adjusted = lacal.apply(test_f, calibration, device="cpu")
+    cli = np.load(tmp_path / "cli.npy")
+    assert adjusted.dtype == cli.dtype == np.float32 and np.array_equal(adjusted, cli)
+    assert np.allclose(adjusted, test_f.astype(np.float64) + calibration.offsets, atol=1e-5)
+    tensor = lacal.apply(torch.from_numpy(test_f), tmp_path / "cal.json", multi_label=True, device="cpu")
+    assert np.array_equal(tensor.numpy(), cli)
+    written = lacal.apply(folder / "test_logits.npy", tmp_path / "cal.json", tmp_path / "lib.npy", device="cpu",
+                          multi_label=True)
+    assert written.rows == test_f.shape[0] and written.labels == RATES.size
+    assert (tmp_path / "lib.npy").read_bytes() == (tmp_path / "cli.npy").read_bytes()
