@@ -30,6 +30,7 @@ AVERAGED_HEADS = {"head": "head_dist", "head.linear": "head_dist.linear",
 # fc2, the hidden layers of transformer blocks.
 HEAD_LIKE = re.compile(r"^(fc|fc_\w+|\w+_fc|.*head.*|.*classifier.*|.*logits.*|score)$")
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".tar")
+EMA_KEY = re.compile(r"ema|shadow|swa|averag", re.IGNORECASE)
 HF_WEIGHT_FILES = ("model.safetensors.index.json", "model.safetensors", "pytorch_model.bin.index.json",
                    "pytorch_model.bin")
 PATCH_METADATA_KEY = "lacal_patch"
@@ -99,12 +100,17 @@ class Checkpoint:
         return obj
 
     def copies(self, file: Path) -> dict[str, dict]:
-        """The other state dicts of a training checkpoint, beside the main one: EMA or shadow copies of the model
-        (timm's `state_dict_ema`, torchvision's `model_ema`, `ema`, ...), keyed by their top-level key."""
+        """The other state dicts of a training checkpoint, beside the main one, that are copies of the model: named
+        like one (timm's `state_dict_ema`, torchvision's `model_ema`, `ema`, `shadow`, `swa`, ...) or holding exactly
+        its tensor names; keyed by their top-level key. Another model kept beside it (a distillation teacher with
+        other layers) is left alone."""
         obj, keys = self.torch_object(file)
         if not keys or not isinstance(obj, dict):
             return {}
-        return {str(key): value for key, value in obj.items() if key != keys[0] and _is_state_dict(value)}
+        main = {plain_name(str(name)) for name in obj[keys[0]]}
+        return {str(key): value for key, value in obj.items()
+                if key != keys[0] and _is_state_dict(value)
+                and (EMA_KEY.search(str(key)) or {plain_name(str(name)) for name in value} == main)}
 
     @property
     def is_hugging_face(self) -> bool:

@@ -193,8 +193,13 @@ def _outputs(module, inputs):
     import torch
 
     arguments = inputs if isinstance(inputs, tuple) else (inputs,)
-    with torch.no_grad():
-        output = module(*arguments)
+    training = module.training
+    module.eval()  # no BatchNorm statistics updated, no dropout: the two runs must be comparable
+    try:
+        with torch.no_grad():
+            output = module(*arguments)
+    finally:
+        module.train(training)
     logits = getattr(output, "logits", output)
     if isinstance(logits, (tuple, list)):
         logits = logits[0]

@@ -212,9 +212,14 @@ def find_onnx_head(file: OnnxFile, num_classes: int | None = None, output: str |
 def _walk_back(file: OnnxFile, output: str, num_classes: int | None) -> OnnxHead:
     graph = file.model.graph
     producers = {name: node for node in graph.node for name in node.output}
-    tensor, softmax, passed = output, None, []
+    tensor, softmax, passed, seen = output, None, [], set()
     while True:
         node = producers.get(tensor)
+        follows = node is not None and (node.op_type in PASS_THROUGH or node.op_type in SOFTMAX or node.op_type == "Cast")
+        if tensor in seen or (follows and not (node.input and node.input[0])):
+            raise CheckpointError(f"output {output!r}: the graph feeds {tensor!r} back into itself or from a node "
+                                  "without an input; it is not a valid model", file.path)
+        seen.add(tensor)
         if node is None:
             raise CheckpointError(f"output {output!r} does not come from a classifier layer (followed back through "
                                   f"{', '.join(passed) or 'nothing'} to a graph input or constant)", file.path)
@@ -580,8 +585,10 @@ def _ends_in_softmax(path: Path, output: str) -> bool:
     except Exception:  # onnx missing or the file unreadable by it: onnxruntime ran it, so no warning
         return False
     producers = {name: node for node in graph.node for name in node.output}
-    node = producers.get(output)
-    while node is not None and (node.op_type in PASS_THROUGH or node.op_type == "Cast"):
+    node, seen = producers.get(output), set()
+    while node is not None and (node.op_type in PASS_THROUGH or node.op_type == "Cast") and node.input \
+            and id(node) not in seen:
+        seen.add(id(node))
         node = producers.get(node.input[0])
     return node is not None and node.op_type == "Softmax"
 

@@ -393,6 +393,7 @@ def _write_folder(checkpoint: Checkpoint, patch: Patch, out: Path | None, force:
             target.parent.mkdir(parents=True, exist_ok=True)
             if item in changed:
                 _write_one(checkpoint, item, target, patch)
+                shutil.copymode(item, target)  # a rewritten shard keeps its mode, like the copied ones
             elif item == index and patch.add:
                 target.write_text(_index_with_bias(index, checkpoint, patch), encoding="utf-8")
             elif item == config and checkpoint.config is not None:

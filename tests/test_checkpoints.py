@@ -521,3 +521,37 @@ def test_more_bad_checkpoints(tmp_path, calibration):
         assert result.exit_code == code, (args, result.output)
         assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr, result.stderr
         assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_a_teacher_beside_the_student_is_not_taken_for_an_ema_copy(tmp_path):
+    torch.manual_seed(8)
+    student = {"body.weight": torch.randn(8, 4), "fc.weight": torch.randn(3, 8), "fc.bias": torch.randn(3)}
+    teacher = {"other.weight": torch.randn(8, 4), "deep.weight": torch.randn(8, 8), "fc.weight": torch.randn(3, 8),
+               "fc.bias": torch.randn(3)}
+    ema = {k: v + 0.01 for k, v in student.items()}
+    torch.save({"model": student, "teacher": teacher, "model_ema": ema, "epoch": 1}, tmp_path / "kd.pth")
+    np.save(tmp_path / "counts.npy", np.array([50, 20, 5]))
+    result = CliRunner().invoke(app, ["apply", str(tmp_path / "kd.pth"), "--tau", "1", "--priors",
+                                      str(tmp_path / "counts.npy"), "--out", str(tmp_path / "p.pth")])
+    assert result.exit_code == 0, result.output
+    patched = torch.load(tmp_path / "p.pth", weights_only=True)
+    shift = torch.from_numpy(-np.log(np.array([50, 20, 5]) / 75)).float()
+    torch.testing.assert_close(patched["teacher"]["fc.bias"], teacher["fc.bias"], rtol=0, atol=0)
+    torch.testing.assert_close(patched["model"]["fc.bias"], student["fc.bias"] + shift)
+    torch.testing.assert_close(patched["model_ema"]["fc.bias"], ema["fc.bias"] + shift)
+
+
+def test_folder_output_keeps_the_mode_of_the_rewritten_shard(tmp_path):
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    save_file({"body.weight": torch.randn(8, 4), "fc.weight": torch.randn(3, 8), "fc.bias": torch.randn(3)},
+              str(folder / "model.safetensors"))
+    (folder / "extra.txt").write_text("kept\n")
+    for name in ("model.safetensors", "extra.txt"):
+        os.chmod(folder / name, 0o600)
+    np.save(tmp_path / "counts.npy", np.array([50, 20, 5]))
+    result = CliRunner().invoke(app, ["apply", str(folder), "--tau", "1", "--priors", str(tmp_path / "counts.npy"),
+                                      "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    for name in ("model.safetensors", "extra.txt"):
+        assert os.stat(tmp_path / "out" / name).st_mode & 0o777 == 0o600, name

@@ -745,3 +745,24 @@ def test_deeply_nested_json_in_multilabel_and_deployed_inputs(small, tmp_path):
     one_clean_line(run("apply", small / "val.npy", "--multi-label", "--calibration", small / "deep.json", "--out",
                        small / "o.npy"), 3)
     assert not (small / "o.npy").exists()
+
+
+def test_onnx_graph_that_loops_or_has_an_inputless_node_is_refused(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    np.save(tmp_path / "counts.npy", np.array([50, 20, 5]))
+    graphs = {
+        "self.onnx": [helper.make_node("Identity", ["y"], ["y"])],
+        "cycle.onnx": [helper.make_node("Identity", ["a"], ["y"]), helper.make_node("Identity", ["y"], ["a"])],
+        "empty.onnx": [helper.make_node("Identity", [], ["y"])],
+    }
+    for name, nodes in graphs.items():
+        graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])])
+        (tmp_path / name).write_bytes(helper.make_model(graph).SerializeToString())
+        result = subprocess.run([sys.executable, "-m", "lacal", "apply", str(tmp_path / name), "--tau", "1",
+                                 "--priors", str(tmp_path / "counts.npy"), "--out", str(tmp_path / f"p-{name}")],
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 9 and "Traceback" not in result.stderr, (name, result.stderr)
+        assert not (tmp_path / f"p-{name}").exists()

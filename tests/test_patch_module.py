@@ -132,3 +132,14 @@ def test_bfloat16_head_reports_its_rounding():
     exact = torch.from_numpy(shift) + 0  # the bias was random: compare the change against the offsets
     assert result.max_rounding_error <= float(torch.finfo(torch.bfloat16).eps) * (1 + float(exact.abs().max())) * 4
     assert any("bfloat16" in w for w in result.warnings)
+
+
+def test_verification_runs_in_eval_mode_and_leaves_batchnorm_statistics_alone():
+    torch.manual_seed(7)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8), torch.nn.ReLU())
+    model.add_module("fc", torch.nn.Linear(8, 5))  # still in train mode
+    buffers = {k: v.clone() for k, v in model.state_dict().items() if "running" in k or "batches" in k}
+    lacal.patch_module(model, calibration(), verify_inputs=torch.randn(16, 4))
+    assert model.training
+    for name, value in buffers.items():
+        torch.testing.assert_close(model.state_dict()[name], value, rtol=0, atol=0)
