@@ -240,6 +240,8 @@ def priors_command(
     from . import multilabel_cli
     from .workflows import count_priors, estimate_priors
 
+    if em is not None and multi_label:
+        raise OptionError("--em estimates softmax target priors; it does not apply to multi-label heads yet", "--em")
     multi = em is None and multilabel_cli.wanted(multi_label, train_labels, "training labels")
     if multi:
         multilabel_cli.refuse({"--label-column": label_column, "--train-labels": train_labels_option,
@@ -330,7 +332,8 @@ def fit_tau_command(
 
     if _multi_label_fit(inputs, multi_label, checkpoint, features, method, search, calibrate, label_column,
                         target_logits, target_priors, train_labels, priors, tau_range, metric, out, json_out,
-                        classes, smoothing, key, force, memory_budget, quiet, device):
+                        classes, smoothing, key, force, memory_budget, quiet, device,
+                        {"--grid-size": grid_size, "--head": head, "--bias-l2": bias_l2 != 1e-2}):
         return
     logits, labels = _data_arguments(inputs, checkpoint, features, method != Method.tau_norm)
     result = fit(logits, labels, priors, train_labels=train_labels, tau_range=_parse_range(tau_range),
@@ -513,7 +516,7 @@ def report_command(
     if _multi_label_report(inputs, multi_label, calibration, checkpoint, features, plot, test_features, label_column,
                            target_logits, target_priors, bins, tau, train_labels, priors, sort, limit, json_out,
                            classes, smoothing, key, memory_budget, quiet, compare, test_logits, test_labels, metric,
-                           context):
+                           context, head):
         return
     logits, labels = _data_arguments(inputs, checkpoint, features)
     if compare:
@@ -541,7 +544,7 @@ def report_command(
 
 def _multi_label_fit(inputs, multi_label, checkpoint, features, method, search, calibrate, label_column,
                      target_logits, target_priors, train_labels, priors, tau_range, metric, out, json_out, classes,
-                     smoothing, key, force, memory_budget, quiet, device) -> bool:
+                     smoothing, key, force, memory_budget, quiet, device, ignored=None) -> bool:
     """A multi-label head (--multi-label, or labels that can only be multi-label): `fit(..., multi_label=True)`."""
     from . import cli_render as show
     from . import multilabel_cli
@@ -559,7 +562,7 @@ def _multi_label_fit(inputs, multi_label, checkpoint, features, method, search, 
     multilabel_cli.refuse({"--checkpoint": checkpoint, "--features": features, "--method": tau_norm,
                            "--search grid": search == Search.grid, "--calibrate": calibrate,
                            "--label-column": label_column, "--target-logits": target_logits,
-                           "--target-priors": target_priors.strip().lower() != "uniform"})
+                           "--target-priors": target_priors.strip().lower() != "uniform", **(ignored or {})})
     if len(inputs) < 2:
         raise OptionError(f"expected the logits and the labels files, got {len(inputs)} path(s)", "arguments")
     result = fit(inputs[0] if len(inputs) == 2 else inputs[:-1], inputs[-1], priors, train_labels=train_labels,
@@ -619,7 +622,7 @@ def _multi_label_apply(deployed, source_path, out, calibration, tau, train_label
 def _multi_label_report(inputs, multi_label, calibration, checkpoint, features, plot, test_features, label_column,
                         target_logits, target_priors, bins, tau, train_labels, priors, sort, limit, json_out, classes,
                         smoothing, key, memory_budget, quiet, compare, test_logits, test_labels, metric,
-                        context) -> bool:
+                        context, head=None) -> bool:
     """A multi-label report (`report(..., multi_label=True)`) or comparison (`compare(..., multi_label=True)`)."""
     from . import cli_render as show
     from . import multilabel_cli
@@ -635,16 +638,14 @@ def _multi_label_report(inputs, multi_label, calibration, checkpoint, features, 
         return False
     multilabel_cli.refuse({"--checkpoint": checkpoint, "--features": features, "--plot": plot,
                            "--test-features": test_features, "--label-column": label_column,
-                           "--target-logits": target_logits, "--bins": bins != 15,
+                           "--target-logits": target_logits, "--bins": bins != 15, "--head": head,
                            "--target-priors": target_priors.strip().lower() != "uniform"},
                           context if compare else None)
     if len(inputs) < 2:
         raise OptionError(f"expected the logits and the labels files, got {len(inputs)} path(s)", "arguments")
     logits = inputs[0] if len(inputs) == 2 else inputs[:-1]
     if compare:
-        if calibration is not None or tau is not None:
-            raise OptionError("--compare fits every method itself; give the training priors (--train-labels or "
-                              "--priors), not --calibration or --tau", "--compare")
+        _refuse_with_compare(plot, calibration, tau, target_priors, target_logits, sort, limit, bins)
         result = compare_methods(logits, inputs[-1], priors, train_labels=train_labels, test_logits=test_logits,
                                  test_labels=test_labels, metric=metric.value, class_names=classes,
                                  smoothing=smoothing, key=key, device=context.device, memory_budget=budget,
@@ -654,6 +655,8 @@ def _multi_label_report(inputs, multi_label, calibration, checkpoint, features, 
         return True
     if test_logits or test_labels:
         raise OptionError("--test-logits and --test-labels go with --compare", "--compare")
+    if metric != Metric.balanced_error:
+        raise OptionError("--metric goes with --multi-label --compare", "--metric")
     result = report(logits, inputs[-1], calibration, tau=tau, train_labels=train_labels, priors=priors,
                     class_names=classes, smoothing=smoothing, key=key, memory_budget=budget,
                     progress=_bar(quiet or json_out), context=context, multi_label=True)
