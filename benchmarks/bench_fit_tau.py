@@ -120,12 +120,12 @@ def fused_timings(run, repeats: int, busy: bool) -> dict:
     compiles it; {} when it cannot be compiled here."""
     import torch
 
-    import lacal.fused
+    import lacal.engine.fused
 
-    before = os.environ.get(lacal.fused.ENVIRONMENT)
-    os.environ[lacal.fused.ENVIRONMENT] = "1"
+    before = os.environ.get(lacal.engine.fused.ENVIRONMENT)
+    os.environ[lacal.engine.fused.ENVIRONMENT] = "1"
     try:
-        if lacal.fused.fused_kernel(torch.float32, "cpu") is None:
+        if lacal.engine.fused.fused_kernel(torch.float32, "cpu") is None:
             return {}
         run()
         times = {"idle": timed(run, repeats)[0]}
@@ -135,9 +135,9 @@ def fused_timings(run, repeats: int, busy: bool) -> dict:
         return times
     finally:
         if before is None:
-            os.environ.pop(lacal.fused.ENVIRONMENT)
+            os.environ.pop(lacal.engine.fused.ENVIRONMENT)
         else:
-            os.environ[lacal.fused.ENVIRONMENT] = before
+            os.environ[lacal.engine.fused.ENVIRONMENT] = before
 
 
 def process_seconds(command: list[str], env: dict) -> float:
@@ -210,7 +210,7 @@ def compare_previous(logits, labels, log_priors, repeats: int) -> dict:
     """The interval pass against the one before it (tests/reference_intervals.py: per-label C x C tables, 2 MiB
     blocks), on the same logits in one run, idle, with torch's default threads; and whether they agree."""
     sys.path.insert(0, str(ROOT))
-    from lacal.scoring import interval_pass
+    from lacal.engine.passes import interval_pass
     from tests.reference_intervals import reference_intervals
 
     rows = max(1, (2 << 20) // (4 * logits.shape[1]))
@@ -323,7 +323,7 @@ def budget_check(size_text: str, workdir: Path) -> dict:
     np.save(workdir / "big_counts.npy", counts)
     arguments = ["fit-tau", str(path), str(workdir / "big_labels.npy"), "--priors", str(workdir / "big_counts.npy"),
                  "--memory-budget", size_text, "--json", "--quiet"]
-    baseline, _ = _child_peak("import torch, numpy, lacal.cli, lacal.search, lacal.scoring")
+    baseline, _ = _child_peak("import torch, numpy, lacal.cli.app, lacal.methods.search, lacal.engine.passes")
     start = time.perf_counter()
     peak, output = _child_peak(f"import sys, runpy; sys.argv = ['lacal'] + {arguments!r}; "
                                "runpy.run_module('lacal', run_name='__main__')")

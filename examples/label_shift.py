@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 import lacal
-from lacal.demo import DIMENSIONS, MEAN_SPREAD, NUM_CLASSES, long_tail_counts, make_problem, train_softmax
+from lacal.cli.demo import DIMENSIONS, MEAN_SPREAD, NUM_CLASSES, long_tail_counts, make_problem, train_softmax
 
 DEPLOYED = 20_000
 

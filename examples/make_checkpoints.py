@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from lacal.demo import NUM_CLASSES, make_problem
+from lacal.cli.demo import NUM_CLASSES, make_problem
 
 
 class Net(nn.Module):

@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from make_checkpoints import Net  # noqa: E402
 
-from lacal.demo import make_problem  # noqa: E402
+from lacal.cli.demo import make_problem  # noqa: E402
 
 
 class WithSoftmax(torch.nn.Module):

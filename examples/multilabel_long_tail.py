@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lacal.metrics import GROUPS, shot_groups
-from lacal.multilabel import (evaluate_multilabel, fit_label_thresholds, fit_multilabel_tau, multilabel_offsets,
+from lacal.core.metrics import GROUPS, shot_groups
+from lacal.methods.multilabel import (evaluate_multilabel, fit_label_thresholds, fit_multilabel_tau, multilabel_offsets,
                               multilabel_priors_from_labels)
 
 LABELS, FEATURES = 40, 24

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 import lacal
-from lacal.demo import make_problem, train_softmax
+from lacal.cli.demo import make_problem, train_softmax
 
 
 def main() -> None:

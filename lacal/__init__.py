@@ -22,23 +22,23 @@ from typing import TYPE_CHECKING
 from .version import __version__
 
 _EXPORTS = {
-    "LacalError": "errors", "InputFileError": "errors", "InputDataError": "errors", "PriorsError": "errors",
-    "OptionError": "errors", "MismatchError": "errors", "OutputError": "errors",
-    "read_logits": "load", "read_labels": "load", "read_classes": "load", "LogitsSource": "load",
-    "Priors": "priors", "class_counts": "priors", "priors_from_counts": "priors", "priors_from_labels": "priors",
-    "read_priors": "priors",
-    "offsets": "adjust", "adjust_logits": "adjust",
-    "ClassEvaluation": "metrics", "evaluate": "evaluation", "evaluate_predictions": "metrics",
-    "balanced_error": "evaluation", "worst_class_error": "evaluation", "shot_groups": "metrics",
-    "group_errors": "metrics",
-    "TauFit": "search", "fit_tau": "search",
-    "Calibration": "calibration",
-    "PriorEstimate": "label_shift", "estimate_target_priors": "label_shift",
-    "ProbabilityFit": "probability", "fit_temperature": "probability", "fit_bias": "probability",
-    "ProbabilityMetrics": "metrics",
-    "logit_adjusted_cross_entropy": "losses", "LogitAdjustedLoss": "losses",
-    "TauNormFit": "taunorm", "fit_tau_norm": "taunorm", "tau_norm_logits": "taunorm",
-    "MethodResult": "comparison", "compare_methods": "comparison",
+    "LacalError": "errors.exceptions", "InputFileError": "errors.exceptions", "InputDataError": "errors.exceptions", "PriorsError": "errors.exceptions",
+    "OptionError": "errors.exceptions", "MismatchError": "errors.exceptions", "OutputError": "errors.exceptions",
+    "read_logits": "data.readers", "read_labels": "data.readers", "read_classes": "data.readers", "LogitsSource": "data.readers",
+    "Priors": "core.priors", "class_counts": "core.priors", "priors_from_counts": "core.priors", "priors_from_labels": "core.priors",
+    "read_priors": "core.priors",
+    "offsets": "core.offsets", "adjust_logits": "core.offsets",
+    "ClassEvaluation": "core.metrics", "evaluate": "methods.evaluation", "evaluate_predictions": "core.metrics",
+    "balanced_error": "methods.evaluation", "worst_class_error": "methods.evaluation", "shot_groups": "core.metrics",
+    "group_errors": "core.metrics",
+    "TauFit": "methods.search", "fit_tau": "methods.search",
+    "Calibration": "core.calibration",
+    "PriorEstimate": "methods.label_shift", "estimate_target_priors": "methods.label_shift",
+    "ProbabilityFit": "methods.probability", "fit_temperature": "methods.probability", "fit_bias": "methods.probability",
+    "ProbabilityMetrics": "core.metrics",
+    "logit_adjusted_cross_entropy": "methods.losses", "LogitAdjustedLoss": "methods.losses",
+    "TauNormFit": "methods.taunorm", "fit_tau_norm": "methods.taunorm", "tau_norm_logits": "methods.taunorm",
+    "MethodResult": "methods.comparison", "compare_methods": "methods.comparison",
     "Report": "workflows", "count_priors": "workflows", "estimate_priors": "workflows", "fit": "workflows",
     "apply": "workflows", "patch_checkpoint": "workflows", "report": "workflows", "compare": "workflows",
     "score": "workflows", "FitResult": "workflows", "ApplyResult": "workflows", "CheckpointPatch": "workflows",
@@ -46,13 +46,13 @@ _EXPORTS = {
     "ScoreResult": "workflows", "TauNormResult": "workflows", "MultiLabelFitResult": "workflows",
     "MultiLabelReportResult": "workflows", "MultiLabelComparison": "workflows", "MultiLabelPriorsResult": "workflows",
     "MultiLabelApplyResult": "workflows",
-    "resolve_device": "device",
-    "patch_module": "module_patch", "PatchResult": "module_patch",
-    "MultiLabelPriors": "multilabel", "multilabel_priors": "multilabel", "multilabel_priors_from_labels": "multilabel",
-    "multilabel_offsets": "multilabel", "MultiLabelEvaluation": "multilabel", "evaluate_multilabel": "multilabel",
-    "MultiLabelFit": "multilabel", "fit_multilabel_tau": "multilabel", "fit_label_thresholds": "multilabel",
-    "read_label_matrix": "multilabel_data", "read_multilabel_priors": "multilabel_data",
-    "MultiLabelReport": "multilabel_report", "compare_multilabel": "multilabel_report",
+    "resolve_device": "engine.device",
+    "patch_module": "models.module_patch", "PatchResult": "models.module_patch",
+    "MultiLabelPriors": "methods.multilabel", "multilabel_priors": "methods.multilabel", "multilabel_priors_from_labels": "methods.multilabel",
+    "multilabel_offsets": "methods.multilabel", "MultiLabelEvaluation": "methods.multilabel", "evaluate_multilabel": "methods.multilabel",
+    "MultiLabelFit": "methods.multilabel", "fit_multilabel_tau": "methods.multilabel", "fit_label_thresholds": "methods.multilabel",
+    "read_label_matrix": "core.label_matrix", "read_multilabel_priors": "core.label_matrix",
+    "MultiLabelReport": "workflows.multilabel_report", "compare_multilabel": "workflows.multilabel_report",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -72,29 +72,29 @@ def __dir__():
 
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .adjust import adjust_logits, offsets
-    from .probability import ProbabilityFit, fit_bias, fit_temperature
-    from .calibration import Calibration
-    from .device import resolve_device
+    from .core.offsets import adjust_logits, offsets
+    from .methods.probability import ProbabilityFit, fit_bias, fit_temperature
+    from .core.calibration import Calibration
+    from .engine.device import resolve_device
     from .errors import (InputDataError, InputFileError, LacalError, MismatchError, OptionError, OutputError,
                          PriorsError)
-    from .load import LogitsSource, read_classes, read_labels, read_logits
-    from .comparison import MethodResult, compare_methods
-    from .losses import LogitAdjustedLoss, logit_adjusted_cross_entropy
-    from .taunorm import TauNormFit, fit_tau_norm, tau_norm_logits
-    from .module_patch import PatchResult, patch_module
-    from .evaluation import balanced_error, evaluate, worst_class_error
-    from .metrics import ClassEvaluation, ProbabilityMetrics, evaluate_predictions, group_errors, shot_groups
-    from .priors import Priors, class_counts, priors_from_counts, priors_from_labels, read_priors
+    from .data.readers import LogitsSource, read_classes, read_labels, read_logits
+    from .methods.comparison import MethodResult, compare_methods
+    from .methods.losses import LogitAdjustedLoss, logit_adjusted_cross_entropy
+    from .methods.taunorm import TauNormFit, fit_tau_norm, tau_norm_logits
+    from .models.module_patch import PatchResult, patch_module
+    from .methods.evaluation import balanced_error, evaluate, worst_class_error
+    from .core.metrics import ClassEvaluation, ProbabilityMetrics, evaluate_predictions, group_errors, shot_groups
+    from .core.priors import Priors, class_counts, priors_from_counts, priors_from_labels, read_priors
     from .workflows import (ApplyResult, CheckpointPatch, Comparison, EstimateResult, FitResult,
                             MultiLabelApplyResult, MultiLabelComparison, MultiLabelFitResult,
                             MultiLabelPriorsResult, MultiLabelReportResult, PriorsResult, Report, ScoreResult,
                             TauNormResult, apply, compare, count_priors, estimate_priors, fit, patch_checkpoint,
                             report, score)
-    from .search import TauFit, fit_tau
-    from .label_shift import PriorEstimate, estimate_target_priors
-    from .multilabel import (MultiLabelEvaluation, MultiLabelFit, MultiLabelPriors, evaluate_multilabel,
+    from .methods.search import TauFit, fit_tau
+    from .methods.label_shift import PriorEstimate, estimate_target_priors
+    from .methods.multilabel import (MultiLabelEvaluation, MultiLabelFit, MultiLabelPriors, evaluate_multilabel,
                              fit_label_thresholds, fit_multilabel_tau, multilabel_offsets, multilabel_priors,
                              multilabel_priors_from_labels)
-    from .multilabel_data import read_label_matrix, read_multilabel_priors
-    from .multilabel_report import MultiLabelReport, compare_multilabel
+    from .core.label_matrix import read_label_matrix, read_multilabel_priors
+    from .workflows.multilabel_report import MultiLabelReport, compare_multilabel

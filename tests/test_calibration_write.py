@@ -8,7 +8,7 @@ import torch
 
 import lacal
 from lacal.errors import InputDataError, MismatchError, OutputError
-from lacal.write import atomic_path, write_logits, write_text
+from lacal.data.writers import atomic_path, write_logits, write_text
 
 from .conftest import long_tail_problem
 

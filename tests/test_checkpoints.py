@@ -10,10 +10,10 @@ from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 import lacal
-from lacal.checkpoints import find_head, open_checkpoint, read_safetensors_header
-from lacal.cli import app
+from lacal.models.checkpoints import find_head, open_checkpoint, read_safetensors_header
+from lacal.cli.app import app
 from lacal.errors import CheckpointError, MismatchError, VerificationError
-from lacal.patch import Patch, make_patch, verify_patch, write_checkpoint
+from lacal.models.patch import Patch, make_patch, verify_patch, write_checkpoint
 
 from .models import C, D, TimmLike, TorchvisionLike, TwoHeads, VggLike, build, save_hf_folder
 
@@ -118,7 +118,7 @@ def test_safetensors_patch_keeps_everything_else(tmp_path, calibration, cls, hea
     assert meta_after["format"] == "pt" and meta_after["author"] == "me"
     record = json.loads(meta_after["lacal_patch"])
     assert record["tau"] == TAU and record["head"] == head
-    assert record["calibration_sha256"] == lacal.load.sha256_file(calibration)
+    assert record["calibration_sha256"] == lacal.data.readers.sha256_file(calibration)
     np.testing.assert_allclose(record["offsets"], OFFSETS)
     _assert_predicts_adjusted(cls, model, load_file(tmp_path / "p.safetensors"))
 
@@ -362,7 +362,7 @@ def test_verify_features(tmp_path, calibration):
     head = find_head(checkpoint, C)
     good = make_patch(checkpoint, head, OFFSETS, TAU)
     wrong = Patch(head, good.bias + 0.01, 0.0, False, good.record)
-    source = lacal.load.read_logits(tmp_path / "features.npy", what="features")
+    source = lacal.data.readers.read_logits(tmp_path / "features.npy", what="features")
     with pytest.raises(VerificationError, match="differ from the adjusted logits by up to 0.01"):
         verify_patch(checkpoint, wrong, source, OFFSETS)
     assert verify_patch(checkpoint, good, source, OFFSETS)[0] < 1e-5

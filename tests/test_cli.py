@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 import lacal
-from lacal.cli import app
+from lacal.cli.app import app
 
 from . import reference
 
@@ -353,7 +353,7 @@ def test_usage_errors_keep_click_code(files):
 
 
 def test_help_does_not_import_torch():
-    code = "import sys; from lacal.cli import app; assert 'torch' not in sys.modules and 'numpy' not in sys.modules"
+    code = "import sys; from lacal.cli.app import app; assert 'torch' not in sys.modules and 'numpy' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
     for command in ("fit-tau", "apply", "report", "priors", "demo"):
         result = run(command, "--help")

@@ -8,7 +8,7 @@ import torch
 from typer.testing import CliRunner
 
 import lacal
-from lacal.cli import app
+from lacal.cli.app import app
 from lacal.errors import OptionError
 
 from .conftest import long_tail_problem
@@ -63,9 +63,9 @@ def test_unknown_device_is_refused():
 
 @cuda
 def test_label_shift_calibration_and_metrics_on_cuda_equal_cpu():
-    from lacal.probability import fit_bias, fit_temperature
-    from lacal.scoring import probability_pass
-    from lacal.taunorm import fit_tau_norm
+    from lacal.methods.probability import fit_bias, fit_temperature
+    from lacal.engine.passes import probability_pass
+    from lacal.methods.taunorm import fit_tau_norm
 
     logits, labels, counts = long_tail_problem(num_samples=2000, num_classes=20, seed=11)
     em_cpu = lacal.estimate_target_priors(logits, counts)
@@ -86,7 +86,7 @@ def test_label_shift_calibration_and_metrics_on_cuda_equal_cpu():
 
 @cuda
 def test_interval_pass_on_cuda_equals_cpu_with_shared_priors():
-    from lacal.scoring import interval_pass
+    from lacal.engine.passes import interval_pass
 
     logits, labels, _ = long_tail_problem(num_samples=3000, num_classes=40, seed=12)
     counts = np.repeat([500, 100, 20, 5], 10)  # groups of equal priors

@@ -2,8 +2,8 @@ import json
 
 import numpy as np
 
-from lacal.cli import app
-from lacal.demo import DEMO_FILES, long_tail_counts
+from lacal.cli.app import app
+from lacal.cli.demo import DEMO_FILES, long_tail_counts
 from typer.testing import CliRunner
 
 from . import reference

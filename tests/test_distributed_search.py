@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import lacal
-from lacal.distributed import Context
-from lacal.search import _exact, _exact_distributed, balanced_weights
+from lacal.engine.distributed import Context
+from lacal.methods.search import _exact, _exact_distributed, balanced_weights
 
 from .conftest import long_tail_problem
 
@@ -34,7 +34,7 @@ class AllInOne(Context):
 
 
 def _intervals(logits, labels, counts):
-    from lacal.scoring import interval_pass
+    from lacal.engine.passes import interval_pass
 
     stats = interval_pass(logits, labels, np.log(np.asarray(counts) / np.sum(counts)))
     support = torch.as_tensor(np.bincount(labels, minlength=logits.shape[1]))

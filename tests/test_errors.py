@@ -8,7 +8,7 @@ import torch
 from typer.testing import CliRunner
 
 import lacal
-from lacal.cli import FLAGS, app, flagged
+from lacal.cli.app import FLAGS, app, flagged
 from lacal.errors import MismatchError
 
 

@@ -15,7 +15,7 @@ def test_python_api_example_runs_and_improves():
 
 
 def test_make_checkpoints_example_writes_patchable_layouts(tmp_path):
-    from lacal.checkpoints import find_head, open_checkpoint
+    from lacal.models.checkpoints import find_head, open_checkpoint
 
     result = subprocess.run([sys.executable, str(EXAMPLES / "make_checkpoints.py"), "--dir", str(tmp_path)],
                             capture_output=True, text=True, timeout=300)

@@ -19,9 +19,9 @@ from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 import lacal
-from lacal.cli import app
+from lacal.cli.app import app
 from lacal.errors import OutputError
-from lacal.write import atomic_path
+from lacal.data.writers import atomic_path
 
 from .models import C, TimmLike, TorchvisionLike, build, save_hf_folder
 

@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import lacal
-import lacal.parallel
-from lacal.scoring import _block_intervals, interval_pass
+import lacal.engine.threads
+from lacal.engine.passes import _block_intervals, interval_pass
 
 from .reference_intervals import reference_intervals
 
@@ -71,15 +71,15 @@ def test_ties_with_classes_of_the_same_prior_follow_argmax():
 def test_threads_give_the_same_intervals(monkeypatch):
     logits, labels, log_priors = problem(3, 500, 40, "float16", "random", 2.0, 0.0)
     one = interval_pass(logits, labels, log_priors, rows=7)
-    monkeypatch.setattr(lacal.parallel, "block_workers", lambda device, blocks: 3)
+    monkeypatch.setattr(lacal.engine.threads, "block_workers", lambda device, blocks: 3)
     seen = []
-    original = lacal.scoring._block_intervals
+    original = lacal.engine.passes._block_intervals
 
     def recording(*args):
         seen.append((threading.get_ident(), torch.get_num_threads()))
         return original(*args)
 
-    monkeypatch.setattr(lacal.scoring, "_block_intervals", recording)
+    monkeypatch.setattr(lacal.engine.passes, "_block_intervals", recording)
     threads_before = torch.get_num_threads()
     several = interval_pass(logits, labels, log_priors, rows=7)
     assert torch.get_num_threads() == threads_before
@@ -90,7 +90,7 @@ def test_threads_give_the_same_intervals(monkeypatch):
 def test_run_blocks_reports_progress_and_stops_at_a_bad_block():
     blocks = [(k * 4, torch.zeros(4, 2)) for k in range(6)]
     written, progress = [], []
-    lacal.parallel.run_blocks(iter(blocks), lambda start, block: written.append(start), 2, progress.append)
+    lacal.engine.threads.run_blocks(iter(blocks), lambda start, block: written.append(start), 2, progress.append)
     assert sorted(written) == [0, 4, 8, 12, 16, 20] and progress == [4, 8, 12, 16, 20, 24]
 
     def failing():
@@ -98,7 +98,7 @@ def test_run_blocks_reports_progress_and_stops_at_a_bad_block():
         raise ValueError("bad block")
 
     with pytest.raises(ValueError, match="bad block"):
-        lacal.parallel.run_blocks(failing(), lambda start, block: None, 2)
+        lacal.engine.threads.run_blocks(failing(), lambda start, block: None, 2)
 
 
 def test_no_table_grows_with_the_square_of_the_classes():
@@ -127,13 +127,13 @@ def test_fit_tau_spreads_the_pass_and_restores_the_thread_count(monkeypatch):
     counts = np.exp(log_priors)
     single = lacal.fit_tau(logits, labels, counts, rows=7)
     seen = []
-    original = lacal.scoring._block_intervals
+    original = lacal.engine.passes._block_intervals
 
     def recording(*args):
         seen.append((threading.get_ident(), torch.get_num_threads()))
         return original(*args)
 
-    monkeypatch.setattr(lacal.scoring, "_block_intervals", recording)
+    monkeypatch.setattr(lacal.engine.passes, "_block_intervals", recording)
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
@@ -148,11 +148,11 @@ def test_fit_tau_spreads_the_pass_and_restores_the_thread_count(monkeypatch):
 
 @pytest.mark.slow
 def test_the_fused_kernel_gives_the_same_intervals(monkeypatch):
-    import lacal.fused
+    import lacal.engine.fused
 
-    monkeypatch.setenv(lacal.fused.ENVIRONMENT, "1")
-    monkeypatch.setattr(lacal.fused, "_kernels", {})
-    kernel = lacal.fused.fused_kernel(torch.float32, "cpu")
+    monkeypatch.setenv(lacal.engine.fused.ENVIRONMENT, "1")
+    monkeypatch.setattr(lacal.engine.fused, "_kernels", {})
+    kernel = lacal.engine.fused.fused_kernel(torch.float32, "cpu")
     if kernel is None:
         pytest.skip("torch.compile cannot compile here (no C++ compiler)")
     calls = []
@@ -161,7 +161,7 @@ def test_the_fused_kernel_gives_the_same_intervals(monkeypatch):
         calls.append(1)
         return kernel(*args)
 
-    monkeypatch.setitem(lacal.fused._kernels, (torch.float32, "cpu"), counting)
+    monkeypatch.setitem(lacal.engine.fused._kernels, (torch.float32, "cpu"), counting)
     for seed, dtype, priors in [(1, "integers", "pairs"), (2, "float16", "random"), (3, "float32", "distinct"),
                                 (4, "bfloat16", "all equal"), (5, "integers", "random")]:
         logits, labels, log_priors = problem(seed, 300, 9, dtype, priors, 1.0, -3.0)
@@ -175,12 +175,12 @@ def test_the_fused_kernel_gives_the_same_intervals(monkeypatch):
 
 
 def test_a_failing_fused_kernel_falls_back_to_the_eager_pass(monkeypatch):
-    import lacal.fused
+    import lacal.engine.fused
 
     def broken(*args):
         raise RuntimeError("compiled code failed")
 
-    monkeypatch.setattr(lacal.fused, "fused_kernel", lambda dtype, device: broken)
+    monkeypatch.setattr(lacal.engine.fused, "fused_kernel", lambda dtype, device: broken)
     logits, labels, log_priors = problem(6, 200, 7, "integers", "pairs", 1.0, 0.0)
     stats = interval_pass(logits, labels, log_priors, rows=16)
     lo, hi = reference_intervals(logits, labels, log_priors)

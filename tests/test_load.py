@@ -10,7 +10,7 @@ from safetensors.torch import save_file as save_torch
 
 import lacal
 from lacal.errors import InputDataError, InputFileError
-from lacal.load import read_classes, read_labels, read_logits
+from lacal.data.readers import read_classes, read_labels, read_logits
 
 
 def _all_rows(source):

@@ -10,8 +10,8 @@ from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 import lacal
-from lacal.cli import app
-from lacal.taunorm import fit_tau_norm, tau_norm_logits
+from lacal.cli.app import app
+from lacal.methods.taunorm import fit_tau_norm, tau_norm_logits
 
 from . import reference
 from .conftest import long_tail_problem
@@ -167,7 +167,7 @@ def test_plot_is_a_sensible_png(head_files):
 
 def test_plot_without_matplotlib_says_what_to_install(head_files):
     d, _, _ = head_files
-    code = ("import sys; sys.modules['matplotlib'] = None; from lacal.cli import main; "
+    code = ("import sys; sys.modules['matplotlib'] = None; from lacal.cli.app import main; "
             f"sys.argv = ['lacal', 'report', {str(d / 'test_logits.npy')!r}, {str(d / 'test_labels.npy')!r}, "
             f"'--plot', {str(d / 'x.png')!r}]; main()")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -5,7 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import lacal
-from lacal.metrics import group_errors, shot_groups
+from lacal.core.metrics import group_errors, shot_groups
 
 from . import reference
 from .conftest import long_tail_problem

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lacal.errors import OptionError, PriorsError
-from lacal.multilabel import (evaluate_multilabel, fit_label_thresholds, fit_multilabel_tau, multilabel_offsets,
+from lacal.methods.multilabel import (evaluate_multilabel, fit_label_thresholds, fit_multilabel_tau, multilabel_offsets,
                               multilabel_priors, multilabel_priors_from_labels)
 
 
@@ -209,7 +209,7 @@ def test_search_on_cuda_equals_cpu(metric):
 
 def test_label_readers_agree_and_name_the_problem(tmp_path):
     from lacal.errors import InputDataError
-    from lacal.multilabel_data import label_matrix_kind, read_label_matrix
+    from lacal.core.label_matrix import label_matrix_kind, read_label_matrix
 
     matrix = np.array([[1, 0, 1], [0, 0, 0], [0, 1, 0]], dtype=bool)
     np.save(tmp_path / "m.npy", matrix.astype(np.float32))
@@ -236,7 +236,7 @@ def test_label_readers_agree_and_name_the_problem(tmp_path):
 def test_multilabel_calibration_round_trip_and_validation(tmp_path):
     import json
 
-    from lacal.calibration import Calibration
+    from lacal.core.calibration import Calibration
     from lacal.errors import InputDataError
 
     priors = multilabel_priors([3, 50, 97], 100)

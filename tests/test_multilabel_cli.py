@@ -10,8 +10,8 @@ from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 import lacal
-from lacal.cli import app
-from lacal.multilabel import fit_multilabel_tau, multilabel_priors_from_labels
+from lacal.cli.app import app
+from lacal.methods.multilabel import fit_multilabel_tau, multilabel_priors_from_labels
 
 runner = CliRunner()
 RATES = np.array([0.4, 0.2, 0.08, 0.03, 0.5, 0.01])
@@ -161,7 +161,7 @@ def test_compare_measures_per_label_thresholds_on_the_test_split(ml):
     assert methods["shared tau, fitted"]["balanced_error"] == pytest.approx(
         macro_balanced_error(test_f, test_y, -tau * log_odds(train_y)))
     assert methods["no adjustment"]["balanced_error"] == pytest.approx(macro_balanced_error(test_f, test_y, 0.0))
-    from lacal.multilabel import fit_label_thresholds
+    from lacal.methods.multilabel import fit_label_thresholds
 
     thresholds = fit_label_thresholds(val_f, val_y)
     assert methods["a threshold per label, fitted"]["balanced_error"] == pytest.approx(

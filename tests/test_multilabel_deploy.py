@@ -9,7 +9,7 @@ import torch
 from typer.testing import CliRunner
 
 import lacal
-from lacal.cli import app
+from lacal.cli.app import app
 
 onnxruntime = pytest.importorskip("onnxruntime")
 

@@ -43,8 +43,8 @@ SCRIPT = """
 import json, sys
 from pathlib import Path
 import numpy as np
-from lacal.distributed import join
-from lacal.multilabel import fit_multilabel_tau, multilabel_priors_from_labels
+from lacal.engine.distributed import join
+from lacal.methods.multilabel import fit_multilabel_tau, multilabel_priors_from_labels
 
 d = Path(sys.argv[1])
 context = join("cpu")

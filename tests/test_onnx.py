@@ -12,7 +12,7 @@ import torch
 from typer.testing import CliRunner
 
 import lacal
-from lacal.cli import app
+from lacal.cli.app import app
 from lacal.errors import VerificationError
 
 onnx = pytest.importorskip("onnx")
@@ -367,8 +367,8 @@ def test_verify_features_runs_the_given_inputs_and_refuses_bad_ones(tmp_path, ca
 
 
 def test_verifier_catches_wrong_offsets(tmp_path):
-    from lacal.deploy import open_deployed
-    from lacal.onnx_patch import make_onnx_patch, verify_onnx
+    from lacal.models.deploy import open_deployed
+    from lacal.models.onnx_patch import make_onnx_patch, verify_onnx
 
     source, out = tmp_path / "model.onnx", tmp_path / "patched.onnx"
     onnx.save(gemm_softmax(), source)

@@ -5,7 +5,7 @@ import pytest
 
 import lacal
 from lacal.errors import InputDataError, PriorsError
-from lacal.priors import priors_from_vector, read_priors
+from lacal.core.priors import priors_from_vector, read_priors
 
 
 def test_counts_and_priors_from_labels():

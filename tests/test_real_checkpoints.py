@@ -14,7 +14,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from lacal.cli import app
+from lacal.cli.app import app
 
 timm = pytest.importorskip("timm")
 torchvision = pytest.importorskip("torchvision")

@@ -8,9 +8,9 @@ import torch
 from typer.testing import CliRunner
 
 import lacal
-from lacal.probability import fit_bias, fit_temperature
-from lacal.cli import app
-from lacal.load import shard_paths
+from lacal.methods.probability import fit_bias, fit_temperature
+from lacal.cli.app import app
+from lacal.data.readers import shard_paths
 
 runner = CliRunner()
 

@@ -10,11 +10,11 @@ from typer.testing import CliRunner
 
 import lacal
 from lacal import cli
-from lacal.cli import app
+from lacal.cli.app import app
 from lacal.errors import InputFileError
-from lacal.load import read_logits
-from lacal.models import load_model
-from lacal.scoring import block_rows, head_logits, iter_adjusted, score_pass
+from lacal.data.readers import read_logits
+from lacal.models.run import load_model
+from lacal.engine.passes import block_rows, head_logits, iter_adjusted, score_pass
 
 from .conftest import long_tail_problem
 
@@ -32,21 +32,21 @@ def test_every_pass_is_independent_of_the_block_size(rows):
     whole = score_pass(logits, labels, offsets)
     blocked = score_pass(logits, labels, offsets, rows=rows)
     np.testing.assert_array_equal([e.correct for e in blocked], [e.correct for e in whole])
-    source = lacal.load.source_from_array(logits)
+    source = lacal.data.readers.source_from_array(logits)
     adjusted = torch.cat([b for _, b in iter_adjusted(source, offsets[1], rows=rows)])
     np.testing.assert_array_equal(adjusted.numpy(), lacal.adjust_logits(logits, counts, 1.5))
     features = torch.randn(97, 5)
     weight, bias = torch.randn(9, 5), torch.randn(9)
-    through_head = head_logits(lacal.load.source_from_array(features), weight, bias)
-    torch.testing.assert_close(torch.cat([b for _, b in lacal.scoring.iter_blocks(through_head, "cpu", rows)]),
+    through_head = head_logits(lacal.data.readers.source_from_array(features), weight, bias)
+    torch.testing.assert_close(torch.cat([b for _, b in lacal.engine.passes.iter_blocks(through_head, "cpu", rows)]),
                                features @ weight.T + bias)
 
 
 def test_memory_budget_bounds_the_block():
-    source = lacal.load.source_from_array(np.zeros((100_000, 1000), dtype=np.float32))
+    source = lacal.data.readers.source_from_array(np.zeros((100_000, 1000), dtype=np.float32))
     assert block_rows(source, memory_budget=64 << 20) * 1000 * 24 <= 64 << 20
     assert block_rows(source, memory_budget=1 << 20) * 1000 * 24 <= 1 << 20 < (block_rows(source, memory_budget=1 << 20) + 1) * 1000 * 24
-    wide = lacal.load.source_from_array(np.zeros((10, 100_000), dtype=np.float32))
+    wide = lacal.data.readers.source_from_array(np.zeros((10, 100_000), dtype=np.float32))
     assert block_rows(wide, memory_budget=1 << 20) == 1  # a row over the budget is still read, one at a time
     assert block_rows(source, rows=7) == 7
 
@@ -120,14 +120,14 @@ def test_progress_goes_to_stderr_and_json_stays_clean(files, monkeypatch):
     # a pass slow enough to show the bar: every block waits, so the bar is drawn; it must not reach stdout
     import time
 
-    blocks = lacal.scoring.iter_blocks
+    blocks = lacal.engine.passes.iter_blocks
 
     def slow_blocks(*args, **kwargs):
         for item in blocks(*args, **kwargs):
             time.sleep(0.002)
             yield item
 
-    monkeypatch.setattr(lacal.scoring, "iter_blocks", slow_blocks)
+    monkeypatch.setattr(lacal.engine.passes, "iter_blocks", slow_blocks)
     monkeypatch.setattr(cli._Progress, "DELAY", 0.0)
     drawn = []
     monkeypatch.setattr(cli._Progress, "__exit__", lambda self, *exc: (drawn.append(self.bar is not None),

@@ -7,9 +7,9 @@ from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 import lacal
-from lacal.probability import fit_bias, fit_temperature
-from lacal.cli import app
-from lacal.scoring import probability_pass
+from lacal.methods.probability import fit_bias, fit_temperature
+from lacal.cli.app import app
+from lacal.engine.passes import probability_pass
 
 runner = CliRunner()
 

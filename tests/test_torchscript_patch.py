@@ -12,7 +12,7 @@ import torch
 from typer.testing import CliRunner
 
 import lacal
-from lacal.cli import app
+from lacal.cli.app import app
 
 from .models import C, TimmLike, TorchvisionLike, VggLike, build
 

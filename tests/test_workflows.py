@@ -10,7 +10,7 @@ import torch
 from typer.testing import CliRunner
 
 import lacal
-from lacal.cli import app
+from lacal.cli.app import app
 
 from .conftest import long_tail_problem
 

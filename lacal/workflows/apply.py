@@ -107,7 +107,7 @@ def _in_memory(logits, calibration, tau, train_labels, priors, classes, column, 
     """The adjusted logits as the type given: what the CLI would write for them, kept in memory."""
     import torch
 
-    from ..scoring import iter_adjusted
+    from ..engine.passes import iter_adjusted
 
     source = open_logits(logits, key)
     names = class_names_for(classes, source.num_classes)
@@ -125,8 +125,8 @@ def _in_memory(logits, calibration, tau, train_labels, priors, classes, column, 
 
 def _apply_file(logits, out, calibration, tau, train_labels, priors, top_k, classes, column, smoothing, key, context,
                 force, budget, progress, target, target_logits, notes) -> ApplyResult:
-    from ..scoring import iter_adjusted
-    from ..write import PREDICTION_SUFFIXES, write_logits, write_predictions
+    from ..engine.passes import iter_adjusted
+    from ..data.writers import PREDICTION_SUFFIXES, write_logits, write_predictions
 
     inputs = paths_of(logits, calibration, train_labels, priors, classes, target_logits)
     output_check(out, force, *inputs)
@@ -152,9 +152,9 @@ def _apply_file(logits, out, calibration, tau, train_labels, priors, top_k, clas
 
 def _apply_shards(context, logits, out, shard_format, calibration, tau, train_labels, priors, top_k, classes, column,
                   smoothing, key, force, budget, target, target_logits, notes) -> ApplyResult:
-    from ..load import read_logits, shard_paths
-    from ..scoring import iter_adjusted
-    from ..write import write_logits, write_predictions
+    from ..data.readers import read_logits, shard_paths
+    from ..engine.passes import iter_adjusted
+    from ..data.writers import write_logits, write_predictions
     from .shards import write_shards
 
     if not is_path(logits):

@@ -71,8 +71,8 @@ def patch_checkpoint(checkpoint, calibration=None, *, out=None, head: Optional[s
     Example:
         >>> lacal.patch_checkpoint("model.safetensors", "calibration.json", out="model-adjusted.safetensors")
     """
-    from ..checkpoints import is_checkpoint
-    from ..deploy import deployed_kind
+    from ..models.checkpoints import is_checkpoint
+    from ..models.deploy import deployed_kind
 
     context = make_context(device, context)
     if context.active:
@@ -101,9 +101,9 @@ def _calibration_path(calibration):
 def _patch_checkpoint(path, out, calibration, tau, train_labels, priors, classes, label_column, smoothing, compute,
                       force, head, add_bias, in_place, link, verify_features, key, target, target_logits, budget,
                       fitted=None) -> CheckpointPatch:
-    from ..checkpoints import find_heads, head_notes, open_checkpoint
-    from ..load import read_logits, sha256_file
-    from ..patch import make_patch, verify_patch, write_checkpoint
+    from ..models.checkpoints import find_heads, head_notes, open_checkpoint
+    from ..data.readers import read_logits, sha256_file
+    from ..models.patch import make_patch, verify_patch, write_checkpoint
 
     notes = Notes()
     if in_place and out is not None:
@@ -112,7 +112,7 @@ def _patch_checkpoint(path, out, calibration, tau, train_labels, priors, classes
         raise OptionError("give `out` for the patched checkpoint, or `in_place` to rewrite it", "out")
     inputs = paths_of(calibration, train_labels, priors, classes, verify_features, target_logits)
     if out is not None and not path.is_dir():
-        from ..write import check_output
+        from ..data.writers import check_output
 
         check_output(out, force, [path, *inputs])
     model = open_checkpoint(path)
@@ -122,7 +122,7 @@ def _patch_checkpoint(path, out, calibration, tau, train_labels, priors, classes
     names = read_names(classes) if classes is not None else model.class_names
     count = fitted.num_classes if fitted else (len(names) if names else None)
     if count is None and head is None and priors is not None:  # a binary or default-label model: ask the priors
-        from ..priors import read_priors
+        from ..core.priors import read_priors
 
         count = read_priors(priors, smoothing).num_classes if is_path(priors) else len(priors)
     heads = find_heads(model, count, head)
@@ -141,7 +141,7 @@ def _patch_checkpoint(path, out, calibration, tau, train_labels, priors, classes
     if patch.copies:
         notes.say(f"also patched the copies of the model under {', '.join(map(repr, patch.copies))}")
     if patch.earlier is not None:
-        from ..patch import describe_patch
+        from ..models.patch import describe_patch
 
         notes.warn(f"{path} already carries a lacal patch{describe_patch(patch.earlier)}; `force` patches it again, "
                    "so the offsets add up")
@@ -171,10 +171,10 @@ def _patch_deployed(kind, path, out, calibration, tau, train_labels, priors, cla
                     compute, force, head, add_bias, in_place, link, verify_features, key, target, target_logits,
                     budget, fitted=None) -> CheckpointPatch:
     """Patch an ONNX, TorchScript or torch.export model file (lacal.deploy)."""
-    from ..deploy import open_deployed, patch_deployed
-    from ..load import read_logits, sha256_file
-    from ..patch import describe_patch
-    from ..write import check_output
+    from ..models.deploy import open_deployed, patch_deployed
+    from ..data.readers import read_logits, sha256_file
+    from ..models.patch import describe_patch
+    from ..data.writers import check_output
 
     notes = Notes()
     for flag, given in (("add_bias", add_bias), ("link", link)):

@@ -126,7 +126,7 @@ def fit(val_logits=None, val_labels=None, priors=None, *, train_labels=None, tau
         ...                    target_logits=test_logits, calibrate="bias")
         >>> adjusted = lacal.apply(test_logits, result.calibration)
     """
-    from ..search import check_tau_range, fit_tau
+    from ..methods.search import check_tau_range, fit_tau
 
     if multi_label:
         from .multilabel import fit_multi_label, refuse_options
@@ -172,7 +172,7 @@ def fit(val_logits=None, val_labels=None, priors=None, *, train_labels=None, tau
     if calibrate is not None:
         probability, calibrated = _calibrate(calibrate, source, labels, prior, tau_fit.tau, bias_l2, compute, budget,
                                              context, notes)
-    from ..calibration import Calibration
+    from ..core.calibration import Calibration
 
     inputs = provenance(val_logits, val_labels, train_labels, priors, class_names, checkpoint, features,
                         target_logits) if record_inputs else None
@@ -186,9 +186,9 @@ def fit(val_logits=None, val_labels=None, priors=None, *, train_labels=None, tau
 def _calibrate(method, source, labels, prior, tau, bias_l2, compute, budget, context, notes):
     """The probability fit on the adjusted logits, and (for a bias, which moves predictions) the evaluation with
     it."""
-    from ..adjust import offsets
-    from ..probability import fit_probabilities
-    from ..scoring import score_pass
+    from ..core.offsets import offsets
+    from ..methods.probability import fit_probabilities
+    from ..engine.passes import score_pass
 
     probability = fit_probabilities(method, source, labels, offsets(prior, tau), bias_l2, device=compute,
                                     memory_budget=budget, context=context)
@@ -207,9 +207,9 @@ def _calibrate(method, source, labels, prior, tau, bias_l2, compute, budget, con
 def _fit_tau_norm(val_logits, val_labels, checkpoint, features, head, key, classes, column, low_high, grid_size,
                   metric, compute, budget, progress, out, calibrate, target, target_logits, train_labels, priors,
                   smoothing) -> TauNormResult:
-    from ..checkpoints import find_head, open_checkpoint
-    from ..load import read_logits
-    from ..taunorm import fit_tau_norm
+    from ..models.checkpoints import find_head, open_checkpoint
+    from ..data.readers import read_logits
+    from ..methods.taunorm import fit_tau_norm
 
     if checkpoint is None or features is None:
         raise OptionError("tau-norm rescales the head's weight rows, so it needs `checkpoint` and `features`",

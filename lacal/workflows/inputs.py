@@ -48,8 +48,8 @@ def make_context(device="auto", context=None):
     """The distributed.Context to run in: the one given (a torchrun rank), else one process on `device`."""
     if context is not None:
         return context
-    from ..device import resolve_device
-    from ..distributed import Context
+    from ..engine.device import resolve_device
+    from ..engine.distributed import Context
 
     return Context(device=resolve_device(device) if isinstance(device, str) or device is None else device)
 
@@ -69,7 +69,7 @@ def path_list(value) -> list[Path]:
 
 def provenance(*values) -> dict:
     """{file name: {path, sha256}} of every path among `values` (arrays and None are skipped)."""
-    from ..load import sha256_file
+    from ..data.readers import sha256_file
 
     record = {}
     for value in values:
@@ -88,7 +88,7 @@ class Share:
 def open_logits(data, key=None, context=None, what: str = "logits", notes: Notes | None = None):
     """A LogitsSource for an array, a tensor, a LogitsSource, a file, a folder or glob of shards, or several paths
     read one after another. Under torchrun, this rank's contiguous share of all the shards."""
-    from ..load import LogitsSource, concat_sources, read_logits, source_from_array
+    from ..data.readers import LogitsSource, concat_sources, read_logits, source_from_array
 
     if isinstance(data, LogitsSource):
         source = data
@@ -109,8 +109,8 @@ def open_logits(data, key=None, context=None, what: str = "logits", notes: Notes
 
 
 def _open_share(paths, key, context, what):
-    from ..distributed import my_share
-    from ..load import concat_sources, read_logits, shard_paths
+    from ..engine.distributed import my_share
+    from ..data.readers import concat_sources, read_logits, shard_paths
 
     failure = source = None
     try:
@@ -148,7 +148,7 @@ class Columns:
 
 def open_labels(data, source, classes=None, column=None, context=None) -> np.ndarray:
     """Labels for the rows of `source`: an array or tensor, or a labels file (under torchrun, this rank's share)."""
-    from ..load import read_labels
+    from ..data.readers import read_labels
 
     if not is_path(data):
         labels = label_array(data)
@@ -181,7 +181,7 @@ def label_array(data) -> np.ndarray:
 
 
 def _check_labels(labels, source, path):
-    from ..priors import check_labels
+    from ..core.priors import check_labels
 
     if labels.shape[0] != source.num_samples:
         raise InputDataError(f"holds {labels.shape[0]} labels but {source.name} has {source.num_samples} rows", path)
@@ -192,8 +192,8 @@ def _check_labels(labels, source, path):
 def _share_labels(path, share, rows: int, classes, column):
     """This rank's labels: its shards of a labels folder or glob with as many shards as the logits, else its rows
     of one labels file."""
-    from ..load import read_labels, shard_paths
-    from ..priors import check_labels
+    from ..data.readers import read_labels, shard_paths
+    from ..core.priors import check_labels
 
     files = shard_paths(path, (".npy", ".txt", ".csv"))
     if len(files) == share.total_shards and len(files) > 1:
@@ -213,7 +213,7 @@ def _share_labels(path, share, rows: int, classes, column):
 
 def read_names(classes) -> list[str] | None:
     """Class names: None, a list of names, or a classes file."""
-    from ..load import read_classes
+    from ..data.readers import read_classes
 
     if classes is None:
         return None
@@ -234,7 +234,7 @@ def class_names(classes, num_classes: int):
 def open_priors(train_labels, priors, num_classes, smoothing, classes, column=None, required=True):
     """The training priors: from training labels (a file or an array), or a priors file, a `Priors`, or a vector of
     counts or probabilities."""
-    from ..priors import Priors, check_num_classes, priors_from_labels, priors_from_vector, read_priors, \
+    from ..core.priors import Priors, check_num_classes, priors_from_labels, priors_from_vector, read_priors, \
         read_train_labels
 
     if train_labels is not None and priors is not None:
@@ -261,13 +261,13 @@ def target_priors(spec, target_logits, prior, num_classes: int, key, device, bud
                   notes: Notes | None = None):
     """(q or None for uniform, a record of where q came from) for target_priors / target_logits: "uniform", "em"
     (estimated from target_logits), a priors file, or a vector of priors."""
-    from ..load import sha256_file
+    from ..data.readers import sha256_file
 
     if not is_path(spec):  # a vector of target priors
         values = np.asarray(spec, dtype=np.float64)
         if values.shape != (num_classes,):
             raise MismatchError(f"has {values.size} classes but the logits have {num_classes}", "target_priors")
-        from ..priors import priors_from_vector
+        from ..core.priors import priors_from_vector
 
         return priors_from_vector(values).priors, {"kind": "array", "path": None, "sha256": None}
     spec = str(spec)
@@ -283,7 +283,7 @@ def target_priors(spec, target_logits, prior, num_classes: int, key, device, bud
                         notes=notes)
     if target_logits is not None:
         raise OptionError("`target_logits` is for `target_priors` em", "target_logits")
-    from ..priors import check_num_classes, read_priors
+    from ..core.priors import check_num_classes, read_priors
 
     target = read_priors(spec)
     check_num_classes(target, num_classes, "the logits", spec)
@@ -293,8 +293,8 @@ def target_priors(spec, target_logits, prior, num_classes: int, key, device, bud
 def estimate(target_logits, prior, num_classes, key, device, budget, progress=None, tolerance=None,
              max_iterations=None, context=None, notes: Notes | None = None):
     """EM target priors of unlabeled logits: (q, a record of the estimate)."""
-    from ..load import sha256_file
-    from ..label_shift import DEFAULT_MAX_ITERATIONS, DEFAULT_TOLERANCE, estimate_target_priors
+    from ..data.readers import sha256_file
+    from ..methods.label_shift import DEFAULT_MAX_ITERATIONS, DEFAULT_TOLERANCE, estimate_target_priors
 
     source = open_logits(target_logits, key, context, notes=notes)
     where = target_logits if is_path(target_logits) else source.name
@@ -325,7 +325,7 @@ def calibration_for(calibration, tau, train_labels, priors, num_classes, smoothi
                     target="uniform", target_logits=None, key=None, device="cpu", budget=None, context=None,
                     notes: Notes | None = None):
     """The calibration to apply: a `Calibration` (or its file), or one built from `tau` and the training priors."""
-    from ..calibration import Calibration
+    from ..core.calibration import Calibration
 
     if calibration is not None:
         if tau is not None or train_labels is not None or priors is not None:
@@ -369,8 +369,8 @@ def logits_input(logits, labels, checkpoint, features, head, key, classes, devic
             raise OptionError("expected the logits and the labels, or only the labels with `checkpoint` and `features`",
                               "arguments")
         return open_logits(logits, key, context, notes=notes), labels, None
-    from ..checkpoints import find_heads, open_checkpoint
-    from ..scoring import head_logits
+    from ..models.checkpoints import find_heads, open_checkpoint
+    from ..engine.passes import head_logits
 
     if logits is not None:
         raise OptionError("with `checkpoint` and `features`, give only the labels", "arguments")
@@ -419,7 +419,7 @@ def memory_bytes(size) -> int:
 
 def output_check(out, force: bool, *inputs) -> None:
     """Refuse `out` before any work (it exists, it is an input, its folder is missing)."""
-    from ..write import check_output
+    from ..data.writers import check_output
 
     if out is not None:
         check_output(out, force, [p for value in inputs for p in path_list(value)])

@@ -139,7 +139,7 @@ class MultiLabelPriorsResult:
 
 def label_matrix(data, source, names=None, context=None) -> np.ndarray:
     """The N x C bool label matrix of `source`'s rows: an array, or a file (under torchrun, this rank's rows)."""
-    from ..multilabel_data import read_label_matrix
+    from ..core.label_matrix import read_label_matrix
 
     if not is_path(data):
         matrix = np.asarray(data.detach().cpu().numpy() if hasattr(data, "detach") else data)
@@ -173,8 +173,8 @@ def label_matrix(data, source, names=None, context=None) -> np.ndarray:
 def training_priors(train_labels=None, priors=None, num_classes: Optional[int] = None, smoothing: float = 0.0,
                     names=None):
     """`MultiLabelPriors` from training labels (a matrix or a file), a priors file, or a `MultiLabelPriors`."""
-    from ..multilabel_data import open_multilabel_priors
-    from ..positive_rates import MultiLabelPriors, multilabel_priors_from_labels
+    from ..core.label_matrix import open_multilabel_priors
+    from ..core.positive_rates import MultiLabelPriors, multilabel_priors_from_labels
 
     if train_labels is not None and priors is not None:
         raise OptionError("give `train_labels` or `priors`, not both", "priors")
@@ -202,7 +202,7 @@ def multilabel_calibration(calibration=None, tau: Optional[float] = None, train_
     and the training priors."""
     import math
 
-    from ..calibration import Calibration
+    from ..core.calibration import Calibration
 
     if calibration is not None or tau is None:  # the file, or nothing: as for a softmax head
         loaded = _softmax_calibration_for(calibration, tau, train_labels, priors, num_classes, smoothing, names, None,
@@ -262,9 +262,9 @@ def fit_multi_label(val_logits, val_labels, priors=None, *, train_labels=None,
         >>> result = lacal.fit(val_logits, val_labels, train_labels=train_matrix, multi_label=True)
         >>> adjusted = lacal.apply(test_logits, result.calibration)
     """
-    from ..calibration import Calibration
-    from ..multilabel import fit_multilabel_tau
-    from ..search import check_tau_range
+    from ..core.calibration import Calibration
+    from ..methods.multilabel import fit_multilabel_tau
+    from ..methods.search import check_tau_range
 
     if metric not in METRICS:
         raise OptionError(f"multi-label heads are fitted for balanced-error or macro-f1, not {metric}", "metric")
@@ -315,9 +315,9 @@ def apply_multi_label(logits, calibration=None, out=None, *, tau: Optional[float
     Example:
         >>> adjusted = lacal.apply(test_logits, "multilabel_calibration.json")
     """
-    from ..multilabel_data import write_multilabel_predictions
-    from ..scoring import iter_adjusted
-    from ..write import PREDICTION_SUFFIXES, write_logits
+    from ..core.label_matrix import write_multilabel_predictions
+    from ..engine.passes import iter_adjusted
+    from ..data.writers import PREDICTION_SUFFIXES, write_logits
 
     budget = memory_bytes(memory_budget)
     context = make_context(device)
@@ -384,8 +384,8 @@ def report_multi_label(logits, labels, calibration=None, *, tau: Optional[float]
     Example:
         >>> lacal.report(test_logits, test_matrix, calibration, multi_label=True).to_dict()["adjusted"]
     """
-    from ..multilabel import evaluate_multilabel
-    from ..multilabel_report import MultiLabelReport
+    from ..methods.multilabel import evaluate_multilabel
+    from .multilabel_report import MultiLabelReport
 
     budget = memory_bytes(memory_budget)
     context = make_context(device, context)
@@ -433,7 +433,7 @@ def compare_multi_label(val_logits, val_labels, priors=None, *, train_labels=Non
         >>> lacal.compare(val_logits, val_matrix, train_labels=train_matrix, test_logits=test_logits,
         ...               test_labels=test_matrix, multi_label=True).rows()
     """
-    from ..multilabel_report import compare_multilabel
+    from .multilabel_report import compare_multilabel
 
     if metric not in METRICS:
         raise OptionError(f"multi-label heads are fitted for balanced-error or macro-f1, not {metric}", "metric")
@@ -485,10 +485,10 @@ def count_multi_label_priors(train_labels, *, num_classes: Optional[int] = None,
     """
     import json
 
-    from ..load import sha256_file
-    from ..multilabel_data import read_label_matrix
-    from ..positive_rates import multilabel_priors_from_labels
-    from ..write import write_text
+    from ..data.readers import sha256_file
+    from ..core.label_matrix import read_label_matrix
+    from ..core.positive_rates import multilabel_priors_from_labels
+    from ..data.writers import write_text
     from .inputs import read_names
 
     names = read_names(class_names) if class_names is not None else None

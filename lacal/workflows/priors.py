@@ -87,8 +87,8 @@ def count_priors(train_labels, *, num_classes: Optional[int] = None, smoothing: 
     Example:
         >>> lacal.count_priors("train_labels.txt", num_classes=100).priors.priors[:3]
     """
-    from ..load import read_labels, sha256_file
-    from ..priors import priors_from_labels
+    from ..data.readers import read_labels, sha256_file
+    from ..core.priors import priors_from_labels
     from .inputs import label_array
 
     if multi_label:
@@ -110,7 +110,7 @@ def count_priors(train_labels, *, num_classes: Optional[int] = None, smoothing: 
     count = num_classes or (len(names) if names else int(labels.max()) + 1)
     priors = priors_from_labels(labels, count, smoothing, names, source, name if source else None)
     if out is not None:
-        from ..write import write_text
+        from ..data.writers import write_text
 
         write_text(out, json.dumps(priors.to_dict(), indent=2) + "\n", force, paths_of(train_labels, class_names))
     return PriorsResult(priors, int(labels.shape[0]), name, None if out is None else Path(out))
@@ -140,7 +140,7 @@ def estimate_priors(target_logits, train_priors=None, *, train_labels=None, clas
     Example:
         >>> q = lacal.estimate_priors(test_logits, priors).priors
     """
-    from ..priors import Priors
+    from ..core.priors import Priors
 
     notes = Notes()
     names = read_names(class_names)
@@ -151,7 +151,7 @@ def estimate_priors(target_logits, train_priors=None, *, train_labels=None, clas
     q, info = estimate(target_logits, prior, classes, key, context.device, None, progress, tolerance, max_iterations,
                        context, notes)
     if out is not None and context.leader:
-        from ..write import write_text
+        from ..data.writers import write_text
 
         record = Priors(priors=q, classes=names or prior.classes, source=info).to_dict()
         write_text(out, json.dumps(record, indent=2) + "\n", force, paths_of(target_logits, train_labels,

@@ -10,7 +10,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from ..errors import MismatchError, OptionError
-from ..metrics import ClassEvaluation, ProbabilityMetrics, group_errors
+from ..core.metrics import ClassEvaluation, ProbabilityMetrics, group_errors
 from .inputs import Notes, calibration_for, check_width, is_path, logits_input, make_context, memory_bytes, \
     open_labels, open_logits, open_priors, paths_of, progress_bar, title
 from .inputs import class_names as class_names_for
@@ -116,7 +116,7 @@ def report(logits=None, labels=None, calibration=None, *, tau: Optional[float] =
     Example:
         >>> lacal.report(test_logits, test_labels, calibration).to_dict()["balanced_error"]
     """
-    from ..scoring import probability_pass, score_pass
+    from ..engine.passes import probability_pass, score_pass
 
     if multi_label or getattr(calibration, "multi_label", False):
         from .multilabel import refuse_options, report_multi_label
@@ -133,8 +133,8 @@ def report(logits=None, labels=None, calibration=None, *, tau: Optional[float] =
     context = make_context(device, context)
     compute = context.device
     if plot is not None:
-        from ..plot import check_plotting
-        from ..write import check_output
+        from .plot import check_plotting
+        from ..data.writers import check_output
 
         if Path(plot).suffix.lower() != ".png":
             raise OptionError(f"plots are written as PNG; give a FILE.png, got {Path(plot).name}", "plot")
@@ -182,8 +182,8 @@ def report(logits=None, labels=None, calibration=None, *, tau: Optional[float] =
 
 def _plot(result, plot, source, values, fitted, train_labels, priors, smoothing, names, column, compute, budget,
           context, force, inputs) -> None:
-    from ..plot import plot_report
-    from ..search import fit_tau
+    from .plot import plot_report
+    from ..methods.search import fit_tau
 
     curve = None
     prior_values = fitted.priors if fitted is not None else (
@@ -248,7 +248,7 @@ def compare(val_logits=None, val_labels=None, priors=None, *, train_labels=None,
     Example:
         >>> lacal.compare(val_logits, val_labels, priors, test_logits=test_logits, test_labels=test_labels)
     """
-    from ..comparison import compare_methods
+    from ..methods.comparison import compare_methods
 
     if multi_label:
         from .multilabel import compare_multi_label, refuse_options
@@ -275,9 +275,9 @@ def compare(val_logits=None, val_labels=None, priors=None, *, train_labels=None,
     prior = open_priors(train_labels, priors, source.num_classes, smoothing, names, label_column)
     evaluation_source = evaluation_labels = head_data = None
     if checkpoint is not None:
-        from ..checkpoints import find_head, open_checkpoint
-        from ..load import read_logits
-        from ..scoring import head_logits
+        from ..models.checkpoints import find_head, open_checkpoint
+        from ..data.readers import read_logits
+        from ..engine.passes import head_logits
 
         if test_logits is not None:
             raise OptionError("with `checkpoint`, give the test split as `test_features`", "test_logits")

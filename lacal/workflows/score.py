@@ -49,10 +49,10 @@ def score(model, inputs, out, *, batch_size: int = 256, amp: Optional[str] = Non
     Example:
         >>> lacal.score("model.onnx", "images.npy", "logits.npy")
     """
-    from ..load import read_logits
-    from ..models import load_model
-    from ..scoring import score_model
-    from ..write import LOGITS_SUFFIXES, check_output, write_logits
+    from ..data.readers import read_logits
+    from ..models.run import load_model
+    from ..engine.passes import score_model
+    from ..data.writers import LOGITS_SUFFIXES, check_output, write_logits
     from .shards import write_shards
 
     notes = Notes()
@@ -69,7 +69,7 @@ def score(model, inputs, out, *, batch_size: int = 256, amp: Optional[str] = Non
     if not per_shard:
         check_output(out, force, [model, inputs])
     if model.suffix.lower() == ".onnx":
-        from ..onnx_patch import OnnxRunner
+        from ..models.onnx_patch import OnnxRunner
 
         if amp is not None:
             raise OptionError("`amp` is for PyTorch models; an ONNX model runs in the precision it was saved in",

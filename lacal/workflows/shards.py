@@ -14,9 +14,9 @@ def write_shards(context, paths, out: Path, suffix: str, force: bool, inputs, wr
     order (written by rank 0 once every rank is done), so the folder reads back as one array. `write_one(shard,
     target)` writes one and returns its rows. The folder is written as a hidden sibling and swapped in at the end,
     so a failure leaves `out` as it was. Returns the rows written by all ranks."""
-    from ..distributed import my_share
-    from ..load import SHARD_INDEX, SHARD_INDEX_FORMAT, files_lacal_wrote, shard_paths
-    from ..write import check_output_folder, discard_folder, remove_stale, replace_folder, stage_folder, write_text
+    from ..engine.distributed import my_share
+    from ..data.readers import SHARD_INDEX, SHARD_INDEX_FORMAT, files_lacal_wrote, shard_paths
+    from ..data.writers import check_output_folder, discard_folder, remove_stale, replace_folder, stage_folder, write_text
 
     out = Path(out)
     files = [shard for path in paths for shard in shard_paths(path)]

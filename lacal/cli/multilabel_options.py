@@ -1,0 +1,44 @@
+"""The option checks of the multi-label commands (`--multi-label`, or a labels file that is an N x C 0/1 matrix):
+whether to run multi-label, and the options that do not apply. The work is `lacal.workflows.multilabel`, the tables
+`cli_render_multilabel`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from ..errors import OptionError
+
+
+def wanted(flag: bool, labels_path, what: str = "labels") -> bool:
+    """Whether to run multi-label: `--multi-label`, or a labels file that can only be multi-label (said in a note)."""
+    from ..core.label_matrix import label_matrix_kind
+
+    if flag:
+        return True
+    kind = label_matrix_kind(labels_path) if labels_path is not None else None
+    if kind is not None:
+        typer.echo(f"lacal: note: {labels_path} is {kind}, so the {what} are read as multi-label (one sigmoid "
+                   "output per label); pass --multi-label to say so and silence this note", err=True)
+    return kind is not None
+
+
+def refuse(options: dict, context=None) -> None:
+    """Options that do not apply to a multi-label head (given: a truthy value)."""
+    given = [flag for flag, value in options.items() if value]
+    if given:
+        raise OptionError(f"{', '.join(given)} do(es) not apply to multi-label heads yet", given[0])
+    if context is not None and context.active:
+        raise OptionError("multi-label commands do not run under torchrun yet; run them in one process", "torchrun")
+
+
+def is_multilabel_calibration(path) -> bool:
+    """Whether a calibration file given to apply or report is multi-label (a bad file is reported later)."""
+    if path is None:
+        return False
+    try:
+        return bool(json.loads(Path(path).read_text(encoding="utf-8")).get("multi_label"))
+    except (OSError, ValueError, AttributeError, RecursionError):
+        return False

@@ -1,0 +1,287 @@
+"""How the CLI shows results: rich tables on stdout, warnings and notes on stderr. Nothing here computes."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+
+
+# How the library's parameter names read on the command line: a library error names `tau_range`, the user sees
+# --tau-range.
+FLAGS = {
+    "tau_range": "--tau-range", "search": "--search", "grid_size": "--grid-size", "metric": "--metric",
+    "train_labels": "--train-labels", "priors": "--priors", "train_priors": "--priors", "smoothing": "--smoothing",
+    "target_priors": "--target-priors", "target_logits": "--target-logits", "calibrate": "--calibrate",
+    "bias_l2": "--bias-l2", "method": "--method", "calibration": "--calibration", "tau": "--tau",
+    "checkpoint": "--checkpoint", "features": "--features", "head": "--head", "class_names": "--classes",
+    "label_column": "--label-column", "key": "--key", "device": "--device", "memory_budget": "--memory-budget",
+    "out": "--out", "force": "--force", "top_k": "--top-k", "format": "--format", "in_place": "--in-place",
+    "add_bias": "--add-bias", "link": "--link", "verify_features": "--verify-features", "bins": "--bins",
+    "plot": "--plot", "test_logits": "--test-logits", "test_labels": "--test-labels",
+    "test_features": "--test-features", "num_classes": "--num-classes", "em_tolerance": "--em-tolerance",
+    "tolerance": "--em-tolerance", "max_iterations": "--em-max-iter", "batch_size": "--batch-size", "amp": "--amp",
+    "compare": "--compare",
+}
+
+
+def flagged(text: str) -> str:
+    """A library message with its `parameter` names written as the CLI's flags."""
+    import re
+
+    return re.sub(r"`(\w+)`", lambda match: FLAGS.get(match.group(1), match.group(0)), text)
+
+
+def warn(message: str) -> None:
+    typer.echo(f"lacal: warning: {flagged(message)}", err=True)
+
+
+def say(message: str) -> None:
+    typer.echo(f"lacal: {flagged(message)}", err=True)
+
+
+def notes(result) -> None:
+    """A result's warnings, then its other messages, on stderr."""
+    for message in getattr(result, "warnings", ()):
+        warn(message)
+    for message in getattr(result, "messages", ()):
+        say(message)
+
+
+class Progress:
+    """A progress bar on stderr with samples per second, shown once a pass has taken more than a second."""
+
+    DELAY = 1.0
+
+    def __init__(self, total: int, description: str, quiet: bool):
+        import time
+
+        self.total, self.description, self.quiet = total, description, quiet
+        self.started = time.monotonic()
+        self.bar = self.task = None
+
+    def __call__(self, done: int) -> None:
+        import time
+
+        if self.quiet:
+            return
+        if self.bar is None:
+            if time.monotonic() - self.started < self.DELAY:
+                return
+            from rich.console import Console
+            from rich.progress import BarColumn, Progress, ProgressColumn, TaskProgressColumn, TextColumn, \
+                TimeRemainingColumn
+            from rich.text import Text
+
+            class Rate(ProgressColumn):
+                def render(self, task):
+                    return Text(f"{task.speed or 0:,.0f} samples/s")
+
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), Rate(),
+                                TimeRemainingColumn(), console=Console(stderr=True), transient=True)
+            self.bar.start()
+            self.task = self.bar.add_task(self.description, total=self.total)
+        self.bar.update(self.task, completed=done)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def patched(result) -> None:
+    """A patched checkpoint or model file: its notes, then what was patched and written."""
+    notes(result)
+    heads = " and ".join(repr(h) for h in result.heads)
+    say(f"patched {heads} ({result.num_classes} classes, tau = {result.tau:.4f}) and wrote {result.out}")
+
+
+def print_json(result) -> None:
+    typer.echo(json.dumps(result.to_dict()))
+
+
+def console():
+    from rich.console import Console
+
+    return Console(highlight=False)
+
+
+def percent(value) -> str:
+    return "-" if value is None or value != value else f"{100 * value:.2f}%"
+
+
+def priors_table(result, names) -> None:
+    from rich.table import Table
+
+    priors = result.priors
+    table = Table(title=f"Priors from {result.name} ({result.num_labels} labels, {priors.num_classes} classes)")
+    for column in ("class", "name", "count", "prior"):
+        table.add_column(column, justify="left" if column == "name" else "right")
+    for c in range(priors.num_classes):
+        table.add_row(str(c), names[c] if names else "", str(int(priors.counts[c])), f"{priors.priors[c]:.6f}")
+    console().print(table)
+
+
+def estimate_table(result) -> None:
+    from rich.table import Table
+
+    info, q, prior = result.info, result.priors, result.train_priors
+    out = console()
+    out.print(f"EM on {result.name}: {info['iterations']} iterations, "
+              f"{'converged' if info['converged'] else 'NOT converged'} (last change {info['last_change']:.2g}), "
+              f"log-likelihood {info['log_likelihood']:.6g}")
+    table = Table(title="estimated target priors")
+    for column_name in ("class", "name", "training prior", "target prior", "ratio"):
+        table.add_column(column_name, justify="left" if column_name == "name" else "right")
+    labels = result.class_names
+    for c in range(len(q)):
+        table.add_row(str(c), labels[c] if labels else "", f"{prior.priors[c]:.5f}", f"{q[c]:.5f}",
+                      f"{q[c] / prior.priors[c]:.3g}")
+    out.print(table)
+
+
+def tau_norm_table(result) -> None:
+    from rich.table import Table
+
+    fit = result.tau_fit
+    out = console()
+    low, high = result.tau_range
+    out.print(f"[bold]tau = {fit.tau:.4f}[/bold]  tau-normalisation of {result.head!r}: the best of "
+              f"{result.grid_size} values in [{low:g}, {high:g}] for the lowest {result.metric.replace('-', ' ')}")
+    table = Table(title=f"{result.name}: {fit.before.num_samples} samples, {fit.before.num_classes} classes")
+    table.add_column("validation")
+    for header in ("tau=0 (no bias)", f"after (tau={fit.tau:.3f})"):
+        table.add_column(header, justify="right")
+    for label, attribute in (("balanced error", "balanced_error"), ("worst-class error", "worst_class_error"),
+                             ("accuracy", "accuracy")):
+        table.add_row(label, *(percent(getattr(e, attribute)) for e in (fit.before, fit.after)))
+    out.print(table)
+
+
+def fit_tables(result) -> None:
+    from rich.table import Table
+
+    fit, target_info, probability, calibrated = result.tau_fit, result.target, result.probability, result.calibrated
+    out = console()
+    if target_info is not None:
+        where = target_info["path"]
+        how = (f"EM on {where}: {target_info['iterations']} iterations, "
+               f"{'converged' if target_info['converged'] else 'not converged'}, log-likelihood "
+               f"{target_info['log_likelihood']:.6g}" if target_info["kind"] == "em" else f"from {where}")
+        out.print(f"target priors q {how}; stored for apply and report, which predict argmax f - tau * log(pi) "
+                  "+ log(q). Tau and the validation numbers below are for a balanced target")
+    out.print(f"[bold]tau = {fit.tau:.4f}[/bold]  {fit.search} search over [{fit.tau_range[0]:g}, "
+              f"{fit.tau_range[1]:g}] for the lowest {fit.metric.replace('-', ' ')}")
+    metric = fit.metric.replace("-", " ")
+    if fit.interval[0] == fit.interval[1]:
+        out.print(f"only the single point tau = {fit.tau:g} reaches this {metric} (exact ties in the logits)")
+    elif fit.search == "exact":
+        out.print(f"the same {metric} for every tau in ({fit.interval[0]:.4f}, {fit.interval[1]:.4f})")
+    else:
+        out.print(f"grid points in [{fit.interval[0]:.4f}, {fit.interval[1]:.4f}] share this value")
+    table = Table(title=f"{result.name}: {fit.num_samples} samples, {fit.num_classes} classes")
+    table.add_column("validation")
+    for header in ("before (tau=0)", "tau=1", f"after (tau={fit.tau:.3f})"):
+        table.add_column(header, justify="right")
+    for label, attribute in (("balanced error", "balanced_error"), ("worst-class error", "worst_class_error"),
+                             ("accuracy", "accuracy")):
+        table.add_row(label, *(percent(getattr(e, attribute)) for e in (fit.before, fit.at_one, fit.after)))
+    out.print(table)
+    if probability is not None:
+        loss = "NLL" if probability.method == "temperature" else "class-balanced cross-entropy"
+        out.print(f"{probability.method} calibration: T = {probability.temperature:.4f}"
+                  + ("" if probability.bias is None else
+                     f", bias in [{probability.bias.min():.3f}, {probability.bias.max():.3f}]")
+                  + f"; validation {loss} {probability.loss_before:.4f} -> {probability.loss_after:.4f} "
+                  f"({probability.iterations} iterations, {'converged' if probability.converged else 'not converged'})")
+        if calibrated is not None:
+            out.print(f"with the bias: balanced error {percent(calibrated.balanced_error)}, worst-class error "
+                      f"{percent(calibrated.worst_class_error)}, accuracy {percent(calibrated.accuracy)}")
+    if fit.before.classes_without_samples:
+        warn(f"{len(fit.before.classes_without_samples)} class(es) have no validation samples and are left out of "
+             f"the errors: {fit.before.classes_without_samples[:20]}")
+
+
+def comparison_table(result) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"post-hoc methods fitted on {result.fitted_on}, measured on {result.measured_on}")
+    for column_name in ("method", "tau", "balanced error", "accuracy", "worst-class error", "many", "medium",
+                        "few"):
+        table.add_column(column_name, justify="left" if column_name == "method" else "right")
+    for row in result.rows():
+        table.add_row(row["method"], "-" if row["tau"] is None else f"{row['tau']:.3f}",
+                      *(percent(row[k]) for k in ("balanced_error", "accuracy", "worst_class_error", "many",
+                                                  "medium", "few")))
+    console().print(table)
+
+
+def report_tables(report, sort: str, limit=None) -> None:
+    import numpy as np
+    from rich.table import Table
+
+    from ..core.metrics import GROUPS, shot_groups
+
+    out = console()
+    name = report.name
+    adjusted = report.adjusted is not None
+    after = report.main
+    before_errors, after_errors = report.baseline.errors, after.errors
+    groups = shot_groups(report.train_counts) if report.train_counts is not None else None
+    title = f"{name}: per-class error" + (f", tau = {report.tau:.4f}" if adjusted else " (no adjustment given)")
+    table = Table(title=title)
+    named = report.class_names is not None
+    columns = (["class"] + (["name"] if named else []) + ["train", "group", "support"]
+               + (["before", "after", "change (pts)"] if adjusted else ["error"]))
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("name", "group") else "right")
+    order = report.order(sort)
+    for c in order[:limit]:
+        row = [str(c)] + ([report.class_names[c]] if named else []) + [
+               "-" if report.train_counts is None else str(int(report.train_counts[c])),
+               "-" if groups is None else str(groups[c]), str(int(after.support[c])),
+               percent(None if np.isnan(before_errors[c]) else before_errors[c])]
+        if adjusted:
+            change = after_errors[c] - before_errors[c]
+            row += [percent(None if np.isnan(after_errors[c]) else after_errors[c]),
+                    "-" if np.isnan(change) else f"{100 * change:+.2f}"]
+        table.add_row(*row)
+    if limit is not None and limit < len(order):
+        table.caption = f"first {limit} of {len(order)} classes (--limit)"
+    out.print(table)
+    summary = Table(title="summary" + (" (before -> after)" if adjusted else ""))
+    summary.add_column("")
+    summary.add_column("before" if adjusted else "value", justify="right")
+    if adjusted:
+        summary.add_column("after", justify="right")
+    rows = [("accuracy", "accuracy"), ("balanced error", "balanced_error"),
+            ("worst-class error", "worst_class_error")]
+    for label, attribute in rows:
+        values = [getattr(report.baseline, attribute)] + ([getattr(after, attribute)] if adjusted else [])
+        summary.add_row(label, *map(percent, values))
+    if report.baseline_quality is not None:
+        qualities = [report.baseline_quality] + ([report.adjusted_quality] if adjusted else [])
+        bins = int(report.baseline_quality.bin_count.shape[0])
+        for label, attribute, in_percent in (("NLL", "nll", False), ("Brier score", "brier", False),
+                                             (f"ECE ({bins} bins)", "ece", True),
+                                             ("classwise ECE", "classwise_ece", True)):
+            numbers = [getattr(quality, attribute) for quality in qualities]
+            summary.add_row(label, *(percent(n) if in_percent else f"{n:.4f}" for n in numbers))
+    if groups is not None:
+        before_groups = report.groups(report.baseline)
+        after_groups = report.groups(after)
+        for group in GROUPS:
+            size = before_groups[group]["classes"]
+            label = f"{group}-shot error ({size} classes)"
+            values = [before_groups[group]["error"]] + ([after_groups[group]["error"]] if adjusted else [])
+            summary.add_row(label, *map(percent, values))
+    out.print(summary)
+    if groups is None:
+        warn("no training counts given (--train-labels, or counts in --priors or --calibration), so classes are not "
+             "grouped into many/medium/few-shot")
+    missing = after.classes_without_samples
+    if missing:
+        warn(f"{len(missing)} class(es) have no samples in {name} and are left out of the balanced and worst-class "
+             f"errors: {missing[:20]}{' ...' if len(missing) > 20 else ''}")
