@@ -6,8 +6,8 @@
 
 For each shape it builds long-tailed logits (class evidence plus log-prior, like an ERM model's) and times, in one run:
   (a) one numpy.argmax pass over the logits: the floor;
-  (b) lacal's exact search (lacal.fit_tau);
-  (c) lacal's grid of 301 tau values (lacal.fit_tau(search="grid", grid_size=301));
+  (b) lacal's exact search (lacal.methods.fit_tau);
+  (c) lacal's grid of 301 tau values (lacal.methods.fit_tau(search="grid", grid_size=301));
   (d) what a user writes today: scikit-learn's balanced_accuracy_score in a Python loop over the same 301 values.
 It prints medians, the ratios b/a, c/a, d/b and d/c, the peak resident memory each adds to the loaded logits
 (measured in a fresh process per method), and checks that the exact
@@ -183,15 +183,15 @@ def run_child(method: str, workdir: Path, device: str) -> None:
     labels = np.load(workdir / "labels.npy")
     counts = np.load(workdir / "counts.npy")
     log_priors = np.log(counts / counts.sum())
-    lacal.fit_tau(logits[:1000], labels[:1000], counts, device=device)  # imports and warm-up, as in the timings
+    lacal.methods.fit_tau(logits[:1000], labels[:1000], counts, device=device)  # imports and warm-up, as in the timings
     np.argmax(logits, axis=1)
     before = _status_mb("VmRSS")
     with open("/proc/self/clear_refs", "w") as handle:  # restart the peak (VmHWM) from the current size
         handle.write("5")
     if method == "exact":
-        lacal.fit_tau(logits, labels, counts, TAU_RANGE, device=device)
+        lacal.methods.fit_tau(logits, labels, counts, TAU_RANGE, device=device)
     elif method == "grid":
-        lacal.fit_tau(logits, labels, counts, TAU_RANGE, search="grid", grid_size=GRID, device=device)
+        lacal.methods.fit_tau(logits, labels, counts, TAU_RANGE, search="grid", grid_size=GRID, device=device)
     elif method == "sklearn_loop":
         from sklearn.metrics import balanced_accuracy_score
 
@@ -235,11 +235,11 @@ def bench_shape(name: str, repeats: int, device: str, skip_sklearn: bool, workdi
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    lacal.fit_tau(logits[:1000], labels[:1000], counts, device=device)  # warm-up: libraries, kernels, caches
+    lacal.methods.fit_tau(logits[:1000], labels[:1000], counts, device=device)  # warm-up: libraries, kernels, caches
 
     floor, _, _ = timed(lambda: np.argmax(logits, axis=1), repeats)
-    exact_s, exact, _ = timed(lambda: lacal.fit_tau(logits, labels, counts, TAU_RANGE, device=device), repeats, sync)
-    grid_s, grid, _ = timed(lambda: lacal.fit_tau(logits, labels, counts, TAU_RANGE, search="grid",
+    exact_s, exact, _ = timed(lambda: lacal.methods.fit_tau(logits, labels, counts, TAU_RANGE, device=device), repeats, sync)
+    grid_s, grid, _ = timed(lambda: lacal.methods.fit_tau(logits, labels, counts, TAU_RANGE, search="grid",
                                                   grid_size=GRID, device=device), repeats, sync)
     np.save(workdir / "logits.npy", logits)
     np.save(workdir / "labels.npy", labels)
@@ -261,7 +261,7 @@ def bench_shape(name: str, repeats: int, device: str, skip_sklearn: bool, workdi
         result["cuda_peak_allocated_mb"] = torch.cuda.max_memory_allocated() / 2 ** 20
     if device == "cpu":  # the exact search with one thread and with torch's default, idle and beside a busy process
         default = torch.get_num_threads()
-        run = lambda: lacal.fit_tau(logits, labels, counts, TAU_RANGE, device=device)  # noqa: E731
+        run = lambda: lacal.methods.fit_tau(logits, labels, counts, TAU_RANGE, device=device)  # noqa: E731
         threads = {"default_threads": default,
                    "idle": {"argmax_s": floor, "exact_1_thread_s": timed_with_threads(run, 1, repeats),
                             "exact_default_threads_s": exact_s}}

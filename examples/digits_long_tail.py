@@ -63,22 +63,22 @@ def train(x, y, loss_fn, seed: int) -> MLP:
 def run(seed: int) -> dict:
     data = split(seed)
     (train_x, train_y), (val_x, val_y), (test_x, test_y) = data["train"], data["val"], data["test"]
-    priors = lacal.priors_from_labels(train_y, CLASSES)
+    priors = lacal.core.priors_from_labels(train_y, CLASSES)
     erm = train(train_x, train_y, torch.nn.functional.cross_entropy, seed)
-    adjusted_loss = train(train_x, train_y, lacal.LogitAdjustedLoss(priors, tau=1.0), seed)
+    adjusted_loss = train(train_x, train_y, lacal.methods.LogitAdjustedLoss(priors, tau=1.0), seed)
     with torch.no_grad():
         val_logits, test_logits = erm(torch.from_numpy(val_x)), erm(torch.from_numpy(test_x))
         val_features, test_features = erm.body(torch.from_numpy(val_x)), erm.body(torch.from_numpy(test_x))
         loss_logits = adjusted_loss(torch.from_numpy(test_x))
-    fit = lacal.fit_tau(val_logits, val_y, priors)
-    norm = lacal.fit_tau_norm(val_features, val_y, erm.fc.weight.detach())
-    normed = lacal.tau_norm_logits(test_features, erm.fc.weight.detach(), norm.tau)
+    fit = lacal.methods.fit_tau(val_logits, val_y, priors)
+    norm = lacal.methods.fit_tau_norm(val_features, val_y, erm.fc.weight.detach())
+    normed = lacal.methods.tau_norm_logits(test_features, erm.fc.weight.detach(), norm.tau)
     return {
-        "ERM (plain cross-entropy)": lacal.balanced_error(test_logits, test_y),
-        "post-hoc adjustment, tau = 1": lacal.balanced_error(test_logits, test_y, priors, 1.0),
-        "post-hoc adjustment, fitted tau": lacal.balanced_error(test_logits, test_y, priors, fit.tau),
-        "tau-normalisation, fitted tau": lacal.balanced_error(normed, test_y),
-        "logit-adjusted loss, tau = 1": lacal.balanced_error(loss_logits, test_y),
+        "ERM (plain cross-entropy)": lacal.methods.balanced_error(test_logits, test_y),
+        "post-hoc adjustment, tau = 1": lacal.methods.balanced_error(test_logits, test_y, priors, 1.0),
+        "post-hoc adjustment, fitted tau": lacal.methods.balanced_error(test_logits, test_y, priors, fit.tau),
+        "tau-normalisation, fitted tau": lacal.methods.balanced_error(normed, test_y),
+        "logit-adjusted loss, tau = 1": lacal.methods.balanced_error(loss_logits, test_y),
     }
 
 

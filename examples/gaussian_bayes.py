@@ -50,20 +50,20 @@ def main() -> None:
         train_x, train_y = draw(rng, TRAIN, MINORITY)
         val_x, val_y = draw(rng, VALIDATION, 0.5)
         test_x, test_y = draw(rng, TEST, 0.5)
-        priors = lacal.priors_from_labels(train_y, 2)
+        priors = lacal.core.priors_from_labels(train_y, 2)
         erm = train(train_x, train_y, torch.nn.functional.cross_entropy, seed)
-        la_loss = train(train_x, train_y, lacal.LogitAdjustedLoss(priors, tau=1.0), seed)
+        la_loss = train(train_x, train_y, lacal.methods.LogitAdjustedLoss(priors, tau=1.0), seed)
         with torch.no_grad():
             val_logits, test_logits = erm(torch.from_numpy(val_x)), erm(torch.from_numpy(test_x))
             loss_logits = la_loss(torch.from_numpy(test_x))
-        fit = lacal.fit_tau(val_logits, val_y, priors)
+        fit = lacal.methods.fit_tau(val_logits, val_y, priors)
         bayes_logits = np.stack([-(test_x @ np.ones(2)), test_x @ np.ones(2)], 1)
         for name, value in (
-                ("ERM (plain cross-entropy)", lacal.balanced_error(test_logits, test_y)),
-                ("post-hoc adjustment, tau = 1", lacal.balanced_error(test_logits, test_y, priors, 1.0)),
-                ("post-hoc adjustment, fitted tau", lacal.balanced_error(test_logits, test_y, priors, fit.tau)),
-                ("logit-adjusted loss, tau = 1", lacal.balanced_error(loss_logits, test_y)),
-                ("Bayes rule, sign(x . (1, 1)), measured", lacal.balanced_error(bayes_logits, test_y))):
+                ("ERM (plain cross-entropy)", lacal.methods.balanced_error(test_logits, test_y)),
+                ("post-hoc adjustment, tau = 1", lacal.methods.balanced_error(test_logits, test_y, priors, 1.0)),
+                ("post-hoc adjustment, fitted tau", lacal.methods.balanced_error(test_logits, test_y, priors, fit.tau)),
+                ("logit-adjusted loss, tau = 1", lacal.methods.balanced_error(loss_logits, test_y)),
+                ("Bayes rule, sign(x . (1, 1)), measured", lacal.methods.balanced_error(bayes_logits, test_y))):
             rows.setdefault(name, []).append(value)
     print(f"two Gaussians, means +-(1, 1), {MINORITY:.0%} minority in training; balanced error on {TEST:,} balanced "
           f"test points, mean of 5 draws")

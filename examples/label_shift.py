@@ -39,21 +39,21 @@ def main() -> None:
         val_logits = model(torch.from_numpy(val_x)).numpy()
         target_logits = model(torch.from_numpy(target_x)).numpy()
 
-    priors = lacal.priors_from_labels(train_y, NUM_CLASSES)
-    fit = lacal.fit_tau(val_logits, val_y, priors)
-    estimate = lacal.estimate_target_priors(target_logits, priors)
+    priors = lacal.core.priors_from_labels(train_y, NUM_CLASSES)
+    fit = lacal.methods.fit_tau(val_logits, val_y, priors)
+    estimate = lacal.methods.estimate_target_priors(target_logits, priors)
     observed = np.bincount(target_y, minlength=NUM_CLASSES) / DEPLOYED
     print(f"tau = {fit.tau:.4f} (fitted on the balanced validation split)")
     print(f"EM: {estimate.iterations} iterations, converged {estimate.converged}; "
           f"max |q_em - q| = {np.abs(estimate.priors - observed).max():.4f}, "
           f"total variation {0.5 * np.abs(estimate.priors - observed).sum():.4f}")
     rows = [("raw model (no adjustment)", np.zeros(NUM_CLASSES)),
-            ("adjusted toward uniform", lacal.offsets(priors, fit.tau)),
-            ("adjusted toward q from EM", lacal.offsets(priors, fit.tau, estimate.priors)),
-            ("adjusted toward the true q", lacal.offsets(priors, fit.tau, observed))]
+            ("adjusted toward uniform", lacal.core.offsets(priors, fit.tau)),
+            ("adjusted toward q from EM", lacal.core.offsets(priors, fit.tau, estimate.priors)),
+            ("adjusted toward the true q", lacal.core.offsets(priors, fit.tau, observed))]
     print(f"{'deployment data (label-shifted)':<34}{'accuracy':>10}{'balanced error':>16}")
     for name, offset in rows:
-        evaluation = lacal.evaluate(target_logits, target_y, offset=offset)
+        evaluation = lacal.methods.evaluate(target_logits, target_y, offset=offset)
         print(f"{name:<34}{evaluation.accuracy:>10.2%}{evaluation.balanced_error:>16.2%}")
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)

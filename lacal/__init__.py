@@ -4,14 +4,19 @@ Predict argmax_y f_y(x) - tau * log(pi_y), where pi is the training label prior 
 (Menon et al., "Long-Tail Learning via Logit Adjustment", ICLR 2021).
 
     >>> import lacal
-    >>> result = lacal.fit(val_logits, val_labels, train_labels=train_labels, out="calibration.json")
-    >>> adjusted = lacal.apply(test_logits, result.calibration)
-    >>> lacal.report(test_logits, test_labels, result.calibration).to_dict()["balanced_error"]
+    >>> priors = lacal.count_priors(train_labels)
+    >>> result = lacal.fit(val_logits, val_labels, priors, out="calibration.json")
+    >>> adjusted = lacal.apply(test_logits, result)
+    >>> lacal.report(test_logits, test_labels, result).to_dict()["balanced_error"]
 
-Each command of the CLI is one function here (`count_priors`, `estimate_priors`, `fit`, `apply`, `patch_checkpoint`,
-`report`, `compare`, `score`), returning a frozen result whose `to_dict()` is that command's `--json`.
+Here are the workflow functions (one per command of the CLI: `count_priors`, `estimate_priors`, `fit`, `apply`,
+`patch_checkpoint`, `patch_module`, `report`, `compare`, `score`), their frozen results (each `to_dict()` is that
+command's `--json`), `Calibration`, `Priors`, `LogitsSource` and the errors. The building blocks live in their layer:
+`lacal.data` (readers, writers), `lacal.core` (priors, offsets, metrics), `lacal.engine` (block passes),
+`lacal.methods` (the tau search, temperature and bias, label shift, tau-norm, the loss), `lacal.models` (checkpoints,
+patching).
 
-The names below are imported on first use, so `import lacal` (and `lacal --help`) does not load torch.
+Names are imported on first use, so `import lacal` (and `lacal --help`) does not load torch.
 """
 
 from __future__ import annotations
@@ -22,45 +27,50 @@ from typing import TYPE_CHECKING
 from .version import __version__
 
 _EXPORTS = {
-    "LacalError": "errors.exceptions", "InputFileError": "errors.exceptions", "InputDataError": "errors.exceptions", "PriorsError": "errors.exceptions",
-    "OptionError": "errors.exceptions", "MismatchError": "errors.exceptions", "OutputError": "errors.exceptions",
-    "read_logits": "data.readers", "read_labels": "data.readers", "read_classes": "data.readers", "LogitsSource": "data.readers",
-    "Priors": "core.priors", "class_counts": "core.priors", "priors_from_counts": "core.priors", "priors_from_labels": "core.priors",
-    "read_priors": "core.priors",
-    "offsets": "core.offsets", "adjust_logits": "core.offsets",
-    "ClassEvaluation": "core.metrics", "evaluate": "methods.evaluation", "evaluate_predictions": "core.metrics",
-    "balanced_error": "methods.evaluation", "worst_class_error": "methods.evaluation", "shot_groups": "core.metrics",
-    "group_errors": "core.metrics",
-    "TauFit": "methods.search", "fit_tau": "methods.search",
-    "Calibration": "core.calibration",
-    "PriorEstimate": "methods.label_shift", "estimate_target_priors": "methods.label_shift",
-    "ProbabilityFit": "methods.probability", "fit_temperature": "methods.probability", "fit_bias": "methods.probability",
-    "ProbabilityMetrics": "core.metrics",
-    "logit_adjusted_cross_entropy": "methods.losses", "LogitAdjustedLoss": "methods.losses",
-    "TauNormFit": "methods.taunorm", "fit_tau_norm": "methods.taunorm", "tau_norm_logits": "methods.taunorm",
-    "MethodResult": "methods.comparison", "compare_methods": "methods.comparison",
-    "Report": "workflows", "count_priors": "workflows", "estimate_priors": "workflows", "fit": "workflows",
-    "apply": "workflows", "patch_checkpoint": "workflows", "report": "workflows", "compare": "workflows",
-    "score": "workflows", "FitResult": "workflows", "ApplyResult": "workflows", "CheckpointPatch": "workflows",
-    "Comparison": "workflows", "PriorsResult": "workflows", "EstimateResult": "workflows",
-    "ScoreResult": "workflows", "TauNormResult": "workflows", "MultiLabelFitResult": "workflows",
-    "MultiLabelReportResult": "workflows", "MultiLabelComparison": "workflows", "MultiLabelPriorsResult": "workflows",
-    "MultiLabelApplyResult": "workflows",
-    "resolve_device": "engine.device",
-    "patch_module": "models.module_patch", "PatchResult": "models.module_patch",
-    "MultiLabelPriors": "methods.multilabel", "multilabel_priors": "methods.multilabel", "multilabel_priors_from_labels": "methods.multilabel",
-    "multilabel_offsets": "methods.multilabel", "MultiLabelEvaluation": "methods.multilabel", "evaluate_multilabel": "methods.multilabel",
-    "MultiLabelFit": "methods.multilabel", "fit_multilabel_tau": "methods.multilabel", "fit_label_thresholds": "methods.multilabel",
-    "read_label_matrix": "core.label_matrix", "read_multilabel_priors": "core.label_matrix",
-    "MultiLabelReport": "workflows.multilabel_report", "compare_multilabel": "workflows.multilabel_report",
+    "count_priors": "workflows", "estimate_priors": "workflows", "fit": "workflows", "apply": "workflows",
+    "patch_checkpoint": "workflows", "patch_module": "models", "report": "workflows", "compare": "workflows",
+    "score": "workflows",
+    "PriorsResult": "workflows", "EstimateResult": "workflows", "FitResult": "workflows",
+    "TauNormResult": "workflows", "ApplyResult": "workflows", "CheckpointPatch": "workflows",
+    "PatchResult": "models", "Report": "workflows", "Comparison": "workflows", "ScoreResult": "workflows",
+    "Calibration": "core", "Priors": "core", "LogitsSource": "data",
+    "LacalError": "errors",
+}
+
+_LAYERS = ("errors", "data", "core", "engine", "methods", "models", "workflows", "cli")
+
+# Names that lacal 0.1 exported at the top level, and where they live now (CHANGELOG.md lists them too).
+_MOVED = {
+    **{name: "errors" for name in ("InputFileError", "InputDataError", "PriorsError", "OptionError",
+                                   "MismatchError", "OutputError", "CheckpointError", "VerificationError",
+                                   "MissingDependencyError")},
+    **{name: "data" for name in ("read_logits", "read_labels", "read_classes")},
+    **{name: "core" for name in ("class_counts", "priors_from_counts", "priors_from_labels", "read_priors",
+                                 "offsets", "adjust_logits", "ClassEvaluation", "evaluate_predictions",
+                                 "shot_groups", "group_errors", "ProbabilityMetrics", "MultiLabelPriors",
+                                 "multilabel_priors", "multilabel_priors_from_labels", "multilabel_offsets",
+                                 "read_label_matrix", "read_multilabel_priors")},
+    **{name: "engine" for name in ("resolve_device",)},
+    **{name: "methods" for name in ("TauFit", "fit_tau", "evaluate", "balanced_error", "worst_class_error",
+                                    "PriorEstimate", "estimate_target_priors", "ProbabilityFit", "fit_temperature",
+                                    "fit_bias", "logit_adjusted_cross_entropy", "LogitAdjustedLoss", "TauNormFit",
+                                    "fit_tau_norm", "tau_norm_logits", "MethodResult", "compare_methods",
+                                    "MultiLabelEvaluation", "evaluate_multilabel", "MultiLabelFit",
+                                    "fit_multilabel_tau", "fit_label_thresholds")},
+    **{name: "workflows" for name in ("MultiLabelReport", "compare_multilabel")},
 }
 
 __all__ = ["__version__", *_EXPORTS]
 
 
 def __getattr__(name: str):
+    if name in _LAYERS:
+        return importlib.import_module(f".{name}", __name__)
     module = _EXPORTS.get(name)
     if module is None:
+        if name in _MOVED:
+            raise AttributeError(f"lacal.{name} moved to lacal.{_MOVED[name]}.{name} in lacal 0.2 "
+                                 f"(see CHANGELOG.md)")
         raise AttributeError(f"module 'lacal' has no attribute {name!r}")
     value = getattr(importlib.import_module(f".{module}", __name__), name)
     globals()[name] = value
@@ -72,29 +82,10 @@ def __dir__():
 
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .core.offsets import adjust_logits, offsets
-    from .methods.probability import ProbabilityFit, fit_bias, fit_temperature
-    from .core.calibration import Calibration
-    from .engine.device import resolve_device
-    from .errors import (InputDataError, InputFileError, LacalError, MismatchError, OptionError, OutputError,
-                         PriorsError)
-    from .data.readers import LogitsSource, read_classes, read_labels, read_logits
-    from .methods.comparison import MethodResult, compare_methods
-    from .methods.losses import LogitAdjustedLoss, logit_adjusted_cross_entropy
-    from .methods.taunorm import TauNormFit, fit_tau_norm, tau_norm_logits
-    from .models.module_patch import PatchResult, patch_module
-    from .methods.evaluation import balanced_error, evaluate, worst_class_error
-    from .core.metrics import ClassEvaluation, ProbabilityMetrics, evaluate_predictions, group_errors, shot_groups
-    from .core.priors import Priors, class_counts, priors_from_counts, priors_from_labels, read_priors
-    from .workflows import (ApplyResult, CheckpointPatch, Comparison, EstimateResult, FitResult,
-                            MultiLabelApplyResult, MultiLabelComparison, MultiLabelFitResult,
-                            MultiLabelPriorsResult, MultiLabelReportResult, PriorsResult, Report, ScoreResult,
-                            TauNormResult, apply, compare, count_priors, estimate_priors, fit, patch_checkpoint,
-                            report, score)
-    from .methods.search import TauFit, fit_tau
-    from .methods.label_shift import PriorEstimate, estimate_target_priors
-    from .methods.multilabel import (MultiLabelEvaluation, MultiLabelFit, MultiLabelPriors, evaluate_multilabel,
-                             fit_label_thresholds, fit_multilabel_tau, multilabel_offsets, multilabel_priors,
-                             multilabel_priors_from_labels)
-    from .core.label_matrix import read_label_matrix, read_multilabel_priors
-    from .workflows.multilabel_report import MultiLabelReport, compare_multilabel
+    from .core import Calibration, Priors
+    from .data import LogitsSource
+    from .errors import LacalError
+    from .models import PatchResult, patch_module
+    from .workflows import (ApplyResult, CheckpointPatch, Comparison, EstimateResult, FitResult, PriorsResult,
+                            Report, ScoreResult, TauNormResult, apply, compare, count_priors, estimate_priors, fit,
+                            patch_checkpoint, report, score)

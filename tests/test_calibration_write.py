@@ -15,8 +15,8 @@ from .conftest import long_tail_problem
 
 def test_calibration_round_trip(tmp_path):
     logits, labels, counts = long_tail_problem(dtype=np.float64)
-    priors = lacal.priors_from_counts(counts)
-    fit = lacal.fit_tau(logits, labels, priors)
+    priors = lacal.core.priors_from_counts(counts)
+    fit = lacal.methods.fit_tau(logits, labels, priors)
     calibration = lacal.Calibration.from_fit(fit, priors, [f"c{i}" for i in range(len(counts))],
                                              {"val": {"path": "v.npy", "sha256": "0" * 64}})
     calibration.save(tmp_path / "cal.json")
@@ -26,7 +26,7 @@ def test_calibration_round_trip(tmp_path):
     data = json.loads((tmp_path / "cal.json").read_text())
     assert data["schema_version"] == 2 and data["format"] == "lacal-calibration"
     np.testing.assert_allclose(data["offsets"], -fit.tau * np.log(counts / counts.sum()))
-    np.testing.assert_allclose(again.adjust(logits), lacal.adjust_logits(logits, counts, fit.tau))
+    np.testing.assert_allclose(again.adjust(logits), lacal.core.adjust_logits(logits, counts, fit.tau))
 
 
 def test_calibration_checks(tmp_path):

@@ -64,7 +64,7 @@ def test_fit_tau_json_matches_the_library(files, problem):
     result = run(*fit_args(files, "--json"))
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
-    fit = lacal.fit_tau(logits, labels, counts)
+    fit = lacal.methods.fit_tau(logits, labels, counts)
     assert data["tau"] == fit.tau and data["tau_interval"] == list(fit.interval)
     assert data["balanced_error_before"] == pytest.approx(reference.metric_at(logits, labels, counts, 0.0))
     assert data["balanced_error_tau1"] == pytest.approx(reference.metric_at(logits, labels, counts, 1.0))

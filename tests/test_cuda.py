@@ -22,8 +22,8 @@ runner = CliRunner()
 @pytest.mark.parametrize("search", ["exact", "grid"])
 def test_fit_tau_on_cuda_equals_cpu(metric, search):
     logits, labels, counts = long_tail_problem(num_samples=3000, num_classes=50, seed=7)
-    on_cpu = lacal.fit_tau(logits, labels, counts, metric=metric, search=search, device="cpu")
-    on_gpu = lacal.fit_tau(logits, labels, counts, metric=metric, search=search, device="cuda")
+    on_cpu = lacal.methods.fit_tau(logits, labels, counts, metric=metric, search=search, device="cpu")
+    on_gpu = lacal.methods.fit_tau(logits, labels, counts, metric=metric, search=search, device="cuda")
     assert on_gpu.tau == pytest.approx(on_cpu.tau, abs=1e-6)
     assert on_gpu.after == on_cpu.after and on_gpu.before == on_cpu.before
 
@@ -31,10 +31,10 @@ def test_fit_tau_on_cuda_equals_cpu(metric, search):
 @cuda
 def test_adjust_and_evaluate_on_cuda_tensors():
     logits, labels, counts = long_tail_problem(num_samples=500, num_classes=20, seed=3)
-    on_gpu = lacal.adjust_logits(torch.from_numpy(logits).cuda(), counts, 1.3)
+    on_gpu = lacal.core.adjust_logits(torch.from_numpy(logits).cuda(), counts, 1.3)
     assert on_gpu.is_cuda
-    np.testing.assert_allclose(on_gpu.cpu().numpy(), lacal.adjust_logits(logits, counts, 1.3), rtol=1e-6)
-    assert lacal.evaluate(logits, labels, counts, 1.3, device="cuda") == lacal.evaluate(logits, labels, counts, 1.3)
+    np.testing.assert_allclose(on_gpu.cpu().numpy(), lacal.core.adjust_logits(logits, counts, 1.3), rtol=1e-6)
+    assert lacal.methods.evaluate(logits, labels, counts, 1.3, device="cuda") == lacal.methods.evaluate(logits, labels, counts, 1.3)
 
 
 @cuda
@@ -50,7 +50,7 @@ def test_cli_on_cuda_matches_cpu(files):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
 def test_cuda_without_a_gpu_is_refused(files):
     with pytest.raises(OptionError, match="no CUDA device"):
-        lacal.resolve_device("cuda")
+        lacal.engine.resolve_device("cuda")
     result = runner.invoke(app, ["report", str(files / "val_logits.npy"), str(files / "val_labels.npy"),
                                  "--device", "cuda"])
     assert result.exit_code == 6 and "--device: cuda was asked for" in result.stderr
@@ -58,7 +58,7 @@ def test_cuda_without_a_gpu_is_refused(files):
 
 def test_unknown_device_is_refused():
     with pytest.raises(OptionError, match="unknown device"):
-        lacal.resolve_device("tpu")
+        lacal.engine.resolve_device("tpu")
 
 
 @cuda
@@ -68,10 +68,10 @@ def test_label_shift_calibration_and_metrics_on_cuda_equal_cpu():
     from lacal.methods.taunorm import fit_tau_norm
 
     logits, labels, counts = long_tail_problem(num_samples=2000, num_classes=20, seed=11)
-    em_cpu = lacal.estimate_target_priors(logits, counts)
-    em_gpu = lacal.estimate_target_priors(logits, counts, device="cuda")
+    em_cpu = lacal.methods.estimate_target_priors(logits, counts)
+    em_gpu = lacal.methods.estimate_target_priors(logits, counts, device="cuda")
     np.testing.assert_allclose(em_gpu.priors, em_cpu.priors, atol=1e-9)
-    offset = lacal.offsets(counts, 1.0)
+    offset = lacal.core.offsets(counts, 1.0)
     for fit in (fit_temperature, fit_bias):
         on_cpu, on_gpu = fit(logits, labels, offset), fit(logits, labels, offset, device="cuda")
         assert on_gpu.temperature == pytest.approx(on_cpu.temperature, rel=1e-6)

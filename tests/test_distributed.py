@@ -100,10 +100,10 @@ def test_apply_writes_the_same_shards_and_index(shards):
         assert (shards / "out_many" / name).read_bytes() == (shards / "out_one" / name).read_bytes(), name
     import lacal
 
-    whole = lacal.read_logits(shards / "out_many")
+    whole = lacal.data.read_logits(shards / "out_many")
     logits = np.concatenate([np.load(shards / "shards" / f"part-{k}.npy") for k in range(5)])
     np.testing.assert_array_equal(whole.rows(0, whole.num_samples).numpy(),
-                                  lacal.adjust_logits(logits, np.load(shards / "counts.npy"), 1.0))
+                                  lacal.core.adjust_logits(logits, np.load(shards / "counts.npy"), 1.0))
 
 
 def test_a_failing_rank_ends_the_job_with_its_message(shards):

@@ -59,8 +59,8 @@ def test_fit_tau_with_a_distributed_context_equals_one_process():
     logits, labels, counts = long_tail_problem(num_samples=500, num_classes=9, seed=4)
     for metric in ("balanced-error", "worst-class-error"):
         for search in ("exact", "grid"):
-            one = lacal.fit_tau(logits, labels, counts, metric=metric, search=search)
-            many = lacal.fit_tau(logits, labels, counts, metric=metric, search=search, context=AllInOne())
+            one = lacal.methods.fit_tau(logits, labels, counts, metric=metric, search=search)
+            many = lacal.methods.fit_tau(logits, labels, counts, metric=metric, search=search, context=AllInOne())
             assert (many.tau, many.interval, many.after, many.before) == (one.tau, one.interval, one.after,
                                                                           one.before)
 

@@ -47,7 +47,7 @@ def test_features_narrower_than_the_head_get_the_mismatch_code_everywhere(files,
 
 
 def test_the_library_names_the_parameter_and_the_cli_the_flag(files):
-    with pytest.raises(lacal.OptionError) as error:
+    with pytest.raises(lacal.errors.OptionError) as error:
         lacal.fit(files / "val_logits.npy", files / "val_labels.npy", train_labels=files / "train_labels.txt",
                   target_logits=files / "val_logits.npy", device="cpu")
     assert error.value.source == "target_logits" and "`target_logits` is for `target_priors` em" in str(error.value)
@@ -58,12 +58,12 @@ def test_the_library_names_the_parameter_and_the_cli_the_flag(files):
 
 
 def test_bad_library_input_is_a_lacal_error_not_a_value_error():
-    with pytest.raises(lacal.PriorsError):
-        lacal.offsets([0.5, 0.0, 0.5], 1.0)
-    with pytest.raises(lacal.MismatchError):
-        lacal.adjust_logits(np.zeros((2, 3), dtype=np.float32), [0.5, 0.5], 1.0)
-    with pytest.raises(lacal.OptionError):
-        lacal.estimate_target_priors(np.zeros((4, 3), dtype=np.float32), [0.2, 0.3, 0.5], tolerance=0.0)
+    with pytest.raises(lacal.errors.PriorsError):
+        lacal.core.offsets([0.5, 0.0, 0.5], 1.0)
+    with pytest.raises(lacal.errors.MismatchError):
+        lacal.core.adjust_logits(np.zeros((2, 3), dtype=np.float32), [0.5, 0.5], 1.0)
+    with pytest.raises(lacal.errors.OptionError):
+        lacal.methods.estimate_target_priors(np.zeros((4, 3), dtype=np.float32), [0.2, 0.3, 0.5], tolerance=0.0)
 
 
 def test_every_flag_in_the_table_is_an_option_of_the_cli():

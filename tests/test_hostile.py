@@ -276,7 +276,7 @@ def test_csv_logits_with_a_byte_order_mark_keep_every_row(tmp_path):
     logits = np.random.default_rng(0).normal(size=(50, C))
     text = "\n".join(",".join(f"{v:.6f}" for v in row) for row in logits) + "\n"
     (tmp_path / "bom.csv").write_bytes(b"\xef\xbb\xbf" + text.encode())
-    source = lacal.read_logits(tmp_path / "bom.csv")
+    source = lacal.data.read_logits(tmp_path / "bom.csv")
     assert source.shape == (50, C)
     np.testing.assert_allclose(source.rows(0, 50).numpy(), np.round(logits, 6), atol=1e-12)
 
@@ -670,9 +670,9 @@ def test_glob_output_that_lands_among_its_shards(small):
 
 def test_byte_order_mark_is_not_part_of_the_first_class_name(tmp_path):
     (tmp_path / "classes.txt").write_bytes(b"\xef\xbb\xbfcat\ndog\n")
-    assert lacal.read_classes(tmp_path / "classes.txt") == ["cat", "dog"]
+    assert lacal.data.read_classes(tmp_path / "classes.txt") == ["cat", "dog"]
     (tmp_path / "labels.csv").write_bytes(b"\xef\xbb\xbflabel\ncat\ndog\n")
-    np.testing.assert_array_equal(lacal.read_labels(tmp_path / "labels.csv", ["cat", "dog"]), [0, 1])
+    np.testing.assert_array_equal(lacal.data.read_labels(tmp_path / "labels.csv", ["cat", "dog"]), [0, 1])
 
 
 def test_grid_and_bins_too_large_are_usage_errors(small):

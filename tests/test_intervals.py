@@ -109,11 +109,11 @@ def test_no_table_grows_with_the_square_of_the_classes():
         "logits = rng.normal(size=(64, 8000)).astype(np.float32)\n"
         "counts = rng.integers(1, 500, 8000)\n"
         "labels = rng.integers(0, 8000, 64)\n"
-        "lacal.fit_tau(logits[:4], labels[:4], counts, rows=2)\n"  # imports and warm-up
+        "lacal.methods.fit_tau(logits[:4], labels[:4], counts, rows=2)\n"  # imports and warm-up
         "rss = lambda f: int([l for l in open('/proc/self/status') if l.startswith(f)][0].split()[1]) // 1024\n"
         "before = rss('VmRSS:')\n"
         "open('/proc/self/clear_refs', 'w').write('5')\n"
-        "lacal.fit_tau(logits, labels, counts)\n"
+        "lacal.methods.fit_tau(logits, labels, counts)\n"
         "print(rss('VmHWM:') - before)\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     if result.returncode != 0 and "clear_refs" in result.stderr:
@@ -125,7 +125,7 @@ def test_no_table_grows_with_the_square_of_the_classes():
 def test_fit_tau_spreads_the_pass_and_restores_the_thread_count(monkeypatch):
     logits, labels, log_priors = problem(5, 300, 12, "float32", "random", 2.0, 0.0)
     counts = np.exp(log_priors)
-    single = lacal.fit_tau(logits, labels, counts, rows=7)
+    single = lacal.methods.fit_tau(logits, labels, counts, rows=7)
     seen = []
     original = lacal.engine.passes._block_intervals
 
@@ -137,7 +137,7 @@ def test_fit_tau_spreads_the_pass_and_restores_the_thread_count(monkeypatch):
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        spread = lacal.fit_tau(logits, labels, counts, rows=7)
+        spread = lacal.methods.fit_tau(logits, labels, counts, rows=7)
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)

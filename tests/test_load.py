@@ -212,4 +212,4 @@ def test_bad_labels(tmp_path):
 
 
 def test_public_api_reexports_readers():
-    assert lacal.read_logits is read_logits and lacal.read_labels is read_labels
+    assert lacal.data.read_logits is read_logits and lacal.data.read_labels is read_labels

@@ -32,14 +32,14 @@ def test_logit_adjusted_loss_matches_a_direct_computation():
     labels = torch.tensor([0, 1, 2, 3, 0, 0, 1, 2])
     counts = [50, 20, 5, 1]
     tau = 1.3
-    loss = lacal.logit_adjusted_cross_entropy(logits, labels, counts, tau)
+    loss = lacal.methods.logit_adjusted_cross_entropy(logits, labels, counts, tau)
     shifted = logits.detach().numpy() + tau * np.log(np.array(counts) / sum(counts))
     log_p = shifted - np.log(np.exp(shifted).sum(1, keepdims=True))
     assert float(loss) == pytest.approx(-log_p[np.arange(8), labels.numpy()].mean(), rel=1e-12)
     loss.backward()
     expected_grad = (np.exp(log_p) - np.eye(4)[labels.numpy()]) / 8  # d CE / d logits, the shift being constant
     np.testing.assert_allclose(logits.grad.numpy(), expected_grad, atol=1e-12)
-    module = lacal.LogitAdjustedLoss(counts, tau, reduction="none")
+    module = lacal.methods.LogitAdjustedLoss(counts, tau, reduction="none")
     per_sample = module(logits.detach().float(), labels)
     np.testing.assert_allclose(per_sample.numpy(), -log_p[np.arange(8), labels.numpy()], rtol=1e-5)
     assert "log_priors" in dict(module.named_buffers())
@@ -98,13 +98,13 @@ def test_compare_rows_match_independent_computations(head_files):
     assert rows["logit adjustment, tau = 1"]["balanced_error"] == pytest.approx(
         reference.metric_at(test_logits, test_labels, counts, 1.0))
     fitted = rows["logit adjustment, fitted tau"]
-    assert fitted["tau"] == pytest.approx(lacal.fit_tau(val_logits, val_labels, counts).tau)
+    assert fitted["tau"] == pytest.approx(lacal.methods.fit_tau(val_logits, val_labels, counts).tau)
     assert fitted["balanced_error"] == pytest.approx(
         reference.metric_at(test_logits, test_labels, counts, fitted["tau"]))
     predictions = reference.predictions(reference.adjusted(test_logits, counts, 1.0))
-    groups = lacal.group_errors(lacal.evaluate_predictions(predictions, test_labels, 8), counts)
+    groups = lacal.core.group_errors(lacal.core.evaluate_predictions(predictions, test_labels, 8), counts)
     assert rows["logit adjustment, tau = 1"]["few"] == pytest.approx(groups["few"]["error"])
-    bias = lacal.fit_bias(val_logits, val_labels, lacal.offsets(counts, fitted["tau"]))
+    bias = lacal.methods.fit_bias(val_logits, val_labels, lacal.core.offsets(counts, fitted["tau"]))
     shifted = reference.adjusted(test_logits, counts, fitted["tau"]) + bias.temperature * bias.bias
     assert rows["logit adjustment + bias calibration"]["balanced_error"] == pytest.approx(
         reference.balanced_error(reference.predictions(shifted), test_labels, 8))

@@ -15,7 +15,7 @@ from .conftest import long_tail_problem
 @pytest.mark.parametrize("tau", [0.0, 1.0, 2.3])
 def test_evaluate_matches_reference(seed, tau):
     logits, labels, counts = long_tail_problem(num_samples=300, num_classes=6, seed=seed, dtype=np.float64)
-    evaluation = lacal.evaluate(logits, labels, counts, tau)
+    evaluation = lacal.methods.evaluate(logits, labels, counts, tau)
     preds = reference.predictions(reference.adjusted(logits, counts, tau))
     expected = reference.per_class_errors(preds, labels, 6)
     assert evaluation.errors.tolist() == pytest.approx(expected)
@@ -27,7 +27,7 @@ def test_evaluate_matches_reference(seed, tau):
 def test_classes_without_samples_are_left_out():
     logits = np.array([[2.0, 0, 0, 0], [0, 2.0, 0, 0], [2.0, 0, 0, 0]])
     labels = np.array([0, 1, 1])  # classes 2 and 3 have no samples
-    evaluation = lacal.evaluate(logits, labels)
+    evaluation = lacal.methods.evaluate(logits, labels)
     assert evaluation.classes_without_samples == [2, 3]
     assert np.isnan(evaluation.errors[2]) and np.isnan(evaluation.errors[3])
     assert evaluation.balanced_error == pytest.approx((0.0 + 0.5) / 2)
@@ -36,14 +36,14 @@ def test_classes_without_samples_are_left_out():
 
 def test_tied_logits_take_the_first_class_like_argmax():
     logits = np.array([[1.0, 1.0, 0.0], [1.0, 1.0, 0.0]])
-    evaluation = lacal.evaluate(logits, np.array([0, 1]))
+    evaluation = lacal.methods.evaluate(logits, np.array([0, 1]))
     assert evaluation.correct.tolist() == [1, 0, 0]
 
 
 def test_evaluate_predictions_matches_reference():
     rng = np.random.default_rng(3)
     preds, labels = rng.integers(0, 5, 200), rng.integers(0, 5, 200)
-    evaluation = lacal.evaluate_predictions(preds, labels, 5)
+    evaluation = lacal.core.evaluate_predictions(preds, labels, 5)
     assert evaluation.errors.tolist() == pytest.approx(reference.per_class_errors(preds, labels, 5))
 
 
@@ -54,7 +54,7 @@ def test_shot_group_boundaries():
 def test_group_errors_average_member_classes():
     logits = np.eye(3)[[0, 1, 2, 0]] * 2
     labels = np.array([0, 1, 1, 2])  # class 0 right, class 1 half right, class 2 wrong
-    groups = group_errors(lacal.evaluate(logits, labels), [500, 50, 5])
+    groups = group_errors(lacal.methods.evaluate(logits, labels), [500, 50, 5])
     assert groups["many"] == {"classes": 1, "classes_with_samples": 1, "error": 0.0}
     assert groups["medium"]["error"] == pytest.approx(0.5)
     assert groups["few"]["error"] == pytest.approx(1.0)
@@ -63,7 +63,7 @@ def test_group_errors_average_member_classes():
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
 def test_adjust_matches_reference_and_keeps_type(dtype):
     logits, _, counts = long_tail_problem(num_samples=50, num_classes=5, dtype=dtype)
-    out = lacal.adjust_logits(logits, counts, 1.7)
+    out = lacal.core.adjust_logits(logits, counts, 1.7)
     assert isinstance(out, np.ndarray) and out.dtype == dtype and out.shape == logits.shape
     tolerance = {np.float16: 1e-2, np.float32: 1e-5, np.float64: 1e-12}[dtype]
     np.testing.assert_allclose(out.astype(np.float64), reference.adjusted(logits, counts, 1.7), rtol=tolerance,
@@ -72,14 +72,14 @@ def test_adjust_matches_reference_and_keeps_type(dtype):
 
 def test_adjust_torch_in_torch_out_bfloat16():
     logits = torch.randn(10, 4).to(torch.bfloat16)
-    out = lacal.adjust_logits(logits, [10, 20, 30, 40], 1.0)
+    out = lacal.core.adjust_logits(logits, [10, 20, 30, 40], 1.0)
     assert isinstance(out, torch.Tensor) and out.dtype == torch.bfloat16
     expected = reference.adjusted(logits.float().numpy(), [10, 20, 30, 40], 1.0)
     np.testing.assert_allclose(out.float().numpy(), expected, atol=0.07)
 
 
 def test_offsets_are_minus_tau_log_prior():
-    np.testing.assert_allclose(lacal.offsets([1, 3], 2.0), [-2 * np.log(0.25), -2 * np.log(0.75)])
+    np.testing.assert_allclose(lacal.core.offsets([1, 3], 2.0), [-2 * np.log(0.25), -2 * np.log(0.75)])
 
 
 @settings(max_examples=40, deadline=None)
@@ -87,15 +87,15 @@ def test_offsets_are_minus_tau_log_prior():
 def test_adding_a_constant_to_a_row_changes_no_prediction(seed, shift, tau):
     logits, labels, counts = long_tail_problem(num_samples=40, num_classes=5, seed=seed, dtype=np.float64)
     shifted = logits + shift * np.random.default_rng(seed).integers(0, 2, (40, 1))
-    a = reference.predictions(lacal.adjust_logits(logits, counts, tau))
-    b = reference.predictions(lacal.adjust_logits(shifted, counts, tau))
+    a = reference.predictions(lacal.core.adjust_logits(logits, counts, tau))
+    b = reference.predictions(lacal.core.adjust_logits(shifted, counts, tau))
     assert (a == b).all()
-    assert lacal.evaluate(logits, labels, counts, tau) == lacal.evaluate(shifted, labels, counts, tau)
+    assert lacal.methods.evaluate(logits, labels, counts, tau) == lacal.methods.evaluate(shifted, labels, counts, tau)
 
 
 @settings(max_examples=30, deadline=None)
 @given(seed=st.integers(0, 10_000))
 def test_tau_zero_changes_nothing(seed):
     logits, labels, counts = long_tail_problem(num_samples=40, num_classes=5, seed=seed)
-    np.testing.assert_array_equal(lacal.adjust_logits(logits, counts, 0.0), logits)
-    assert lacal.evaluate(logits, labels, counts, 0.0) == lacal.evaluate(logits, labels)
+    np.testing.assert_array_equal(lacal.core.adjust_logits(logits, counts, 0.0), logits)
+    assert lacal.methods.evaluate(logits, labels, counts, 0.0) == lacal.methods.evaluate(logits, labels)

@@ -9,7 +9,7 @@ from lacal.core.priors import priors_from_vector, read_priors
 
 
 def test_counts_and_priors_from_labels():
-    priors = lacal.priors_from_labels([0, 0, 0, 1, 2, 2], num_classes=3)
+    priors = lacal.core.priors_from_labels([0, 0, 0, 1, 2, 2], num_classes=3)
     assert priors.counts.tolist() == [3, 1, 2]
     np.testing.assert_allclose(priors.priors, [0.5, 1 / 6, 1 / 3])
 
@@ -17,18 +17,18 @@ def test_counts_and_priors_from_labels():
 def test_zero_count_names_the_classes():
     with pytest.raises(PriorsError, match=r"2 class\(es\) have no training samples: 1 \(dog\), 3 \(fish\).*"
                                           r"--smoothing"):
-        lacal.priors_from_counts([5, 0, 3, 0], classes=["cat", "dog", "bird", "fish"])
+        lacal.core.priors_from_counts([5, 0, 3, 0], classes=["cat", "dog", "bird", "fish"])
 
 
 def test_smoothing_adds_to_every_count():
-    priors = lacal.priors_from_counts([5, 0, 3], smoothing=0.5)
+    priors = lacal.core.priors_from_counts([5, 0, 3], smoothing=0.5)
     np.testing.assert_allclose(priors.priors, np.array([5.5, 0.5, 3.5]) / 9.5)
     assert priors.counts.tolist() == [5, 0, 3] and priors.smoothing == 0.5
 
 
 def test_label_out_of_range():
     with pytest.raises(InputDataError, match=r"label 3 \(entry 2\) is out of range for 3 classes"):
-        lacal.class_counts([0, 3, 1], 3)
+        lacal.core.class_counts([0, 3, 1], 3)
 
 
 def test_vector_counts_or_probabilities():
@@ -42,7 +42,7 @@ def test_vector_counts_or_probabilities():
 
 
 def test_priors_file_formats(tmp_path):
-    written = lacal.priors_from_counts([7, 2, 1], classes=["a", "b", "c"])
+    written = lacal.core.priors_from_counts([7, 2, 1], classes=["a", "b", "c"])
     (tmp_path / "p.json").write_text(json.dumps(written.to_dict()))
     (tmp_path / "list.json").write_text("[7, 2, 1]")
     np.save(tmp_path / "p.npy", np.array([0.7, 0.2, 0.1]))

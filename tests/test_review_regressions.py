@@ -25,7 +25,7 @@ def test_globs_across_folders_keep_natural_path_order(tmp_path):
         np.save(tmp_path / f"run{run_id}" / "logits.npy", np.full((2, 3), run_id, dtype=np.float32))
     order = [p.parent.name for p in shard_paths(str(tmp_path / "*" / "logits.npy"))]
     assert order == ["run1", "run2", "run3", "run10", "run20"]
-    rows = lacal.read_logits(str(tmp_path / "*" / "logits.npy")).rows(0, 10)[:, 0].tolist()
+    rows = lacal.data.read_logits(str(tmp_path / "*" / "logits.npy")).rows(0, 10)[:, 0].tolist()
     assert rows == [1, 1, 2, 2, 3, 3, 10, 10, 20, 20]
 
 
@@ -83,12 +83,12 @@ def test_em_prior_of_zero_is_floored_and_usable(tmp_path):
     target[:, 2] = -1000.0  # the model never predicts class 2 here
     np.save(tmp_path / "target.npy", target)
     np.save(tmp_path / "pi.npy", np.array([0.5, 0.3, 0.2]))
-    estimate = lacal.estimate_target_priors(target, [0.5, 0.3, 0.2])
+    estimate = lacal.methods.estimate_target_priors(target, [0.5, 0.3, 0.2])
     assert estimate.floored == [2] and estimate.priors[2] > 0 and np.isfinite(np.log(estimate.priors)).all()
     result = run("priors", "--em", tmp_path / "target.npy", "--priors", tmp_path / "pi.npy", "--out",
                  tmp_path / "q.json")
     assert result.exit_code == 0 and "drove 1 class(es) to a prior of 0" in result.stderr
-    assert lacal.read_priors(tmp_path / "q.json").priors[2] > 0  # the written file is usable as --target-priors
+    assert lacal.core.read_priors(tmp_path / "q.json").priors[2] > 0  # the written file is usable as --target-priors
     val = rng.normal(size=(60, 3)).astype(np.float32)
     np.save(tmp_path / "val.npy", val)
     np.save(tmp_path / "val_labels.npy", np.arange(60) % 3)

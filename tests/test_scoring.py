@@ -28,13 +28,13 @@ def run(*args):
 @pytest.mark.parametrize("rows", [1, 7, None])
 def test_every_pass_is_independent_of_the_block_size(rows):
     logits, labels, counts = long_tail_problem(num_samples=97, num_classes=9, seed=3)
-    offsets = [np.zeros(9), lacal.offsets(counts, 1.5)]
+    offsets = [np.zeros(9), lacal.core.offsets(counts, 1.5)]
     whole = score_pass(logits, labels, offsets)
     blocked = score_pass(logits, labels, offsets, rows=rows)
     np.testing.assert_array_equal([e.correct for e in blocked], [e.correct for e in whole])
     source = lacal.data.readers.source_from_array(logits)
     adjusted = torch.cat([b for _, b in iter_adjusted(source, offsets[1], rows=rows)])
-    np.testing.assert_array_equal(adjusted.numpy(), lacal.adjust_logits(logits, counts, 1.5))
+    np.testing.assert_array_equal(adjusted.numpy(), lacal.core.adjust_logits(logits, counts, 1.5))
     features = torch.randn(97, 5)
     weight, bias = torch.randn(9, 5), torch.randn(9)
     through_head = head_logits(lacal.data.readers.source_from_array(features), weight, bias)
@@ -72,7 +72,7 @@ def test_shards_read_as_one_array(shards, problem):
         source = read_logits(spec)
         assert source.shape == logits.shape
         np.testing.assert_array_equal(source.rows(140, 410).numpy(), logits[140:410])
-    labels = lacal.read_labels(shards / "label_shards")
+    labels = lacal.data.read_labels(shards / "label_shards")
     np.testing.assert_array_equal(labels, problem[1])
 
 
@@ -92,7 +92,7 @@ def test_apply_and_report_on_shards(shards, problem):
     result = run("apply", shards / "shards", "--tau", 1.0, "--priors", shards / "counts.npy", "--out",
                  shards / "adjusted.npy")
     assert result.exit_code == 0, result.output
-    np.testing.assert_array_equal(np.load(shards / "adjusted.npy"), lacal.adjust_logits(logits, counts, 1.0))
+    np.testing.assert_array_equal(np.load(shards / "adjusted.npy"), lacal.core.adjust_logits(logits, counts, 1.0))
     report = json.loads(run("report", shards / "shards", shards / "labels.npy", "--json").stdout)
     assert report["accuracy"] == pytest.approx(np.mean(logits.argmax(1) == labels))
 

@@ -17,7 +17,7 @@ METRICS = ["balanced-error", "worst-class-error"]
 @pytest.mark.parametrize("seed", range(5))
 def test_exact_search_reaches_the_brute_force_minimum(metric, seed):
     logits, labels, counts = long_tail_problem(num_samples=60, num_classes=5, seed=seed, dtype=np.float64)
-    fit = lacal.fit_tau(logits, labels, counts, (0, 4), metric=metric)
+    fit = lacal.methods.fit_tau(logits, labels, counts, (0, 4), metric=metric)
     best = reference.brute_force_minimum(logits, labels, counts, 0.0, 4.0, metric)
     assert reference.metric_at(logits, labels, counts, fit.tau, metric) == pytest.approx(best, abs=1e-12)
     assert fit.after.metric(metric) == pytest.approx(best, abs=1e-12)
@@ -27,7 +27,7 @@ def test_exact_search_reaches_the_brute_force_minimum(metric, seed):
 @pytest.mark.parametrize("metric", METRICS)
 def test_whole_interval_is_optimal(metric):
     logits, labels, counts = long_tail_problem(num_samples=80, num_classes=6, seed=11, dtype=np.float64)
-    fit = lacal.fit_tau(logits, labels, counts, metric=metric)
+    fit = lacal.methods.fit_tau(logits, labels, counts, metric=metric)
     low, high = fit.interval
     for t in np.linspace(low, high, 9)[1:-1]:
         assert reference.metric_at(logits, labels, counts, t, metric) == pytest.approx(fit.after.metric(metric))
@@ -39,7 +39,7 @@ def test_whole_interval_is_optimal(metric):
 def test_exact_is_never_worse_than_any_grid_point(seed, classes, samples, metric, low, width):
     logits, labels, counts = long_tail_problem(num_samples=samples, num_classes=classes, seed=seed,
                                                dtype=np.float64)
-    fit = lacal.fit_tau(logits, labels, counts, (low, low + width), metric=metric)
+    fit = lacal.methods.fit_tau(logits, labels, counts, (low, low + width), metric=metric)
     found = reference.metric_at(logits, labels, counts, fit.tau, metric)
     for t in np.linspace(low, low + width, 23):
         assert found <= reference.metric_at(logits, labels, counts, t, metric) + 1e-12
@@ -49,7 +49,7 @@ def test_exact_is_never_worse_than_any_grid_point(seed, classes, samples, metric
 def test_tie_goes_to_the_run_nearest_one():
     # Every sample is right for every tau: one optimal run, the whole range, and its midpoint.
     logits = np.eye(3)[[0, 1, 2]] * 100.0
-    fit = lacal.fit_tau(logits, np.array([0, 1, 2]), [100, 10, 1], (0, 4))
+    fit = lacal.methods.fit_tau(logits, np.array([0, 1, 2]), [100, 10, 1], (0, 4))
     assert fit.interval == (0.0, 4.0) and fit.tau == 2.0
 
 
@@ -61,11 +61,11 @@ def test_of_two_optimal_runs_the_one_nearer_one_wins():
     a, b = 0.5, 2.5
     logits = np.array([[a * slope, 0.0], [0.0, -b * slope]])
     labels = np.array([0, 1])
-    fit = lacal.fit_tau(logits, labels, [9, 1], (0, 4))
+    fit = lacal.methods.fit_tau(logits, labels, [9, 1], (0, 4))
     assert fit.interval == pytest.approx((0.0, a)) and fit.tau == pytest.approx(a / 2)
-    fit = lacal.fit_tau(logits, labels, [9, 1], (0.2, 4))
+    fit = lacal.methods.fit_tau(logits, labels, [9, 1], (0.2, 4))
     assert fit.interval == pytest.approx((0.2, a))
-    far = lacal.fit_tau(logits, labels, [9, 1], (-4, 0.9))
+    far = lacal.methods.fit_tau(logits, labels, [9, 1], (-4, 0.9))
     assert far.interval == pytest.approx((-4, a))
 
 
@@ -73,7 +73,7 @@ def test_of_two_optimal_runs_the_one_nearer_one_wins():
 @pytest.mark.parametrize("search", ["exact", "grid"])
 def test_block_size_does_not_change_the_result(metric, search):
     logits, labels, counts = long_tail_problem(num_samples=101, num_classes=7, seed=5)
-    fits = [lacal.fit_tau(logits, labels, counts, metric=metric, search=search, rows=rows) for rows in (1, 7, None)]
+    fits = [lacal.methods.fit_tau(logits, labels, counts, metric=metric, search=search, rows=rows) for rows in (1, 7, None)]
     for fit in fits[1:]:
         assert (fit.tau, fit.interval, fit.after) == (fits[0].tau, fits[0].interval, fits[0].after)
 
@@ -81,7 +81,7 @@ def test_block_size_does_not_change_the_result(metric, search):
 @pytest.mark.parametrize("metric", METRICS)
 def test_grid_values_match_direct_evaluation(metric):
     logits, labels, counts = long_tail_problem(num_samples=120, num_classes=6, seed=2, dtype=np.float64)
-    fit = lacal.fit_tau(logits, labels, counts, (0, 3), search="grid", grid_size=31, metric=metric)
+    fit = lacal.methods.fit_tau(logits, labels, counts, (0, 3), search="grid", grid_size=31, metric=metric)
     expected = [reference.metric_at(logits, labels, counts, t, metric) for t in np.linspace(0, 3, 31)]
     np.testing.assert_allclose(fit.grid_values, expected, atol=1e-12)
     assert fit.tau in set(np.linspace(0, 3, 31).round(12)) or np.isclose(np.linspace(0, 3, 31), fit.tau).any()
@@ -92,8 +92,8 @@ def test_grid_values_match_direct_evaluation(metric):
 
 def test_exact_is_no_worse_than_grid():
     logits, labels, counts = long_tail_problem(num_samples=500, num_classes=10, seed=8)
-    exact = lacal.fit_tau(logits, labels, counts)
-    grid = lacal.fit_tau(logits, labels, counts, search="grid")
+    exact = lacal.methods.fit_tau(logits, labels, counts)
+    grid = lacal.methods.fit_tau(logits, labels, counts, search="grid")
     assert exact.after.balanced_error <= grid.after.balanced_error
 
 
@@ -103,7 +103,7 @@ def test_equal_priors_and_tied_logits_agree_with_brute_force():
     labels = rng.integers(0, 5, 80)
     counts = [50, 50, 20, 20, 5]  # equal priors in pairs
     for metric in METRICS:
-        fit = lacal.fit_tau(logits, labels, counts, metric=metric)
+        fit = lacal.methods.fit_tau(logits, labels, counts, metric=metric)
         best = reference.brute_force_minimum(logits, labels, counts, 0.0, 4.0, metric)
         assert reference.metric_at(logits, labels, counts, fit.tau, metric) == pytest.approx(best)
 
@@ -113,7 +113,7 @@ def test_exact_ties_at_zero_are_settled_like_argmax():
     # needs tau > 4.5. On the open range the balanced error is 1; at tau = 0 it is 0.5.
     logits, labels = np.array([[0.0, 0.0], [0.0, -10.0]]), np.array([0, 1])
     for search in ("exact", "grid"):
-        fit = lacal.fit_tau(logits, labels, [9, 1], (0, 4), search=search)
+        fit = lacal.methods.fit_tau(logits, labels, [9, 1], (0, 4), search=search)
         assert fit.tau == 0.0 and fit.interval == (0.0, 0.0)
         assert fit.after.balanced_error == fit.before.balanced_error == 0.5
 
@@ -129,7 +129,7 @@ def test_coarse_logits_with_many_ties(seed, metric, dtype):
         logits = rng.integers(-2, 3, size=(40, 5)).astype(np.float64)
     else:
         logits = torch.from_numpy(rng.normal(size=(40, 5)) * 3).to(getattr(torch, dtype)).double().numpy()
-    fit = lacal.fit_tau(logits, labels, counts, (0, 4), metric=metric)
+    fit = lacal.methods.fit_tau(logits, labels, counts, (0, 4), metric=metric)
     found = reference.metric_at(logits, labels, counts, fit.tau, metric)
     assert found == pytest.approx(fit.after.metric(metric), abs=1e-12)
     assert found == pytest.approx(reference.brute_force_minimum(logits, labels, counts, 0.0, 4.0, metric), abs=1e-12)
@@ -139,7 +139,7 @@ def test_coarse_logits_with_many_ties(seed, metric, dtype):
 
 def test_before_and_tau_one_are_reported():
     logits, labels, counts = long_tail_problem(seed=3, dtype=np.float64)
-    fit = lacal.fit_tau(logits, labels, counts)
+    fit = lacal.methods.fit_tau(logits, labels, counts)
     assert fit.before.balanced_error == pytest.approx(reference.metric_at(logits, labels, counts, 0.0))
     assert fit.at_one.balanced_error == pytest.approx(reference.metric_at(logits, labels, counts, 1.0))
     data = fit.to_dict()
@@ -153,7 +153,7 @@ def test_before_and_tau_one_are_reported():
 def test_bad_tau_ranges_are_refused(bad):
     logits, labels, counts = long_tail_problem(num_samples=10)
     with pytest.raises(OptionError):
-        lacal.fit_tau(logits, labels, counts, bad)
+        lacal.methods.fit_tau(logits, labels, counts, bad)
 
 
 @pytest.mark.parametrize("rows", [1, None])  # one row per block, or all rows (ties settled row by row or together)
@@ -164,6 +164,6 @@ def test_shared_priors_both_ways(rows):
         labels = rng.integers(0, 6, 50)
         logits = rng.integers(-2, 3, size=(50, 6)).astype(np.float64)
         for metric in METRICS:
-            fit = lacal.fit_tau(logits, labels, counts, metric=metric, rows=rows)
+            fit = lacal.methods.fit_tau(logits, labels, counts, metric=metric, rows=rows)
             best = reference.brute_force_minimum(logits, labels, counts, 0.0, 4.0, metric)
             assert reference.metric_at(logits, labels, counts, fit.tau, metric) == pytest.approx(best, abs=1e-12)

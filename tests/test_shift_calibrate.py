@@ -42,7 +42,7 @@ def softmax(z):
 
 def test_em_recovers_known_priors():
     logits, labels, pi, _ = gaussian_shift()
-    estimate = lacal.estimate_target_priors(logits, pi)
+    estimate = lacal.methods.estimate_target_priors(logits, pi)
     observed = np.bincount(labels, minlength=5) / labels.size
     error = np.abs(estimate.priors - observed).max()
     assert estimate.converged and error < 0.01, f"max |q_em - q| = {error:.4f}"
@@ -51,7 +51,7 @@ def test_em_recovers_known_priors():
 
 def test_em_stops_at_its_fixed_point():
     logits, _, pi, _ = gaussian_shift(samples=3000, seed=1)
-    estimate = lacal.estimate_target_priors(logits, pi, tolerance=1e-12)
+    estimate = lacal.methods.estimate_target_priors(logits, pi, tolerance=1e-12)
     p = softmax(logits)
     weighted = p * (estimate.priors / pi)
     responsibilities = weighted / weighted.sum(1, keepdims=True)
@@ -61,10 +61,10 @@ def test_em_stops_at_its_fixed_point():
 
 def test_em_reports_when_it_stops_early_and_streams_the_same():
     logits, _, pi, _ = gaussian_shift(samples=3000, seed=2)
-    early = lacal.estimate_target_priors(logits, pi, max_iterations=2)
+    early = lacal.methods.estimate_target_priors(logits, pi, max_iterations=2)
     assert not early.converged and early.iterations == 2 and early.change > early.tolerance
-    cached = lacal.estimate_target_priors(logits, pi)
-    streamed = lacal.estimate_target_priors(logits, pi, memory_budget=1 << 16, rows=701)  # 5 blocks, the last short
+    cached = lacal.methods.estimate_target_priors(logits, pi)
+    streamed = lacal.methods.estimate_target_priors(logits, pi, memory_budget=1 << 16, rows=701)  # 5 blocks, the last short
     assert streamed.iterations == cached.iterations
     np.testing.assert_allclose(streamed.priors, cached.priors, atol=1e-12)
 
@@ -201,11 +201,11 @@ def test_priors_em_cli(shifted):
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert sum(data["priors"]) == pytest.approx(1.0) and data["converged"] and data["iterations"] > 1
-    library = lacal.estimate_target_priors(np.load(shifted / "target.npy"), np.load(shifted / "pi.npy"))
+    library = lacal.methods.estimate_target_priors(np.load(shifted / "target.npy"), np.load(shifted / "pi.npy"))
     np.testing.assert_allclose(data["priors"], library.priors, atol=1e-9)
     written = run("priors", "--em", shifted / "target.npy", "--priors", shifted / "pi.npy", "--out", shifted / "q.json")
     assert written.exit_code == 0
-    np.testing.assert_allclose(lacal.read_priors(shifted / "q.json").priors, library.priors, atol=1e-9)
+    np.testing.assert_allclose(lacal.core.read_priors(shifted / "q.json").priors, library.priors, atol=1e-9)
 
 
 def test_fit_tau_with_em_and_calibration_then_apply_and_report(shifted):

@@ -76,9 +76,9 @@ def test_report_equals_the_cli(data, monkeypatch, extra):
                           device="cpu", **options)
     assert result.to_dict() == cli
     # and from a calibration object, on arrays
-    calibration = lacal.Calibration(tau=1.2, priors=lacal.priors_from_labels(
+    calibration = lacal.Calibration(tau=1.2, priors=lacal.core.priors_from_labels(
         np.loadtxt("train_labels.txt", dtype=np.int64), 6).priors,
-        counts=lacal.priors_from_labels(np.loadtxt("train_labels.txt", dtype=np.int64), 6).counts)
+        counts=lacal.core.priors_from_labels(np.loadtxt("train_labels.txt", dtype=np.int64), 6).counts)
     if not extra:
         again = lacal.report(np.load("test_logits.npy"), np.load("test_labels.npy"), calibration, device="cpu")
         assert again.to_dict()["balanced_error"] == cli["balanced_error"]
@@ -135,9 +135,9 @@ def test_apply_to_shards_writes_what_the_cli_writes(data, tmp_path):
     index = json.loads((tmp_path / "lib" / "index.json").read_text())
     assert index["rows"] == logits.shape[0] and [s["file"] for s in index["shards"]] == [
         "part-0.npy", "part-1.npy", "part-2.npy"]
-    expected = logits.astype(np.float64) - 1.0 * np.log(lacal.priors_from_labels(
+    expected = logits.astype(np.float64) - 1.0 * np.log(lacal.core.priors_from_labels(
         np.loadtxt(data / "train_labels.txt", dtype=np.int64), 6).priors)
-    assert np.allclose(lacal.read_logits(tmp_path / "lib").rows(0, logits.shape[0]).numpy(), expected, atol=1e-5)
+    assert np.allclose(lacal.data.read_logits(tmp_path / "lib").rows(0, logits.shape[0]).numpy(), expected, atol=1e-5)
 
 
 def _checkpoint(folder, suffix):
@@ -190,10 +190,10 @@ def test_patch_checkpoint_writes_what_apply_writes(data, tmp_path, suffix):
 
 
 def test_workflows_report_bad_input_by_parameter_name(data):
-    with pytest.raises(lacal.OptionError) as error:
+    with pytest.raises(lacal.errors.OptionError) as error:
         lacal.fit(data / "val_logits.npy", data / "val_labels.npy", device="cpu")
     assert error.value.source == "train_labels" and "`train_labels`" in error.value.problem
-    with pytest.raises(lacal.OptionError) as error:
+    with pytest.raises(lacal.errors.OptionError) as error:
         lacal.fit(data / "val_logits.npy", data / "val_labels.npy", train_labels=data / "train_labels.txt",
                   memory_budget="lots", device="cpu")
     assert error.value.source == "memory_budget"
@@ -313,7 +313,7 @@ def test_multi_label_fit_equals_the_cli_and_numpy(multi, tmp_path):
                          folder / "train_labels.npy", "--multi-label", "--json", "--device", "cpu", "--out",
                          tmp_path / "cli.json"))
     result = lacal.fit(val_f, val_y, train_labels=train_y, multi_label=True, device="cpu")
-    assert isinstance(result, lacal.MultiLabelFitResult) and result.calibration.multi_label
+    assert isinstance(result, lacal.workflows.MultiLabelFitResult) and result.calibration.multi_label
     assert result.to_dict() == cli
     files = lacal.fit(folder / "val_logits.npy", folder / "val_labels.npy", train_labels=folder / "train_labels.npy",
                       multi_label=True, device="cpu", out=tmp_path / "lib.json")
@@ -323,7 +323,7 @@ def test_multi_label_fit_equals_the_cli_and_numpy(multi, tmp_path):
     odds = np.log(positives / (train_y.shape[0] - positives))
     assert np.allclose(result.calibration.offsets, -result.tau * odds)
     assert cli["balanced_error_after"] == pytest.approx(_macro_balanced_error(val_f, val_y, -result.tau * odds))
-    with pytest.raises(lacal.OptionError) as error:
+    with pytest.raises(lacal.errors.OptionError) as error:
         lacal.fit(val_f, val_y, train_labels=train_y, multi_label=True, calibrate="bias")
     assert error.value.source == "calibrate"
 
