@@ -9,7 +9,7 @@ from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 import lacal
-from lacal import cli
+from lacal.cli import render
 from lacal.cli.app import app
 from lacal.errors import InputFileError
 from lacal.data.readers import read_logits
@@ -107,13 +107,13 @@ def test_memory_budget_option(files):
 
 
 def test_progress_goes_to_stderr_and_json_stays_clean(files, monkeypatch):
-    monkeypatch.setattr(cli._Progress, "DELAY", 0.0)
+    monkeypatch.setattr(render.Progress, "DELAY", 0.0)
     seen = []
-    with cli._Progress(10, "test", quiet=False) as progress:
+    with render.Progress(10, "test", quiet=False) as progress:
         progress(5)
         progress(10)
         seen.append(progress.bar is not None)
-    with cli._Progress(10, "test", quiet=True) as progress:
+    with render.Progress(10, "test", quiet=True) as progress:
         progress(10)
         seen.append(progress.bar is None)
     assert seen == [True, True]
@@ -128,9 +128,9 @@ def test_progress_goes_to_stderr_and_json_stays_clean(files, monkeypatch):
             yield item
 
     monkeypatch.setattr(lacal.engine.passes, "iter_blocks", slow_blocks)
-    monkeypatch.setattr(cli._Progress, "DELAY", 0.0)
+    monkeypatch.setattr(render.Progress, "DELAY", 0.0)
     drawn = []
-    monkeypatch.setattr(cli._Progress, "__exit__", lambda self, *exc: (drawn.append(self.bar is not None),
+    monkeypatch.setattr(render.Progress, "__exit__", lambda self, *exc: (drawn.append(self.bar is not None),
                                                                        self.bar and self.bar.stop()))
     result = run("report", files / "val_logits.npy", files / "val_labels.npy", "--train-labels",
                  files / "train_labels.txt", "--tau", "1", "--json", "--memory-budget", "1MB")
