@@ -112,3 +112,19 @@ def test_figures_script_draws_the_groups_the_report_measures(tmp_path):
         per_class = np.array([wrong[labels == c].mean() for c in range(100)])
         expected.append([per_class[group == g].mean() for g in range(3)])
     assert np.allclose(heights, expected[0] + expected[1], atol=1e-9)
+
+
+def test_calibration_file_page_describes_every_key_lacal_writes():
+    from lacal.core import Calibration, multilabel_priors_from_labels, priors_from_labels
+    from lacal.methods import fit_multilabel_tau, fit_tau
+
+    rng = np.random.default_rng(0)
+    logits, labels = rng.normal(size=(60, 3)).astype(np.float32), np.arange(60) % 3
+    priors = priors_from_labels(np.repeat([0, 1, 2], [30, 10, 3]), num_classes=3)
+    single = Calibration.from_fit(fit_tau(logits, labels, priors), priors).to_dict()
+    matrix = rng.random((60, 3)) < [0.5, 0.2, 0.1]
+    multi_priors = multilabel_priors_from_labels(rng.random((200, 3)) < [0.5, 0.2, 0.1])
+    multi = Calibration.from_multilabel_fit(fit_multilabel_tau(logits, matrix, multi_priors), multi_priors).to_dict()
+    table = set(re.findall(r"^\| `(\w+)` \|", (DOCS / "reference" / "calibration-file.md").read_text(), re.M))
+    assert set(single) | set(multi) == table
+    assert single["schema_version"] == 2 and multi["schema_version"] == 3
