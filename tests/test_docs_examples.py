@@ -271,7 +271,8 @@ def demo_inputs(tmp_path_factory):
 def shims(tmp_path_factory):
     """`lacal` and `python` on PATH for the shell commands: this interpreter, this checkout."""
     folder = tmp_path_factory.mktemp("bin")
-    for name, target in (("lacal", f'exec "{sys.executable}" -m lacal "$@"'), ("python", f'exec "{sys.executable}" "$@"')):
+    for name, target in (("lacal", f'exec "{sys.executable}" -m lacal "$@"'),
+                         ("python", f'exec "{sys.executable}" "$@"')):
         (folder / name).write_text(f"#!/bin/sh\n{target}\n")
         (folder / name).chmod(0o755)
     return folder
