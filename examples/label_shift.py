@@ -7,7 +7,7 @@ cross-entropy. The deployment data is label-shifted: its class frequencies q run
 class is the most common one there, 100 times more frequent than the rarest). Tau is fitted on the balanced
 validation split; q is estimated by EM from the unlabeled deployment logits. The table compares the deployment
 accuracy of the raw model, of adjusting toward a uniform target, toward the EM estimate of q, and toward the true q.
-With --dir, the files are written there for the CLI (see the README's label-shift section).
+With --dir, the files are written there for the CLI (see docs/tutorials/label-shift.md).
 """
 
 import argparse

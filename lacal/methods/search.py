@@ -282,7 +282,7 @@ def _exact_distributed(context, lo, hi, labels, lo_tau: float, hi_tau: float, we
     then known exactly (S_b), and no segment inside bucket b scores more than S_b plus its starts. Only buckets whose
     bound reaches the best known S_b can hold an optimal segment, so only the interval ends in those buckets are
     gathered, and the exact sweep runs over them, starting each run of such buckets from its S_b. The optimum, its
-    run and the midpoint are those one process finds (see the proof sketch in the README's distributed section).
+    run and the midpoint are those one process finds (see the proof sketch in docs/how-it-works.md, "Many processes").
     """
     import torch
 

@@ -62,8 +62,8 @@ def patch_checkpoint(checkpoint, calibration=None, *, out=None, head: Optional[s
         force: replace an existing output; also patch a model that already carries a lacal patch.
         calibration_file: the file a `Calibration` object given as `calibration` came from (its sha256 goes into
             the patch record).
-        tau, train_labels, priors, class_names, label_column, smoothing, target_priors, target_logits, key, device,
-            memory_budget, context: as for `apply`.
+        tau, train_labels, priors, class_names, label_column, smoothing: as for `apply`.
+        target_priors, target_logits, key, device, memory_budget, context: as for `apply`.
 
     Returns:
         A `CheckpointPatch` (the heads, tau, what was written, warnings and messages).

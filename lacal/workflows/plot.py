@@ -31,16 +31,21 @@ def check_plotting() -> None:
     _pyplot()
 
 
+PANELS = ("per-class", "tau", "reliability")   # what `lacal report --plot` draws; "groups" is the fourth
+
+
 def plot_report(path, report, curve=None, tau: float | None = None, title: str = "", force: bool = False,
-                inputs=()) -> None:
-    """Write the three panels to `path` (PNG), atomically. `curve`: (taus, balanced errors) or None."""
+                inputs=(), panels=PANELS) -> None:
+    """Write the panels to `path` (PNG), atomically. `curve`: (taus, balanced errors) or None; `panels`: which of
+    `PANELS` and "groups" (each shot group's error before and after, as bars) to draw, left to right."""
     from ..data.writers import atomic_path
 
     plt = _pyplot()
-    figure, axes = plt.subplots(1, 3, figsize=(17, 5.2))
-    _per_class(axes[0], report)
-    _tau_curve(axes[1], curve, tau)
-    _reliability(axes[2], report)
+    draw = {"per-class": lambda axis: _per_class(axis, report), "tau": lambda axis: _tau_curve(axis, curve, tau),
+            "reliability": lambda axis: _reliability(axis, report), "groups": lambda axis: _groups(axis, report)}
+    figure, axes = plt.subplots(1, len(panels), figsize=(17 * len(panels) / 3, 5.2), squeeze=False)
+    for axis, panel in zip(axes[0], panels):
+        draw[panel](axis)
     if title:
         figure.suptitle(title)
     figure.tight_layout()
@@ -107,4 +112,26 @@ def _reliability(axis, report) -> None:
     axis.set_ylim(0, 1)
     axis.set_xlabel("confidence (mean of the bin)")
     axis.set_ylabel("accuracy in the bin")
+    axis.legend(loc="upper left")
+
+
+def _groups(axis, report) -> None:
+    axis.set_title("error by shot group")
+    before = report.groups(report.baseline)
+    if before is None:
+        axis.text(0.5, 0.5, "no training counts given\n(--train-labels, or counts in --priors)", ha="center",
+                  va="center", transform=axis.transAxes)
+        axis.set_axis_off()
+        return
+    names = [name for name in ("many", "medium", "few") if before[name]["error"] is not None]
+    places = np.arange(len(names))
+    rows = [("before (raw logits)", before, "tab:gray", -0.2)]
+    if report.adjusted is not None:
+        rows.append((f"after (tau = {report.tau:.3g})", report.groups(report.adjusted), "tab:blue", 0.2))
+    for label, groups, color, shift in rows:
+        values = [groups[name]["error"] for name in names]
+        bars = axis.bar(places + shift, values, width=0.4, color=color, label=label)
+        axis.bar_label(bars, labels=[f"{value:.1%}" for value in values], fontsize=8)
+    axis.set_xticks(places, [f"{name}-shot\n({before[name]['classes']} classes)" for name in names])
+    axis.set_ylabel("mean error of the group's classes")
     axis.legend(loc="upper left")

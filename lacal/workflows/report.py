@@ -103,8 +103,8 @@ def report(logits=None, labels=None, calibration=None, *, tau: Optional[float] =
         train_labels, priors: the training priors (for `tau`, or only for the shot groups).
         target_priors, target_logits: target priors with `tau` (a calibration carries its own).
         bins: equal-width confidence bins of the ECE.
-        checkpoint, features, head, class_names, label_column, smoothing, key, device, memory_budget, progress,
-            context: as for `fit`.
+        checkpoint, features, head, class_names, label_column, smoothing: as for `fit`.
+        key, device, memory_budget, progress, context: as for `fit`.
         plot: also draw the three panels into this PNG (needs matplotlib); `force` replaces it.
         multi_label: a multi-label head: `labels` is an N x C 0/1 matrix; also taken when `calibration` is a
             multi-label `Calibration` (see `workflows.multilabel.report_multi_label`).
