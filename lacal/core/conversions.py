@@ -8,7 +8,9 @@ is a `LacalError` that names the parameter.
 
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 
 import numpy as np
 
@@ -43,6 +45,17 @@ def held(value, attribute: str, kinds: tuple):
         return value
     inner = getattr(value, attribute, None)
     return inner if isinstance(inner, kinds) else None
+
+
+def is_multi_label_file(path) -> bool:
+    """Whether a JSON calibration or priors file is a multi-label head's (a bad file is reported when it is read)."""
+    if not _is_path(path) or Path(path).suffix.lower() in (".npy", ".txt"):  # the formats of plain vectors
+        return False
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(data, dict) and (data.get("multi_label") is True or "positives" in data)
 
 
 def _described(value) -> str:

@@ -232,14 +232,14 @@ def class_names(classes, num_classes: int):
 
 
 def multi_label_given(calibration=None, priors=None) -> bool:
-    """Whether a calibration or priors given as objects (or results holding them) are a multi-label head's; files
-    are told apart when read."""
+    """Whether a calibration or priors (objects, results holding them, or JSON files) are a multi-label head's."""
     from ..core.calibration import Calibration
-    from ..core.conversions import held
+    from ..core.conversions import held, is_multi_label_file
     from ..core.positive_rates import MultiLabelPriors
 
     found = held(calibration, "calibration", (Calibration,))
-    return (found is not None and found.multi_label) or held(priors, "priors", (MultiLabelPriors,)) is not None
+    return ((found is not None and found.multi_label) or held(priors, "priors", (MultiLabelPriors,)) is not None
+            or is_multi_label_file(calibration) or is_multi_label_file(priors))
 
 
 def open_priors(train_labels, priors, num_classes, smoothing, classes, column=None, required=True,
