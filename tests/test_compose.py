@@ -67,6 +67,8 @@ class MultiLabelWorld:
         self.priors_result = lacal.count_priors(self.train_labels, multi_label=True, out=folder / "ml_priors.json")
         self.fit_result = lacal.fit(self.val_logits, self.val_labels, train_labels=self.train_labels,
                                     multi_label=True, device="cpu", out=folder / "ml_calibration.json")
+        save_file({"fc.weight": torch.randn(RATES.size, 3, dtype=torch.float64),
+                   "fc.bias": torch.zeros(RATES.size, dtype=torch.float64)}, str(folder / "ml_model.safetensors"))
 
 
 @pytest.fixture(scope="module")
@@ -340,17 +342,26 @@ def _patch_module_multi(multi, calibration, tmp_path, flag):
     np.testing.assert_allclose(head.bias.detach().numpy(), bias + _multi_shift(multi), rtol=1e-12)
 
 
+def _patch_checkpoint_multi(multi, calibration, tmp_path, flag):
+    lacal.patch_checkpoint(multi.folder / "ml_model.safetensors", calibration, out=tmp_path / "p.safetensors",
+                           device="cpu")
+    np.testing.assert_allclose(load_file(str(tmp_path / "p.safetensors"))["fc.bias"].numpy(), _multi_shift(multi),
+                               rtol=1e-12)
+
+
 MULTI_CALIBRATION_TAKERS = {"apply": _apply_multi_calibration, "report": _report_multi_calibration,
-                            "patch_module": _patch_module_multi}
+                            "patch_module": _patch_module_multi, "patch_checkpoint": _patch_checkpoint_multi}
 
 
-@pytest.mark.parametrize("flag", [{}, {"multi_label": True}], ids=["found from the calibration", "multi_label=True"])
-@pytest.mark.parametrize("taker", MULTI_CALIBRATION_TAKERS)
-@pytest.mark.parametrize("given", MULTI_CALIBRATIONS)
+MULTI_CALIBRATION_CASES = [  # patch_module and patch_checkpoint take no multi_label flag: the calibration says it
+    pytest.param(given, taker, flag, id=f"{given}-{taker}-{'multi_label=True' if flag else 'found'}")
+    for given in MULTI_CALIBRATIONS for taker in MULTI_CALIBRATION_TAKERS
+    for flag in ([{}] if taker.startswith("patch_") else [{}, {"multi_label": True}])]
+
+
+@pytest.mark.parametrize("given, taker, flag", MULTI_CALIBRATION_CASES)
 def test_every_multi_label_calibration_value_goes_where_a_calibration_goes(world, tmp_path, given, taker, flag):
     multi = world.multi
-    if taker == "patch_module" and flag:
-        pytest.skip("patch_module takes no multi_label flag: the calibration says it")
     MULTI_CALIBRATION_TAKERS[taker](multi, MULTI_CALIBRATIONS[given](multi), tmp_path, flag)
 
 
