@@ -435,8 +435,10 @@ def test_anything_else_is_a_lacal_error_naming_the_parameter(world, tmp_path, ca
 def test_results_say_where_they_go_instead(world):
     with pytest.raises(LacalError, match="pass it as `target_priors`"):
         lacal.fit(world.val_logits, world.val_labels, world.estimate, device="cpu")
-    with pytest.raises(LacalError, match="pass it as `calibration`"):
+    with pytest.raises(LacalError, match="take as `calibration`"):
         lacal.fit(world.val_logits, world.val_labels, world.fit_result, device="cpu")
+    with pytest.raises(LacalError, match="pass them as `priors`, with `tau`"):
+        lacal.apply(world.test_logits, world.priors_result, device="cpu")
     with pytest.raises(LacalError, match="pass it as `priors`") as error:
         lacal.fit(world.val_logits, world.val_labels, train_labels=world.priors_result, device="cpu")
     assert error.value.source == "train_labels"

@@ -113,7 +113,7 @@ def as_priors(value, parameter: str = "priors", *, multi_label: bool = False, sm
     if hasattr(value, "priors") and hasattr(value, "train_priors"):
         hint = "; it is an estimate of target priors: pass it as `target_priors`"
     elif held(value, "calibration", (Calibration,)) is not None:
-        hint = "; it is a calibration: pass it as `calibration`"
+        hint = "; it holds a calibration, which apply, report and the patches take as `calibration`"
     raise OptionError(f"expected training priors (a count_priors result, a Priors, counts or probabilities, or a "
                       f"priors file), got {_described(value)}{hint}", parameter)
 
@@ -143,6 +143,8 @@ def as_calibration(value, parameter: str = "calibration") -> Calibration:
     hint = ""
     if hasattr(value, "tau_fit") and not hasattr(value, "calibration"):
         hint = "; it holds no calibration (tau-norm is fitted for comparison only)"
+    elif held(value, "priors", PRIORS_KINDS) is not None:
+        hint = "; it holds training priors: pass them as `priors`, with `tau`"
     raise OptionError(f"expected a calibration (a fit result, a Calibration or a calibration file), got "
                       f"{_described(value)}{hint}", parameter)
 
