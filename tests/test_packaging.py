@@ -8,13 +8,15 @@ import email
 import shutil
 import subprocess
 import sys
+import tarfile
 import zipfile
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SOURCES = ("pyproject.toml", "README.md", "LICENSE", "MANIFEST.in", "lacal")
+SOURCES = ("pyproject.toml", "README.md", "LICENSE", "MANIFEST.in", "CHANGELOG.md", "BENCHMARKS.md", "lacal", "tests",
+           "docs", "examples", "benchmarks")
 
 
 def source_files() -> set[str]:
@@ -24,15 +26,21 @@ def source_files() -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def wheel(tmp_path_factory) -> Path:
+def tree(tmp_path_factory) -> Path:
+    """A copy of what a clone holds of the package and its sdist's extras."""
     pytest.importorskip("setuptools", minversion="77")  # the test extra brings it
     tree = tmp_path_factory.mktemp("source")
     for name in SOURCES:
         source = ROOT / name
         if source.is_dir():
-            shutil.copytree(source, tree / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        else:
+            shutil.copytree(source, tree / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info"))
+        elif source.exists():
             shutil.copy2(source, tree / name)
+    return tree
+
+
+@pytest.fixture(scope="module")
+def wheel(tree, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
     done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
                            "--quiet", "--wheel-dir", str(out), str(tree)], capture_output=True, text=True)
@@ -65,6 +73,22 @@ def test_the_wheel_has_the_version_of_lacal_version_py(wheel):
     assert "Typing :: Typed" in metadata.get_all("Classifier")
     assert any(url.startswith("Changelog, ") for url in metadata.get_all("Project-URL"))
     assert "lacal = lacal.cli:main" in scripts
+
+
+def test_the_sdist_holds_the_package_its_tests_and_the_changelog(tree, tmp_path):
+    done = subprocess.run([sys.executable, "-c", "import sys; from setuptools import build_meta; "
+                           "print(build_meta.build_sdist(sys.argv[1]))", str(tmp_path)], cwd=tree,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    archive_name = done.stdout.strip().splitlines()[-1]
+    with tarfile.open(tmp_path / archive_name) as archive:
+        top = archive_name.removesuffix(".tar.gz")
+        names = {name.removeprefix(f"{top}/") for name in archive.getnames()}
+    tests = {p.relative_to(ROOT).as_posix() for p in (ROOT / "tests").rglob("*.py")}
+    assert source_files() - names == set(), "modules missing from the sdist"
+    assert tests - names == set(), "tests missing from the sdist"
+    assert {"pyproject.toml", "README.md", "LICENSE", "CHANGELOG.md"} <= names
+    assert not [name for name in names if "__pycache__" in name or name.endswith(".pyc")]
 
 
 def test_version_is_set_in_one_place():
