@@ -274,7 +274,7 @@ def target_priors(spec, target_logits, prior, num_classes: int, key, device, bud
     result, priors, a vector, a priors file)."""
     from ..core.conversions import as_target_priors
 
-    word = str(spec).strip().lower() if isinstance(spec, str) else None
+    word = str(spec).strip().lower() if is_path(spec) else None
     if word == "uniform":
         if target_logits is not None:
             raise OptionError("`target_logits` is for `target_priors` em", "target_logits")
