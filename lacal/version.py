@@ -1,3 +1,4 @@
-"""The version of lacal, recorded in every patch it writes (kept in step with pyproject.toml)."""
+"""The version of lacal, recorded in every patch it writes. The one place it is set: pyproject.toml reads it from
+here (`[tool.setuptools.dynamic]`), and `lacal --version` prints it."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

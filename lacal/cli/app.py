@@ -30,6 +30,23 @@ app = typer.Typer(
 )
 
 
+
+def _print_version(value: bool) -> None:
+    if value:
+        from ..version import __version__
+
+        typer.echo(f"lacal {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main_options(
+    version: Annotated[bool, typer.Option(
+        "--version", callback=_print_version, is_eager=True, help="Print lacal's version and exit.")] = False,
+) -> None:
+    """Post-hoc logit adjustment for classifiers trained on long-tailed data."""
+
+
 class Search(str, Enum):
     exact = "exact"
     grid = "grid"

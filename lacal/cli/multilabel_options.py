@@ -4,9 +4,6 @@ whether to run multi-label, and the options that do not apply. The work is `laca
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import typer
 
 from ..errors import OptionError
@@ -36,9 +33,6 @@ def refuse(options: dict, context=None) -> None:
 
 def is_multilabel_calibration(path) -> bool:
     """Whether a calibration file given to apply or report is multi-label (a bad file is reported later)."""
-    if path is None:
-        return False
-    try:
-        return bool(json.loads(Path(path).read_text(encoding="utf-8")).get("multi_label"))
-    except (OSError, ValueError, AttributeError, RecursionError):
-        return False
+    from ..core.conversions import is_multi_label_file
+
+    return is_multi_label_file(path)

@@ -2,6 +2,7 @@
 `Calibration` with its JSON file. Plain numpy, no device work."""
 
 from .calibration import Calibration
+from .conversions import as_calibration, as_priors, as_target_priors
 from .label_matrix import read_label_matrix, read_multilabel_priors
 from .metrics import ClassEvaluation, ProbabilityMetrics, evaluate_predictions, group_errors, shot_groups
 from .offsets import adjust_logits, offsets
@@ -9,6 +10,6 @@ from .positive_rates import MultiLabelPriors, multilabel_offsets, multilabel_pri
 from .priors import Priors, class_counts, priors_from_counts, priors_from_labels, read_priors
 
 __all__ = ["Calibration", "ClassEvaluation", "MultiLabelPriors", "Priors", "ProbabilityMetrics", "adjust_logits",
-           "class_counts", "evaluate_predictions", "group_errors", "multilabel_offsets", "multilabel_priors",
-           "multilabel_priors_from_labels", "offsets", "priors_from_counts", "priors_from_labels",
-           "read_label_matrix", "read_multilabel_priors", "read_priors", "shot_groups"]
+           "as_calibration", "as_priors", "as_target_priors", "class_counts", "evaluate_predictions", "group_errors",
+           "multilabel_offsets", "multilabel_priors", "multilabel_priors_from_labels", "offsets", "priors_from_counts",
+           "priors_from_labels", "read_label_matrix", "read_multilabel_priors", "read_priors", "shot_groups"]

@@ -8,7 +8,10 @@ from ..errors import MismatchError, OptionError, PriorsError
 
 
 def as_priors_array(priors) -> np.ndarray:
+    """Positive priors or counts as float64 priors summing to 1: a vector, a tensor, a `Priors`, or a result holding
+    one (`count_priors(...)`, `estimate_priors(...)`)."""
     values = getattr(priors, "priors", priors)
+    values = getattr(values, "priors", values)  # a result holding a Priors
     values = np.asarray(values.cpu() if hasattr(values, "cpu") else values, dtype=np.float64).ravel()
     if values.size == 0 or not np.all(np.isfinite(values)) or values.min() <= 0:
         raise PriorsError("`priors` must be positive and finite; a zero prior has no logarithm", "priors")

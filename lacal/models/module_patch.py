@@ -9,7 +9,6 @@ a second call is refused instead of adding the offsets twice.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,17 +51,6 @@ class PatchResult:
                 "warnings": list(self.warnings)}
 
 
-def _as_calibration(calibration):
-    from ..core.calibration import Calibration
-
-    if isinstance(calibration, Calibration):
-        return calibration
-    if isinstance(calibration, (str, os.PathLike)):
-        return Calibration.load(calibration)
-    raise OptionError(f"expected a lacal.Calibration or the path of a calibration file, got "
-                      f"{type(calibration).__name__}", "calibration")
-
-
 def _module_checkpoint(module):
     """The module's parameters and buffers as a `Checkpoint` that the head finder reads (shapes only)."""
     from .checkpoints import Checkpoint, TensorInfo
@@ -95,7 +83,7 @@ def patch_module(module, calibration, *, head: str | None = None, add_bias: bool
 
     Args:
         module: the model (any `torch.nn.Module`, wrapped in DataParallel / DDP / torch.compile or not).
-        calibration: a `lacal.Calibration` (from `fit(...).calibration` or `Calibration.load`) or its file's path.
+        calibration: a `fit(...)` result, a `lacal.Calibration` (`Calibration.load`) or a calibration file.
         head: the classifier's name inside the module (for example `"fc"` or `"head.fc"`); found by usual name and
             by the number of classes when not given.
         add_bias: give a head without a bias one (in memory this always works: the layer's forward uses it).
@@ -126,7 +114,9 @@ def patch_module(module, calibration, *, head: str | None = None, add_bias: bool
 
     if not isinstance(module, torch.nn.Module):
         raise OptionError(f"expected a torch.nn.Module, got {type(module).__name__}", "module")
-    calibration = _as_calibration(calibration)
+    from ..core.conversions import as_calibration
+
+    calibration = as_calibration(calibration, "calibration")
     earlier = getattr(module, RECORD_ATTRIBUTE, None)
     warnings = []
     if earlier is not None:

@@ -10,8 +10,8 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from ..errors import OptionError
-from .inputs import Notes, calibration_for, is_path, make_context, memory_bytes, open_logits, output_check, path_list, \
-    paths_of, progress_bar
+from .inputs import Notes, calibration_for, is_path, make_context, memory_bytes, multi_label_given, \
+    open_logits, output_check, path_list, paths_of, progress_bar
 from .inputs import class_names as class_names_for
 from .shards import SHARD_FORMATS
 
@@ -50,7 +50,8 @@ def apply(logits, calibration=None, out=None, *, tau: Optional[float] = None, tr
 
     Args:
         logits: N x C logits: a numpy array, a torch tensor, a `LogitsSource`, a file, or a folder or glob of shards.
-        calibration: a `Calibration` or a calibration file; or None with `tau` and `train_labels`/`priors`.
+        calibration: a `fit` result, a `Calibration` or a calibration file; or None with `tau` and
+            `train_labels`/`priors`.
         out: None to get the adjusted array back (an array or tensor in, the same type out: same shape and dtype;
             a `LogitsSource` in, a CPU tensor out);
             a file (.npy, .npz, .safetensors, .pt: adjusted logits; .csv: predictions), written as the rows come;
@@ -63,7 +64,7 @@ def apply(logits, calibration=None, out=None, *, tau: Optional[float] = None, tr
         force: replace an existing output.
         key, device, memory_budget, progress, context: as for `fit`.
         multi_label: a multi-label head: f - tau * log(pi / (1 - pi)), one file out; also taken when `calibration`
-            is a multi-label `Calibration` (see `workflows.multilabel.apply_multi_label`).
+            or `priors` is a multi-label head's (see `workflows.multilabel.apply_multi_label`).
 
     Returns:
         The adjusted array or tensor (with `out=None`), else an `ApplyResult`.
@@ -72,7 +73,7 @@ def apply(logits, calibration=None, out=None, *, tau: Optional[float] = None, tr
         >>> adjusted = lacal.apply(test_logits, calibration)              # a tensor in, a tensor out
         >>> lacal.apply("test_shards/", calibration, out="adjusted/")     # one file per shard and index.json
     """
-    if multi_label or getattr(calibration, "multi_label", False):
+    if multi_label or multi_label_given(calibration, priors):
         from .multilabel import apply_multi_label, refuse_options
 
         uniform = isinstance(target_priors, str) and target_priors.strip().lower() == "uniform"

@@ -52,7 +52,8 @@ def patch_checkpoint(checkpoint, calibration=None, *, out=None, head: Optional[s
     Args:
         checkpoint: a .safetensors or .pt/.pth/.bin state dict, a training checkpoint (.pth.tar, EMA copies are
             patched too), a Hugging Face model folder, an ONNX model, a TorchScript file or a torch.export program.
-        calibration: a `Calibration` or a calibration file; or None with `tau` and `train_labels`/`priors`.
+        calibration: a `fit` result, a `Calibration` or a calibration file; or None with `tau` and
+            `train_labels`/`priors`.
         out: the patched file or folder; or `in_place=True` to rewrite the checkpoint (atomically).
         head: the classifier layer's name (an ONNX model: its logits output); found by shape and name when None.
         add_bias: give a head without a bias one (refused for Hugging Face folders).
@@ -78,6 +79,10 @@ def patch_checkpoint(checkpoint, calibration=None, *, out=None, head: Optional[s
     if context.active:
         raise OptionError("patching a model file does not run under torchrun yet; run it in one process", "torchrun")
     budget = memory_bytes(memory_budget)
+    if calibration is not None and not is_path(calibration):  # a fit result or a Calibration
+        from ..core.conversions import as_calibration
+
+        calibration = as_calibration(calibration, "calibration")
     fitted = None
     if calibration_file is not None:  # a Calibration object read from this file
         fitted, calibration = calibration, calibration_file
@@ -92,6 +97,10 @@ def patch_checkpoint(checkpoint, calibration=None, *, out=None, head: Optional[s
 
         raise InputFileError("is not a checkpoint lacal can patch", checkpoint)
     return _patch_checkpoint(*args, fitted=fitted)
+
+
+def _calibration_name(calibration) -> str:
+    return str(calibration) if is_path(calibration) else "calibration"
 
 
 def _calibration_path(calibration):
@@ -122,13 +131,13 @@ def _patch_checkpoint(path, out, calibration, tau, train_labels, priors, classes
     names = read_names(classes) if classes is not None else model.class_names
     count = fitted.num_classes if fitted else (len(names) if names else None)
     if count is None and head is None and priors is not None:  # a binary or default-label model: ask the priors
-        from ..core.priors import read_priors
+        from ..core.conversions import as_priors
 
-        count = read_priors(priors, smoothing).num_classes if is_path(priors) else len(priors)
+        count = as_priors(priors, "priors", smoothing=smoothing).num_classes
     heads = find_heads(model, count, head)
     layer = heads[0]
     if fitted is not None:
-        fitted.check_num_classes(layer.num_classes, "checkpoint's head", str(calibration))
+        fitted.check_num_classes(layer.num_classes, "checkpoint's head", _calibration_name(calibration))
     else:
         fitted = calibration_for(None, tau, train_labels, priors, layer.num_classes, smoothing, names, label_column,
                                  True, target, target_logits, key, compute, budget, notes=notes)
@@ -192,7 +201,7 @@ def _patch_deployed(kind, path, out, calibration, tau, train_labels, priors, cla
     names = read_names(classes) if classes is not None else None
     found = model.find_head(fitted.num_classes if fitted else (len(names) if names else None), head)
     if fitted is not None:
-        fitted.check_num_classes(found.num_classes, "model's head", str(calibration))
+        fitted.check_num_classes(found.num_classes, "model's head", _calibration_name(calibration))
     else:
         fitted = calibration_for(None, tau, train_labels, priors, found.num_classes, smoothing, names, label_column,
                                  True, target, target_logits, key, compute, budget, notes=notes)

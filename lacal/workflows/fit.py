@@ -13,6 +13,7 @@ from ..errors import OptionError
 from .inputs import Columns, Notes, logits_input, make_context, memory_bytes, open_labels, open_priors, output_check, \
     paths_of, progress_bar, provenance, read_names, title
 from .inputs import class_names as class_names_for
+from .inputs import multi_label_given
 from .inputs import target_priors as target_priors_for
 
 
@@ -91,13 +92,15 @@ def fit(val_logits=None, val_labels=None, priors=None, *, train_labels=None, tau
         val_logits: N x C validation logits: a numpy array, a torch tensor, a `LogitsSource`, a file, a folder or
             glob of shards, or a list of files. None with `checkpoint` and `features`.
         val_labels: N class ids: an array, a tensor or a labels file (.npy, .txt, .csv).
-        priors: the training priors: a `Priors`, a priors file, or a vector of counts or probabilities.
+        priors: the training priors: a `count_priors` result, a `Priors`, a priors file, or a vector of counts or
+            probabilities (a multi-label head's priors select `multi_label`).
         train_labels: instead of `priors`, the training labels (an array or a file).
         tau_range: (lo, hi) to search; (0, 4), or (0, 2) for tau-norm.
         search: "exact" (a true minimiser) or "grid".
         metric: "balanced-error" or "worst-class-error".
         grid_size: points of the grid search (401; 21 for tau-norm).
-        target_priors: "uniform", "em" (estimated from `target_logits`), a priors file or a vector q.
+        target_priors: "uniform", "em" (estimated from `target_logits`), an `estimate_priors` result, priors of the
+            target (a `count_priors` result or a `Priors`), a priors file or a vector q.
         target_logits: unlabeled target logits for `target_priors="em"`.
         calibrate: None, "temperature" or "bias": then calibrate the adjusted logits' probabilities.
         bias_l2: the L2 weight of the bias calibration.
@@ -119,7 +122,8 @@ def fit(val_logits=None, val_labels=None, priors=None, *, train_labels=None, tau
 
     Returns:
         A `FitResult`: `.calibration`, `.tau`, `.warnings`; `.to_dict()` is `lacal fit-tau --json`. With
-        `multi_label`, a `MultiLabelFitResult` (the same, for `lacal fit-tau --multi-label --json`).
+        `multi_label`, a `MultiLabelFitResult` (the same, for `lacal fit-tau --multi-label --json`). Either is
+        accepted as `calibration` by `apply`, `report`, `patch_checkpoint` and `patch_module`.
 
     Example:
         >>> result = lacal.fit(val_logits, val_labels, train_labels=train_labels, target_priors="em",
@@ -128,7 +132,7 @@ def fit(val_logits=None, val_labels=None, priors=None, *, train_labels=None, tau
     """
     from ..methods.search import check_tau_range, fit_tau
 
-    if multi_label:
+    if multi_label or multi_label_given(priors=priors):
         from .multilabel import fit_multi_label, refuse_options
 
         uniform = isinstance(target_priors, str) and target_priors.strip().lower() == "uniform"

@@ -231,51 +231,55 @@ def class_names(classes, num_classes: int):
     return names
 
 
-def open_priors(train_labels, priors, num_classes, smoothing, classes, column=None, required=True):
-    """The training priors: from training labels (a file or an array), or a priors file, a `Priors`, or a vector of
-    counts or probabilities."""
-    from ..core.priors import Priors, check_num_classes, priors_from_labels, priors_from_vector, read_priors, \
-        read_train_labels
+def multi_label_given(calibration=None, priors=None) -> bool:
+    """Whether a calibration or priors (objects, results holding them, or JSON files) are a multi-label head's."""
+    from ..core.calibration import Calibration
+    from ..core.conversions import held, is_multi_label_file
+    from ..core.positive_rates import MultiLabelPriors
+
+    found = held(calibration, "calibration", (Calibration,))
+    return ((found is not None and found.multi_label) or held(priors, "priors", (MultiLabelPriors,)) is not None
+            or is_multi_label_file(calibration) or is_multi_label_file(priors))
+
+
+def open_priors(train_labels, priors, num_classes, smoothing, classes, column=None, required=True,
+                parameter: str = "priors"):
+    """The training priors: from training labels (a file or an array), or whatever `core.conversions.as_priors`
+    takes as `priors` (a `count_priors` result, a `Priors`, a priors file, counts or probabilities)."""
+    from ..core.conversions import PRIORS_KINDS, as_priors, held
+    from ..core.priors import check_num_classes, priors_from_labels, read_train_labels
 
     if train_labels is not None and priors is not None:
-        raise OptionError("give `train_labels` or `priors`, not both", "priors")
+        raise OptionError(f"give `train_labels` or `{parameter}`, not both", parameter)
     if train_labels is not None:
+        if held(train_labels, "priors", PRIORS_KINDS) is not None:
+            raise OptionError(f"holds priors, not labels: pass it as `{parameter}`", "train_labels")
         if is_path(train_labels):
             return read_train_labels(train_labels, num_classes, smoothing, classes, column)
         return priors_from_labels(label_array(train_labels), num_classes, smoothing, classes)
     if priors is not None:
-        if isinstance(priors, Priors):
-            found = priors
-        elif is_path(priors):
-            found = read_priors(priors, smoothing, classes)
-        else:
-            found = priors_from_vector(np.asarray(priors, dtype=np.float64), smoothing, classes)
-        check_num_classes(found, num_classes, "the logits", str(priors) if is_path(priors) else None)
+        found = as_priors(priors, parameter, smoothing=smoothing, classes=classes)
+        check_num_classes(found, num_classes, "the logits", str(priors) if is_path(priors) else parameter)
         return found
     if required:
-        raise OptionError("the training priors are needed: give `train_labels` FILE or `priors` FILE", "train_labels")
+        raise OptionError(f"the training priors are needed: give `train_labels` FILE or `{parameter}` FILE",
+                          "train_labels")
     return None
 
 
 def target_priors(spec, target_logits, prior, num_classes: int, key, device, budget, progress=None, context=None,
                   notes: Notes | None = None):
     """(q or None for uniform, a record of where q came from) for target_priors / target_logits: "uniform", "em"
-    (estimated from target_logits), a priors file, or a vector of priors."""
-    from ..data.readers import sha256_file
+    (estimated from target_logits), or whatever `core.conversions.as_target_priors` takes (an `estimate_priors`
+    result, priors, a vector, a priors file)."""
+    from ..core.conversions import as_target_priors
 
-    if not is_path(spec):  # a vector of target priors
-        values = np.asarray(spec, dtype=np.float64)
-        if values.shape != (num_classes,):
-            raise MismatchError(f"has {values.size} classes but the logits have {num_classes}", "target_priors")
-        from ..core.priors import priors_from_vector
-
-        return priors_from_vector(values).priors, {"kind": "array", "path": None, "sha256": None}
-    spec = str(spec)
-    if spec.strip().lower() == "uniform":
+    word = str(spec).strip().lower() if is_path(spec) else None
+    if word == "uniform":
         if target_logits is not None:
             raise OptionError("`target_logits` is for `target_priors` em", "target_logits")
         return None, None
-    if spec.strip().lower() == "em":
+    if word == "em":
         if target_logits is None:
             raise OptionError("`target_priors` em estimates the target priors from unlabeled logits: give "
                               "`target_logits`", "target_priors")
@@ -283,11 +287,12 @@ def target_priors(spec, target_logits, prior, num_classes: int, key, device, bud
                         notes=notes)
     if target_logits is not None:
         raise OptionError("`target_logits` is for `target_priors` em", "target_logits")
-    from ..core.priors import check_num_classes, read_priors
-
-    target = read_priors(spec)
-    check_num_classes(target, num_classes, "the logits", spec)
-    return target.priors, {"kind": "file", "path": spec, "sha256": sha256_file(spec)}
+    q, record = as_target_priors(spec, "target_priors")
+    if q.shape != (num_classes,) and is_path(spec):  # as for a training priors file
+        raise InputDataError(f"priors have {q.size} classes but the logits has {num_classes}", spec)
+    if q.shape != (num_classes,):
+        raise MismatchError(f"has {q.size} classes but the logits have {num_classes}", "target_priors")
+    return q, record
 
 
 def estimate(target_logits, prior, num_classes, key, device, budget, progress=None, tolerance=None,
@@ -324,8 +329,10 @@ def estimate(target_logits, prior, num_classes, key, device, budget, progress=No
 def calibration_for(calibration, tau, train_labels, priors, num_classes, smoothing, names, column, required=True,
                     target="uniform", target_logits=None, key=None, device="cpu", budget=None, context=None,
                     notes: Notes | None = None):
-    """The calibration to apply: a `Calibration` (or its file), or one built from `tau` and the training priors."""
+    """The calibration to apply: what `core.conversions.as_calibration` takes (a `fit` result, a `Calibration`, a
+    calibration file), or one built from `tau` and the training priors."""
     from ..core.calibration import Calibration
+    from ..core.conversions import as_calibration
 
     if calibration is not None:
         if tau is not None or train_labels is not None or priors is not None:
@@ -333,7 +340,7 @@ def calibration_for(calibration, tau, train_labels, priors, num_classes, smoothi
         if not is_path(target) or str(target).strip().lower() != "uniform" or target_logits is not None:
             raise OptionError("the calibration file carries its target priors; `target_priors` goes with `tau`",
                               "target_priors")
-        loaded = calibration if isinstance(calibration, Calibration) else Calibration.load(calibration)
+        loaded = as_calibration(calibration, "calibration")
         if num_classes is not None:
             loaded.check_num_classes(num_classes, "logits", str(calibration) if is_path(calibration) else None)
         return loaded

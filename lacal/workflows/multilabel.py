@@ -172,17 +172,20 @@ def label_matrix(data, source, names=None, context=None) -> np.ndarray:
 
 def training_priors(train_labels=None, priors=None, num_classes: Optional[int] = None, smoothing: float = 0.0,
                     names=None):
-    """`MultiLabelPriors` from training labels (a matrix or a file), a priors file, or a `MultiLabelPriors`."""
+    """`MultiLabelPriors` from training labels (a matrix or a file), or whatever `core.conversions.as_priors` takes
+    as multi-label `priors` (a `count_priors(..., multi_label=True)` result, a `MultiLabelPriors`, its file)."""
+    from ..core.conversions import as_priors
     from ..core.label_matrix import open_multilabel_priors
-    from ..core.positive_rates import MultiLabelPriors, multilabel_priors_from_labels
+    from ..core.positive_rates import multilabel_priors_from_labels
 
     if train_labels is not None and priors is not None:
         raise OptionError("give `train_labels` or `priors`, not both", "priors")
-    if isinstance(priors, MultiLabelPriors):
-        if num_classes is not None and priors.num_classes != num_classes:
-            raise MismatchError(f"priors have {priors.num_classes} labels but the logits have {num_classes}",
-                                "priors")
-        return priors
+    if priors is not None:
+        found = as_priors(priors, "priors", multi_label=True, smoothing=smoothing, classes=names)
+        if num_classes is not None and found.num_classes != num_classes:
+            problem = f"priors have {found.num_classes} labels but the logits have {num_classes}"
+            raise InputDataError(problem, priors) if is_path(priors) else MismatchError(problem, "priors")
+        return found
     if train_labels is not None and not is_path(train_labels):
         matrix = np.asarray(train_labels)
         if matrix.ndim != 2 or not np.all((matrix == 0) | (matrix == 1)):
@@ -192,7 +195,7 @@ def training_priors(train_labels=None, priors=None, num_classes: Optional[int] =
             raise MismatchError(f"training labels have {matrix.shape[1]} labels but the logits have {num_classes}",
                                 "train_labels")
         return multilabel_priors_from_labels(matrix, smoothing, names, None, "train_labels")
-    return open_multilabel_priors(train_labels, priors, num_classes, smoothing, names)
+    return open_multilabel_priors(train_labels, None, num_classes, smoothing, names)
 
 
 def multilabel_calibration(calibration=None, tau: Optional[float] = None, train_labels=None, priors=None,
@@ -247,7 +250,8 @@ def fit_multi_label(val_logits, val_labels, priors=None, *, train_labels=None,
         val_logits: N x C validation logits (an array, a tensor, a `LogitsSource`, a file, a folder or glob of
             shards, or a list of files).
         val_labels: the N x C 0/1 label matrix (an array, or a .npy, .csv or .txt file).
-        priors: the training positive rates: a `MultiLabelPriors` or a multi-label priors file.
+        priors: the training positive rates: a `count_priors(..., multi_label=True)` result, a `MultiLabelPriors`
+            or a multi-label priors file.
         train_labels: instead of `priors`, the N_train x C training label matrix (an array or a file).
         tau_range: (lo, hi) to search; default (0, 4).
         metric: "balanced-error" (macro balanced error, lowest) or "macro-f1" (highest).

@@ -82,7 +82,8 @@ def count_priors(train_labels, *, num_classes: Optional[int] = None, smoothing: 
 
     Returns:
         A `PriorsResult`; `.priors` is the `Priors`, `.to_dict()` is `lacal priors --json`. With `multi_label`, a
-        `MultiLabelPriorsResult` (`lacal priors --multi-label --json`).
+        `MultiLabelPriorsResult` (`lacal priors --multi-label --json`). Either is accepted as `priors` by `fit`,
+        `compare`, `report`, `apply` and `patch_checkpoint` (and as `train_priors` by `estimate_priors`).
 
     Example:
         >>> lacal.count_priors("train_labels.txt", num_classes=100).priors.priors[:3]
@@ -126,7 +127,8 @@ def estimate_priors(target_logits, train_priors=None, *, train_labels=None, clas
     Args:
         target_logits: the model's logits on the unlabeled target data (an array, a tensor, a `LogitsSource`, a
             file, or a folder or glob of shards).
-        train_priors: the training priors: a `Priors`, a priors file, or a vector of counts or probabilities.
+        train_priors: the training priors: a `count_priors` result, a `Priors`, a priors file, or a vector of counts
+            or probabilities.
         train_labels: instead of `train_priors`, the training labels (an array or a file).
         class_names, label_column, smoothing: as for `count_priors`.
         tolerance: stop when no prior moves more than this.
@@ -135,10 +137,12 @@ def estimate_priors(target_logits, train_priors=None, *, train_labels=None, clas
         out: write the estimated priors as JSON here (for `target_priors=`); `force` replaces it.
 
     Returns:
-        An `EstimateResult`: `.priors` is q, `.to_dict()` is `lacal priors --em --json`.
+        An `EstimateResult`: `.priors` is q, `.to_dict()` is `lacal priors --em --json`. It is accepted as
+        `target_priors` by `fit`, `apply`, `report` and `patch_checkpoint`.
 
     Example:
-        >>> q = lacal.estimate_priors(test_logits, priors).priors
+        >>> shift = lacal.estimate_priors(test_logits, lacal.count_priors(train_labels))
+        >>> result = lacal.fit(val_logits, val_labels, train_priors, target_priors=shift)
     """
     from ..core.priors import Priors
 
@@ -147,7 +151,8 @@ def estimate_priors(target_logits, train_priors=None, *, train_labels=None, clas
     context = make_context(device, context)
     output_check(out, force, target_logits, train_labels, train_priors)
     classes = open_logits(target_logits, key, context, notes=notes).num_classes
-    prior = open_priors(train_labels, train_priors, classes, smoothing, names, label_column)
+    prior = open_priors(train_labels, train_priors, classes, smoothing, names, label_column,
+                        parameter="train_priors")
     q, info = estimate(target_logits, prior, classes, key, context.device, None, progress, tolerance, max_iterations,
                        context, notes)
     if out is not None and context.leader:

@@ -14,6 +14,7 @@ from ..core.metrics import ClassEvaluation, ProbabilityMetrics, group_errors
 from .inputs import Notes, calibration_for, check_width, is_path, logits_input, make_context, memory_bytes, \
     open_labels, open_logits, open_priors, paths_of, progress_bar, title
 from .inputs import class_names as class_names_for
+from .inputs import multi_label_given
 
 SORT_KEYS = ("class", "error", "count")
 
@@ -98,9 +99,10 @@ def report(logits=None, labels=None, calibration=None, *, tau: Optional[float] =
         logits: N x C logits (an array, a tensor, a `LogitsSource`, a file, a folder or glob of shards, or a list of
             files); None with `checkpoint` and `features`.
         labels: N class ids (an array, a tensor or a labels file).
-        calibration: the adjustment to report: a `Calibration` or a calibration file; or None with `tau` and
-            `train_labels`/`priors`; or neither, for the raw logits only.
-        train_labels, priors: the training priors (for `tau`, or only for the shot groups).
+        calibration: the adjustment to report: a `fit` result, a `Calibration` or a calibration file; or None with
+            `tau` and `train_labels`/`priors`; or neither, for the raw logits only.
+        train_labels, priors: the training priors (for `tau`, or only for the shot groups): labels, or anything
+            `fit` takes as `priors`; the training counts come from them (or from the calibration).
         target_priors, target_logits: target priors with `tau` (a calibration carries its own).
         bins: equal-width confidence bins of the ECE.
         checkpoint, features, head, class_names, label_column, smoothing: as for `fit`.
@@ -118,7 +120,7 @@ def report(logits=None, labels=None, calibration=None, *, tau: Optional[float] =
     """
     from ..engine.passes import probability_pass, score_pass
 
-    if multi_label or getattr(calibration, "multi_label", False):
+    if multi_label or multi_label_given(calibration, priors):
         from .multilabel import refuse_options, report_multi_label
 
         uniform = is_path(target_priors) and str(target_priors).strip().lower() == "uniform"
@@ -250,7 +252,7 @@ def compare(val_logits=None, val_labels=None, priors=None, *, train_labels=None,
     """
     from ..methods.comparison import compare_methods
 
-    if multi_label:
+    if multi_label or multi_label_given(priors=priors):
         from .multilabel import compare_multi_label, refuse_options
 
         refuse_options(checkpoint=checkpoint is not None, features=features is not None,
