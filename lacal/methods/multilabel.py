@@ -85,6 +85,16 @@ class MultiLabelEvaluation:
         return np.where(self.scored, 2 * tp / np.maximum(tp + fp + self.positives, 1), np.nan)
 
     @property
+    def errors(self) -> np.ndarray:
+        """The per-label error a report sorts by: the balanced error."""
+        return self.balanced_errors
+
+    @property
+    def support(self) -> np.ndarray:
+        """The per-label support a report shows: the positive samples."""
+        return self.positives
+
+    @property
     def balanced_error(self) -> float:
         """Macro balanced error over the scored labels."""
         return float(np.nanmean(self.balanced_errors)) if self.scored.any() else float("nan")

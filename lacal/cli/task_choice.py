@@ -1,6 +1,6 @@
-"""The option checks of the multi-label commands (`--multi-label`, or a labels file that is an N x C 0/1 matrix):
-whether to run multi-label, and the options that do not apply. The work is `lacal.workflows.multilabel`, the tables
-`cli_render_multilabel`."""
+"""Which task a command runs: multi-label with `--multi-label`, with a labels file that can only be an N x C 0/1
+matrix, or with a multi-label calibration file; else single-label. The options each task takes are one table,
+`lacal.core.tasks.OPTIONS`, which the library checks."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from pathlib import Path
 
 import typer
 
-from ..errors import OptionError
 
 
 def wanted(flag: bool, labels_path, what: str = "labels") -> bool:
@@ -23,15 +22,6 @@ def wanted(flag: bool, labels_path, what: str = "labels") -> bool:
         typer.echo(f"lacal: note: {labels_path} is {kind}, so the {what} are read as multi-label (one sigmoid "
                    "output per label); pass --multi-label to say so and silence this note", err=True)
     return kind is not None
-
-
-def refuse(options: dict, context=None) -> None:
-    """Options that do not apply to a multi-label head (given: a truthy value)."""
-    given = [flag for flag, value in options.items() if value]
-    if given:
-        raise OptionError(f"{', '.join(given)} do(es) not apply to multi-label heads yet", given[0])
-    if context is not None and context.active:
-        raise OptionError("multi-label commands do not run under torchrun yet; run them in one process", "torchrun")
 
 
 def is_multilabel_calibration(path) -> bool:
