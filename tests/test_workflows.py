@@ -313,7 +313,7 @@ def test_multi_label_fit_equals_the_cli_and_numpy(multi, tmp_path):
                          folder / "train_labels.npy", "--multi-label", "--json", "--device", "cpu", "--out",
                          tmp_path / "cli.json"))
     result = lacal.fit(val_f, val_y, train_labels=train_y, multi_label=True, device="cpu")
-    assert isinstance(result, lacal.workflows.MultiLabelFitResult) and result.calibration.multi_label
+    assert isinstance(result, lacal.FitResult) and result.task.multi_label and result.calibration.multi_label
     assert result.to_dict() == cli
     files = lacal.fit(folder / "val_logits.npy", folder / "val_labels.npy", train_labels=folder / "train_labels.npy",
                       multi_label=True, device="cpu", out=tmp_path / "lib.json")
@@ -339,7 +339,7 @@ def test_multi_label_report_and_compare_equal_the_cli(multi, tmp_path):
     assert result.to_dict() == cli
     assert lacal.report(folder / "test_logits.npy", folder / "test_labels.npy", tmp_path / "cal.json",
                         multi_label=True, device="cpu").to_dict() == cli
-    assert result.report.main.balanced_error == pytest.approx(
+    assert result.task.multi_label and result.main.balanced_error == pytest.approx(
         _macro_balanced_error(test_f, test_y, calibration.offsets))
     compare = json.loads(run("report", folder / "val_logits.npy", folder / "val_labels.npy", "--train-labels",
                              folder / "train_labels.npy", "--compare", "--test-logits", folder / "test_logits.npy",
@@ -369,5 +369,5 @@ def test_multi_label_apply_equals_the_cli_output(multi, tmp_path):
     assert np.array_equal(tensor.numpy(), cli)
     written = lacal.apply(folder / "test_logits.npy", tmp_path / "cal.json", tmp_path / "lib.npy", device="cpu",
                           multi_label=True)
-    assert written.rows == test_f.shape[0] and written.labels == RATES.size
+    assert written.rows == test_f.shape[0] and written.num_classes == RATES.size and written.task.multi_label
     assert (tmp_path / "lib.npy").read_bytes() == (tmp_path / "cli.npy").read_bytes()

@@ -163,8 +163,6 @@ def tau_norm_table(result) -> None:
 
 
 def fit_tables(result) -> None:
-    from rich.table import Table
-
     if result.task.multi_label:
         return _label_fit_tables(result)
     fit, target_info, probability, calibrated = result.tau_fit, result.target, result.probability, result.calibrated
@@ -185,14 +183,8 @@ def fit_tables(result) -> None:
         out.print(f"the same {metric} for every tau in ({fit.interval[0]:.4f}, {fit.interval[1]:.4f})")
     else:
         out.print(f"grid points in [{fit.interval[0]:.4f}, {fit.interval[1]:.4f}] share this value")
-    table = Table(title=f"{result.name}: {fit.num_samples} samples, {fit.num_classes} classes")
-    table.add_column("validation")
-    for header in ("before (tau=0)", "tau=1", f"after (tau={fit.tau:.3f})"):
-        table.add_column(header, justify="right")
-    for label, attribute in (("balanced error", "balanced_error"), ("worst-class error", "worst_class_error"),
-                             ("accuracy", "accuracy")):
-        table.add_row(label, *(percent(getattr(e, attribute)) for e in (fit.before, fit.at_one, fit.after)))
-    out.print(table)
+    _validation_table(out, result, (("balanced error", "balanced_error"),
+                                     ("worst-class error", "worst_class_error"), ("accuracy", "accuracy")))
     if probability is not None:
         loss = "NLL" if probability.method == "temperature" else "class-balanced cross-entropy"
         out.print(f"{probability.method} calibration: T = {probability.temperature:.4f}"
@@ -206,6 +198,32 @@ def fit_tables(result) -> None:
     if fit.before.classes_without_samples:
         warn(f"{len(fit.before.classes_without_samples)} class(es) have no validation samples and are left out of "
              f"the errors: {fit.before.classes_without_samples[:20]}")
+
+
+def _summary_table(adjusted: bool):
+    """The report's summary table: a column of values, or before and after."""
+    from rich.table import Table
+
+    summary = Table(title="summary" + (" (before -> after)" if adjusted else ""))
+    summary.add_column("")
+    summary.add_column("before" if adjusted else "value", justify="right")
+    if adjusted:
+        summary.add_column("after", justify="right")
+    return summary
+
+
+def _validation_table(out, result, figures) -> None:
+    """A fit's validation figures (label, attribute) before (tau = 0), at tau = 1 and after."""
+    from rich.table import Table
+
+    fit = result.tau_fit
+    table = Table(title=f"{result.name}: {fit.num_samples} samples, {fit.num_classes} {result.task.units}")
+    table.add_column("validation")
+    for header in ("before (tau=0)", "tau=1", f"after (tau={fit.tau:.3f})"):
+        table.add_column(header, justify="right")
+    for label, attribute in figures:
+        table.add_row(label, *(percent(getattr(e, attribute)) for e in (fit.before, fit.at_one, fit.after)))
+    out.print(table)
 
 
 def comparison_table(result) -> None:
@@ -259,11 +277,7 @@ def report_tables(report, sort: str, limit=None) -> None:
     if limit is not None and limit < len(order):
         table.caption = f"first {limit} of {len(order)} classes (--limit)"
     out.print(table)
-    summary = Table(title="summary" + (" (before -> after)" if adjusted else ""))
-    summary.add_column("")
-    summary.add_column("before" if adjusted else "value", justify="right")
-    if adjusted:
-        summary.add_column("after", justify="right")
+    summary = _summary_table(adjusted)
     rows = [("accuracy", "accuracy"), ("balanced error", "balanced_error"),
             ("worst-class error", "worst_class_error")]
     for label, attribute in rows:
@@ -297,29 +311,23 @@ def report_tables(report, sort: str, limit=None) -> None:
 
 # The tables of a multi-label head (one sigmoid per label): per-label rates and macro / micro figures.
 
+LABEL_FIGURES = (("macro balanced error", "balanced_error"), ("macro-F1", "macro_f1"),
+                 ("micro balanced error", "micro_balanced_error"), ("micro-F1", "micro_f1"))
+
 
 def _label_fit_tables(result) -> None:
     """`fit-tau --multi-label`: tau, its interval, and the validation figures before, at tau = 1 and after."""
-    from rich.table import Table
-
-    fit, name, out = result.tau_fit, result.name, console()
+    fit, out = result.tau_fit, console()
     metric = "macro balanced error" if fit.metric == "balanced-error" else "macro-F1 (highest)"
     out.print(f"[bold]tau = {fit.tau:.4f}[/bold]  exact search over [{fit.tau_range[0]:g}, "
-                  f"{fit.tau_range[1]:g}] for the {'lowest ' if fit.metric == 'balanced-error' else ''}{metric}, "
-                  "one tau shared by every label")
+              f"{fit.tau_range[1]:g}] for the {'lowest ' if fit.metric == 'balanced-error' else ''}{metric}, "
+              "one tau shared by every label")
     if fit.interval[0] == fit.interval[1]:
         out.print(f"only the single point tau = {fit.tau:g} reaches this value (flips meet there)")
     else:
         digits = 4 if fit.interval[1] - fit.interval[0] >= 1e-3 else 7
         out.print(f"the same value for every tau in ({fit.interval[0]:.{digits}f}, {fit.interval[1]:.{digits}f})")
-    table = Table(title=f"{name}: {fit.num_samples} samples, {fit.num_classes} labels")
-    table.add_column("validation")
-    for header in ("before (tau=0)", "tau=1", f"after (tau={fit.tau:.3f})"):
-        table.add_column(header, justify="right")
-    for label, attribute in (("macro balanced error", "balanced_error"), ("macro-F1", "macro_f1"),
-                             ("micro balanced error", "micro_balanced_error"), ("micro-F1", "micro_f1")):
-        table.add_row(label, *(percent(getattr(e, attribute)) for e in (fit.before, fit.at_one, fit.after)))
-    out.print(table)
+    _validation_table(out, result, LABEL_FIGURES)
 
 
 def _label_report_tables(report, sort: str, limit=None) -> None:
@@ -355,14 +363,9 @@ def _label_report_tables(report, sort: str, limit=None) -> None:
     else:
         table.caption = "support: positive samples; FNR and FPR " + ("after" if adjusted else "of the raw logits")
     out.print(table)
-    summary = Table(title="summary" + (" (before -> after)" if adjusted else ""))
-    summary.add_column("")
-    summary.add_column("before" if adjusted else "value", justify="right")
-    if adjusted:
-        summary.add_column("after", justify="right")
+    summary = _summary_table(adjusted)
     evaluations = [before] + ([after] if adjusted else [])
-    for label, attribute in (("macro balanced error", "balanced_error"), ("macro-F1", "macro_f1"),
-                             ("micro balanced error", "micro_balanced_error"), ("micro-F1", "micro_f1")):
+    for label, attribute in LABEL_FIGURES:
         summary.add_row(label, *(percent(getattr(e, attribute)) for e in evaluations))
     if groups is not None:
         per_group = [report.groups(e) for e in evaluations]

@@ -15,6 +15,11 @@ FEW_SHOT_BELOW = 20
 GROUPS = ("many", "medium", "few")
 
 
+def macro_mean(values: np.ndarray, present: np.ndarray) -> float:
+    """The mean of the per-class (or per-label) `values` that are not NaN; NaN when no class is `present`."""
+    return float(np.nanmean(values)) if np.any(present) else float("nan")
+
+
 @dataclass(frozen=True, eq=False)
 class ClassEvaluation:
     """Per-class counts of validation samples (`support`) and of correct predictions (`correct`)."""
@@ -48,7 +53,7 @@ class ClassEvaluation:
 
     @property
     def balanced_error(self) -> float:
-        return float(np.nanmean(self.errors)) if self.support.any() else float("nan")
+        return macro_mean(self.errors, self.support)
 
     @property
     def worst_class_error(self) -> float:

@@ -3,11 +3,10 @@ by side, as data: what `Report` and `Comparison` hold for a multi-label head (re
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from ..core.metrics import GROUPS, shot_groups
+from ..methods.comparison import MethodResult
 from ..methods.multilabel import MultiLabelEvaluation
 
 
@@ -42,18 +41,12 @@ def label_section(evaluation: MultiLabelEvaluation, names, train_positives) -> d
             "groups": label_groups(evaluation, train_positives)}
 
 
-@dataclass(frozen=True, eq=False)
-class MultiLabelMethod:
-    method: str
-    tau: float | None
-    evaluation: MultiLabelEvaluation
+class MultiLabelMethod(MethodResult):
+    """A multi-label method's row: the macro and micro figures, and each group's macro balanced error."""
 
-    def to_dict(self, train_positives=None) -> dict:
-        result = {"method": self.method, "tau": self.tau, **self.evaluation.to_dict()}
-        names = shot_groups(train_positives) if train_positives is not None else None
-        for group in GROUPS:
-            result[group] = None if names is None else _mean(self.evaluation.balanced_errors, names == group)
-        return result
+    def group_errors(self, train_counts) -> dict:
+        names = shot_groups(train_counts)
+        return {group: _mean(self.evaluation.balanced_errors, names == group) for group in GROUPS}
 
 
 def compare_multilabel(val_logits, val_labels, priors, eval_logits=None, eval_labels=None, metric="balanced-error",
