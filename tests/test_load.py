@@ -7,10 +7,12 @@ import pytest
 import torch
 from safetensors.numpy import save_file as save_numpy
 from safetensors.torch import save_file as save_torch
+from typer.testing import CliRunner
 
 import lacal
 from lacal.errors import InputDataError, InputFileError
-from lacal.data.readers import read_classes, read_labels, read_logits
+from lacal.cli.app import app
+from lacal.data.readers import read_classes, read_labels, read_logits, shard_paths
 
 
 def _all_rows(source):
@@ -213,3 +215,33 @@ def test_bad_labels(tmp_path):
 
 def test_public_api_reexports_readers():
     assert lacal.data.read_logits is read_logits and lacal.data.read_labels is read_labels
+
+
+def run(*args):
+    return CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "120"})
+
+
+def test_globs_across_folders_keep_natural_path_order(tmp_path):
+    for run_id in (1, 2, 3, 10, 20):
+        (tmp_path / f"run{run_id}").mkdir()
+        np.save(tmp_path / f"run{run_id}" / "logits.npy", np.full((2, 3), run_id, dtype=np.float32))
+    order = [p.parent.name for p in shard_paths(str(tmp_path / "*" / "logits.npy"))]
+    assert order == ["run1", "run2", "run3", "run10", "run20"]
+    rows = lacal.data.read_logits(str(tmp_path / "*" / "logits.npy")).rows(0, 10)[:, 0].tolist()
+    assert rows == [1, 1, 2, 2, 3, 3, 10, 10, 20, 20]
+
+
+def test_outputs_never_land_in_a_shard_folder_and_labels_are_not_shards(tmp_path, problem):
+    logits, labels, counts = problem
+    (tmp_path / "shards").mkdir()
+    np.save(tmp_path / "shards" / "p1.npy", logits[:300])
+    np.save(tmp_path / "shards" / "p2.npy", logits[300:])
+    np.save(tmp_path / "counts.npy", counts)
+    before = (tmp_path / "shards" / "p1.npy").read_bytes()
+    result = run("apply", tmp_path / "shards", "--tau", 1, "--priors", tmp_path / "counts.npy", "--out",
+                 tmp_path / "shards" / "p1.npy", "--force")
+    assert result.exit_code == 8 and "inside the input folder" in result.stderr
+    assert (tmp_path / "shards" / "p1.npy").read_bytes() == before
+    np.save(tmp_path / "shards" / "labels.npy", labels)
+    mixed = run("report", tmp_path / "shards", tmp_path / "shards" / "labels.npy")
+    assert mixed.exit_code == 3 and "also holds labels.npy" in mixed.stderr

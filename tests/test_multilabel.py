@@ -152,16 +152,6 @@ def test_search_memory_budget_is_enforced():
         fit_multilabel_tau(f, y, np.full(300, 0.1), memory_budget=1 << 20)
 
 
-def test_search_is_the_same_for_every_block_size():
-    rng = np.random.default_rng(3)
-    y = rng.random((400, 7)) < np.linspace(0.02, 0.5, 7)
-    f = (rng.normal(size=(400, 7)) + 2 * y + np.log(np.linspace(0.02, 0.5, 7) / (1 - np.linspace(0.02, 0.5, 7))))
-    priors = np.linspace(0.02, 0.5, 7)
-    fits = [fit_multilabel_tau(f.astype(np.float32), y, priors, rows=r) for r in (None, 1, 17)]
-    assert all(fit.tau == fits[0].tau and fit.interval == fits[0].interval for fit in fits)
-    assert fits[0].after.balanced_error < fits[0].before.balanced_error
-
-
 def test_label_thresholds_minimise_each_labels_balanced_error():
     rng = np.random.default_rng(1)
     y = rng.random((60, 3)) < 0.3

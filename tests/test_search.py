@@ -69,13 +69,28 @@ def test_of_two_optimal_runs_the_one_nearer_one_wins():
     assert far.interval == pytest.approx((-4, a))
 
 
-@pytest.mark.parametrize("metric", METRICS)
-@pytest.mark.parametrize("search", ["exact", "grid"])
-def test_block_size_does_not_change_the_result(metric, search):
-    logits, labels, counts = long_tail_problem(num_samples=101, num_classes=7, seed=5)
-    fits = [lacal.methods.fit_tau(logits, labels, counts, metric=metric, search=search, rows=rows) for rows in (1, 7, None)]
+def _fits_by_block_size(task, metric, search):
+    """The same search with one row, a few rows and all rows per block, for a softmax or a multi-label head."""
+    if task == "single-label":
+        logits, labels, counts = long_tail_problem(num_samples=101, num_classes=7, seed=5)
+        return [lacal.methods.fit_tau(logits, labels, counts, metric=metric, search=search, rows=rows)
+                for rows in (1, 7, None)]
+    rng = np.random.default_rng(3)
+    rates = np.linspace(0.02, 0.5, 7)
+    y = rng.random((400, 7)) < rates
+    f = rng.normal(size=(400, 7)) + 2 * y + np.log(rates / (1 - rates))
+    return [lacal.methods.fit_multilabel_tau(f.astype(np.float32), y, rates, metric=metric, rows=rows)
+            for rows in (None, 1, 17)]
+
+
+@pytest.mark.parametrize("task, metric, search", [
+    *[("single-label", metric, search) for metric in METRICS for search in ("exact", "grid")],
+    *[("multi-label", metric, "exact") for metric in ("balanced-error", "macro-f1")]])
+def test_block_size_does_not_change_the_result(task, metric, search):
+    fits = _fits_by_block_size(task, metric, search)
     for fit in fits[1:]:
         assert (fit.tau, fit.interval, fit.after) == (fits[0].tau, fits[0].interval, fits[0].after)
+    assert fits[0].after.balanced_error < fits[0].before.balanced_error
 
 
 @pytest.mark.parametrize("metric", METRICS)

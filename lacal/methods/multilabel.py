@@ -47,6 +47,13 @@ class MultiLabelEvaluation:
     true_positives: np.ndarray
     false_positives: np.ndarray
 
+    def __eq__(self, other) -> bool:
+        return isinstance(other, MultiLabelEvaluation) and all(
+            np.array_equal(getattr(self, name), getattr(other, name))
+            for name in ("positives", "negatives", "true_positives", "false_positives"))
+
+    __hash__ = None
+
     @property
     def num_classes(self) -> int:
         return int(self.positives.shape[0])
