@@ -252,3 +252,21 @@ def test_library_results_of_both_tasks_are_unchanged(inputs, monkeypatch, tmp_pa
         "apply_ml": _array_summary(lacal.apply(np.load("ml_test_logits.npy"), multi.calibration)),
         "apply_ml_file": lacal.apply("ml_test_logits.npy", multi.calibration, tmp_path / "out.npy").to_dict(),
     }, tmp_path))
+
+
+def test_score_outputs_are_unchanged(inputs, monkeypatch, tmp_path):
+    """`lacal score` of a TorchScript model (a seeded linear layer) on fixed inputs: the logits it writes. Weights and
+    inputs are small whole numbers, so every sum is exact in float32 whatever order a CPU's kernel adds in."""
+    import torch
+
+    monkeypatch.chdir(inputs)
+    rng = np.random.default_rng(8)
+    layer = torch.nn.Linear(12, 8)
+    with torch.no_grad():
+        layer.weight.copy_(torch.from_numpy(rng.integers(-3, 4, size=(8, 12)).astype(np.float32)))
+        layer.bias.copy_(torch.from_numpy(rng.integers(-3, 4, size=8).astype(np.float32) / 4))
+    torch.jit.script(layer).save(str(tmp_path / "model.pt"))
+    np.save(tmp_path / "features.npy", rng.integers(-5, 6, size=(50, 12)).astype(np.float32))
+    _run(inputs, "score", tmp_path / "model.pt", tmp_path / "features.npy", "--out", tmp_path / "logits.npy",
+         "--batch-size", "16")
+    _check("score_outputs", {"logits": _array_summary(np.load(tmp_path / "logits.npy"))})

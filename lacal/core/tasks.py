@@ -75,7 +75,7 @@ class Task:
         Example:
             >>> MULTI_LABEL.refuse(calibrate=None, head="fc")
             Traceback (most recent call last):
-            lacal.errors.exceptions.OptionError: `head` do(es) not apply to multi-label heads yet
+            lacal.errors.exceptions.OptionError: head: `head` do(es) not apply to multi-label heads yet
         """
         names = [name for name, value in given.items() if value and name != "torchrun"
                  and self.name not in OPTIONS.get(name, TASK_NAMES)]
