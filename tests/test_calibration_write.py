@@ -9,6 +9,7 @@ import torch
 import lacal
 from lacal.errors import InputDataError, MismatchError, OutputError
 from lacal.data.writers import atomic_path, write_logits, write_text
+from lacal.methods.multilabel import multilabel_priors
 
 from .conftest import long_tail_problem
 
@@ -79,3 +80,27 @@ def test_written_files_get_normal_permissions(tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert stat.S_IMODE((tmp_path / "out.json").stat().st_mode) == 0o666 & ~mask
+
+
+# Multi-label heads (one sigmoid per label): the same behaviour, the other task.
+
+
+def test_multilabel_calibration_round_trip_and_validation(tmp_path):
+    import json
+
+    from lacal.core.calibration import Calibration
+    from lacal.errors import InputDataError
+
+    priors = multilabel_priors([3, 50, 97], 100)
+    calibration = Calibration(tau=1.5, priors=priors.priors, counts=priors.positives, multi_label=True,
+                              train_samples=100)
+    calibration.save(tmp_path / "c.json")
+    loaded = Calibration.load(tmp_path / "c.json")
+    assert loaded == calibration and loaded.multi_label and loaded.train_samples == 100
+    np.testing.assert_allclose(loaded.offsets, -1.5 * np.log([3 / 97, 1.0, 97 / 3]))
+    assert loaded.offsets[1] == 0.0 and loaded.affine()[0] == 1.0
+    data = json.loads((tmp_path / "c.json").read_text())
+    data["priors"][0] = 1.0
+    (tmp_path / "bad.json").write_text(json.dumps(data))
+    with pytest.raises(InputDataError, match="strictly between 0 and 1"):
+        Calibration.load(tmp_path / "bad.json")

@@ -245,3 +245,32 @@ def test_outputs_never_land_in_a_shard_folder_and_labels_are_not_shards(tmp_path
     np.save(tmp_path / "shards" / "labels.npy", labels)
     mixed = run("report", tmp_path / "shards", tmp_path / "shards" / "labels.npy")
     assert mixed.exit_code == 3 and "also holds labels.npy" in mixed.stderr
+
+
+# Multi-label heads (one sigmoid per label): the same behaviour, the other task.
+
+
+def test_label_readers_agree_and_name_the_problem(tmp_path):
+    from lacal.errors import InputDataError
+    from lacal.core.label_matrix import label_matrix_kind, read_label_matrix
+
+    matrix = np.array([[1, 0, 1], [0, 0, 0], [0, 1, 0]], dtype=bool)
+    np.save(tmp_path / "m.npy", matrix.astype(np.float32))
+    (tmp_path / "m.csv").write_text("1,0,1\n0,0,0\n0,1,0\n")
+    (tmp_path / "m.txt").write_text("0,2\n\nb\n")
+    for name in ("m.npy", "m.csv"):
+        np.testing.assert_array_equal(read_label_matrix(tmp_path / name, 3), matrix)
+    np.testing.assert_array_equal(read_label_matrix(tmp_path / "m.txt", 3, ["a", "b", "c"]), matrix)
+    assert label_matrix_kind(tmp_path / "m.npy") == "a 3 x 3 matrix of 0/1"
+    assert label_matrix_kind(tmp_path / "m.txt") == "a text file of comma-separated label lists"
+    np.save(tmp_path / "single.npy", np.array([0, 2, 1]))
+    (tmp_path / "single.csv").write_text("label,weight\n1,0\n0,1\n")
+    assert label_matrix_kind(tmp_path / "single.npy") is None and label_matrix_kind(tmp_path / "single.csv") is None
+    (tmp_path / "far.txt").write_text("0\n1,7\n")
+    with pytest.raises(InputDataError, match="line 2: label 7 is out of range for 3 labels"):
+        read_label_matrix(tmp_path / "far.txt", 3)
+    with pytest.raises(InputDataError, match="has 3 label columns but the logits have 4"):
+        read_label_matrix(tmp_path / "m.npy", 4)
+    np.save(tmp_path / "bad.npy", np.array([[0, 2], [1, 0]]))
+    with pytest.raises(InputDataError, match="only 0 and 1"):
+        read_label_matrix(tmp_path / "bad.npy")
