@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 import lacal
 from lacal.cli.app import app
 
+from . import reference
 from .conftest import long_tail_problem
 
 
@@ -46,16 +47,6 @@ def test_fit_with_em_and_bias_equals_the_cli(data):
     calibration = result.calibration
     assert calibration.bias is not None and calibration.target_priors is not None
     assert calibration.tau == cli["tau"]
-
-
-def test_fit_from_arrays_equals_the_cli_on_files(data):
-    cli = json.loads(run("fit-tau", data / "val_logits.npy", data / "val_labels.npy", "--train-labels",
-                         data / "train_labels.txt", "--json"))
-    train = np.loadtxt(data / "train_labels.txt", dtype=np.int64)
-    result = lacal.fit(torch.from_numpy(np.load(data / "val_logits.npy")), np.load(data / "val_labels.npy"),
-                       train_labels=train, device="cpu")
-    assert result.to_dict() == cli
-    assert result.warnings == ()
 
 
 def test_fit_writes_the_same_calibration_file_as_the_cli(data, tmp_path):
@@ -307,25 +298,45 @@ def _macro_balanced_error(f, y, offsets):
     return float(np.mean(rates))
 
 
-def test_multi_label_fit_equals_the_cli_and_numpy(multi, tmp_path):
+@pytest.fixture(params=["single-label", "multi-label"])
+def task_data(request, data, multi):
+    """One task's files and arrays: (CLI flags, folder, training labels file, val logits, val labels, train labels)."""
+    if request.param == "single-label":
+        return ((), data, data / "train_labels.txt", np.load(data / "val_logits.npy"),
+                np.load(data / "val_labels.npy"), np.loadtxt(data / "train_labels.txt", dtype=np.int64))
     folder, val_f, val_y, _, _, train_y = multi
+    return ("--multi-label",), folder, folder / "train_labels.npy", val_f, val_y, train_y
+
+
+def test_fit_from_arrays_and_files_equals_the_cli_and_numpy(task_data, tmp_path):
+    flags, folder, train_file, val_f, val_y, train_y = task_data
+    multi_label = bool(flags)
     cli = json.loads(run("fit-tau", folder / "val_logits.npy", folder / "val_labels.npy", "--train-labels",
-                         folder / "train_labels.npy", "--multi-label", "--json", "--device", "cpu", "--out",
-                         tmp_path / "cli.json"))
-    result = lacal.fit(val_f, val_y, train_labels=train_y, multi_label=True, device="cpu")
-    assert isinstance(result, lacal.FitResult) and result.task.multi_label and result.calibration.multi_label
-    assert result.to_dict() == cli
-    files = lacal.fit(folder / "val_logits.npy", folder / "val_labels.npy", train_labels=folder / "train_labels.npy",
-                      multi_label=True, device="cpu", out=tmp_path / "lib.json")
+                         train_file, *flags, "--json", "--device", "cpu", "--out", tmp_path / "cli.json"))
+    for logits in (val_f, torch.from_numpy(val_f)):
+        result = lacal.fit(logits, val_y, train_labels=train_y, multi_label=multi_label, device="cpu")
+        assert isinstance(result, lacal.FitResult) and result.task.multi_label is multi_label
+        assert result.calibration.multi_label is multi_label
+        assert result.to_dict() == cli and result.warnings == ()
+    files = lacal.fit(folder / "val_logits.npy", folder / "val_labels.npy", train_labels=train_file,
+                      multi_label=multi_label, device="cpu", out=tmp_path / "lib.json")
     assert files.to_dict() == cli and files.out == tmp_path / "lib.json"
     assert lacal.Calibration.load(tmp_path / "lib.json") == lacal.Calibration.load(tmp_path / "cli.json")
-    positives = train_y.sum(0).astype(np.float64)
-    odds = np.log(positives / (train_y.shape[0] - positives))
-    assert np.allclose(result.calibration.offsets, -result.tau * odds)
-    assert cli["balanced_error_after"] == pytest.approx(_macro_balanced_error(val_f, val_y, -result.tau * odds))
-    with pytest.raises(lacal.errors.OptionError) as error:
-        lacal.fit(val_f, val_y, train_labels=train_y, multi_label=True, calibrate="bias")
-    assert error.value.source == "calibrate"
+    # the offsets and the balanced error after, computed here in float64 from the training labels
+    if multi_label:
+        positives = train_y.sum(0).astype(np.float64)
+        offsets = -result.tau * np.log(positives / (train_y.shape[0] - positives))
+        balanced_error = _macro_balanced_error(val_f, val_y, offsets)
+    else:
+        counts = np.bincount(train_y, minlength=val_f.shape[1]).astype(np.float64)
+        offsets = -result.tau * np.log(counts / counts.sum())
+        balanced_error = reference.metric_at(val_f, val_y, counts, result.tau)
+    assert np.allclose(result.calibration.offsets, offsets)
+    assert cli["balanced_error_after"] == pytest.approx(balanced_error)
+    if multi_label:
+        with pytest.raises(lacal.errors.OptionError) as error:
+            lacal.fit(val_f, val_y, train_labels=train_y, multi_label=True, calibrate="bias")
+        assert error.value.source == "calibrate"
 
 
 def test_multi_label_report_and_compare_equal_the_cli(multi, tmp_path):
