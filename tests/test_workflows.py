@@ -90,24 +90,6 @@ def test_compare_and_priors_equal_the_cli(data, monkeypatch):
                                  device="cpu").to_dict() == em
 
 
-@pytest.mark.parametrize("kind", ["numpy", "torch"])
-def test_apply_in_memory_returns_the_cli_output(data, tmp_path, kind):
-    run("fit-tau", data / "val_logits.npy", data / "val_labels.npy", "--train-labels", data / "train_labels.txt",
-        "--calibrate", "temperature", "--out", tmp_path / "calibration.json")
-    run("apply", data / "test_logits.npy", "--calibration", tmp_path / "calibration.json", "--out",
-        tmp_path / "adjusted.npy")
-    written = np.load(tmp_path / "adjusted.npy")
-    logits = np.load(data / "test_logits.npy")
-    given = torch.from_numpy(logits) if kind == "torch" else logits
-    adjusted = lacal.apply(given, lacal.Calibration.load(tmp_path / "calibration.json"))
-    assert type(adjusted) is type(given) and adjusted.dtype == given.dtype and adjusted.shape == given.shape
-    assert np.array_equal(np.asarray(adjusted), written)
-    # an independent float64 computation of (f - tau log pi) / T
-    calibration = lacal.Calibration.load(tmp_path / "calibration.json")
-    expected = (logits.astype(np.float64) - calibration.tau * np.log(calibration.priors)) / calibration.temperature
-    assert np.allclose(np.asarray(adjusted), expected, rtol=1e-5, atol=1e-5)
-
-
 def test_apply_to_shards_writes_what_the_cli_writes(data, tmp_path):
     shards = tmp_path / "shards"
     shards.mkdir()
@@ -365,20 +347,31 @@ def test_multi_label_report_and_compare_equal_the_cli(multi, tmp_path):
     assert priors["positives"] == train_y.sum(0).tolist()
 
 
-def test_multi_label_apply_equals_the_cli_output(multi, tmp_path):
-    folder, _, _, test_f, _, _ = multi
-    run("fit-tau", folder / "val_logits.npy", folder / "val_labels.npy", "--train-labels",
-        folder / "train_labels.npy", "--multi-label", "--device", "cpu", "--out", tmp_path / "cal.json")
-    run("apply", folder / "test_logits.npy", "--calibration", tmp_path / "cal.json", "--out", tmp_path / "cli.npy",
-        "--device", "cpu")
-    calibration = lacal.Calibration.load(tmp_path / "cal.json")
-    adjusted = lacal.apply(test_f, calibration, device="cpu")
-    cli = np.load(tmp_path / "cli.npy")
-    assert adjusted.dtype == cli.dtype == np.float32 and np.array_equal(adjusted, cli)
-    assert np.allclose(adjusted, test_f.astype(np.float64) + calibration.offsets, atol=1e-5)
-    tensor = lacal.apply(torch.from_numpy(test_f), tmp_path / "cal.json", multi_label=True, device="cpu")
-    assert np.array_equal(tensor.numpy(), cli)
-    written = lacal.apply(folder / "test_logits.npy", tmp_path / "cal.json", tmp_path / "lib.npy", device="cpu",
-                          multi_label=True)
-    assert written.rows == test_f.shape[0] and written.num_classes == RATES.size and written.task.multi_label
-    assert (tmp_path / "lib.npy").read_bytes() == (tmp_path / "cli.npy").read_bytes()
+@pytest.mark.parametrize("kind", ["numpy", "torch"])
+def test_apply_in_memory_and_to_a_file_returns_the_cli_output(task_data, tmp_path, kind):
+    flags, folder, train_file, _, _, _ = task_data
+    multi_label = bool(flags)
+    calibrate = () if multi_label else ("--calibrate", "temperature")
+    run("fit-tau", folder / "val_logits.npy", folder / "val_labels.npy", "--train-labels", train_file, *flags,
+        *calibrate, "--device", "cpu", "--out", tmp_path / "calibration.json")
+    run("apply", folder / "test_logits.npy", "--calibration", tmp_path / "calibration.json", "--out",
+        tmp_path / "adjusted.npy", "--device", "cpu")
+    written = np.load(tmp_path / "adjusted.npy")
+    logits = np.load(folder / "test_logits.npy")
+    given = torch.from_numpy(logits) if kind == "torch" else logits
+    calibration = lacal.Calibration.load(tmp_path / "calibration.json")
+    adjusted = lacal.apply(given, calibration, device="cpu")
+    assert type(adjusted) is type(given) and adjusted.dtype == given.dtype and adjusted.shape == given.shape
+    assert written.dtype == logits.dtype and np.array_equal(np.asarray(adjusted), written)
+    # an independent float64 computation: (f - tau log pi) / T, or f - tau log(pi / (1 - pi))
+    pi = calibration.priors
+    expected = (logits.astype(np.float64) - calibration.tau * (np.log(pi / (1 - pi)) if multi_label else np.log(pi))
+                ) / calibration.temperature
+    assert np.allclose(np.asarray(adjusted), expected, rtol=1e-5, atol=1e-5)
+    by_path = lacal.apply(given, tmp_path / "calibration.json", multi_label=multi_label, device="cpu")
+    assert np.array_equal(np.asarray(by_path), written)
+    result = lacal.apply(folder / "test_logits.npy", tmp_path / "calibration.json", tmp_path / "lib.npy",
+                         device="cpu", multi_label=multi_label)
+    assert result.rows == logits.shape[0] and result.num_classes == logits.shape[1]
+    assert result.task.multi_label is multi_label
+    assert (tmp_path / "lib.npy").read_bytes() == (tmp_path / "adjusted.npy").read_bytes()
