@@ -75,16 +75,8 @@ def test_report_equals_the_cli(data, monkeypatch, extra):
         assert again.to_dict()["balanced_error"] == cli["balanced_error"]
 
 
-def test_compare_and_priors_equal_the_cli(data, monkeypatch):
+def test_estimate_priors_equals_the_cli(data, monkeypatch):
     monkeypatch.chdir(data)
-    cli = json.loads(run("report", "val_logits.npy", "val_labels.npy", "--train-labels", "train_labels.txt",
-                         "--compare", "--test-logits", "test_logits.npy", "--test-labels", "test_labels.npy",
-                         "--json"))
-    result = lacal.compare("val_logits.npy", "val_labels.npy", train_labels="train_labels.txt",
-                           test_logits="test_logits.npy", test_labels="test_labels.npy", device="cpu")
-    assert result.to_dict() == cli and result.warnings == ()
-    assert lacal.count_priors("train_labels.txt").to_dict() == json.loads(run("priors", "train_labels.txt",
-                                                                               "--json"))
     em = json.loads(run("priors", "--em", "test_logits.npy", "--train-labels", "train_labels.txt", "--json"))
     assert lacal.estimate_priors("test_logits.npy", train_labels="train_labels.txt",
                                  device="cpu").to_dict() == em
@@ -321,30 +313,34 @@ def test_fit_from_arrays_and_files_equals_the_cli_and_numpy(task_data, tmp_path)
         assert error.value.source == "calibrate"
 
 
-def test_multi_label_report_and_compare_equal_the_cli(multi, tmp_path):
-    folder, _, _, test_f, test_y, train_y = multi
-    run("fit-tau", folder / "val_logits.npy", folder / "val_labels.npy", "--train-labels",
-        folder / "train_labels.npy", "--multi-label", "--device", "cpu", "--out", tmp_path / "cal.json")
+def test_report_compare_and_priors_equal_the_cli_and_numpy(task_data, tmp_path):
+    flags, folder, train_file, _, _, train_y = task_data
+    multi_label = bool(flags)
+    test_f, test_y = np.load(folder / "test_logits.npy"), np.load(folder / "test_labels.npy")
+    test_y = test_y.astype(bool) if multi_label else test_y  # a 0/1 matrix, saved as uint8
+    run("fit-tau", folder / "val_logits.npy", folder / "val_labels.npy", "--train-labels", train_file, *flags,
+        "--device", "cpu", "--out", tmp_path / "cal.json")
     calibration = lacal.Calibration.load(tmp_path / "cal.json")
     cli = json.loads(run("report", folder / "test_logits.npy", folder / "test_labels.npy", "--calibration",
-                         tmp_path / "cal.json", "--multi-label", "--json", "--device", "cpu"))
-    result = lacal.report(test_f, test_y, calibration, multi_label=True, device="cpu")
+                         tmp_path / "cal.json", *flags, "--json", "--device", "cpu"))
+    result = lacal.report(test_f, test_y, calibration, multi_label=multi_label, device="cpu")
     assert result.to_dict() == cli
     assert lacal.report(folder / "test_logits.npy", folder / "test_labels.npy", tmp_path / "cal.json",
-                        multi_label=True, device="cpu").to_dict() == cli
-    assert result.task.multi_label and result.main.balanced_error == pytest.approx(
-        _macro_balanced_error(test_f, test_y, calibration.offsets))
+                        multi_label=multi_label, device="cpu").to_dict() == cli
+    expected = (_macro_balanced_error(test_f, test_y, calibration.offsets) if multi_label
+                else reference.metric_at(test_f, test_y, calibration.priors, calibration.tau))
+    assert result.task.multi_label is multi_label and result.main.balanced_error == pytest.approx(expected)
     compare = json.loads(run("report", folder / "val_logits.npy", folder / "val_labels.npy", "--train-labels",
-                             folder / "train_labels.npy", "--compare", "--test-logits", folder / "test_logits.npy",
-                             "--test-labels", folder / "test_labels.npy", "--multi-label", "--json", "--device",
-                             "cpu"))
+                             train_file, "--compare", "--test-logits", folder / "test_logits.npy",
+                             "--test-labels", folder / "test_labels.npy", *flags, "--json", "--device", "cpu"))
     methods = lacal.compare(folder / "val_logits.npy", folder / "val_labels.npy", train_labels=train_y,
-                            test_logits=folder / "test_logits.npy", test_labels=test_y, multi_label=True,
+                            test_logits=folder / "test_logits.npy", test_labels=test_y, multi_label=multi_label,
                             device="cpu")
     assert methods.to_dict() == compare and not methods.warnings
-    priors = json.loads(run("priors", folder / "train_labels.npy", "--multi-label", "--json"))
-    assert lacal.count_priors(folder / "train_labels.npy", multi_label=True).to_dict() == priors
-    assert priors["positives"] == train_y.sum(0).tolist()
+    priors = json.loads(run("priors", train_file, *flags, "--json"))
+    assert lacal.count_priors(train_file, multi_label=multi_label).to_dict() == priors
+    counted = train_y.sum(0) if multi_label else np.bincount(train_y)
+    assert priors["positives" if multi_label else "counts"] == counted.tolist()
 
 
 @pytest.mark.parametrize("kind", ["numpy", "torch"])
