@@ -210,7 +210,8 @@ def test_multilabel_search_finds_the_brute_force_minimum_and_its_exact_run(probl
         assert all(multilabel_reference.value(f, y, L, t, metric) > best + 1e-12 for t in middles)
         return
     inside = [t for t in middles if left < t < right]
-    assert inside and all(multilabel_reference.value(f, y, L, t, metric) == pytest.approx(best, abs=1e-12) for t in inside)
+    assert inside and all(multilabel_reference.value(f, y, L, t, metric) == pytest.approx(best, abs=1e-12)
+                          for t in inside)
     beyond = [t for t in middles if t > right][:1] + [t for t in middles if t < left][-1:]
     assert all(multilabel_reference.value(f, y, L, t, metric) > best + 1e-12 for t in beyond)  # the run is maximal
 
@@ -251,4 +252,5 @@ def test_a_flip_point_where_both_kinds_of_flips_meet_can_win_alone():
     assert fit.tau == 2.0 and fit.interval == (2.0, 2.0)
     assert fit.after.balanced_error == 0.0
     assert multilabel_reference.value(f, y, L, 2.0, "balanced-error") == 0.0
-    assert multilabel_reference.value(f, y, L, 1.999, "balanced-error") == multilabel_reference.value(f, y, L, 2.001, "balanced-error") == 0.25
+    value = multilabel_reference.value
+    assert value(f, y, L, 1.999, "balanced-error") == value(f, y, L, 2.001, "balanced-error") == 0.25

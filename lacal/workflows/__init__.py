@@ -8,4 +8,5 @@ from .report import Comparison, Report, compare, report
 from .score import ScoreResult, score
 
 __all__ = ["ApplyResult", "CheckpointPatch", "Comparison", "EstimateResult", "FitResult", "PriorsResult", "Report",
-           "ScoreResult", "TauNormResult", "apply", "compare", "count_priors", "estimate_priors", "fit", "patch_checkpoint", "report", "score"]
+           "ScoreResult", "TauNormResult", "apply", "compare", "count_priors", "estimate_priors", "fit",
+           "patch_checkpoint", "report", "score"]

@@ -107,8 +107,8 @@ def apply(logits, calibration=None, out=None, *, tau: Optional[float] = None, tr
                        smoothing, key, context, force, budget, progress, target_priors, target_logits, notes)
 
 
-def _in_memory(task, logits, calibration, tau, train_labels, priors, classes, column, smoothing, target, target_logits, key,
-               context, budget):
+def _in_memory(task, logits, calibration, tau, train_labels, priors, classes, column, smoothing, target, target_logits,
+               key, context, budget):
     """The adjusted logits as the type given: what the CLI would write for them, kept in memory."""
     import torch
 
@@ -128,8 +128,8 @@ def _in_memory(task, logits, calibration, tau, train_labels, priors, classes, co
     return adjusted
 
 
-def _apply_file(task, logits, out, calibration, tau, train_labels, priors, top_k, classes, column, smoothing, key, context,
-                force, budget, progress, target, target_logits, notes) -> ApplyResult:
+def _apply_file(task, logits, out, calibration, tau, train_labels, priors, top_k, classes, column, smoothing, key,
+                context, force, budget, progress, target, target_logits, notes) -> ApplyResult:
     from ..engine.passes import iter_adjusted
     from ..data.writers import PREDICTION_SUFFIXES, write_logits, write_predictions
 
@@ -144,13 +144,15 @@ def _apply_file(task, logits, out, calibration, tau, train_labels, priors, top_k
     predictions = out.suffix.lower() in PREDICTION_SUFFIXES
     if predictions and top_k > source.num_classes:
         raise OptionError(f"`top_k` {top_k} is more than the {source.num_classes} {task.units}", "top_k")
-    if task.multi_label:
-        from ..core.label_matrix import write_multilabel_predictions as write_predictions
+    from ..core.label_matrix import write_multilabel_predictions
+
+    # a multi-label CSV lists the labels with adjusted logit > 0 and the top K by sigmoid; a softmax one the top K
+    write_rows = write_multilabel_predictions if task.multi_label else write_predictions
     with progress_bar(progress, source.num_samples, "apply") as step:
         blocks = iter_adjusted(source, shift, context.device, keep_dtype=not predictions, progress=step,
                                memory_budget=budget, scale=scale)
         if predictions:
-            write_predictions(out, blocks, names, top_k, force, inputs)
+            write_rows(out, blocks, names, top_k, force, inputs)
         else:
             for note in write_logits(out, blocks, source.shape, source.dtype_name, force, inputs):
                 notes.warn(note)

@@ -1,6 +1,7 @@
 """The inputs of a workflow, by task: labels (class ids, or an N x C 0/1 matrix for a multi-label head), training
 priors (class priors, or per-label positive rates), the calibration to apply, and the tau search itself. `fit`,
-`apply`, `report`, `compare` and `count_priors` call these with the `Task` of the call and are otherwise written once."""
+`apply`, `report`, `compare` and `count_priors` call these with the `Task` of the call and are otherwise written
+once."""
 
 from __future__ import annotations
 
