@@ -148,3 +148,20 @@ def test_options_a_multilabel_head_does_not_take_are_refused_not_ignored(tmp_pat
     for arguments, flag in cases:
         result = runner.invoke(app, arguments)
         assert result.exit_code == 6 and flag in result.stderr, (arguments, result.output)
+
+
+@pytest.mark.parametrize("task", TASKS, ids=lambda task: task.name)
+def test_a_calibration_file_brings_its_task_to_apply_and_report(task, tmp_path):
+    """Given a calibration file (not only a `Calibration`), `apply` and `report` run the task it was fitted for: a
+    multi-label CSV lists the labels with adjusted logit > 0, a softmax one the top class."""
+    logits, labels, train = make_problem(task)
+    lacal.fit(logits, labels, train_labels=train, multi_label=task.multi_label, out=tmp_path / "c.json")
+    np.save(tmp_path / "logits.npy", logits)
+    result = lacal.apply(tmp_path / "logits.npy", tmp_path / "c.json", tmp_path / "p.csv")
+    assert result.task is task
+    header = (tmp_path / "p.csv").read_text().splitlines()[0].split(",")
+    assert header[:2] == (["sample", "labels"] if task.multi_label else ["sample", "class"])
+    report = lacal.report(logits, labels, tmp_path / "c.json")
+    assert report.task is task
+    expected = lacal.report(logits, labels, lacal.Calibration.load(tmp_path / "c.json")).to_dict()
+    assert report.to_dict() == expected

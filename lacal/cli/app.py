@@ -403,8 +403,8 @@ def apply_command(
     from . import render as show
     from ..models.checkpoints import is_checkpoint
     from ..models.deploy import deployed_kind
-    from .task_choice import is_multilabel_calibration
     from ..workflows import apply, patch_checkpoint
+    from ..workflows.task_inputs import is_multilabel_calibration
 
     context = PROCESS.context(device)
     options = dict(tau=tau, train_labels=train_labels, priors=priors, class_names=classes, label_column=label_column,
@@ -526,8 +526,9 @@ def report_command(
 
     LOGITS may be a folder or a quoted glob of shards, or several files (all paths but the last)."""
     from . import render as show
-    from .task_choice import is_multilabel_calibration, wanted
+    from .task_choice import wanted
     from ..workflows import compare as compare_methods, report
+    from ..workflows.task_inputs import is_multilabel_calibration
 
     context = PROCESS.context(device)
     multi = wanted(multi_label or is_multilabel_calibration(calibration),

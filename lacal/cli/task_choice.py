@@ -4,11 +4,7 @@ matrix, or with a multi-label calibration file; else single-label. The options e
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import typer
-
 
 
 def wanted(flag: bool, labels_path, what: str = "labels") -> bool:
@@ -22,13 +18,3 @@ def wanted(flag: bool, labels_path, what: str = "labels") -> bool:
         typer.echo(f"lacal: note: {labels_path} is {kind}, so the {what} are read as multi-label (one sigmoid "
                    "output per label); pass --multi-label to say so and silence this note", err=True)
     return kind is not None
-
-
-def is_multilabel_calibration(path) -> bool:
-    """Whether a calibration file given to apply or report is multi-label (a bad file is reported later)."""
-    if path is None:
-        return False
-    try:
-        return bool(json.loads(Path(path).read_text(encoding="utf-8")).get("multi_label"))
-    except (OSError, ValueError, AttributeError, RecursionError):
-        return False

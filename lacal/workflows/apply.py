@@ -9,13 +9,13 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from ..core.tasks import SINGLE_LABEL, Task, task_of
+from ..core.tasks import SINGLE_LABEL, Task
 from ..errors import OptionError
 from .inputs import Notes, calibration_for, is_path, make_context, memory_bytes, open_logits, output_check, path_list, \
     paths_of, progress_bar
 from .inputs import class_names as class_names_for
 from .shards import SHARD_FORMATS
-from .task_inputs import task_calibration
+from .task_inputs import task_calibration, task_for
 
 
 @dataclass(frozen=True, eq=False)
@@ -80,7 +80,7 @@ def apply(logits, calibration=None, out=None, *, tau: Optional[float] = None, tr
         >>> adjusted = lacal.apply(test_logits, calibration)              # a tensor in, a tensor out
         >>> lacal.apply("test_shards/", calibration, out="adjusted/")     # one file per shard and index.json
     """
-    task = task_of(multi_label, calibration)
+    task = task_for(multi_label, calibration)
     uniform = isinstance(target_priors, str) and target_priors.strip().lower() == "uniform"
     task.refuse(label_column=label_column, target_priors=not uniform, target_logits=target_logits is not None,
                 torchrun=context is not None and context.active)

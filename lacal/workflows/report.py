@@ -15,7 +15,7 @@ from ..core.metrics import ClassEvaluation, ProbabilityMetrics, group_errors
 from .inputs import Notes, check_width, is_path, logits_input, make_context, memory_bytes, open_logits, open_priors, \
     paths_of, progress_bar, title
 from .inputs import class_names as class_names_for
-from .task_inputs import missing_labels, task_calibration, task_labels, task_priors
+from .task_inputs import missing_labels, task_calibration, task_for, task_labels, task_priors
 
 SORT_KEYS = ("class", "error", "count")
 
@@ -134,7 +134,7 @@ def report(logits=None, labels=None, calibration=None, *, tau: Optional[float] =
     Example:
         >>> lacal.report(test_logits, test_labels, calibration).to_dict()["balanced_error"]
     """
-    task = task_of(multi_label, calibration)
+    task = task_for(multi_label, calibration)
     uniform = is_path(target_priors) and str(target_priors).strip().lower() == "uniform"
     task.refuse(checkpoint=checkpoint is not None, features=features is not None, head=head, plot=plot,
                 label_column=label_column, target_priors=not uniform, target_logits=target_logits is not None,

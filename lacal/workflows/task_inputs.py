@@ -9,8 +9,29 @@ from typing import Optional
 
 import numpy as np
 
+from ..core.tasks import MULTI_LABEL, SINGLE_LABEL, task_of
 from ..errors import InputDataError, MismatchError, OptionError
 from .inputs import calibration_for, is_path, open_labels, open_priors
+
+
+def task_for(multi_label: bool = False, calibration=None):
+    """The task of a call: multi-label with `multi_label`, or with a multi-label `Calibration` or calibration file."""
+    if is_path(calibration):
+        return MULTI_LABEL if multi_label or is_multilabel_calibration(calibration) else SINGLE_LABEL
+    return task_of(multi_label, calibration)
+
+
+def is_multilabel_calibration(path) -> bool:
+    """Whether a calibration file is multi-label (a file that cannot be read is reported when it is loaded)."""
+    import json
+    from pathlib import Path
+
+    if path is None:
+        return False
+    try:
+        return bool(json.loads(Path(path).read_text(encoding="utf-8")).get("multi_label"))
+    except (OSError, ValueError, AttributeError, RecursionError):
+        return False
 
 
 def task_labels(task, data, source, names=None, column=None, context=None) -> np.ndarray:
