@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import InputDataError, OptionError, PriorsError
-from ..core.metrics import macro_mean
+from ..core.metrics import Counts, macro_mean
 from .search import DEFAULT_TAU_RANGE, Measured, check_tau_range
 
 METRICS = ("balanced-error", "macro-f1")
@@ -39,24 +39,13 @@ from ..core.positive_rates import (PRIORS_FORMAT, MultiLabelPriors, log_odds, mu
 
 
 @dataclass(frozen=True, eq=False)
-class MultiLabelEvaluation:
+class MultiLabelEvaluation(Counts):
     """Per-label counts: positive and negative samples, true and false positives."""
 
     positives: np.ndarray
     negatives: np.ndarray
     true_positives: np.ndarray
     false_positives: np.ndarray
-
-    def __eq__(self, other) -> bool:
-        return isinstance(other, MultiLabelEvaluation) and all(
-            np.array_equal(getattr(self, name), getattr(other, name))
-            for name in ("positives", "negatives", "true_positives", "false_positives"))
-
-    __hash__ = None
-
-    @property
-    def num_classes(self) -> int:
-        return int(self.positives.shape[0])
 
     @property
     def num_samples(self) -> int:
