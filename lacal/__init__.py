@@ -57,7 +57,17 @@ _MOVED = {
                                     "fit_tau_norm", "tau_norm_logits", "MethodResult", "compare_methods",
                                     "MultiLabelEvaluation", "evaluate_multilabel", "MultiLabelFit",
                                     "fit_multilabel_tau", "fit_label_thresholds")},
-    **{name: "workflows" for name in ("MultiLabelReport", "compare_multilabel")},
+}
+
+# Names that lacal 0.1 exported and that are gone: one type or function now serves both tasks (CHANGELOG.md).
+_REPLACED = {
+    "MultiLabelFitResult": "lacal.FitResult (`.task` says multi-label)",
+    "MultiLabelApplyResult": "lacal.ApplyResult (`.num_classes` is the number of labels)",
+    "MultiLabelReportResult": "lacal.Report (its fields directly, not `.report`)",
+    "MultiLabelReport": "lacal.Report",
+    "MultiLabelComparison": "lacal.Comparison",
+    "MultiLabelPriorsResult": "lacal.PriorsResult",
+    "compare_multilabel": "lacal.compare(..., multi_label=True)",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -71,6 +81,8 @@ def __getattr__(name: str):
         if name in _MOVED:
             raise AttributeError(f"lacal.{name} moved to lacal.{_MOVED[name]}.{name} in lacal 0.2 "
                                  f"(see CHANGELOG.md)")
+        if name in _REPLACED:
+            raise AttributeError(f"lacal.{name} is gone in lacal 0.2: use {_REPLACED[name]} (see CHANGELOG.md)")
         raise AttributeError(f"module 'lacal' has no attribute {name!r}")
     value = getattr(importlib.import_module(f".{module}", __name__), name)
     globals()[name] = value

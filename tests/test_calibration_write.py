@@ -9,6 +9,7 @@ import torch
 import lacal
 from lacal.errors import InputDataError, MismatchError, OutputError
 from lacal.data.writers import atomic_path, write_logits, write_text
+from lacal.methods.multilabel import multilabel_priors
 
 from .conftest import long_tail_problem
 
@@ -79,3 +80,49 @@ def test_written_files_get_normal_permissions(tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert stat.S_IMODE((tmp_path / "out.json").stat().st_mode) == 0o666 & ~mask
+
+
+# Multi-label heads (one sigmoid per label): the same behaviour, the other task.
+
+
+def test_multilabel_calibration_round_trip_and_validation(tmp_path):
+    import json
+
+    from lacal.core.calibration import Calibration
+    from lacal.errors import InputDataError
+
+    priors = multilabel_priors([3, 50, 97], 100)
+    calibration = Calibration(tau=1.5, priors=priors.priors, counts=priors.positives, multi_label=True,
+                              train_samples=100)
+    calibration.save(tmp_path / "c.json")
+    loaded = Calibration.load(tmp_path / "c.json")
+    assert loaded == calibration and loaded.multi_label and loaded.train_samples == 100
+    np.testing.assert_allclose(loaded.offsets, -1.5 * np.log([3 / 97, 1.0, 97 / 3]))
+    assert loaded.offsets[1] == 0.0 and loaded.affine()[0] == 1.0
+    data = json.loads((tmp_path / "c.json").read_text())
+    data["priors"][0] = 1.0
+    (tmp_path / "bad.json").write_text(json.dumps(data))
+    with pytest.raises(InputDataError, match="strictly between 0 and 1"):
+        Calibration.load(tmp_path / "bad.json")
+
+
+@pytest.mark.parametrize("version, multi", [(1, False), (2, False), (3, True)])
+def test_calibration_files_of_every_schema_load_and_give_their_tasks_offsets(tmp_path, version, multi):
+    """Schema 1 and 2 (softmax heads, 2 adds target priors and temperature) and 3 (multi-label heads) all load; the
+    offsets are -tau log(pi), or -tau log(pi / (1 - pi)) from the positives for a multi-label head."""
+    from lacal.core.tasks import task_of
+
+    if multi:
+        data = {"format": "lacal-calibration", "schema_version": 3, "multi_label": True, "tau": 0.8,
+                "priors": [0.25, 0.5, 0.05], "counts": [5, 10, 1], "train_samples": 20, "smoothing": 0.0}
+        expected = -0.8 * np.log(np.array([5, 10, 1]) / np.array([15, 10, 19]))
+    else:
+        data = {"format": "lacal-calibration", "schema_version": version, "tau": 1.25,
+                "priors": [0.5, 0.3, 0.2], "counts": [50, 30, 20]}
+        expected = -1.25 * np.log([0.5, 0.3, 0.2])
+    (tmp_path / "c.json").write_text(json.dumps(data))
+    loaded = lacal.Calibration.load(tmp_path / "c.json")
+    assert loaded.multi_label is multi and task_of(calibration=loaded).multi_label is multi
+    np.testing.assert_allclose(loaded.offsets, expected, rtol=1e-12)
+    np.testing.assert_allclose(loaded.affine()[1], expected, rtol=1e-12)
+    np.testing.assert_allclose(lacal.apply(np.zeros((2, 3)), loaded), np.tile(expected, (2, 1)), rtol=1e-12)

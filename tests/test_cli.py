@@ -365,3 +365,8 @@ def test_python_dash_m(files):
                              files / "val_labels.npy", "--json"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert 0 <= json.loads(result.stdout)["balanced_error"] <= 1
+
+
+def test_one_megabyte_budget_is_accepted(files):
+    result = run("report", files / "val_logits.npy", files / "val_labels.npy", "--memory-budget", "1MB", "--json")
+    assert result.exit_code == 0

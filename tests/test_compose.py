@@ -279,7 +279,7 @@ MULTI_PRIORS = {
 
 def _fit_multi(multi, priors, tmp_path, flag):
     result = lacal.fit(multi.val_logits, multi.val_labels, priors, device="cpu", **flag)
-    assert isinstance(result, lacal.workflows.MultiLabelFitResult)
+    assert isinstance(result, lacal.FitResult) and result.task.multi_label
     assert result.tau == multi.fit_result.tau
     np.testing.assert_allclose(result.calibration.offsets, -result.tau * multi.log_odds, rtol=1e-12)
 

@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 import lacal
 from lacal.cli.app import app
 from lacal.errors import OptionError
+from lacal.methods.multilabel import fit_multilabel_tau
 
 from .conftest import long_tail_problem
 
@@ -97,3 +98,20 @@ def test_interval_pass_on_cuda_equals_cpu_with_shared_priors():
     np.testing.assert_array_equal(on_gpu.hi.cpu().numpy(), on_cpu.hi.numpy())
     for tau in (0.0, 1.0):
         np.testing.assert_array_equal(on_gpu.points[tau], on_cpu.points[tau])
+
+
+# Multi-label heads (one sigmoid per label): the same behaviour, the other task.
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("metric", ["balanced-error", "macro-f1"])
+def test_multilabel_search_on_cuda_equals_cpu(metric):
+    rng = np.random.default_rng(5)
+    rates = np.linspace(0.01, 0.5, 30)
+    y = rng.random((3000, 30)) < rates
+    f = (rng.normal(size=y.shape) + 2 * y - 1 + np.log(rates / (1 - rates))).astype(np.float32)
+    on_cpu = fit_multilabel_tau(f, y, rates, metric=metric, device="cpu")
+    on_gpu = fit_multilabel_tau(f, y, rates, metric=metric, device="cuda")
+    assert on_gpu.tau == on_cpu.tau and on_gpu.interval == on_cpu.interval
+    np.testing.assert_array_equal(on_gpu.after.true_positives, on_cpu.after.true_positives)
+    np.testing.assert_array_equal(on_gpu.after.false_positives, on_cpu.after.false_positives)

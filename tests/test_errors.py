@@ -73,3 +73,12 @@ def test_every_flag_in_the_table_is_an_option_of_the_cli():
                for opt in getattr(param, "opts", [])}
     assert {flag for flag in FLAGS.values()} <= options
     assert flagged("give `tau` or `unknown_name`") == "give --tau or `unknown_name`"
+
+
+def test_option_mistakes(files):
+    base = ["report", files / "val_logits.npy", files / "val_labels.npy"]
+    result = run(*base, "--target-priors", files / "nope.json")
+    assert result.exit_code == 6 and "--target-priors goes with --tau" in result.stderr
+    zero = run("priors", "--em", files / "val_logits.npy", "--train-labels", files / "train_labels.txt",
+               "--em-tolerance", 0)
+    assert zero.exit_code == 6 and "must be > 0" in zero.stderr

@@ -53,7 +53,30 @@ def inputs(tmp_path_factory):
     from safetensors.torch import save_file
 
     save_file(state, str(folder / "model.safetensors"))
+    _multi_label_inputs(folder)
     return folder
+
+
+RATES = np.array([0.4, 0.2, 0.08, 0.03, 0.5, 0.01])
+
+
+def _multi_label_inputs(folder: Path) -> None:
+    """A multi-label problem (6 labels of long-tailed positive rates; logits as binary cross-entropy learns them) and
+    a small checkpoint with a 6-label head."""
+    import torch
+    from safetensors.torch import save_file
+
+    rng = np.random.default_rng(7)
+    for split, size in (("ml_val", 500), ("ml_test", 700)):
+        y = rng.random((size, RATES.size)) < RATES
+        f = 1.8 * y - 0.9 + rng.normal(size=y.shape) + np.log(RATES / (1 - RATES))
+        np.save(folder / f"{split}_logits.npy", f.astype(np.float32))
+        np.save(folder / f"{split}_labels.npy", y.astype(np.uint8))
+    np.save(folder / "ml_train_labels.npy", (rng.random((3000, RATES.size)) < RATES).astype(np.uint8))
+    state = {"backbone.weight": torch.from_numpy(rng.normal(size=(16, 12)).astype(np.float32)),
+             "fc.weight": torch.from_numpy(rng.normal(size=(RATES.size, 16)).astype(np.float32)),
+             "fc.bias": torch.from_numpy(rng.normal(size=RATES.size).astype(np.float32))}
+    save_file(state, str(folder / "ml_model.safetensors"))
 
 
 def _run(folder: Path, *args) -> str:
@@ -104,6 +127,7 @@ def _array_summary(array: np.ndarray) -> dict:
 
 
 PRIORS = ("--train-labels", "train_labels.txt")
+ML_PRIORS = ("--train-labels", "ml_train_labels.npy")
 
 COMMANDS = {
     "priors": ("priors", "train_labels.txt", "--json"),
@@ -122,6 +146,18 @@ COMMANDS = {
                   "--target-logits", "test_logits.npy", "--json"),
     "report_compare": ("report", "val_logits.npy", "val_labels.npy", *PRIORS, "--compare", "--test-logits",
                        "test_logits.npy", "--test-labels", "test_labels.npy", "--json"),
+    "ml_priors": ("priors", "ml_train_labels.npy", "--multi-label", "--json"),
+    "ml_fit": ("fit-tau", "ml_val_logits.npy", "ml_val_labels.npy", *ML_PRIORS, "--multi-label", "--json"),
+    "ml_fit_f1": ("fit-tau", "ml_val_logits.npy", "ml_val_labels.npy", *ML_PRIORS, "--multi-label", "--metric",
+                  "macro-f1", "--tau-range", "-1,3", "--json"),
+    "ml_report": ("report", "ml_test_logits.npy", "ml_test_labels.npy", "--multi-label", "--json"),
+    "ml_report_tau": ("report", "ml_test_logits.npy", "ml_test_labels.npy", "--tau", "1", *ML_PRIORS,
+                      "--multi-label", "--json"),
+    "ml_report_compare": ("report", "ml_val_logits.npy", "ml_val_labels.npy", *ML_PRIORS, "--multi-label",
+                          "--compare", "--test-logits", "ml_test_logits.npy", "--test-labels", "ml_test_labels.npy",
+                          "--json"),
+    "ml_report_compare_f1": ("report", "ml_val_logits.npy", "ml_val_labels.npy", *ML_PRIORS, "--multi-label",
+                             "--compare", "--metric", "macro-f1", "--json"),
 }
 
 
@@ -161,3 +197,76 @@ def test_calibration_file_and_apply_outputs_are_unchanged(inputs, monkeypatch, t
         "patched_tensors": tensors,
         "patched_metadata": metadata,
     }, tmp_path))
+
+
+def test_multi_label_calibration_file_and_apply_outputs_are_unchanged(inputs, monkeypatch, tmp_path):
+    monkeypatch.chdir(inputs)
+    calibration = tmp_path / "ml_calibration.json"
+    _run(inputs, "fit-tau", "ml_val_logits.npy", "ml_val_labels.npy", *ML_PRIORS, "--multi-label", "--out",
+         calibration, "--json")
+    _check("ml_calibration_file", _normalise(json.loads(calibration.read_text()), inputs))
+    report = json.loads(_run(inputs, "report", "ml_test_logits.npy", "ml_test_labels.npy", "--calibration",
+                             calibration, "--json"))
+    _check("ml_report_calibration", _normalise(report, inputs))
+
+    _run(inputs, "apply", "ml_test_logits.npy", "--calibration", calibration, "--out", tmp_path / "adjusted.npy")
+    _run(inputs, "apply", "ml_test_logits.npy", "--calibration", calibration, "--out", tmp_path / "predictions.csv",
+         "--top-k", "2")
+    _run(inputs, "apply", "ml_test_logits.npy", "--multi-label", "--tau", "0.5", *ML_PRIORS, "--out",
+         tmp_path / "tau.npy")
+    _run(inputs, "apply", "ml_model.safetensors", "--calibration", calibration, "--out",
+         tmp_path / "patched.safetensors")
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "patched.safetensors"), framework="np") as handle:
+        tensors = {name: _array_summary(handle.get_tensor(name)) for name in sorted(handle.keys())}
+        metadata = dict(sorted((handle.metadata() or {}).items()))
+    metadata["lacal_patch"] = json.loads(metadata["lacal_patch"])
+    written = hashlib.sha256(calibration.read_bytes()).hexdigest()
+    assert metadata["lacal_patch"].pop("calibration_sha256") == written
+    _check("ml_apply_outputs", _normalise({
+        "adjusted": _array_summary(np.load(tmp_path / "adjusted.npy")),
+        "predictions_csv": (tmp_path / "predictions.csv").read_text(encoding="utf-8"),
+        "adjusted_tau": _array_summary(np.load(tmp_path / "tau.npy")),
+        "patched_tensors": tensors,
+        "patched_metadata": metadata,
+    }, tmp_path))
+
+
+def test_library_results_of_both_tasks_are_unchanged(inputs, monkeypatch, tmp_path):
+    """The library's results (`to_dict()`, and `apply` to arrays in memory) for both tasks, as the CLI's are."""
+    import lacal
+
+    monkeypatch.chdir(inputs)
+    single = lacal.fit("val_logits.npy", "val_labels.npy", train_labels="train_labels.txt", record_inputs=False)
+    multi = lacal.fit(np.load("ml_val_logits.npy"), np.load("ml_val_labels.npy"),
+                      train_labels=np.load("ml_train_labels.npy"), multi_label=True, record_inputs=False)
+    ml_priors = lacal.count_priors(np.load("ml_train_labels.npy"), multi_label=True)
+    _check("library_results", _normalise({
+        "fit": single.to_dict(),
+        "fit_ml": multi.to_dict(),
+        "priors_ml": ml_priors.to_dict(),
+        "report_ml": lacal.report(np.load("ml_test_logits.npy"), np.load("ml_test_labels.npy"),
+                                  multi.calibration).to_dict(),
+        "apply": _array_summary(lacal.apply(np.load("test_logits.npy"), single.calibration)),
+        "apply_ml": _array_summary(lacal.apply(np.load("ml_test_logits.npy"), multi.calibration)),
+        "apply_ml_file": lacal.apply("ml_test_logits.npy", multi.calibration, tmp_path / "out.npy").to_dict(),
+    }, tmp_path))
+
+
+def test_score_outputs_are_unchanged(inputs, monkeypatch, tmp_path):
+    """`lacal score` of a TorchScript model (a seeded linear layer) on fixed inputs: the logits it writes. Weights and
+    inputs are small whole numbers, so every sum is exact in float32 whatever order a CPU's kernel adds in."""
+    import torch
+
+    monkeypatch.chdir(inputs)
+    rng = np.random.default_rng(8)
+    layer = torch.nn.Linear(12, 8)
+    with torch.no_grad():
+        layer.weight.copy_(torch.from_numpy(rng.integers(-3, 4, size=(8, 12)).astype(np.float32)))
+        layer.bias.copy_(torch.from_numpy(rng.integers(-3, 4, size=8).astype(np.float32) / 4))
+    torch.jit.script(layer).save(str(tmp_path / "model.pt"))
+    np.save(tmp_path / "features.npy", rng.integers(-5, 6, size=(50, 12)).astype(np.float32))
+    _run(inputs, "score", tmp_path / "model.pt", tmp_path / "features.npy", "--out", tmp_path / "logits.npy",
+         "--batch-size", "16")
+    _check("score_outputs", {"logits": _array_summary(np.load(tmp_path / "logits.npy"))})

@@ -7,10 +7,12 @@ import pytest
 import torch
 from safetensors.numpy import save_file as save_numpy
 from safetensors.torch import save_file as save_torch
+from typer.testing import CliRunner
 
 import lacal
 from lacal.errors import InputDataError, InputFileError
-from lacal.data.readers import read_classes, read_labels, read_logits
+from lacal.cli.app import app
+from lacal.data.readers import read_classes, read_labels, read_logits, shard_paths
 
 
 def _all_rows(source):
@@ -213,3 +215,62 @@ def test_bad_labels(tmp_path):
 
 def test_public_api_reexports_readers():
     assert lacal.data.read_logits is read_logits and lacal.data.read_labels is read_labels
+
+
+def run(*args):
+    return CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "120"})
+
+
+def test_globs_across_folders_keep_natural_path_order(tmp_path):
+    for run_id in (1, 2, 3, 10, 20):
+        (tmp_path / f"run{run_id}").mkdir()
+        np.save(tmp_path / f"run{run_id}" / "logits.npy", np.full((2, 3), run_id, dtype=np.float32))
+    order = [p.parent.name for p in shard_paths(str(tmp_path / "*" / "logits.npy"))]
+    assert order == ["run1", "run2", "run3", "run10", "run20"]
+    rows = lacal.data.read_logits(str(tmp_path / "*" / "logits.npy")).rows(0, 10)[:, 0].tolist()
+    assert rows == [1, 1, 2, 2, 3, 3, 10, 10, 20, 20]
+
+
+def test_outputs_never_land_in_a_shard_folder_and_labels_are_not_shards(tmp_path, problem):
+    logits, labels, counts = problem
+    (tmp_path / "shards").mkdir()
+    np.save(tmp_path / "shards" / "p1.npy", logits[:300])
+    np.save(tmp_path / "shards" / "p2.npy", logits[300:])
+    np.save(tmp_path / "counts.npy", counts)
+    before = (tmp_path / "shards" / "p1.npy").read_bytes()
+    result = run("apply", tmp_path / "shards", "--tau", 1, "--priors", tmp_path / "counts.npy", "--out",
+                 tmp_path / "shards" / "p1.npy", "--force")
+    assert result.exit_code == 8 and "inside the input folder" in result.stderr
+    assert (tmp_path / "shards" / "p1.npy").read_bytes() == before
+    np.save(tmp_path / "shards" / "labels.npy", labels)
+    mixed = run("report", tmp_path / "shards", tmp_path / "shards" / "labels.npy")
+    assert mixed.exit_code == 3 and "also holds labels.npy" in mixed.stderr
+
+
+# Multi-label heads (one sigmoid per label): the same behaviour, the other task.
+
+
+def test_label_readers_agree_and_name_the_problem(tmp_path):
+    from lacal.errors import InputDataError
+    from lacal.core.label_matrix import label_matrix_kind, read_label_matrix
+
+    matrix = np.array([[1, 0, 1], [0, 0, 0], [0, 1, 0]], dtype=bool)
+    np.save(tmp_path / "m.npy", matrix.astype(np.float32))
+    (tmp_path / "m.csv").write_text("1,0,1\n0,0,0\n0,1,0\n")
+    (tmp_path / "m.txt").write_text("0,2\n\nb\n")
+    for name in ("m.npy", "m.csv"):
+        np.testing.assert_array_equal(read_label_matrix(tmp_path / name, 3), matrix)
+    np.testing.assert_array_equal(read_label_matrix(tmp_path / "m.txt", 3, ["a", "b", "c"]), matrix)
+    assert label_matrix_kind(tmp_path / "m.npy") == "a 3 x 3 matrix of 0/1"
+    assert label_matrix_kind(tmp_path / "m.txt") == "a text file of comma-separated label lists"
+    np.save(tmp_path / "single.npy", np.array([0, 2, 1]))
+    (tmp_path / "single.csv").write_text("label,weight\n1,0\n0,1\n")
+    assert label_matrix_kind(tmp_path / "single.npy") is None and label_matrix_kind(tmp_path / "single.csv") is None
+    (tmp_path / "far.txt").write_text("0\n1,7\n")
+    with pytest.raises(InputDataError, match="line 2: label 7 is out of range for 3 labels"):
+        read_label_matrix(tmp_path / "far.txt", 3)
+    with pytest.raises(InputDataError, match="has 3 label columns but the logits have 4"):
+        read_label_matrix(tmp_path / "m.npy", 4)
+    np.save(tmp_path / "bad.npy", np.array([[0, 2], [1, 0]]))
+    with pytest.raises(InputDataError, match="only 0 and 1"):
+        read_label_matrix(tmp_path / "bad.npy")

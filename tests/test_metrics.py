@@ -6,8 +6,10 @@ from hypothesis import strategies as st
 
 import lacal
 from lacal.core.metrics import group_errors, shot_groups
+from lacal.methods.multilabel import evaluate_multilabel, multilabel_offsets, multilabel_priors
 
 from . import reference
+from . import reference_multilabel as multilabel_reference
 from .conftest import long_tail_problem
 
 
@@ -99,3 +101,43 @@ def test_tau_zero_changes_nothing(seed):
     logits, labels, counts = long_tail_problem(num_samples=40, num_classes=5, seed=seed)
     np.testing.assert_array_equal(lacal.core.adjust_logits(logits, counts, 0.0), logits)
     assert lacal.methods.evaluate(logits, labels, counts, 0.0) == lacal.methods.evaluate(logits, labels)
+
+
+# Multi-label heads (one sigmoid per label): the same behaviour, the other task.
+
+
+@settings(max_examples=60, deadline=None)
+@given(multilabel_reference.problems())
+def test_multilabel_evaluation_matches_the_reference_counts(problem):
+    f, y, positives, train_n, _ = problem
+    priors = multilabel_priors(positives, train_n)
+    evaluation = evaluate_multilabel(f, y, [multilabel_offsets(priors, 0.7)])[0]
+    predicted = multilabel_reference.decisions(f, priors.log_odds, 0.7)
+    np.testing.assert_array_equal(evaluation.true_positives, (predicted & y).sum(0))
+    np.testing.assert_array_equal(evaluation.false_positives, (predicted & ~y).sum(0))
+    if ((y.any(0)) & (~y).any(0)).any():
+        value = multilabel_reference.value
+        assert evaluation.balanced_error == pytest.approx(value(f, y, priors.log_odds, 0.7, "balanced-error"))
+        assert 1 - evaluation.macro_f1 == pytest.approx(value(f, y, priors.log_odds, 0.7, "macro-f1"))
+
+
+def test_multilabel_metrics_agree_with_scikit_learn():
+    from sklearn.metrics import balanced_accuracy_score, f1_score
+
+    rng = np.random.default_rng(0)
+    y = rng.random((300, 6)) < np.linspace(0.05, 0.6, 6)
+    f = rng.normal(size=(300, 6)) + 2 * y - 1.5
+    evaluation = evaluate_multilabel(f.astype(np.float32), y)[0]
+    predicted = f.astype(np.float32) > 0
+    expected = np.mean([1 - balanced_accuracy_score(y[:, k], predicted[:, k]) for k in range(6)])
+    assert evaluation.balanced_error == pytest.approx(expected, abs=1e-12)
+    assert evaluation.macro_f1 == pytest.approx(f1_score(y, predicted, average="macro"), abs=1e-12)
+    assert evaluation.micro_f1 == pytest.approx(f1_score(y, predicted, average="micro"), abs=1e-12)
+
+
+def test_labels_without_both_kinds_are_listed_and_left_out():
+    f = np.array([[1.0, -1.0, 2.0], [-1.0, 1.0, 3.0]])
+    y = np.array([[True, False, True], [False, False, True]])
+    evaluation = evaluate_multilabel(f, y)[0]
+    assert evaluation.labels_without_samples == [1, 2]
+    assert evaluation.balanced_error == 0.0

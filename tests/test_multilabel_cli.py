@@ -266,22 +266,3 @@ def test_label_names_from_classes(ml):
     mismatch = run("fit-tau", d / "val_logits.npy", d / "val_labels.npy", "--train-labels", d / "train_labels.txt",
                    "--multi-label", "--classes", d / "five.txt")
     assert mismatch.exit_code == 7 and "lists 5 class names but the logits have 6 classes" in mismatch.stderr
-
-
-def test_options_a_multilabel_head_does_not_take_are_refused_not_ignored(tmp_path):
-    rng = np.random.default_rng(11)
-    np.save(tmp_path / "x.npy", rng.normal(size=(60, 4)).astype(np.float32))
-    np.save(tmp_path / "y.npy", (rng.random((60, 4)) < 0.3).astype(np.int8))
-    np.save(tmp_path / "t.npy", (rng.random((200, 4)) < 0.2).astype(np.int8))
-    runner = CliRunner()
-    base = ["fit-tau", str(tmp_path / "x.npy"), str(tmp_path / "y.npy"), "--train-labels", str(tmp_path / "t.npy")]
-    report = ["report", str(tmp_path / "x.npy"), str(tmp_path / "y.npy"), "--train-labels", str(tmp_path / "t.npy")]
-    cases = [(base + ["--grid-size", "50"], "--grid-size"), (base + ["--head", "fc"], "--head"),
-             (base + ["--bias-l2", "3"], "--bias-l2"),
-             (report + ["--tau", "1", "--head", "fc"], "--head"),
-             (report + ["--tau", "1", "--metric", "macro-f1"], "--metric"),
-             (report + ["--compare", "--sort", "error"], "--sort"),
-             (["priors", str(tmp_path / "t.npy"), "--em", str(tmp_path / "x.npy"), "--multi-label"], "--em")]
-    for arguments, flag in cases:
-        result = runner.invoke(app, arguments)
-        assert result.exit_code == 6 and flag in result.stderr, (arguments, result.output)

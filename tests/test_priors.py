@@ -6,6 +6,7 @@ import pytest
 import lacal
 from lacal.errors import InputDataError, PriorsError
 from lacal.core.priors import priors_from_vector, read_priors
+from lacal.methods.multilabel import multilabel_offsets, multilabel_priors, multilabel_priors_from_labels
 
 
 def test_counts_and_priors_from_labels():
@@ -54,3 +55,23 @@ def test_priors_file_formats(tmp_path):
     (tmp_path / "other.json").write_text('{"weights": [1, 2]}')
     with pytest.raises(PriorsError, match="not a lacal priors file"):
         read_priors(tmp_path / "other.json")
+
+
+# Multi-label heads (one sigmoid per label): the same behaviour, the other task.
+
+
+def test_priors_refuse_labels_never_or_always_positive_unless_smoothed():
+    labels = np.array([[1, 0, 1], [0, 0, 1], [1, 0, 1]], dtype=bool)
+    with pytest.raises(PriorsError, match="1 label\\(s\\) have no positive training samples: 1"):
+        multilabel_priors_from_labels(labels)
+    smoothed = multilabel_priors_from_labels(labels, smoothing=1.0)
+    np.testing.assert_allclose(smoothed.priors, [3 / 5, 1 / 5, 4 / 5])
+    np.testing.assert_allclose(smoothed.log_odds, np.log([3 / 2, 1 / 4, 4 / 1]))
+    with pytest.raises(PriorsError, match="only positive"):
+        multilabel_priors_from_labels(labels[:, [0, 2]])
+
+
+def test_multilabel_offsets_are_minus_tau_times_the_log_odds():
+    priors = multilabel_priors([1, 5, 9], 10)
+    np.testing.assert_allclose(multilabel_offsets(priors, 2.0), -2 * np.log([1 / 9, 1.0, 9.0]))
+    assert multilabel_offsets(priors, 2.0)[1] == 0.0

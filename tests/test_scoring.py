@@ -217,3 +217,30 @@ def test_score_bad_inputs(models, tmp_path):
         result = run(*args, "--out", folder / "logits.npy")
         assert result.exit_code == code and message in result.stderr, result.output
         assert not (folder / "logits.npy").exists()
+
+
+def test_score_refusals(tmp_path):
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(4, 3)
+
+        def forward(self, x):
+            return self.fc(x)
+
+    program = torch.export.export(Net(), (torch.randn(10, 4),))  # a fixed batch of 10
+    torch.export.save(program, str(tmp_path / "fixed.pt2"))
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).normal(size=(23, 4)).astype(np.float32))
+    np.save(tmp_path / "long.npy", np.zeros((5, 4), dtype=np.longdouble))
+    cases = [
+        (["score", tmp_path / "fixed.pt2", tmp_path / "x.npy", "--out", tmp_path / "o.npy", "--batch-size", 10],
+         4, "export with a dynamic batch dimension"),
+        (["score", tmp_path / "fixed.pt2", tmp_path / "long.npy", "--out", tmp_path / "o.npy"], 4,
+         "inputs have dtype float128"),
+        (["score", tmp_path / "fixed.pt2", tmp_path / "x.npy", "--out", tmp_path / "o.csv"], 6,
+         "logits are written as"),
+    ]
+    for args, code, message in cases:
+        result = run(*args)
+        assert result.exit_code == code and message in result.stderr, result.output
+        assert not (tmp_path / "o.npy").exists() and not (tmp_path / "o.csv").exists()

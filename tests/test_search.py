@@ -6,8 +6,10 @@ from hypothesis import strategies as st
 
 import lacal
 from lacal.errors import OptionError
+from lacal.methods.multilabel import fit_label_thresholds, fit_multilabel_tau, multilabel_priors
 
 from . import reference
+from . import reference_multilabel as multilabel_reference
 from .conftest import long_tail_problem
 
 METRICS = ["balanced-error", "worst-class-error"]
@@ -69,13 +71,28 @@ def test_of_two_optimal_runs_the_one_nearer_one_wins():
     assert far.interval == pytest.approx((-4, a))
 
 
-@pytest.mark.parametrize("metric", METRICS)
-@pytest.mark.parametrize("search", ["exact", "grid"])
-def test_block_size_does_not_change_the_result(metric, search):
-    logits, labels, counts = long_tail_problem(num_samples=101, num_classes=7, seed=5)
-    fits = [lacal.methods.fit_tau(logits, labels, counts, metric=metric, search=search, rows=rows) for rows in (1, 7, None)]
+def _fits_by_block_size(task, metric, search):
+    """The same search with one row, a few rows and all rows per block, for a softmax or a multi-label head."""
+    if task == "single-label":
+        logits, labels, counts = long_tail_problem(num_samples=101, num_classes=7, seed=5)
+        return [lacal.methods.fit_tau(logits, labels, counts, metric=metric, search=search, rows=rows)
+                for rows in (1, 7, None)]
+    rng = np.random.default_rng(3)
+    rates = np.linspace(0.02, 0.5, 7)
+    y = rng.random((400, 7)) < rates
+    f = rng.normal(size=(400, 7)) + 2 * y + np.log(rates / (1 - rates))
+    return [lacal.methods.fit_multilabel_tau(f.astype(np.float32), y, rates, metric=metric, rows=rows)
+            for rows in (None, 1, 17)]
+
+
+@pytest.mark.parametrize("task, metric, search", [
+    *[("single-label", metric, search) for metric in METRICS for search in ("exact", "grid")],
+    *[("multi-label", metric, "exact") for metric in ("balanced-error", "macro-f1")]])
+def test_block_size_does_not_change_the_result(task, metric, search):
+    fits = _fits_by_block_size(task, metric, search)
     for fit in fits[1:]:
         assert (fit.tau, fit.interval, fit.after) == (fits[0].tau, fits[0].interval, fits[0].after)
+    assert fits[0].after.balanced_error < fits[0].before.balanced_error
 
 
 @pytest.mark.parametrize("metric", METRICS)
@@ -167,3 +184,73 @@ def test_shared_priors_both_ways(rows):
             fit = lacal.methods.fit_tau(logits, labels, counts, metric=metric, rows=rows)
             best = reference.brute_force_minimum(logits, labels, counts, 0.0, 4.0, metric)
             assert reference.metric_at(logits, labels, counts, fit.tau, metric) == pytest.approx(best, abs=1e-12)
+
+
+# Multi-label heads (one sigmoid per label): the same behaviour, the other task.
+
+
+@settings(max_examples=150, deadline=None)
+@given(multilabel_reference.problems(), st.sampled_from(["balanced-error", "macro-f1"]), st.sampled_from([None, 1, 3]))
+def test_multilabel_search_finds_the_brute_force_minimum_and_its_exact_run(problem, metric, rows):
+    f, y, positives, train_n, tau_range = problem
+    priors = multilabel_priors(positives, train_n)
+    L = priors.log_odds
+    lo, hi = tau_range
+    if not ((y.any(0)) & (~y).any(0)).any():
+        return  # no label has both kinds of samples: nothing to score
+    fit = fit_multilabel_tau(f, y, priors, tau_range, metric, rows=rows)
+    points, middles = multilabel_reference.candidates(f, L, lo, hi)
+    best = min(multilabel_reference.value(f, y, L, t, metric) for t in points + middles)
+    assert multilabel_reference.value(f, y, L, fit.tau, metric) == pytest.approx(best, abs=1e-12)
+    assert fit.after.metric(metric) == pytest.approx(best, abs=1e-12)
+    assert fit.search_value == pytest.approx(best, abs=1e-12)  # the sweep's own value at its optimum
+    left, right = fit.interval
+    assert lo <= left <= fit.tau <= right <= hi
+    if left == right:  # a single point: strictly better than every segment
+        assert all(multilabel_reference.value(f, y, L, t, metric) > best + 1e-12 for t in middles)
+        return
+    inside = [t for t in middles if left < t < right]
+    assert inside and all(multilabel_reference.value(f, y, L, t, metric) == pytest.approx(best, abs=1e-12)
+                          for t in inside)
+    beyond = [t for t in middles if t > right][:1] + [t for t in middles if t < left][-1:]
+    assert all(multilabel_reference.value(f, y, L, t, metric) > best + 1e-12 for t in beyond)  # the run is maximal
+
+
+def test_multilabel_search_memory_budget_is_enforced():
+    rng = np.random.default_rng(0)
+    f = rng.normal(size=(2000, 300)).astype(np.float32)
+    y = rng.random((2000, 300)) < 0.1
+    with pytest.raises(OptionError, match="memory budget"):
+        fit_multilabel_tau(f, y, np.full(300, 0.1), memory_budget=1 << 20)
+
+
+def test_label_thresholds_minimise_each_labels_balanced_error():
+    rng = np.random.default_rng(1)
+    y = rng.random((60, 3)) < 0.3
+    f = np.round(rng.normal(size=(60, 3)) + y, 1)
+    thresholds = fit_label_thresholds(f, y)
+    for k in range(3):
+        p, n = y[:, k].sum(), (~y[:, k]).sum()
+
+        def error(theta):
+            predicted = f[:, k] > theta
+            return ((p - (predicted & y[:, k]).sum()) / p + (predicted & ~y[:, k]).sum() / n) / 2
+
+        cuts = np.unique(f[:, k])
+        best = min(error(t) for t in np.r_[cuts - 1e-3, cuts[-1] + 1])
+        assert error(thresholds[k]) == pytest.approx(best)
+
+
+def test_a_flip_point_where_both_kinds_of_flips_meet_can_win_alone():
+    # label 0 is rare (L < 0), label 1 common (L > 0); both negatives of sample 0 flip at tau = 2, where both are
+    # "off" and so right, while each open segment around it gets one of them wrong
+    priors = multilabel_priors([1, 9], 10)
+    L = priors.log_odds
+    f = np.array([[2 * L[0], 2 * L[1]], [30.0, 30.0]])
+    y = np.array([[False, False], [True, True]])
+    fit = fit_multilabel_tau(f, y, priors)
+    assert fit.tau == 2.0 and fit.interval == (2.0, 2.0)
+    assert fit.after.balanced_error == 0.0
+    assert multilabel_reference.value(f, y, L, 2.0, "balanced-error") == 0.0
+    value = multilabel_reference.value
+    assert value(f, y, L, 1.999, "balanced-error") == value(f, y, L, 2.001, "balanced-error") == 0.25

@@ -284,3 +284,43 @@ def test_target_prior_option_errors(shifted):
         assert result.exit_code == code and message in result.stderr, (args, result.output)
         assert len(result.stderr.strip().splitlines()) == 1
     assert not (shifted / "o.npy").exists()
+
+
+def test_em_prior_of_zero_is_floored_and_usable(tmp_path):
+    rng = np.random.default_rng(1)
+    target = rng.normal(size=(200, 3))
+    target[:, 2] = -1000.0  # the model never predicts class 2 here
+    np.save(tmp_path / "target.npy", target)
+    np.save(tmp_path / "pi.npy", np.array([0.5, 0.3, 0.2]))
+    estimate = lacal.methods.estimate_target_priors(target, [0.5, 0.3, 0.2])
+    assert estimate.floored == [2] and estimate.priors[2] > 0 and np.isfinite(np.log(estimate.priors)).all()
+    result = run("priors", "--em", tmp_path / "target.npy", "--priors", tmp_path / "pi.npy", "--out",
+                 tmp_path / "q.json")
+    assert result.exit_code == 0 and "drove 1 class(es) to a prior of 0" in result.stderr
+    assert lacal.core.read_priors(tmp_path / "q.json").priors[2] > 0  # the written file is usable as --target-priors
+    val = rng.normal(size=(60, 3)).astype(np.float32)
+    np.save(tmp_path / "val.npy", val)
+    np.save(tmp_path / "val_labels.npy", np.arange(60) % 3)
+    fitted = run("fit-tau", tmp_path / "val.npy", tmp_path / "val_labels.npy", "--priors", tmp_path / "pi.npy",
+                 "--target-priors", tmp_path / "q.json", "--out", tmp_path / "cal.json")
+    assert fitted.exit_code == 0, fitted.output
+    applied = run("apply", tmp_path / "val.npy", "--calibration", tmp_path / "cal.json", "--out",
+                  tmp_path / "a.npy")
+    assert applied.exit_code == 0 and np.isfinite(np.load(tmp_path / "a.npy")).all()
+
+
+def test_separated_validation_data_is_not_called_converged():
+    labels = np.arange(60) % 3
+    logits = np.eye(3)[labels] * 8.0 + np.random.default_rng(2).normal(size=(60, 3)) * 0.1
+    for fit in (fit_temperature(logits, labels), fit_bias(logits, labels)):
+        assert not fit.converged and "separate the validation set" in fit.message
+
+
+def test_a_class_without_validation_samples_is_not_pushed_out():
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 4, 400)  # class 4 has no validation samples
+    logits = rng.normal(size=(400, 5))
+    logits[np.arange(400), labels] += 2.0
+    fit = fit_bias(logits, labels)
+    assert fit.bias[4] == pytest.approx(fit.bias[:4].mean())
+    assert "no validation samples" in fit.message

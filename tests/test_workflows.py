@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 import lacal
 from lacal.cli.app import app
 
+from . import reference
 from .conftest import long_tail_problem
 
 
@@ -48,16 +49,6 @@ def test_fit_with_em_and_bias_equals_the_cli(data):
     assert calibration.tau == cli["tau"]
 
 
-def test_fit_from_arrays_equals_the_cli_on_files(data):
-    cli = json.loads(run("fit-tau", data / "val_logits.npy", data / "val_labels.npy", "--train-labels",
-                         data / "train_labels.txt", "--json"))
-    train = np.loadtxt(data / "train_labels.txt", dtype=np.int64)
-    result = lacal.fit(torch.from_numpy(np.load(data / "val_logits.npy")), np.load(data / "val_labels.npy"),
-                       train_labels=train, device="cpu")
-    assert result.to_dict() == cli
-    assert result.warnings == ()
-
-
 def test_fit_writes_the_same_calibration_file_as_the_cli(data, tmp_path):
     run("fit-tau", data / "val_logits.npy", data / "val_labels.npy", "--train-labels", data / "train_labels.txt",
         "--calibrate", "temperature", "--out", tmp_path / "cli.json")
@@ -84,37 +75,11 @@ def test_report_equals_the_cli(data, monkeypatch, extra):
         assert again.to_dict()["balanced_error"] == cli["balanced_error"]
 
 
-def test_compare_and_priors_equal_the_cli(data, monkeypatch):
+def test_estimate_priors_equals_the_cli(data, monkeypatch):
     monkeypatch.chdir(data)
-    cli = json.loads(run("report", "val_logits.npy", "val_labels.npy", "--train-labels", "train_labels.txt",
-                         "--compare", "--test-logits", "test_logits.npy", "--test-labels", "test_labels.npy",
-                         "--json"))
-    result = lacal.compare("val_logits.npy", "val_labels.npy", train_labels="train_labels.txt",
-                           test_logits="test_logits.npy", test_labels="test_labels.npy", device="cpu")
-    assert result.to_dict() == cli and result.warnings == ()
-    assert lacal.count_priors("train_labels.txt").to_dict() == json.loads(run("priors", "train_labels.txt",
-                                                                               "--json"))
     em = json.loads(run("priors", "--em", "test_logits.npy", "--train-labels", "train_labels.txt", "--json"))
     assert lacal.estimate_priors("test_logits.npy", train_labels="train_labels.txt",
                                  device="cpu").to_dict() == em
-
-
-@pytest.mark.parametrize("kind", ["numpy", "torch"])
-def test_apply_in_memory_returns_the_cli_output(data, tmp_path, kind):
-    run("fit-tau", data / "val_logits.npy", data / "val_labels.npy", "--train-labels", data / "train_labels.txt",
-        "--calibrate", "temperature", "--out", tmp_path / "calibration.json")
-    run("apply", data / "test_logits.npy", "--calibration", tmp_path / "calibration.json", "--out",
-        tmp_path / "adjusted.npy")
-    written = np.load(tmp_path / "adjusted.npy")
-    logits = np.load(data / "test_logits.npy")
-    given = torch.from_numpy(logits) if kind == "torch" else logits
-    adjusted = lacal.apply(given, lacal.Calibration.load(tmp_path / "calibration.json"))
-    assert type(adjusted) is type(given) and adjusted.dtype == given.dtype and adjusted.shape == given.shape
-    assert np.array_equal(np.asarray(adjusted), written)
-    # an independent float64 computation of (f - tau log pi) / T
-    calibration = lacal.Calibration.load(tmp_path / "calibration.json")
-    expected = (logits.astype(np.float64) - calibration.tau * np.log(calibration.priors)) / calibration.temperature
-    assert np.allclose(np.asarray(adjusted), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_apply_to_shards_writes_what_the_cli_writes(data, tmp_path):
@@ -307,67 +272,102 @@ def _macro_balanced_error(f, y, offsets):
     return float(np.mean(rates))
 
 
-def test_multi_label_fit_equals_the_cli_and_numpy(multi, tmp_path):
+@pytest.fixture(params=["single-label", "multi-label"])
+def task_data(request, data, multi):
+    """One task's files and arrays: (CLI flags, folder, training labels file, val logits, val labels, train labels)."""
+    if request.param == "single-label":
+        return ((), data, data / "train_labels.txt", np.load(data / "val_logits.npy"),
+                np.load(data / "val_labels.npy"), np.loadtxt(data / "train_labels.txt", dtype=np.int64))
     folder, val_f, val_y, _, _, train_y = multi
+    return ("--multi-label",), folder, folder / "train_labels.npy", val_f, val_y, train_y
+
+
+def test_fit_from_arrays_and_files_equals_the_cli_and_numpy(task_data, tmp_path):
+    flags, folder, train_file, val_f, val_y, train_y = task_data
+    multi_label = bool(flags)
     cli = json.loads(run("fit-tau", folder / "val_logits.npy", folder / "val_labels.npy", "--train-labels",
-                         folder / "train_labels.npy", "--multi-label", "--json", "--device", "cpu", "--out",
-                         tmp_path / "cli.json"))
-    result = lacal.fit(val_f, val_y, train_labels=train_y, multi_label=True, device="cpu")
-    assert isinstance(result, lacal.workflows.MultiLabelFitResult) and result.calibration.multi_label
-    assert result.to_dict() == cli
-    files = lacal.fit(folder / "val_logits.npy", folder / "val_labels.npy", train_labels=folder / "train_labels.npy",
-                      multi_label=True, device="cpu", out=tmp_path / "lib.json")
+                         train_file, *flags, "--json", "--device", "cpu", "--out", tmp_path / "cli.json"))
+    for logits in (val_f, torch.from_numpy(val_f)):
+        result = lacal.fit(logits, val_y, train_labels=train_y, multi_label=multi_label, device="cpu")
+        assert isinstance(result, lacal.FitResult) and result.task.multi_label is multi_label
+        assert result.calibration.multi_label is multi_label
+        assert result.to_dict() == cli and result.warnings == ()
+    files = lacal.fit(folder / "val_logits.npy", folder / "val_labels.npy", train_labels=train_file,
+                      multi_label=multi_label, device="cpu", out=tmp_path / "lib.json")
     assert files.to_dict() == cli and files.out == tmp_path / "lib.json"
     assert lacal.Calibration.load(tmp_path / "lib.json") == lacal.Calibration.load(tmp_path / "cli.json")
-    positives = train_y.sum(0).astype(np.float64)
-    odds = np.log(positives / (train_y.shape[0] - positives))
-    assert np.allclose(result.calibration.offsets, -result.tau * odds)
-    assert cli["balanced_error_after"] == pytest.approx(_macro_balanced_error(val_f, val_y, -result.tau * odds))
-    with pytest.raises(lacal.errors.OptionError) as error:
-        lacal.fit(val_f, val_y, train_labels=train_y, multi_label=True, calibrate="bias")
-    assert error.value.source == "calibrate"
+    # the offsets and the balanced error after, computed here in float64 from the training labels
+    if multi_label:
+        positives = train_y.sum(0).astype(np.float64)
+        offsets = -result.tau * np.log(positives / (train_y.shape[0] - positives))
+        balanced_error = _macro_balanced_error(val_f, val_y, offsets)
+    else:
+        counts = np.bincount(train_y, minlength=val_f.shape[1]).astype(np.float64)
+        offsets = -result.tau * np.log(counts / counts.sum())
+        balanced_error = reference.metric_at(val_f, val_y, counts, result.tau)
+    assert np.allclose(result.calibration.offsets, offsets)
+    assert cli["balanced_error_after"] == pytest.approx(balanced_error)
+    if multi_label:
+        with pytest.raises(lacal.errors.OptionError) as error:
+            lacal.fit(val_f, val_y, train_labels=train_y, multi_label=True, calibrate="bias")
+        assert error.value.source == "calibrate"
 
 
-def test_multi_label_report_and_compare_equal_the_cli(multi, tmp_path):
-    folder, _, _, test_f, test_y, train_y = multi
-    run("fit-tau", folder / "val_logits.npy", folder / "val_labels.npy", "--train-labels",
-        folder / "train_labels.npy", "--multi-label", "--device", "cpu", "--out", tmp_path / "cal.json")
+def test_report_compare_and_priors_equal_the_cli_and_numpy(task_data, tmp_path):
+    flags, folder, train_file, _, _, train_y = task_data
+    multi_label = bool(flags)
+    test_f, test_y = np.load(folder / "test_logits.npy"), np.load(folder / "test_labels.npy")
+    test_y = test_y.astype(bool) if multi_label else test_y  # a 0/1 matrix, saved as uint8
+    run("fit-tau", folder / "val_logits.npy", folder / "val_labels.npy", "--train-labels", train_file, *flags,
+        "--device", "cpu", "--out", tmp_path / "cal.json")
     calibration = lacal.Calibration.load(tmp_path / "cal.json")
     cli = json.loads(run("report", folder / "test_logits.npy", folder / "test_labels.npy", "--calibration",
-                         tmp_path / "cal.json", "--multi-label", "--json", "--device", "cpu"))
-    result = lacal.report(test_f, test_y, calibration, multi_label=True, device="cpu")
+                         tmp_path / "cal.json", *flags, "--json", "--device", "cpu"))
+    result = lacal.report(test_f, test_y, calibration, multi_label=multi_label, device="cpu")
     assert result.to_dict() == cli
     assert lacal.report(folder / "test_logits.npy", folder / "test_labels.npy", tmp_path / "cal.json",
-                        multi_label=True, device="cpu").to_dict() == cli
-    assert result.report.main.balanced_error == pytest.approx(
-        _macro_balanced_error(test_f, test_y, calibration.offsets))
+                        multi_label=multi_label, device="cpu").to_dict() == cli
+    expected = (_macro_balanced_error(test_f, test_y, calibration.offsets) if multi_label
+                else reference.metric_at(test_f, test_y, calibration.priors, calibration.tau))
+    assert result.task.multi_label is multi_label and result.main.balanced_error == pytest.approx(expected)
     compare = json.loads(run("report", folder / "val_logits.npy", folder / "val_labels.npy", "--train-labels",
-                             folder / "train_labels.npy", "--compare", "--test-logits", folder / "test_logits.npy",
-                             "--test-labels", folder / "test_labels.npy", "--multi-label", "--json", "--device",
-                             "cpu"))
+                             train_file, "--compare", "--test-logits", folder / "test_logits.npy",
+                             "--test-labels", folder / "test_labels.npy", *flags, "--json", "--device", "cpu"))
     methods = lacal.compare(folder / "val_logits.npy", folder / "val_labels.npy", train_labels=train_y,
-                            test_logits=folder / "test_logits.npy", test_labels=test_y, multi_label=True,
+                            test_logits=folder / "test_logits.npy", test_labels=test_y, multi_label=multi_label,
                             device="cpu")
     assert methods.to_dict() == compare and not methods.warnings
-    priors = json.loads(run("priors", folder / "train_labels.npy", "--multi-label", "--json"))
-    assert lacal.count_priors(folder / "train_labels.npy", multi_label=True).to_dict() == priors
-    assert priors["positives"] == train_y.sum(0).tolist()
+    priors = json.loads(run("priors", train_file, *flags, "--json"))
+    assert lacal.count_priors(train_file, multi_label=multi_label).to_dict() == priors
+    counted = train_y.sum(0) if multi_label else np.bincount(train_y)
+    assert priors["positives" if multi_label else "counts"] == counted.tolist()
 
 
-def test_multi_label_apply_equals_the_cli_output(multi, tmp_path):
-    folder, _, _, test_f, _, _ = multi
-    run("fit-tau", folder / "val_logits.npy", folder / "val_labels.npy", "--train-labels",
-        folder / "train_labels.npy", "--multi-label", "--device", "cpu", "--out", tmp_path / "cal.json")
-    run("apply", folder / "test_logits.npy", "--calibration", tmp_path / "cal.json", "--out", tmp_path / "cli.npy",
-        "--device", "cpu")
-    calibration = lacal.Calibration.load(tmp_path / "cal.json")
-    adjusted = lacal.apply(test_f, calibration, device="cpu")
-    cli = np.load(tmp_path / "cli.npy")
-    assert adjusted.dtype == cli.dtype == np.float32 and np.array_equal(adjusted, cli)
-    assert np.allclose(adjusted, test_f.astype(np.float64) + calibration.offsets, atol=1e-5)
-    tensor = lacal.apply(torch.from_numpy(test_f), tmp_path / "cal.json", multi_label=True, device="cpu")
-    assert np.array_equal(tensor.numpy(), cli)
-    written = lacal.apply(folder / "test_logits.npy", tmp_path / "cal.json", tmp_path / "lib.npy", device="cpu",
-                          multi_label=True)
-    assert written.rows == test_f.shape[0] and written.labels == RATES.size
-    assert (tmp_path / "lib.npy").read_bytes() == (tmp_path / "cli.npy").read_bytes()
+@pytest.mark.parametrize("kind", ["numpy", "torch"])
+def test_apply_in_memory_and_to_a_file_returns_the_cli_output(task_data, tmp_path, kind):
+    flags, folder, train_file, _, _, _ = task_data
+    multi_label = bool(flags)
+    calibrate = () if multi_label else ("--calibrate", "temperature")
+    run("fit-tau", folder / "val_logits.npy", folder / "val_labels.npy", "--train-labels", train_file, *flags,
+        *calibrate, "--device", "cpu", "--out", tmp_path / "calibration.json")
+    run("apply", folder / "test_logits.npy", "--calibration", tmp_path / "calibration.json", "--out",
+        tmp_path / "adjusted.npy", "--device", "cpu")
+    written = np.load(tmp_path / "adjusted.npy")
+    logits = np.load(folder / "test_logits.npy")
+    given = torch.from_numpy(logits) if kind == "torch" else logits
+    calibration = lacal.Calibration.load(tmp_path / "calibration.json")
+    adjusted = lacal.apply(given, calibration, device="cpu")
+    assert type(adjusted) is type(given) and adjusted.dtype == given.dtype and adjusted.shape == given.shape
+    assert written.dtype == logits.dtype and np.array_equal(np.asarray(adjusted), written)
+    # an independent float64 computation: (f - tau log pi) / T, or f - tau log(pi / (1 - pi))
+    pi = calibration.priors
+    expected = (logits.astype(np.float64) - calibration.tau * (np.log(pi / (1 - pi)) if multi_label else np.log(pi))
+                ) / calibration.temperature
+    assert np.allclose(np.asarray(adjusted), expected, rtol=1e-5, atol=1e-5)
+    by_path = lacal.apply(given, tmp_path / "calibration.json", multi_label=multi_label, device="cpu")
+    assert np.array_equal(np.asarray(by_path), written)
+    result = lacal.apply(folder / "test_logits.npy", tmp_path / "calibration.json", tmp_path / "lib.npy",
+                         device="cpu", multi_label=multi_label)
+    assert result.rows == logits.shape[0] and result.num_classes == logits.shape[1]
+    assert result.task.multi_label is multi_label
+    assert (tmp_path / "lib.npy").read_bytes() == (tmp_path / "adjusted.npy").read_bytes()

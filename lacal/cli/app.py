@@ -254,15 +254,13 @@ def priors_command(
     """Count training labels and write the class priors pi (for --priors); or, with --em, estimate target priors q
     (for --target-priors). With --multi-label, the positives per label and the number of samples."""
     from . import render as show
-    from . import multilabel_options as multilabel_cli
+    from .task_choice import wanted
+    from ..core.tasks import MULTI_LABEL
     from ..workflows import count_priors, estimate_priors
 
-    if em is not None and multi_label:
-        raise OptionError("--em estimates softmax target priors; it does not apply to multi-label heads yet", "--em")
-    multi = em is None and multilabel_cli.wanted(multi_label, train_labels, "training labels")
-    if multi:
-        multilabel_cli.refuse({"--label-column": label_column, "--train-labels": train_labels_option,
-                               "--priors": priors_option})
+    multi = multi_label or (em is None and wanted(multi_label, train_labels, "training labels"))
+    if multi:  # --train-labels and --priors are the priors of --em
+        MULTI_LABEL.refuse(em=em is not None or train_labels_option is not None or priors_option is not None)
     if em is not None:
         result = estimate_priors(em, priors_option, train_labels=train_labels or train_labels_option,
                                  class_names=classes, label_column=label_column, smoothing=smoothing,
@@ -281,10 +279,6 @@ def priors_command(
         show.print_json(result)
     elif em is not None:
         show.estimate_table(result)
-    elif out is None and multi:
-        from .render_multilabel import priors_table
-
-        priors_table(result)
     elif out is None:
         show.priors_table(result, result.priors.classes)
 
@@ -345,13 +339,10 @@ def fit_tau_command(
 
     VAL_LOGITS may be a folder or a quoted glob of shards, or several files (all paths but the last)."""
     from . import render as show
+    from .task_choice import wanted
     from ..workflows import fit
 
-    if _multi_label_fit(inputs, multi_label, checkpoint, features, method, search, calibrate, label_column,
-                        target_logits, target_priors, train_labels, priors, tau_range, metric, out, json_out,
-                        classes, smoothing, key, force, memory_budget, quiet, device,
-                        {"--grid-size": grid_size, "--head": head, "--bias-l2": bias_l2 != 1e-2}):
-        return
+    multi = wanted(multi_label, inputs[-1] if checkpoint is None and inputs else None)
     logits, labels = _data_arguments(inputs, checkpoint, features, method != Method.tau_norm)
     result = fit(logits, labels, priors, train_labels=train_labels, tau_range=_parse_range(tau_range),
                  search=search.value, metric=metric.value, grid_size=grid_size, target_priors=target_priors,
@@ -359,7 +350,7 @@ def fit_tau_command(
                  method=(method or Method.logit_adjustment).value, checkpoint=checkpoint, features=features,
                  head=head, class_names=classes, label_column=label_column, smoothing=smoothing, key=key,
                  memory_budget=memory_budget, out=out, force=force, record_inputs=out is not None,
-                 progress=_bar(quiet or json_out), context=PROCESS.context(device))
+                 progress=_bar(quiet or json_out), context=PROCESS.context(device), multi_label=multi)
     show.notes(result)
     if getattr(result, "out", None) is not None:
         _wrote(result.out)
@@ -430,15 +421,20 @@ def apply_command(
     from ..models.checkpoints import is_checkpoint
     from ..models.deploy import deployed_kind
     from ..workflows import apply, patch_checkpoint
+    from ..workflows.task_inputs import is_multilabel_calibration
 
     context = PROCESS.context(device)
     options = dict(tau=tau, train_labels=train_labels, priors=priors, class_names=classes, label_column=label_column,
                    smoothing=smoothing, target_priors=target_priors, target_logits=target_logits, key=key,
                    memory_budget=memory_budget, force=force, context=context)
     deployed = deployed_kind(source_path) is not None
-    if _multi_label_apply(deployed, source_path, out, calibration, tau, train_labels, priors, top_k, classes,
-                          label_column, smoothing, key, force, head, add_bias, in_place, link, verify_features,
-                          memory_budget, quiet, target_priors, target_logits, multi_label, context):
+    multi = multi_label or is_multilabel_calibration(calibration)
+    if deployed and multi_label and not is_multilabel_calibration(calibration):
+        raise OptionError("a multi-label ONNX, TorchScript or torch.export model is patched from the calibration "
+                          "file of `lacal fit-tau --multi-label --out`; give it with --calibration", "--multi-label")
+    if multi and not deployed and is_checkpoint(source_path, key):
+        show.patched(_patch_multi_label(source_path, calibration, out, head, add_bias, in_place, link,
+                                        verify_features, options))
         return
     if deployed or is_checkpoint(source_path, key):
         result = patch_checkpoint(source_path, calibration, out=out, head=head, add_bias=add_bias, in_place=in_place,
@@ -451,13 +447,33 @@ def apply_command(
                         ("--verify-features", verify_features)):
         if given:
             raise OptionError(f"{source_path} is a logits file, and {flag} is for checkpoints", flag)
-    result = apply(source_path, calibration, out, top_k=top_k, format=shard_format, progress=_bar(quiet), **options)
+    result = apply(source_path, calibration, out, top_k=top_k, format=shard_format, progress=_bar(quiet),
+                   multi_label=multi, **options)
     show.notes(result)
     if result.per_shard:
         _wrote(f"{result.out}/", f" ({result.rows} samples, tau = {result.tau:.4f}, one file per shard and "
                                  "index.json)")
     else:
-        _wrote(result.out, f" ({result.rows} samples, tau = {result.tau:.4f})")
+        labels = f"{result.num_classes} labels, " if result.task.multi_label else ""
+        _wrote(result.out, f" ({result.rows} samples, {labels}tau = {result.tau:.4f})")
+
+
+def _patch_multi_label(source_path, calibration, out, head, add_bias, in_place, link, verify_features, options):
+    """A checkpoint patched with a multi-label calibration (the one given, or one built from --tau and the
+    training labels)."""
+    from ..core.tasks import MULTI_LABEL
+    from ..workflows import patch_checkpoint
+    from ..workflows.task_inputs import task_calibration
+
+    context = options["context"]
+    MULTI_LABEL.refuse(label_column=options["label_column"], target_logits=options["target_logits"],
+                       target_priors=options["target_priors"].strip().lower() != "uniform", torchrun=context.active)
+    fitted = task_calibration(MULTI_LABEL, calibration, options["tau"], options["train_labels"], options["priors"],
+                              None, options["smoothing"], None)
+    return patch_checkpoint(source_path, fitted, calibration_file=calibration, out=out, head=head, add_bias=add_bias,
+                            in_place=in_place, link=link, verify_features=verify_features,
+                            class_names=options["class_names"], smoothing=options["smoothing"], key=options["key"],
+                            device=context.device, memory_budget=options["memory_budget"], force=options["force"])
 
 
 # --------------------------------------------------------------------------------------------------------- report
@@ -527,14 +543,15 @@ def report_command(
 
     LOGITS may be a folder or a quoted glob of shards, or several files (all paths but the last)."""
     from . import render as show
+    from .task_choice import wanted
     from ..workflows import compare as compare_methods, report
+    from ..workflows.task_inputs import is_multilabel_calibration
 
     context = PROCESS.context(device)
-    if _multi_label_report(inputs, multi_label, calibration, checkpoint, features, plot, test_features, label_column,
-                           target_logits, target_priors, bins, tau, train_labels, priors, sort, limit, json_out,
-                           classes, smoothing, key, memory_budget, quiet, compare, test_logits, test_labels, metric,
-                           context, head):
-        return
+    multi = wanted(multi_label or is_multilabel_calibration(calibration),
+                   inputs[-1] if checkpoint is None and inputs else None)
+    if metric != Metric.balanced_error and not (multi and compare):
+        raise OptionError("--metric goes with --multi-label --compare", "--metric")
     logits, labels = _data_arguments(inputs, checkpoint, features)
     if compare:
         _refuse_with_compare(plot, calibration, tau, target_priors, target_logits, sort, limit, bins)
@@ -542,7 +559,8 @@ def report_command(
                                  test_labels=test_labels, checkpoint=checkpoint, features=features,
                                  test_features=test_features, head=head, class_names=classes,
                                  label_column=label_column, smoothing=smoothing, key=key, memory_budget=memory_budget,
-                                 progress=_bar(quiet or json_out), context=context)
+                                 progress=_bar(quiet or json_out), context=context, metric=metric.value,
+                                 multi_label=multi)
         show.notes(result)
         show.print_json(result) if json_out else show.comparison_table(result)
         return
@@ -552,134 +570,11 @@ def report_command(
                     target_priors=target_priors, target_logits=target_logits, bins=bins, checkpoint=checkpoint,
                     features=features, head=head, class_names=classes, label_column=label_column,
                     smoothing=smoothing, key=key, memory_budget=memory_budget, plot=plot, force=force,
-                    progress=_bar(quiet or json_out), context=context)
+                    progress=_bar(quiet or json_out), context=context, multi_label=multi)
     show.notes(result)
     if result.plot is not None and context.leader:
         _wrote(result.plot)
     show.print_json(result) if json_out else show.report_tables(result, sort.value, limit)
-
-
-def _multi_label_fit(inputs, multi_label, checkpoint, features, method, search, calibrate, label_column,
-                     target_logits, target_priors, train_labels, priors, tau_range, metric, out, json_out, classes,
-                     smoothing, key, force, memory_budget, quiet, device, ignored=None) -> bool:
-    """A multi-label head (--multi-label, or labels that can only be multi-label): `fit(..., multi_label=True)`."""
-    from . import render as show
-    from . import multilabel_options as multilabel_cli
-    from .render_multilabel import fit_tables
-    from ..methods.search import check_tau_range
-    from ..workflows import fit
-    from ..workflows.inputs import memory_bytes
-
-    tau_norm = method == Method.tau_norm
-    low_high = check_tau_range(_parse_range(tau_range) or ((0.0, 2.0) if tau_norm else (0.0, 4.0)))
-    budget = memory_bytes(memory_budget)
-    context = PROCESS.context(device)
-    if not multilabel_cli.wanted(multi_label, inputs[-1] if checkpoint is None and inputs else None):
-        return False
-    multilabel_cli.refuse({"--checkpoint": checkpoint, "--features": features, "--method": tau_norm,
-                           "--search grid": search == Search.grid, "--calibrate": calibrate,
-                           "--label-column": label_column, "--target-logits": target_logits,
-                           "--target-priors": target_priors.strip().lower() != "uniform", **(ignored or {})})
-    if len(inputs) < 2:
-        raise OptionError(f"expected the logits and the labels files, got {len(inputs)} path(s)", "arguments")
-    result = fit(inputs[0] if len(inputs) == 2 else inputs[:-1], inputs[-1], priors, train_labels=train_labels,
-                 tau_range=low_high, metric=metric.value, class_names=classes, smoothing=smoothing, key=key,
-                 memory_budget=budget, out=out, force=force, progress=_bar(quiet or json_out), context=context,
-                 multi_label=True)
-    if result.out is not None and context.leader:
-        _wrote(result.out)
-    show.print_json(result) if json_out else fit_tables(result)
-    show.notes(result)
-    return True
-
-
-def _multi_label_apply(deployed, source_path, out, calibration, tau, train_labels, priors, top_k, classes,
-                       label_column, smoothing, key, force, head, add_bias, in_place, link, verify_features,
-                       memory_budget, quiet, target_priors, target_logits, multi_label, context) -> bool:
-    """Multi-label logits (`apply(..., multi_label=True)`) or checkpoints (`patch_checkpoint` with the multi-label
-    calibration); a served model file takes a multi-label calibration file through `patch_checkpoint` like any
-    other."""
-    from . import render as show
-    from . import multilabel_options as multilabel_cli
-    from ..models.checkpoints import is_checkpoint
-    from ..workflows import apply, patch_checkpoint
-    from ..workflows.multilabel import multilabel_calibration
-
-    if deployed:
-        if multi_label and (calibration is None or not multilabel_cli.is_multilabel_calibration(calibration)):
-            raise OptionError("a multi-label ONNX, TorchScript or torch.export model is patched from the "
-                              "calibration file of `lacal fit-tau --multi-label --out`; give it with --calibration",
-                              "--multi-label")
-        return False
-    if not (multi_label or multilabel_cli.is_multilabel_calibration(calibration)):
-        return False
-    multilabel_cli.refuse({"--label-column": label_column, "--target-logits": target_logits,
-                           "--target-priors": target_priors.strip().lower() != "uniform"}, context)
-    if is_checkpoint(source_path, key):
-        fitted = multilabel_calibration(calibration, tau, train_labels, priors, None, smoothing)
-        show.patched(patch_checkpoint(source_path, fitted, calibration_file=calibration, out=out, head=head,
-                                      add_bias=add_bias, in_place=in_place, link=link,
-                                      verify_features=verify_features, class_names=classes, smoothing=smoothing,
-                                      key=key, device=context.device, memory_budget=memory_budget, force=force))
-        return True
-    for flag, given in (("--head", head), ("--add-bias", add_bias), ("--in-place", in_place), ("--link", link),
-                        ("--verify-features", verify_features)):
-        if given:
-            raise OptionError(f"{source_path} is a logits file, and {flag} is for checkpoints", flag)
-    if out is None:
-        raise OptionError("give --out FILE for the adjusted logits or predictions", "--out")
-    result = apply(source_path, calibration, out, tau=tau, train_labels=train_labels, priors=priors, top_k=top_k,
-                   class_names=classes, smoothing=smoothing, key=key, device=context.device,
-                   memory_budget=memory_budget, force=force, progress=_bar(quiet), multi_label=True)
-    show.notes(result)
-    _wrote(result.out, f" ({result.rows} samples, {result.labels} labels, tau = {result.tau:.4f})")
-    return True
-
-
-def _multi_label_report(inputs, multi_label, calibration, checkpoint, features, plot, test_features, label_column,
-                        target_logits, target_priors, bins, tau, train_labels, priors, sort, limit, json_out, classes,
-                        smoothing, key, memory_budget, quiet, compare, test_logits, test_labels, metric,
-                        context, head=None) -> bool:
-    """A multi-label report (`report(..., multi_label=True)`) or comparison (`compare(..., multi_label=True)`)."""
-    from . import render as show
-    from . import multilabel_options as multilabel_cli
-    from .render_multilabel import comparison_table, report_tables
-    from ..workflows import compare as compare_methods, report
-    from ..workflows.inputs import memory_bytes
-
-    budget = memory_bytes(memory_budget)
-    if not multilabel_cli.wanted(multi_label or multilabel_cli.is_multilabel_calibration(calibration),
-                                 inputs[-1] if checkpoint is None and inputs else None):
-        if metric != Metric.balanced_error:
-            raise OptionError("--metric goes with --multi-label --compare", "--metric")
-        return False
-    multilabel_cli.refuse({"--checkpoint": checkpoint, "--features": features, "--plot": plot,
-                           "--test-features": test_features, "--label-column": label_column,
-                           "--target-logits": target_logits, "--bins": bins != 15, "--head": head,
-                           "--target-priors": target_priors.strip().lower() != "uniform"},
-                          context if compare else None)
-    if len(inputs) < 2:
-        raise OptionError(f"expected the logits and the labels files, got {len(inputs)} path(s)", "arguments")
-    logits = inputs[0] if len(inputs) == 2 else inputs[:-1]
-    if compare:
-        _refuse_with_compare(plot, calibration, tau, target_priors, target_logits, sort, limit, bins)
-        result = compare_methods(logits, inputs[-1], priors, train_labels=train_labels, test_logits=test_logits,
-                                 test_labels=test_labels, metric=metric.value, class_names=classes,
-                                 smoothing=smoothing, key=key, device=context.device, memory_budget=budget,
-                                 progress=_bar(quiet or json_out), multi_label=True)
-        show.print_json(result) if json_out else comparison_table(result)
-        show.notes(result)
-        return True
-    if test_logits or test_labels:
-        raise OptionError("--test-logits and --test-labels go with --compare", "--compare")
-    if metric != Metric.balanced_error:
-        raise OptionError("--metric goes with --multi-label --compare", "--metric")
-    result = report(logits, inputs[-1], calibration, tau=tau, train_labels=train_labels, priors=priors,
-                    class_names=classes, smoothing=smoothing, key=key, memory_budget=budget,
-                    progress=_bar(quiet or json_out), context=context, multi_label=True)
-    show.print_json(result) if json_out else report_tables(result, sort.value, limit)
-    show.notes(result)
-    return True
 
 
 def _refuse_with_compare(plot, calibration, tau, target_priors, target_logits, sort, limit, bins) -> None:

@@ -21,7 +21,7 @@ FLAGS = {
     "plot": "--plot", "test_logits": "--test-logits", "test_labels": "--test-labels",
     "test_features": "--test-features", "num_classes": "--num-classes", "em_tolerance": "--em-tolerance",
     "tolerance": "--em-tolerance", "max_iterations": "--em-max-iter", "batch_size": "--batch-size", "amp": "--amp",
-    "compare": "--compare",
+    "compare": "--compare", "em": "--em",
 }
 
 
@@ -115,6 +115,8 @@ def percent(value) -> str:
 def priors_table(result, names) -> None:
     from rich.table import Table
 
+    if result.task.multi_label:
+        return _label_priors_table(result)
     priors = result.priors
     table = Table(title=f"Priors from {result.name} ({result.num_labels} labels, {priors.num_classes} classes)")
     for column in ("class", "name", "count", "prior"):
@@ -161,8 +163,8 @@ def tau_norm_table(result) -> None:
 
 
 def fit_tables(result) -> None:
-    from rich.table import Table
-
+    if result.task.multi_label:
+        return _label_fit_tables(result)
     fit, target_info, probability, calibrated = result.tau_fit, result.target, result.probability, result.calibrated
     out = console()
     if target_info is not None:
@@ -181,14 +183,8 @@ def fit_tables(result) -> None:
         out.print(f"the same {metric} for every tau in ({fit.interval[0]:.4f}, {fit.interval[1]:.4f})")
     else:
         out.print(f"grid points in [{fit.interval[0]:.4f}, {fit.interval[1]:.4f}] share this value")
-    table = Table(title=f"{result.name}: {fit.num_samples} samples, {fit.num_classes} classes")
-    table.add_column("validation")
-    for header in ("before (tau=0)", "tau=1", f"after (tau={fit.tau:.3f})"):
-        table.add_column(header, justify="right")
-    for label, attribute in (("balanced error", "balanced_error"), ("worst-class error", "worst_class_error"),
-                             ("accuracy", "accuracy")):
-        table.add_row(label, *(percent(getattr(e, attribute)) for e in (fit.before, fit.at_one, fit.after)))
-    out.print(table)
+    _validation_table(out, result, (("balanced error", "balanced_error"),
+                                     ("worst-class error", "worst_class_error"), ("accuracy", "accuracy")))
     if probability is not None:
         loss = "NLL" if probability.method == "temperature" else "class-balanced cross-entropy"
         out.print(f"{probability.method} calibration: T = {probability.temperature:.4f}"
@@ -204,9 +200,37 @@ def fit_tables(result) -> None:
              f"the errors: {fit.before.classes_without_samples[:20]}")
 
 
+def _summary_table(adjusted: bool):
+    """The report's summary table: a column of values, or before and after."""
+    from rich.table import Table
+
+    summary = Table(title="summary" + (" (before -> after)" if adjusted else ""))
+    summary.add_column("")
+    summary.add_column("before" if adjusted else "value", justify="right")
+    if adjusted:
+        summary.add_column("after", justify="right")
+    return summary
+
+
+def _validation_table(out, result, figures) -> None:
+    """A fit's validation figures (label, attribute) before (tau = 0), at tau = 1 and after."""
+    from rich.table import Table
+
+    fit = result.tau_fit
+    table = Table(title=f"{result.name}: {fit.num_samples} samples, {fit.num_classes} {result.task.units}")
+    table.add_column("validation")
+    for header in ("before (tau=0)", "tau=1", f"after (tau={fit.tau:.3f})"):
+        table.add_column(header, justify="right")
+    for label, attribute in figures:
+        table.add_row(label, *(percent(getattr(e, attribute)) for e in (fit.before, fit.at_one, fit.after)))
+    out.print(table)
+
+
 def comparison_table(result) -> None:
     from rich.table import Table
 
+    if result.task.multi_label:
+        return _label_comparison_table(result)
     table = Table(title=f"post-hoc methods fitted on {result.fitted_on}, measured on {result.measured_on}")
     for column_name in ("method", "tau", "balanced error", "accuracy", "worst-class error", "many", "medium",
                         "few"):
@@ -224,6 +248,8 @@ def report_tables(report, sort: str, limit=None) -> None:
 
     from ..core.metrics import GROUPS, shot_groups
 
+    if report.task.multi_label:
+        return _label_report_tables(report, sort, limit)
     out = console()
     name = report.name
     adjusted = report.adjusted is not None
@@ -251,11 +277,7 @@ def report_tables(report, sort: str, limit=None) -> None:
     if limit is not None and limit < len(order):
         table.caption = f"first {limit} of {len(order)} classes (--limit)"
     out.print(table)
-    summary = Table(title="summary" + (" (before -> after)" if adjusted else ""))
-    summary.add_column("")
-    summary.add_column("before" if adjusted else "value", justify="right")
-    if adjusted:
-        summary.add_column("after", justify="right")
+    summary = _summary_table(adjusted)
     rows = [("accuracy", "accuracy"), ("balanced error", "balanced_error"),
             ("worst-class error", "worst_class_error")]
     for label, attribute in rows:
@@ -285,3 +307,100 @@ def report_tables(report, sort: str, limit=None) -> None:
     if missing:
         warn(f"{len(missing)} class(es) have no samples in {name} and are left out of the balanced and worst-class "
              f"errors: {missing[:20]}{' ...' if len(missing) > 20 else ''}")
+
+
+# The tables of a multi-label head (one sigmoid per label): per-label rates and macro / micro figures.
+
+LABEL_FIGURES = (("macro balanced error", "balanced_error"), ("macro-F1", "macro_f1"),
+                 ("micro balanced error", "micro_balanced_error"), ("micro-F1", "micro_f1"))
+
+
+def _label_fit_tables(result) -> None:
+    """`fit-tau --multi-label`: tau, its interval, and the validation figures before, at tau = 1 and after."""
+    fit, out = result.tau_fit, console()
+    metric = "macro balanced error" if fit.metric == "balanced-error" else "macro-F1 (highest)"
+    out.print(f"[bold]tau = {fit.tau:.4f}[/bold]  exact search over [{fit.tau_range[0]:g}, "
+              f"{fit.tau_range[1]:g}] for the {'lowest ' if fit.metric == 'balanced-error' else ''}{metric}, "
+              "one tau shared by every label")
+    if fit.interval[0] == fit.interval[1]:
+        out.print(f"only the single point tau = {fit.tau:g} reaches this value (flips meet there)")
+    else:
+        digits = 4 if fit.interval[1] - fit.interval[0] >= 1e-3 else 7
+        out.print(f"the same value for every tau in ({fit.interval[0]:.{digits}f}, {fit.interval[1]:.{digits}f})")
+    _validation_table(out, result, LABEL_FIGURES)
+
+
+def _label_report_tables(report, sort: str, limit=None) -> None:
+    """`report --multi-label`: per-label rates and errors, then the summary."""
+    from rich.table import Table
+
+    from ..core.metrics import GROUPS, shot_groups
+
+    name, out = report.name, console()
+    adjusted = report.adjusted is not None
+    before, after = report.baseline, report.main
+    groups = shot_groups(report.train_counts) if report.train_counts is not None else None
+    table = Table(title=f"{name}: per-label errors" + (f", tau = {report.tau:.4f}" if adjusted else
+                                                       " (no adjustment given)"))
+    named = report.class_names is not None
+    columns = (["label"] + (["name"] if named else []) + ["train", "group", "support", "FNR", "FPR"]
+               + (["before", "after"] if adjusted else ["balanced error"]))
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("name", "group") else "right")
+    fnr, fpr = after.false_negative_rates, after.false_positive_rates
+    order = report.order(sort)
+    for k in order[:limit]:
+        row = [str(k)] + ([report.class_names[k]] if named else []) + [
+            "-" if report.train_counts is None else str(int(report.train_counts[k])),
+            "-" if groups is None else str(groups[k]), str(int(after.positives[k])),
+            percent(fnr[k]), percent(fpr[k]), percent(before.balanced_errors[k])]
+        if adjusted:
+            row.append(percent(after.balanced_errors[k]))
+        table.add_row(*row)
+    if limit is not None and limit < len(order):
+        table.caption = f"first {limit} of {len(order)} labels (--limit); FNR and FPR " + \
+            ("after" if adjusted else "of the raw logits")
+    else:
+        table.caption = "support: positive samples; FNR and FPR " + ("after" if adjusted else "of the raw logits")
+    out.print(table)
+    summary = _summary_table(adjusted)
+    evaluations = [before] + ([after] if adjusted else [])
+    for label, attribute in LABEL_FIGURES:
+        summary.add_row(label, *(percent(getattr(e, attribute)) for e in evaluations))
+    if groups is not None:
+        per_group = [report.groups(e) for e in evaluations]
+        for group in GROUPS:
+            summary.add_row(f"{group} balanced error ({per_group[0][group]['labels']} labels)",
+                            *(percent(g[group]["balanced_error"]) for g in per_group))
+    out.print(summary)
+
+
+def _label_comparison_table(result) -> None:
+    """`report --multi-label --compare`: one row per method."""
+    from rich.table import Table
+
+    table = Table(title=f"multi-label methods fitted on {result.fitted_on}, measured on {result.measured_on}")
+    columns = ("method", "tau", "macro balanced error", "macro-F1", "micro-F1", "many", "medium", "few")
+    for column_name in columns:
+        table.add_column(column_name, justify="left" if column_name == "method" else "right")
+    for row in result.rows():
+        table.add_row(row["method"], "-" if row["tau"] is None else f"{row['tau']:.3f}",
+                      *(percent(row[k]) for k in ("balanced_error", "macro_f1", "micro_f1", "many", "medium",
+                                                   "few")))
+    table.caption = "many / medium / few: macro balanced error of labels with > 100, 20 to 100, < 20 training positives"
+    console().print(table)
+
+
+def _label_priors_table(result) -> None:
+    """`priors --multi-label`: positives, rate and log-odds per label."""
+    from rich.table import Table
+
+    prior, names = result.priors, result.priors.classes
+    table = Table(title=f"Multi-label priors from {result.name} ({prior.num_samples} samples, "
+                        f"{prior.num_classes} labels)")
+    for column in ("label", "name", "positives", "prior", "log(pi / (1 - pi))"):
+        table.add_column(column, justify="left" if column == "name" else "right")
+    for k in range(prior.num_classes):
+        table.add_row(str(k), names[k] if names else "", str(int(prior.positives[k])),
+                      f"{prior.priors[k]:.6f}", f"{prior.log_odds[k]:.4f}")
+    console().print(table)

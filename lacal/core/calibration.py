@@ -96,24 +96,19 @@ class Calibration:
     @classmethod
     def from_fit(cls, fit, priors, class_names=None, inputs=None, target_priors=None, target=None,
                  probability_fit=None) -> "Calibration":
-        """Build from a `TauFit` and the `Priors` it was fitted with (and, when used, the target priors and a
-        `calibrate.ProbabilityFit`)."""
-        return cls(tau=fit.tau, priors=np.asarray(priors.priors, dtype=np.float64), counts=priors.counts,
-                   class_names=class_names or priors.classes, smoothing=priors.smoothing,
-                   tau_interval=fit.interval, metric=fit.metric, search=fit.search, validation=fit.to_dict(),
-                   inputs=inputs, target_priors=None if target_priors is None else np.asarray(target_priors),
-                   target=target,
+        """Build from a fit and the priors it was fitted with: a `TauFit` and `Priors` (and, when used, the target
+        priors and a `ProbabilityFit`), or a `MultiLabelFit` and `MultiLabelPriors` (a multi-label calibration)."""
+        common = dict(tau=fit.tau, priors=np.asarray(priors.priors, dtype=np.float64),
+                      class_names=class_names or priors.classes, smoothing=priors.smoothing,
+                      tau_interval=fit.interval, metric=fit.metric, validation=fit.to_dict(), inputs=inputs)
+        if hasattr(priors, "positives"):  # MultiLabelPriors: per-label positive rates
+            return cls(**common, counts=priors.positives, search="exact", multi_label=True,
+                       train_samples=int(priors.num_samples))
+        return cls(**common, counts=priors.counts, search=fit.search,
+                   target_priors=None if target_priors is None else np.asarray(target_priors), target=target,
                    temperature=1.0 if probability_fit is None else probability_fit.temperature,
                    bias=None if probability_fit is None else probability_fit.bias,
                    probability_fit=None if probability_fit is None else probability_fit.to_dict())
-
-    @classmethod
-    def from_multilabel_fit(cls, fit, priors, class_names=None, inputs=None) -> "Calibration":
-        """Build from a `multilabel.MultiLabelFit` and the `MultiLabelPriors` it was fitted with."""
-        return cls(tau=fit.tau, priors=np.asarray(priors.priors, dtype=np.float64), counts=priors.positives,
-                   class_names=class_names or priors.classes, smoothing=priors.smoothing,
-                   tau_interval=fit.interval, metric=fit.metric, search="exact", validation=fit.to_dict(),
-                   inputs=inputs, multi_label=True, train_samples=int(priors.num_samples))
 
     def adjust(self, logits):
         """The calibrated logits, (logits - tau * log(pi)) / temperature + bias + log(q): same type, shape and dtype

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputDataError, InputFileError, LacalError, PriorsError
-from ..data.readers import NUMPY_READ_ERRORS, read_csv_rows, check_readable
+from ..data.readers import NUMPY_READ_ERRORS, check_readable, check_widths, read_csv_rows
 from .positive_rates import PRIORS_FORMAT, MultiLabelPriors, multilabel_priors, multilabel_priors_from_labels
 
 BINARY = ("0", "1")
@@ -55,12 +55,8 @@ def _csv_matrix(path: Path) -> np.ndarray:
     rows = read_csv_rows(path)
     if rows and not all(cell.strip() in BINARY for cell in rows[0]):
         rows = rows[1:]  # a header of label names
-    if not rows:
-        raise InputDataError("holds no rows", path)
-    width = len(rows[0])
+    check_widths(rows, path, "holds no rows", "data row")
     for number, row in enumerate(rows, start=1):
-        if len(row) != width:
-            raise InputDataError(f"data row {number} has {len(row)} columns, the first has {width}", path)
         bad = next((cell for cell in row if cell.strip() not in BINARY), None)
         if bad is not None:
             raise InputDataError(f"data row {number} holds {bad!r}; a multi-label CSV holds one 0/1 column per "

@@ -6,7 +6,7 @@ scikit-learn's balanced accuracy follows) and listed in `classes_without_samples
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 
@@ -15,22 +15,32 @@ FEW_SHOT_BELOW = 20
 GROUPS = ("many", "medium", "few")
 
 
-@dataclass(frozen=True, eq=False)
-class ClassEvaluation:
-    """Per-class counts of validation samples (`support`) and of correct predictions (`correct`)."""
+def macro_mean(values: np.ndarray, present: np.ndarray) -> float:
+    """The mean of the per-class (or per-label) `values` that are not NaN; NaN when no class is `present`."""
+    return float(np.nanmean(values)) if np.any(present) else float("nan")
 
-    support: np.ndarray
-    correct: np.ndarray
+
+class Counts:
+    """Counts per class (or per label) held in dataclass fields, the first of which sets the number of classes: two
+    are equal when every array is."""
 
     def __eq__(self, other) -> bool:
-        return (isinstance(other, ClassEvaluation) and np.array_equal(self.support, other.support)
-                and np.array_equal(self.correct, other.correct))
+        return isinstance(other, type(self)) and all(
+            np.array_equal(getattr(self, field.name), getattr(other, field.name)) for field in fields(self))
 
     __hash__ = None
 
     @property
     def num_classes(self) -> int:
-        return int(self.support.shape[0])
+        return int(getattr(self, fields(self)[0].name).shape[0])
+
+
+@dataclass(frozen=True, eq=False)
+class ClassEvaluation(Counts):
+    """Per-class counts of validation samples (`support`) and of correct predictions (`correct`)."""
+
+    support: np.ndarray
+    correct: np.ndarray
 
     @property
     def num_samples(self) -> int:
@@ -48,7 +58,7 @@ class ClassEvaluation:
 
     @property
     def balanced_error(self) -> float:
-        return float(np.nanmean(self.errors)) if self.support.any() else float("nan")
+        return macro_mean(self.errors, self.support)
 
     @property
     def worst_class_error(self) -> float:

@@ -27,6 +27,11 @@ class MultiLabelPriors:
         return int(self.positives.shape[0])
 
     @property
+    def counts(self) -> np.ndarray:
+        """The training positives per label (what a report groups labels by, as it groups classes by counts)."""
+        return self.positives
+
+    @property
     def priors(self) -> np.ndarray:
         return (self.positives + self.smoothing) / (self.num_samples + 2 * self.smoothing)
 

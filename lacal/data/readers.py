@@ -324,6 +324,19 @@ def _read_torch(path: Path, key: str | None, what: str = "logits") -> LogitsSour
     return source_from_array(obj, str(path), what)
 
 
+def check_widths(rows: list[list[str]], path, empty: str, row_name: str = "row") -> int:
+    """The width of a CSV file's rows; an `InputDataError` (`empty` when it has no rows, else naming the first row of
+    another width)."""
+    if not rows:
+        raise InputDataError(empty, path)
+    width = len(rows[0])
+    ragged = next((number for number, row in enumerate(rows, start=1) if len(row) != width), None)
+    if ragged is not None:
+        raise InputDataError(f"{row_name} {ragged} has {len(rows[ragged - 1])} values, the first row has {width}",
+                             path)
+    return width
+
+
 def _read_csv_logits(path: Path, key: str | None, what: str = "logits") -> LogitsSource:
     rows = read_csv_rows(path)
     notes = []
@@ -338,12 +351,8 @@ def _read_csv_logits(path: Path, key: str | None, what: str = "logits") -> Logit
         else:
             notes.append(f"{path}: its first row ({first}) numbers the columns like a header, but was read as a "
                          "sample since every row holds whole numbers; remove it if it is a header")
-    if not rows:
-        raise InputDataError("holds no numeric rows", path)
-    width = len(rows[0])
+    check_widths(rows, path, "holds no numeric rows")
     for number, row in enumerate(rows, start=1):
-        if len(row) != width:
-            raise InputDataError(f"row {number} has {len(row)} values, the first row has {width}", path)
         if not _all_numeric(row):
             raise InputDataError(f"row {number} holds a value that is not a number: {row}", path)
     source = source_from_array(np.array(rows, dtype=np.float64), str(path), what)

@@ -22,11 +22,17 @@ class MethodResult:
     evaluation: ClassEvaluation
 
     def to_dict(self, train_counts=None) -> dict:
+        """The method's row: its tau, the evaluation's figures, and the error of each shot group (None without
+        training counts)."""
         result = {"method": self.method, "tau": self.tau, **self.evaluation.to_dict()}
-        groups = group_errors(self.evaluation, train_counts) if train_counts is not None else None
+        errors = self.group_errors(train_counts) if train_counts is not None else {}
         for group in GROUPS:
-            result[group] = None if groups is None else groups[group]["error"]
+            result[group] = errors.get(group)
         return result
+
+    def group_errors(self, train_counts) -> dict:
+        """{group: the mean error of its classes with samples, or None}."""
+        return {group: values["error"] for group, values in group_errors(self.evaluation, train_counts).items()}
 
 
 def compare_methods(val_logits, val_labels, priors, eval_logits=None, eval_labels=None, head=None,

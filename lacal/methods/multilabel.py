@@ -22,7 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import InputDataError, OptionError, PriorsError
-from .search import DEFAULT_TAU_RANGE, check_tau_range
+from ..core.metrics import Counts, macro_mean
+from .search import DEFAULT_TAU_RANGE, Measured, check_tau_range
 
 METRICS = ("balanced-error", "macro-f1")
 # the peak memory of the exact search per flip inside the range (its position and label, the sort, the running counts),
@@ -38,17 +39,13 @@ from ..core.positive_rates import (PRIORS_FORMAT, MultiLabelPriors, log_odds, mu
 
 
 @dataclass(frozen=True, eq=False)
-class MultiLabelEvaluation:
+class MultiLabelEvaluation(Counts):
     """Per-label counts: positive and negative samples, true and false positives."""
 
     positives: np.ndarray
     negatives: np.ndarray
     true_positives: np.ndarray
     false_positives: np.ndarray
-
-    @property
-    def num_classes(self) -> int:
-        return int(self.positives.shape[0])
 
     @property
     def num_samples(self) -> int:
@@ -85,13 +82,23 @@ class MultiLabelEvaluation:
         return np.where(self.scored, 2 * tp / np.maximum(tp + fp + self.positives, 1), np.nan)
 
     @property
+    def errors(self) -> np.ndarray:
+        """The per-label error a report sorts by: the balanced error."""
+        return self.balanced_errors
+
+    @property
+    def support(self) -> np.ndarray:
+        """The per-label support a report shows: the positive samples."""
+        return self.positives
+
+    @property
     def balanced_error(self) -> float:
         """Macro balanced error over the scored labels."""
-        return float(np.nanmean(self.balanced_errors)) if self.scored.any() else float("nan")
+        return macro_mean(self.balanced_errors, self.scored)
 
     @property
     def macro_f1(self) -> float:
-        return float(np.nanmean(self.f1_scores)) if self.scored.any() else float("nan")
+        return macro_mean(self.f1_scores, self.scored)
 
     @property
     def micro_balanced_error(self) -> float:
@@ -192,7 +199,7 @@ def _evaluate(logits, labels, offsets, device, rows, progress, memory_budget) ->
 
 
 @dataclass(frozen=True)
-class MultiLabelFit:
+class MultiLabelFit(Measured):
     """The shared tau, the run of tau around it with the same optimal value, and the validation evaluations at
     tau = 0, tau = 1 and the fitted tau (measured directly, with `apply`'s arithmetic)."""
 
@@ -204,14 +211,6 @@ class MultiLabelFit:
     at_one: MultiLabelEvaluation
     after: MultiLabelEvaluation
     search_value: float | None = None  # the optimum as the sweep computed it (`MultiLabelEvaluation.metric` units)
-
-    @property
-    def num_classes(self) -> int:
-        return self.before.num_classes
-
-    @property
-    def num_samples(self) -> int:
-        return self.before.num_samples
 
     def to_dict(self) -> dict:
         result = {"tau": self.tau, "tau_interval": list(self.interval), "metric": self.metric, "search": "exact",

@@ -30,8 +30,20 @@ DEFAULT_GRID_SIZE = 401
 FLOAT_TIE_TOLERANCE = 1e-12
 
 
+class Measured:
+    """What a tau fit (single- or multi-label) was measured on: the samples and classes of its `before`."""
+
+    @property
+    def num_samples(self) -> int:
+        return self.before.num_samples
+
+    @property
+    def num_classes(self) -> int:
+        return self.before.num_classes
+
+
 @dataclass(frozen=True)
-class TauFit:
+class TauFit(Measured):
     """The fitted tau, the open interval around it on which the metric takes the same optimal value, and the
     validation evaluations at tau = 0 (`before`), tau = 1 (`at_one`) and the fitted tau (`after`)."""
 
@@ -45,14 +57,6 @@ class TauFit:
     after: ClassEvaluation
     grid_taus: np.ndarray | None = field(default=None, repr=False)
     grid_values: np.ndarray | None = field(default=None, repr=False)
-
-    @property
-    def num_samples(self) -> int:
-        return self.before.num_samples
-
-    @property
-    def num_classes(self) -> int:
-        return self.before.num_classes
 
     def to_dict(self) -> dict:
         result = {"tau": self.tau, "tau_interval": list(self.interval), "metric": self.metric,

@@ -9,11 +9,13 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
+from ..core.tasks import SINGLE_LABEL, Task
 from ..errors import OptionError
-from .inputs import Notes, calibration_for, is_path, make_context, memory_bytes, multi_label_given, \
-    open_logits, output_check, path_list, paths_of, progress_bar
+from .inputs import Notes, calibration_for, is_path, make_context, memory_bytes, open_logits, output_check, path_list, \
+    paths_of, progress_bar
 from .inputs import class_names as class_names_for
 from .shards import SHARD_FORMATS
+from .task_inputs import task_calibration, task_for
 
 
 @dataclass(frozen=True, eq=False)
@@ -27,6 +29,8 @@ class ApplyResult:
         per_shard: whether `out` is a folder of per-shard outputs.
         predictions: whether predictions (CSV) rather than logits were written.
         warnings: notes for the user (a bfloat16 array stored as float32, logits that look like probabilities).
+        num_classes: the logits' classes (labels, for a multi-label head).
+        task: the `Task` of the calibration applied.
     """
 
     out: Path
@@ -35,10 +39,14 @@ class ApplyResult:
     per_shard: bool
     predictions: bool
     warnings: tuple[str, ...] = field(default=())
+    num_classes: Optional[int] = None
+    task: Task = SINGLE_LABEL
 
     def to_dict(self) -> dict:
+        """Exactly `lacal apply --json` (multi-label: with the number of labels)."""
+        labels = {"labels": self.num_classes} if self.task.multi_label else {}
         return {"out": str(self.out), "rows": self.rows, "tau": self.tau, "per_shard": self.per_shard,
-                "predictions": self.predictions, "warnings": list(self.warnings)}
+                "predictions": self.predictions, **labels, "warnings": list(self.warnings)}
 
 
 def apply(logits, calibration=None, out=None, *, tau: Optional[float] = None, train_labels=None, priors=None,
@@ -50,8 +58,7 @@ def apply(logits, calibration=None, out=None, *, tau: Optional[float] = None, tr
 
     Args:
         logits: N x C logits: a numpy array, a torch tensor, a `LogitsSource`, a file, or a folder or glob of shards.
-        calibration: a `fit` result, a `Calibration` or a calibration file; or None with `tau` and
-            `train_labels`/`priors`.
+        calibration: a `Calibration` or a calibration file; or None with `tau` and `train_labels`/`priors`.
         out: None to get the adjusted array back (an array or tensor in, the same type out: same shape and dtype;
             a `LogitsSource` in, a CPU tensor out);
             a file (.npy, .npz, .safetensors, .pt: adjusted logits; .csv: predictions), written as the rows come;
@@ -63,8 +70,8 @@ def apply(logits, calibration=None, out=None, *, tau: Optional[float] = None, tr
         format: with a folder `out`: npy, npz, safetensors, pt or csv.
         force: replace an existing output.
         key, device, memory_budget, progress, context: as for `fit`.
-        multi_label: a multi-label head: f - tau * log(pi / (1 - pi)), one file out; also taken when `calibration`
-            or `priors` is a multi-label head's (see `workflows.multilabel.apply_multi_label`).
+        multi_label: a multi-label head: f - tau * log(pi / (1 - pi)), one file out (.csv: the labels with adjusted
+            logit > 0, and the top K by sigmoid); also taken when `calibration` is a multi-label `Calibration`.
 
     Returns:
         The adjusted array or tensor (with `out=None`), else an `ApplyResult`.
@@ -73,24 +80,21 @@ def apply(logits, calibration=None, out=None, *, tau: Optional[float] = None, tr
         >>> adjusted = lacal.apply(test_logits, calibration)              # a tensor in, a tensor out
         >>> lacal.apply("test_shards/", calibration, out="adjusted/")     # one file per shard and index.json
     """
-    if multi_label or multi_label_given(calibration, priors):
-        from .multilabel import apply_multi_label, refuse_options
-
-        uniform = isinstance(target_priors, str) and target_priors.strip().lower() == "uniform"
-        refuse_options(label_column=label_column, target_priors=not uniform, target_logits=target_logits is not None,
-                       context=context is not None and context.active)
-        return apply_multi_label(logits, calibration, out, tau=tau, train_labels=train_labels, priors=priors,
-                                 top_k=top_k, class_names=class_names, smoothing=smoothing, key=key, device=device,
-                                 memory_budget=memory_budget, force=force, progress=progress)
+    task = task_for(multi_label, calibration, priors)
+    uniform = isinstance(target_priors, str) and target_priors.strip().lower() == "uniform"
+    task.refuse(label_column=label_column, target_priors=not uniform, target_logits=target_logits is not None,
+                torchrun=context is not None and context.active)
     notes = Notes()
     budget = memory_bytes(memory_budget)
     context = make_context(device, context)
     if out is None:
         if path_list(logits):
             raise OptionError("give `out` for the adjusted logits or predictions of a file", "out")
-        return _in_memory(logits, calibration, tau, train_labels, priors, class_names, label_column, smoothing,
+        return _in_memory(task, logits, calibration, tau, train_labels, priors, class_names, label_column, smoothing,
                           target_priors, target_logits, key, context, budget)
     out = Path(out)
+    if task.multi_label and out.suffix == "":
+        raise OptionError("multi-label apply writes one file yet; give `out` FILE", "out")
     if out.suffix == "" or context.active:
         if format not in SHARD_FORMATS:
             raise OptionError(f"unknown format {format!r}; use one of {', '.join(SHARD_FORMATS)}", "format")
@@ -99,12 +103,12 @@ def apply(logits, calibration=None, out=None, *, tau: Optional[float] = None, tr
         return _apply_shards(context, logits, out, format, calibration, tau, train_labels, priors, top_k,
                              class_names, label_column, smoothing, key, force, budget, target_priors, target_logits,
                              notes)
-    return _apply_file(logits, out, calibration, tau, train_labels, priors, top_k, class_names, label_column,
+    return _apply_file(task, logits, out, calibration, tau, train_labels, priors, top_k, class_names, label_column,
                        smoothing, key, context, force, budget, progress, target_priors, target_logits, notes)
 
 
-def _in_memory(logits, calibration, tau, train_labels, priors, classes, column, smoothing, target, target_logits, key,
-               context, budget):
+def _in_memory(task, logits, calibration, tau, train_labels, priors, classes, column, smoothing, target, target_logits,
+               key, context, budget):
     """The adjusted logits as the type given: what the CLI would write for them, kept in memory."""
     import torch
 
@@ -112,8 +116,8 @@ def _in_memory(logits, calibration, tau, train_labels, priors, classes, column, 
 
     source = open_logits(logits, key)
     names = class_names_for(classes, source.num_classes)
-    fitted = calibration_for(calibration, tau, train_labels, priors, source.num_classes, smoothing, names, column,
-                             True, target, target_logits, key, context.device, budget, context)
+    fitted = task_calibration(task, calibration, tau, train_labels, priors, source.num_classes, smoothing, names,
+                              column, True, target, target_logits, key, context.device, budget, context)
     scale, shift = fitted.affine()
     blocks = [block for _, block in iter_adjusted(source, shift, context.device, memory_budget=budget, scale=scale)]
     adjusted = torch.cat(blocks)
@@ -124,8 +128,8 @@ def _in_memory(logits, calibration, tau, train_labels, priors, classes, column, 
     return adjusted
 
 
-def _apply_file(logits, out, calibration, tau, train_labels, priors, top_k, classes, column, smoothing, key, context,
-                force, budget, progress, target, target_logits, notes) -> ApplyResult:
+def _apply_file(task, logits, out, calibration, tau, train_labels, priors, top_k, classes, column, smoothing, key,
+                context, force, budget, progress, target, target_logits, notes) -> ApplyResult:
     from ..engine.passes import iter_adjusted
     from ..data.writers import PREDICTION_SUFFIXES, write_logits, write_predictions
 
@@ -133,22 +137,27 @@ def _apply_file(logits, out, calibration, tau, train_labels, priors, top_k, clas
     output_check(out, force, *inputs)
     source = open_logits(logits, key, notes=notes)
     names = class_names_for(classes, source.num_classes)
-    fitted = calibration_for(calibration, tau, train_labels, priors, source.num_classes, smoothing, names, column,
-                             True, target, target_logits, key, context.device, budget, notes=notes)
+    fitted = task_calibration(task, calibration, tau, train_labels, priors, source.num_classes, smoothing, names,
+                              column, True, target, target_logits, key, context.device, budget, notes=notes)
     scale, shift = fitted.affine()
     names = names or fitted.class_names
     predictions = out.suffix.lower() in PREDICTION_SUFFIXES
     if predictions and top_k > source.num_classes:
-        raise OptionError(f"`top_k` {top_k} is more than the {source.num_classes} classes", "top_k")
+        raise OptionError(f"`top_k` {top_k} is more than the {source.num_classes} {task.units}", "top_k")
+    from ..core.label_matrix import write_multilabel_predictions
+
+    # a multi-label CSV lists the labels with adjusted logit > 0 and the top K by sigmoid; a softmax one the top K
+    write_rows = write_multilabel_predictions if task.multi_label else write_predictions
     with progress_bar(progress, source.num_samples, "apply") as step:
         blocks = iter_adjusted(source, shift, context.device, keep_dtype=not predictions, progress=step,
                                memory_budget=budget, scale=scale)
         if predictions:
-            write_predictions(out, blocks, names, top_k, force, inputs)
+            write_rows(out, blocks, names, top_k, force, inputs)
         else:
             for note in write_logits(out, blocks, source.shape, source.dtype_name, force, inputs):
                 notes.warn(note)
-    return ApplyResult(out, source.num_samples, fitted.tau, False, predictions, tuple(notes.warnings))
+    return ApplyResult(out, source.num_samples, fitted.tau, False, predictions, tuple(notes.warnings),
+                       source.num_classes, task)
 
 
 def _apply_shards(context, logits, out, shard_format, calibration, tau, train_labels, priors, top_k, classes, column,

@@ -9,12 +9,13 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
+from ..core.tasks import SINGLE_LABEL, Task
 from ..errors import OptionError
-from .inputs import Columns, Notes, logits_input, make_context, memory_bytes, open_labels, open_priors, output_check, \
-    paths_of, progress_bar, provenance, read_names, title
+from .inputs import Columns, Notes, logits_input, make_context, memory_bytes, open_labels, output_check, paths_of, \
+    progress_bar, provenance, read_names, title
 from .inputs import class_names as class_names_for
-from .inputs import multi_label_given
 from .inputs import target_priors as target_priors_for
+from .task_inputs import missing_labels, search_tau, task_for, task_labels, task_priors
 
 
 @dataclass(frozen=True, eq=False)
@@ -23,13 +24,15 @@ class FitResult:
 
     Attributes:
         calibration: the `Calibration` to save, apply or patch with.
-        tau_fit: the `TauFit` (tau, its optimal interval, the validation numbers before, at tau = 1 and after).
+        tau_fit: the `TauFit` (tau, its optimal interval, the validation numbers before, at tau = 1 and after), or
+            for a multi-label head the `MultiLabelFit`.
         target_priors: q (None for a balanced target); `target` says where it came from.
         probability: the temperature or bias fit (`ProbabilityFit`), or None.
         calibrated: the validation evaluation with the fitted bias (None without one).
         name: what the logits were (a file, or shards).
         out: the calibration file written, or None.
         warnings: what the user should know (no prints).
+        task: the `Task` fitted for (`SINGLE_LABEL` or `MULTI_LABEL`).
     """
 
     calibration: Any
@@ -41,14 +44,17 @@ class FitResult:
     name: str
     out: Optional[Path] = None
     warnings: tuple[str, ...] = field(default=())
+    task: Task = SINGLE_LABEL
 
     @property
     def tau(self) -> float:
         return self.tau_fit.tau
 
     def to_dict(self) -> dict:
-        """Exactly `lacal fit-tau --json`."""
+        """Exactly `lacal fit-tau --json` (with `--multi-label` for a multi-label task)."""
         result = self.tau_fit.to_dict()
+        if self.task.multi_label:
+            return result
         q = self.target_priors
         result["target_priors"] = None if q is None else {**(self.target or {}), "priors": [float(v) for v in q]}
         result["calibration"] = None if self.probability is None else self.probability.to_dict()
@@ -92,15 +98,13 @@ def fit(val_logits=None, val_labels=None, priors=None, *, train_labels=None, tau
         val_logits: N x C validation logits: a numpy array, a torch tensor, a `LogitsSource`, a file, a folder or
             glob of shards, or a list of files. None with `checkpoint` and `features`.
         val_labels: N class ids: an array, a tensor or a labels file (.npy, .txt, .csv).
-        priors: the training priors: a `count_priors` result, a `Priors`, a priors file, or a vector of counts or
-            probabilities (a multi-label head's priors select `multi_label`).
+        priors: the training priors: a `Priors`, a priors file, or a vector of counts or probabilities.
         train_labels: instead of `priors`, the training labels (an array or a file).
         tau_range: (lo, hi) to search; (0, 4), or (0, 2) for tau-norm.
         search: "exact" (a true minimiser) or "grid".
         metric: "balanced-error" or "worst-class-error".
         grid_size: points of the grid search (401; 21 for tau-norm).
-        target_priors: "uniform", "em" (estimated from `target_logits`), an `estimate_priors` result, priors of the
-            target (a `count_priors` result or a `Priors`), a priors file or a vector q.
+        target_priors: "uniform", "em" (estimated from `target_logits`), a priors file or a vector q.
         target_logits: unlabeled target logits for `target_priors="em"`.
         calibrate: None, "temperature" or "bias": then calibrate the adjusted logits' probabilities.
         bias_l2: the L2 weight of the bias calibration.
@@ -118,32 +122,29 @@ def fit(val_logits=None, val_labels=None, priors=None, *, train_labels=None, tau
         progress: `progress(total, description)`, a context manager yielding a callable(done); None is silent.
         context: a `distributed.Context` (a torchrun rank); default: one process on `device`.
         multi_label: a multi-label head (one sigmoid per label): `val_labels` and `train_labels` are N x C 0/1
-            matrices, `metric` is "balanced-error" or "macro-f1"; see `workflows.multilabel.fit_multi_label`.
+            matrices (arrays, or .npy, .csv or .txt files), `priors` a `MultiLabelPriors` or multi-label priors file,
+            `metric` "balanced-error" or "macro-f1" (highest); the options `core.tasks.OPTIONS` marks single-label
+            are refused.
 
     Returns:
-        A `FitResult`: `.calibration`, `.tau`, `.warnings`; `.to_dict()` is `lacal fit-tau --json`. With
-        `multi_label`, a `MultiLabelFitResult` (the same, for `lacal fit-tau --multi-label --json`). Either is
-        accepted as `calibration` by `apply`, `report`, `patch_checkpoint` and `patch_module`.
+        A `FitResult`: `.calibration`, `.tau`, `.task`, `.warnings`; `.to_dict()` is `lacal fit-tau --json` (with
+        `multi_label`, `lacal fit-tau --multi-label --json`).
 
     Example:
         >>> result = lacal.fit(val_logits, val_labels, train_labels=train_labels, target_priors="em",
         ...                    target_logits=test_logits, calibrate="bias")
         >>> adjusted = lacal.apply(test_logits, result.calibration)
     """
-    from ..methods.search import check_tau_range, fit_tau
+    from ..methods.search import check_tau_range
 
-    if multi_label or multi_label_given(priors=priors):
-        from .multilabel import fit_multi_label, refuse_options
-
-        uniform = isinstance(target_priors, str) and target_priors.strip().lower() == "uniform"
-        refuse_options(method=method != "logit-adjustment", search=search != "exact", grid_size=grid_size,
-                       target_priors=not uniform, target_logits=target_logits is not None, calibrate=calibrate,
-                       checkpoint=checkpoint is not None, features=features is not None, head=head,
-                       label_column=label_column)
-        return fit_multi_label(val_logits, val_labels, priors, train_labels=train_labels, tau_range=tau_range,
-                               metric=metric, class_names=class_names, smoothing=smoothing, key=key, device=device,
-                               memory_budget=memory_budget, out=out, force=force, record_inputs=record_inputs,
-                               progress=progress, context=context)
+    task = task_for(multi_label, priors=priors)
+    uniform = isinstance(target_priors, str) and target_priors.strip().lower() == "uniform"
+    task.refuse(method=method != "logit-adjustment", search=search != "exact", grid_size=grid_size,
+                target_priors=not uniform, target_logits=target_logits is not None, calibrate=calibrate,
+                bias_l2=bias_l2 != 1e-2, checkpoint=checkpoint is not None, features=features is not None, head=head,
+                label_column=label_column)
+    if task.multi_label:
+        task.check_metric(metric)
     notes = Notes()
     tau_norm = method == "tau-norm"
     if method not in ("logit-adjustment", "tau-norm"):
@@ -164,14 +165,14 @@ def fit(val_logits=None, val_labels=None, priors=None, *, train_labels=None, tau
     source, val_labels, known_names = logits_input(val_logits, val_labels, checkpoint, features, head, key,
                                                    class_names, compute, True, context, notes)
     names = class_names_for(class_names, source.num_classes) or known_names
-    labels = open_labels(val_labels, source, names, label_column, context)
-    prior = open_priors(train_labels, priors, source.num_classes, smoothing, names, label_column)
+    labels = task_labels(task, val_labels, source, names, label_column, context)
+    prior = task_priors(task, train_labels, priors, source.num_classes, smoothing, names, label_column)
     names = names or prior.classes
     q, target_info = target_priors_for(target_priors, target_logits, prior, source.num_classes, key, compute, budget,
                                        progress, context, notes)
     with progress_bar(progress, source.num_samples, "fit-tau") as step:
-        tau_fit = fit_tau(source, labels, prior, low_high, search, metric, grid_size, compute, progress=step,
-                          memory_budget=budget, context=context)
+        tau_fit = search_tau(task, source, labels, prior, low_high, search, metric, grid_size, compute, step, budget,
+                             context)
     probability = calibrated = None
     if calibrate is not None:
         probability, calibrated = _calibrate(calibrate, source, labels, prior, tau_fit.tau, bias_l2, compute, budget,
@@ -183,8 +184,10 @@ def fit(val_logits=None, val_labels=None, priors=None, *, train_labels=None, tau
     calibration = Calibration.from_fit(tau_fit, prior, names, inputs, q, target_info, probability)
     if out is not None and context.leader:
         calibration.save(out, force, paths_of(*given))
+    if task.multi_label:
+        notes.warnings.extend(missing_labels(tau_fit.before, "validation samples"))
     return FitResult(calibration, tau_fit, q, target_info, probability, calibrated, title(source),
-                     None if out is None else Path(out), tuple(notes.warnings))
+                     None if out is None else Path(out), tuple(notes.warnings), task)
 
 
 def _calibrate(method, source, labels, prior, tau, bias_l2, compute, budget, context, notes):

@@ -10,6 +10,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
+from ..core.tasks import SINGLE_LABEL, Task, task_of
 from ..errors import MismatchError
 from .inputs import Notes, estimate, is_path, make_context, open_logits, open_priors, output_check, paths_of, \
     read_names
@@ -20,10 +21,12 @@ class PriorsResult:
     """Training priors counted from labels.
 
     Attributes:
-        priors: the `Priors` (counts, priors, class names, source).
-        num_labels: how many labels were counted.
+        priors: the `Priors` (counts, priors, class names, source), or for a multi-label task the
+            `MultiLabelPriors` (positives, rates, log-odds).
+        num_labels: how many labels (multi-label: label rows, that is samples) were counted.
         name: where the labels came from.
         out: the priors file written, or None.
+        task: the `Task` counted for.
     """
 
     priors: Any
@@ -31,9 +34,10 @@ class PriorsResult:
     name: str
     out: Optional[Path] = None
     warnings: tuple[str, ...] = field(default=())
+    task: Task = SINGLE_LABEL
 
     def to_dict(self) -> dict:
-        """Exactly `lacal priors --json`."""
+        """Exactly `lacal priors --json` (`lacal priors --multi-label --json` for a multi-label task)."""
         return self.priors.to_dict()
 
 
@@ -77,44 +81,51 @@ def count_priors(train_labels, *, num_classes: Optional[int] = None, smoothing: 
         class_names: class names in id order (a list or a classes file).
         label_column: the column of a CSV labels file.
         out: write the priors as JSON here (for `priors=`); `force` replaces it.
-        multi_label: `train_labels` is an N x C 0/1 matrix; count the positives per label (see
-            `workflows.multilabel.count_multi_label_priors`).
+        multi_label: `train_labels` is an N x C 0/1 matrix (an array, or a .npy, .csv or .txt file); count the
+            positives per label into a `MultiLabelPriors`.
 
     Returns:
-        A `PriorsResult`; `.priors` is the `Priors`, `.to_dict()` is `lacal priors --json`. With `multi_label`, a
-        `MultiLabelPriorsResult` (`lacal priors --multi-label --json`). Either is accepted as `priors` by `fit`,
-        `compare`, `report`, `apply` and `patch_checkpoint` (and as `train_priors` by `estimate_priors`).
+        A `PriorsResult`; `.priors` is the `Priors` (or `MultiLabelPriors`), `.to_dict()` is `lacal priors --json`
+        (with `multi_label`, `lacal priors --multi-label --json`).
 
     Example:
         >>> lacal.count_priors("train_labels.txt", num_classes=100).priors.priors[:3]
     """
     from ..data.readers import read_labels, sha256_file
-    from ..core.priors import priors_from_labels
     from .inputs import label_array
 
-    if multi_label:
-        from .multilabel import count_multi_label_priors, refuse_options
-
-        refuse_options(label_column=label_column)
-        return count_multi_label_priors(train_labels, num_classes=num_classes, class_names=class_names,
-                                        smoothing=smoothing, out=out, force=force)
+    task = task_of(multi_label)
+    task.refuse(label_column=label_column)
     names = read_names(class_names)
     output_check(out, force, train_labels, class_names)
-    if is_path(train_labels):
-        labels = read_labels(train_labels, names, label_column)
-        source, name = {"path": str(train_labels), "sha256": sha256_file(train_labels)}, str(train_labels)
-    else:
-        labels, source, name = label_array(train_labels), None, "labels"
     if names is not None and num_classes is not None and len(names) != num_classes:
-        raise MismatchError(f"lists {len(names)} class names but `num_classes` is {num_classes}",
+        raise MismatchError(f"lists {len(names)} {task.unit} names but `num_classes` is {num_classes}",
                             class_names if is_path(class_names) else "class_names")
-    count = num_classes or (len(names) if names else int(labels.max()) + 1)
-    priors = priors_from_labels(labels, count, smoothing, names, source, name if source else None)
+    if task.multi_label:
+        from ..core.label_matrix import read_label_matrix
+        from .task_inputs import training_matrix
+
+        labels = (read_label_matrix(train_labels, num_classes or (len(names) if names else None), names)
+                  if is_path(train_labels) else training_matrix(train_labels))
+    else:
+        labels = read_labels(train_labels, names, label_column) if is_path(train_labels) else label_array(train_labels)
+    source, name = None, "train_labels" if task.multi_label else "labels"
+    if is_path(train_labels):
+        source, name = {"path": str(train_labels), "sha256": sha256_file(train_labels)}, str(train_labels)
+    if task.multi_label:
+        from ..core.positive_rates import multilabel_priors_from_labels
+
+        priors = multilabel_priors_from_labels(labels, smoothing, names, source, name)
+    else:
+        from ..core.priors import priors_from_labels
+
+        count = num_classes or (len(names) if names else int(labels.max()) + 1)
+        priors = priors_from_labels(labels, count, smoothing, names, source, name if source else None)
     if out is not None:
         from ..data.writers import write_text
 
         write_text(out, json.dumps(priors.to_dict(), indent=2) + "\n", force, paths_of(train_labels, class_names))
-    return PriorsResult(priors, int(labels.shape[0]), name, None if out is None else Path(out))
+    return PriorsResult(priors, int(labels.shape[0]), name, None if out is None else Path(out), (), task)
 
 
 def estimate_priors(target_logits, train_priors=None, *, train_labels=None, class_names=None,
@@ -127,8 +138,7 @@ def estimate_priors(target_logits, train_priors=None, *, train_labels=None, clas
     Args:
         target_logits: the model's logits on the unlabeled target data (an array, a tensor, a `LogitsSource`, a
             file, or a folder or glob of shards).
-        train_priors: the training priors: a `count_priors` result, a `Priors`, a priors file, or a vector of counts
-            or probabilities.
+        train_priors: the training priors: a `Priors`, a priors file, or a vector of counts or probabilities.
         train_labels: instead of `train_priors`, the training labels (an array or a file).
         class_names, label_column, smoothing: as for `count_priors`.
         tolerance: stop when no prior moves more than this.
@@ -137,12 +147,10 @@ def estimate_priors(target_logits, train_priors=None, *, train_labels=None, clas
         out: write the estimated priors as JSON here (for `target_priors=`); `force` replaces it.
 
     Returns:
-        An `EstimateResult`: `.priors` is q, `.to_dict()` is `lacal priors --em --json`. It is accepted as
-        `target_priors` by `fit`, `apply`, `report` and `patch_checkpoint`.
+        An `EstimateResult`: `.priors` is q, `.to_dict()` is `lacal priors --em --json`.
 
     Example:
-        >>> shift = lacal.estimate_priors(test_logits, lacal.count_priors(train_labels))
-        >>> result = lacal.fit(val_logits, val_labels, train_priors, target_priors=shift)
+        >>> q = lacal.estimate_priors(test_logits, priors).priors
     """
     from ..core.priors import Priors
 
@@ -151,8 +159,7 @@ def estimate_priors(target_logits, train_priors=None, *, train_labels=None, clas
     context = make_context(device, context)
     output_check(out, force, target_logits, train_labels, train_priors)
     classes = open_logits(target_logits, key, context, notes=notes).num_classes
-    prior = open_priors(train_labels, train_priors, classes, smoothing, names, label_column,
-                        parameter="train_priors")
+    prior = open_priors(train_labels, train_priors, classes, smoothing, names, label_column)
     q, info = estimate(target_logits, prior, classes, key, context.device, None, progress, tolerance, max_iterations,
                        context, notes)
     if out is not None and context.leader:

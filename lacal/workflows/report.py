@@ -3,18 +3,19 @@ side, as data (what `lacal report` and `lacal report --compare` do; rendering li
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import numpy as np
 
+from ..core.tasks import SINGLE_LABEL, Task
 from ..errors import MismatchError, OptionError
 from ..core.metrics import ClassEvaluation, ProbabilityMetrics, group_errors
-from .inputs import Notes, calibration_for, check_width, is_path, logits_input, make_context, memory_bytes, \
-    open_labels, open_logits, open_priors, paths_of, progress_bar, title
+from .inputs import Notes, check_width, is_path, logits_input, make_context, memory_bytes, open_logits, open_priors, \
+    paths_of, progress_bar, title
 from .inputs import class_names as class_names_for
-from .inputs import multi_label_given
+from .task_inputs import missing_labels, task_calibration, task_for, task_labels, task_priors
 
 SORT_KEYS = ("class", "error", "count")
 
@@ -22,7 +23,9 @@ SORT_KEYS = ("class", "error", "count")
 @dataclass(frozen=True)
 class Report:
     """Evaluations of the raw logits (`baseline`) and of the adjusted ones (`adjusted`, None when no tau was
-    given), with the training counts (for shot groups) and class names when known."""
+    given), with the training counts (for shot groups) and class names when known. For a multi-label `task` the
+    evaluations are `MultiLabelEvaluation`s, `train_counts` the training positives per label, and there are no
+    probability metrics."""
 
     baseline: ClassEvaluation
     adjusted: ClassEvaluation | None = None
@@ -36,6 +39,7 @@ class Report:
     name: str | None = None
     plot: Path | None = None
     warnings: tuple[str, ...] = field(default=())
+    task: Task = SINGLE_LABEL
 
     @property
     def main(self) -> ClassEvaluation:
@@ -53,9 +57,17 @@ class Report:
         return ids
 
     def groups(self, evaluation: ClassEvaluation) -> dict | None:
+        if self.task.multi_label:
+            from .multilabel_rows import label_groups
+
+            return label_groups(evaluation, self.train_counts)
         return None if self.train_counts is None else group_errors(evaluation, self.train_counts)
 
     def _section(self, evaluation: ClassEvaluation, quality: ProbabilityMetrics | None = None) -> dict:
+        if self.task.multi_label:
+            from .multilabel_rows import label_section
+
+            return label_section(evaluation, self.class_names, self.train_counts)
         errors = evaluation.errors
         names = self.class_names
         counts = self.train_counts
@@ -73,7 +85,11 @@ class Report:
         }
 
     def to_dict(self) -> dict:
-        """Exactly `lacal report --json`."""
+        """Exactly `lacal report --json` (`lacal report --multi-label --json` for a multi-label task)."""
+        if self.task.multi_label:
+            return {"multi_label": True, **self._section(self.main), "tau": self.tau,
+                    "num_classes": self.main.num_classes, "labels_without_samples": self.main.labels_without_samples,
+                    "baseline": self._section(self.baseline)}
         adjusted = self.adjusted is not None
         result = self._section(self.main, self.adjusted_quality if adjusted else self.baseline_quality)
         result["tau"] = self.tau
@@ -99,37 +115,30 @@ def report(logits=None, labels=None, calibration=None, *, tau: Optional[float] =
         logits: N x C logits (an array, a tensor, a `LogitsSource`, a file, a folder or glob of shards, or a list of
             files); None with `checkpoint` and `features`.
         labels: N class ids (an array, a tensor or a labels file).
-        calibration: the adjustment to report: a `fit` result, a `Calibration` or a calibration file; or None with
-            `tau` and `train_labels`/`priors`; or neither, for the raw logits only.
-        train_labels, priors: the training priors (for `tau`, or only for the shot groups): labels, or anything
-            `fit` takes as `priors`; the training counts come from them (or from the calibration).
+        calibration: the adjustment to report: a `Calibration` or a calibration file; or None with `tau` and
+            `train_labels`/`priors`; or neither, for the raw logits only.
+        train_labels, priors: the training priors (for `tau`, or only for the shot groups).
         target_priors, target_logits: target priors with `tau` (a calibration carries its own).
         bins: equal-width confidence bins of the ECE.
-        checkpoint, features, head, class_names, label_column, smoothing: as for `fit`.
-        key, device, memory_budget, progress, context: as for `fit`.
+        checkpoint, features, head, class_names, label_column, smoothing, key, device, memory_budget, progress,
+            context: as for `fit`.
         plot: also draw the three panels into this PNG (needs matplotlib); `force` replaces it.
-        multi_label: a multi-label head: `labels` is an N x C 0/1 matrix; also taken when `calibration` is a
-            multi-label `Calibration` (see `workflows.multilabel.report_multi_label`).
+        multi_label: a multi-label head: `labels` is an N x C 0/1 matrix, the report is per label (false negative
+            and positive rates, balanced error) and macro / micro; also taken when `calibration` is a multi-label
+            `Calibration`.
 
     Returns:
-        A `Report`: `.baseline` and `.adjusted` evaluations, `.to_dict()` is `lacal report --json`. With
-        `multi_label`, a `MultiLabelReportResult` (`lacal report --multi-label --json`).
+        A `Report`: `.baseline` and `.adjusted` evaluations, `.task`; `.to_dict()` is `lacal report --json` (with
+        `multi_label`, `lacal report --multi-label --json`).
 
     Example:
         >>> lacal.report(test_logits, test_labels, calibration).to_dict()["balanced_error"]
     """
-    from ..engine.passes import probability_pass, score_pass
-
-    if multi_label or multi_label_given(calibration, priors):
-        from .multilabel import refuse_options, report_multi_label
-
-        uniform = is_path(target_priors) and str(target_priors).strip().lower() == "uniform"
-        refuse_options(checkpoint=checkpoint is not None, features=features is not None, head=head, plot=plot,
-                       label_column=label_column, target_priors=not uniform, target_logits=target_logits is not None,
-                       bins=bins != 15)
-        return report_multi_label(logits, labels, calibration, tau=tau, train_labels=train_labels, priors=priors,
-                                  class_names=class_names, smoothing=smoothing, key=key, device=device,
-                                  memory_budget=memory_budget, progress=progress, context=context)
+    task = task_for(multi_label, calibration, priors)
+    uniform = is_path(target_priors) and str(target_priors).strip().lower() == "uniform"
+    task.refuse(checkpoint=checkpoint is not None, features=features is not None, head=head, plot=plot,
+                label_column=label_column, target_priors=not uniform, target_logits=target_logits is not None,
+                bins=bins != 15)
     notes = Notes()
     budget = memory_bytes(memory_budget)
     context = make_context(device, context)
@@ -146,40 +155,59 @@ def report(logits=None, labels=None, calibration=None, *, tau: Optional[float] =
                                                     compute, calibration is not None or tau is not None, context,
                                                     notes)
     names = class_names_for(class_names, source.num_classes) or known_names
-    values = open_labels(labels_data, source, names, label_column, context)
-    uniform = is_path(target_priors) and str(target_priors).strip().lower() == "uniform"
+    values = task_labels(task, labels_data, source, names, label_column, context)
     if calibration is None and tau is None and (not uniform or target_logits is not None):
         raise OptionError("`target_priors` goes with `tau` (a calibration file carries its own)", "target_priors")
-    fitted = calibration_for(calibration, tau, train_labels, priors, source.num_classes, smoothing, names,
-                             label_column, False, target_priors, target_logits, key, compute, budget, context, notes)
+    fitted = task_calibration(task, calibration, tau, train_labels, priors, source.num_classes, smoothing, names,
+                              label_column, False, target_priors, target_logits, key, compute, budget, context, notes)
     counts = fitted.counts if fitted is not None else None
     if fitted is None and (train_labels is not None or priors is not None):
-        counts = open_priors(train_labels, priors, source.num_classes, smoothing, names, label_column).counts
+        counts = task_priors(task, train_labels, priors, source.num_classes, smoothing, names, label_column).counts
     names = names or (fitted.class_names if fitted is not None else None)
     affines = [(1.0, np.zeros(source.num_classes))] + ([fitted.affine()] if fitted is not None else [])
-    # argmax(f * scale + shift) = argmax(f + shift / scale), as scale = 1 / temperature > 0
-    offsets = [shift / scale for scale, shift in affines]
-    with progress_bar(progress, 2 * source.num_samples, "report") as step:
-        failure = None
-        try:
-            evaluations = score_pass(source, values, offsets, device=compute, progress=step, memory_budget=budget)
-            quality = probability_pass(source, values, affines, bins, compute, memory_budget=budget,
-                                       progress=lambda done: step(source.num_samples + done))
-        except Exception as exc:  # noqa: BLE001  (re-raised on every rank by agree)
-            failure = exc
-        context.agree(failure)
-    evaluations = [evaluation.reduce(context) for evaluation in evaluations]
-    quality = [metrics.reduce(context) for metrics in quality]
+    with progress_bar(progress, (1 if task.multi_label else 2) * source.num_samples, "report") as step:
+        evaluations, quality = _evaluate(task, source, values, affines, bins, compute, budget, step, context)
     result = Report(baseline=evaluations[0], adjusted=evaluations[1] if fitted is not None else None,
                     train_counts=counts, class_names=names, tau=None if fitted is None else fitted.tau,
                     baseline_quality=quality[0], adjusted_quality=quality[1] if fitted is not None else None,
                     target_priors=None if fitted is None else fitted.target_priors,
                     temperature=None if fitted is None else fitted.temperature, name=title(source),
-                    plot=None if plot is None else Path(plot), warnings=tuple(notes.warnings))
+                    plot=None if plot is None else Path(plot), warnings=tuple(notes.warnings), task=task)
+    if task.multi_label:
+        if counts is None:
+            notes.warn("no training positives given (`train_labels`, or `priors` or `calibration`), so labels are "
+                       "not grouped into many/medium/few")
+        notes.warnings.extend(missing_labels(result.main, f"samples in {source.name}"))
+        result = replace(result, warnings=tuple(notes.warnings))
     if plot is not None:
         _plot(result, plot, source, values, fitted, train_labels, priors, smoothing, names, label_column, compute,
               budget, context, force, paths_of(logits, labels, calibration, train_labels, priors))
     return result
+
+
+def _evaluate(task, source, values, affines, bins, compute, budget, step, context):
+    """The evaluations of the logits under each (scale, shift), reduced over the ranks, and (single-label) the
+    probability metrics; a multi-label head's evaluations only (and None for the metrics)."""
+    from ..engine.passes import probability_pass, score_pass
+
+    if task.multi_label:
+        from ..methods.multilabel import evaluate_multilabel
+
+        evaluations = evaluate_multilabel(source, values, [shift for _, shift in affines], compute, progress=step,
+                                          memory_budget=budget, context=context)
+        return evaluations, [None] * len(affines)
+    # argmax(f * scale + shift) = argmax(f + shift / scale), as scale = 1 / temperature > 0
+    offsets = [shift / scale for scale, shift in affines]
+    failure = None
+    try:
+        evaluations = score_pass(source, values, offsets, device=compute, progress=step, memory_budget=budget)
+        quality = probability_pass(source, values, affines, bins, compute, memory_budget=budget,
+                                   progress=lambda done: step(source.num_samples + done))
+    except Exception as exc:  # noqa: BLE001  (re-raised on every rank by agree)
+        failure = exc
+    context.agree(failure)
+    return ([evaluation.reduce(context) for evaluation in evaluations],
+            [metrics.reduce(context) for metrics in quality])
 
 
 def _plot(result, plot, source, values, fitted, train_labels, priors, smoothing, names, column, compute, budget,
@@ -209,6 +237,8 @@ class Comparison:
         train_counts: the training counts (for the shot groups).
         fitted_on, measured_on: the names of the data.
         warnings: for example, methods measured on the data they were fitted on.
+        task: the `Task` compared for (a multi-label head's methods: no adjustment, a shared tau at 1 and fitted, a
+            threshold per label; `train_counts` are then the training positives per label).
     """
 
     methods: tuple
@@ -216,11 +246,12 @@ class Comparison:
     fitted_on: str
     measured_on: str
     warnings: tuple[str, ...] = field(default=())
+    task: Task = SINGLE_LABEL
 
     def to_dict(self) -> dict:
-        """Exactly `lacal report --compare --json`."""
-        return {"fitted_on": self.fitted_on, "measured_on": self.measured_on,
-                "methods": [r.to_dict(self.train_counts) for r in self.methods]}
+        """Exactly `lacal report --compare --json` (with `--multi-label`, marked `multi_label`)."""
+        marked = {"multi_label": True} if self.task.multi_label else {}
+        return {**marked, "fitted_on": self.fitted_on, "measured_on": self.measured_on, "methods": self.rows()}
 
     def rows(self) -> list[dict]:
         return [r.to_dict(self.train_counts) for r in self.methods]
@@ -241,28 +272,23 @@ def compare(val_logits=None, val_labels=None, priors=None, *, train_labels=None,
         checkpoint, features, head: the head's weights and features, which add tau-normalisation.
         class_names, label_column, smoothing, key, device, memory_budget, progress, context: as for `fit`.
         metric: with `multi_label`, what the shared tau is fitted for ("balanced-error" or "macro-f1").
-        multi_label: a multi-label head: N x C 0/1 label matrices (see `workflows.multilabel.compare_multi_label`).
+        multi_label: a multi-label head: N x C 0/1 label matrices; the methods are no adjustment, a shared tau at 1
+            and fitted, and a threshold per label.
 
     Returns:
-        A `Comparison`; `.to_dict()` is `lacal report --compare --json`. With `multi_label`, a
-        `MultiLabelComparison` (`lacal report --multi-label --compare --json`).
+        A `Comparison`; `.to_dict()` is `lacal report --compare --json` (with `multi_label`,
+        `lacal report --multi-label --compare --json`).
 
     Example:
         >>> lacal.compare(val_logits, val_labels, priors, test_logits=test_logits, test_labels=test_labels)
     """
-    from ..methods.comparison import compare_methods
-
-    if multi_label or multi_label_given(priors=priors):
-        from .multilabel import compare_multi_label, refuse_options
-
-        refuse_options(checkpoint=checkpoint is not None, features=features is not None,
-                       test_features=test_features is not None, head=head, label_column=label_column,
-                       torchrun=context is not None and context.active)
-        return compare_multi_label(val_logits, val_labels, priors, train_labels=train_labels,
-                                   test_logits=test_logits, test_labels=test_labels, metric=metric,
-                                   class_names=class_names, smoothing=smoothing, key=key, device=device,
-                                   memory_budget=memory_budget, progress=progress)
-    if metric != "balanced-error":
+    task = task_for(multi_label, priors=priors)
+    task.refuse(checkpoint=checkpoint is not None, features=features is not None,
+                test_features=test_features is not None, head=head, label_column=label_column,
+                torchrun=context is not None and context.active)
+    if task.multi_label:
+        task.check_metric(metric)
+    elif metric != "balanced-error":
         raise OptionError("`metric` goes with `multi_label`", "metric")
     notes = Notes()
     budget = memory_bytes(memory_budget)
@@ -273,8 +299,8 @@ def compare(val_logits=None, val_labels=None, priors=None, *, train_labels=None,
     source, labels, known_names = logits_input(val_logits, val_labels, checkpoint, features, head, key, class_names,
                                                compute, False, context, notes)
     names = class_names_for(class_names, source.num_classes) or known_names
-    values = open_labels(labels, source, names, label_column)
-    prior = open_priors(train_labels, priors, source.num_classes, smoothing, names, label_column)
+    values = task_labels(task, labels, source, names, label_column)
+    prior = task_priors(task, train_labels, priors, source.num_classes, smoothing, names, label_column)
     evaluation_source = evaluation_labels = head_data = None
     if checkpoint is not None:
         from ..models.checkpoints import find_head, open_checkpoint
@@ -300,17 +326,26 @@ def compare(val_logits=None, val_labels=None, priors=None, *, train_labels=None,
     elif test_logits is not None:
         evaluation_source = open_logits(test_logits, key, notes=notes)
         if evaluation_source.num_classes != source.num_classes:
-            raise MismatchError(f"has {evaluation_source.num_classes} classes but the validation logits have "
+            raise MismatchError(f"has {evaluation_source.num_classes} {task.units} but the validation logits have "
                                 f"{source.num_classes}", test_logits if is_path(test_logits) else "test_logits")
     if (evaluation_source is None) != (test_labels is None):
         raise OptionError("give `test_labels` together with `test_logits` (or `test_features`)", "test_labels")
     if evaluation_source is not None:
-        evaluation_labels = open_labels(test_labels, evaluation_source, names, label_column)
+        evaluation_labels = task_labels(task, test_labels, evaluation_source, names, label_column)
     with progress_bar(progress, source.num_samples, "compare") as step:
-        results = compare_methods(source, values, prior, evaluation_source, evaluation_labels, head_data, compute,
-                                  budget, progress=step)
+        if task.multi_label:
+            from .multilabel_rows import compare_multilabel
+
+            results = compare_multilabel(source, values, prior, evaluation_source, evaluation_labels, metric,
+                                         compute, budget, step)
+        else:
+            from ..methods.comparison import compare_methods
+
+            results = compare_methods(source, values, prior, evaluation_source, evaluation_labels, head_data,
+                                      compute, budget, progress=step)
     if evaluation_source is None:
         notes.warn("every method was fitted and measured on the same data; give `test_logits` and `test_labels` for "
-                   "an honest comparison")
+                   "an honest comparison" + (" (per-label thresholds look best on the data they were fitted on)"
+                                             if task.multi_label else ""))
     measured = evaluation_source.name if evaluation_source is not None else source.name
-    return Comparison(tuple(results), prior.counts, source.name, measured, tuple(notes.warnings))
+    return Comparison(tuple(results), prior.counts, source.name, measured, tuple(notes.warnings), task)
