@@ -291,13 +291,13 @@ def _apply_multi(multi, priors, tmp_path, flag):
 
 def _report_multi(multi, priors, tmp_path, flag):
     result = lacal.report(multi.test_logits, multi.test_labels, priors=priors, device="cpu", **flag)
-    assert np.array_equal(result.report.train_positives, multi.positives)
+    assert np.array_equal(result.train_counts, multi.positives)
 
 
 def _compare_multi(multi, priors, tmp_path, flag):
     result = lacal.compare(multi.val_logits, multi.val_labels, priors, test_logits=multi.test_logits,
                            test_labels=multi.test_labels, device="cpu", **flag)
-    assert np.array_equal(result.train_positives, multi.positives)
+    assert np.array_equal(result.train_counts, multi.positives)
     assert multi.fit_result.tau in [row["tau"] for row in result.rows()]
 
 
@@ -331,8 +331,8 @@ def _apply_multi_calibration(multi, calibration, tmp_path, flag):
 
 def _report_multi_calibration(multi, calibration, tmp_path, flag):
     result = lacal.report(multi.test_logits, multi.test_labels, calibration, device="cpu", **flag)
-    assert result.report.tau == multi.fit_result.tau
-    assert np.array_equal(result.report.train_positives, multi.positives)
+    assert result.tau == multi.fit_result.tau
+    assert np.array_equal(result.train_counts, multi.positives)
 
 
 def _patch_module_multi(multi, calibration, tmp_path, flag):

@@ -138,7 +138,8 @@ def estimate_priors(target_logits, train_priors=None, *, train_labels=None, clas
     Args:
         target_logits: the model's logits on the unlabeled target data (an array, a tensor, a `LogitsSource`, a
             file, or a folder or glob of shards).
-        train_priors: the training priors: a `Priors`, a priors file, or a vector of counts or probabilities.
+        train_priors: the training priors: a `count_priors` result, a `Priors`, a priors file, or a vector of counts
+            or probabilities.
         train_labels: instead of `train_priors`, the training labels (an array or a file).
         class_names, label_column, smoothing: as for `count_priors`.
         tolerance: stop when no prior moves more than this.
@@ -159,7 +160,8 @@ def estimate_priors(target_logits, train_priors=None, *, train_labels=None, clas
     context = make_context(device, context)
     output_check(out, force, target_logits, train_labels, train_priors)
     classes = open_logits(target_logits, key, context, notes=notes).num_classes
-    prior = open_priors(train_labels, train_priors, classes, smoothing, names, label_column)
+    prior = open_priors(train_labels, train_priors, classes, smoothing, names, label_column,
+                        parameter="train_priors")
     q, info = estimate(target_logits, prior, classes, key, context.device, None, progress, tolerance, max_iterations,
                        context, notes)
     if out is not None and context.leader:
