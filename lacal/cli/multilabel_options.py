@@ -20,8 +20,10 @@ def wanted(flag: bool, labels_path, what: str = "labels") -> bool:
         return True
     kind = label_matrix_kind(labels_path) if labels_path is not None else None
     if kind is not None:
-        typer.echo(f"lacal: note: {labels_path} is {kind}, so the {what} are read as multi-label (one sigmoid "
-                   "output per label); pass --multi-label to say so and silence this note", err=True)
+        from .render import line
+
+        line(f"lacal: note: {labels_path} is {kind}, so the {what} are read as multi-label (one sigmoid output per "
+             "label); pass --multi-label to say so and silence this note")
     return kind is not None
 
 
@@ -39,6 +41,8 @@ def is_multilabel_calibration(path) -> bool:
     if path is None:
         return False
     try:
-        return bool(json.loads(Path(path).read_text(encoding="utf-8")).get("multi_label"))
+        from ..data.readers import parse_json
+
+        return bool(parse_json(Path(path).read_text(encoding="utf-8")).get("multi_label"))
     except (OSError, ValueError, AttributeError, RecursionError):
         return False

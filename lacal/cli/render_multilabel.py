@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from ..errors import shown
+from .render import bold_lead as _bold_lead
 from .render import console as _console
 from .render import percent as _percent
 
@@ -11,11 +13,11 @@ def fit_tables(result) -> None:
     """`fit-tau --multi-label`: tau, its interval, and the validation figures before, at tau = 1 and after."""
     from rich.table import Table
 
-    fit, name, console = result.tau_fit, result.name, _console()
+    fit, name, console = result.tau_fit, shown(result.name), _console()
     metric = "macro balanced error" if fit.metric == "balanced-error" else "macro-F1 (highest)"
-    console.print(f"[bold]tau = {fit.tau:.4f}[/bold]  exact search over [{fit.tau_range[0]:g}, "
-                  f"{fit.tau_range[1]:g}] for the {'lowest ' if fit.metric == 'balanced-error' else ''}{metric}, "
-                  "one tau shared by every label")
+    console.print(_bold_lead(f"tau = {fit.tau:.4f}", f"  exact search over [{fit.tau_range[0]:g}, "
+                             f"{fit.tau_range[1]:g}] for the {'lowest ' if fit.metric == 'balanced-error' else ''}"
+                             f"{metric}, one tau shared by every label"))
     if fit.interval[0] == fit.interval[1]:
         console.print(f"only the single point tau = {fit.tau:g} reaches this value (flips meet there)")
     else:
@@ -37,7 +39,7 @@ def report_tables(result, sort: str, limit=None) -> None:
 
     from ..core.metrics import GROUPS, shot_groups
 
-    report, name, console = result.report, result.name, _console()
+    report, name, console = result.report, shown(result.name), _console()
     adjusted = report.adjusted is not None
     before, after = report.baseline, report.main
     groups = shot_groups(report.train_positives) if report.train_positives is not None else None
@@ -51,7 +53,7 @@ def report_tables(result, sort: str, limit=None) -> None:
     fnr, fpr = after.false_negative_rates, after.false_positive_rates
     order = report.order(sort)
     for k in order[:limit]:
-        row = [str(k)] + ([report.class_names[k]] if named else []) + [
+        row = [str(k)] + ([shown(report.class_names[k])] if named else []) + [
             "-" if report.train_positives is None else str(int(report.train_positives[k])),
             "-" if groups is None else str(groups[k]), str(int(after.positives[k])),
             _percent(fnr[k]), _percent(fpr[k]), _percent(before.balanced_errors[k])]
@@ -85,7 +87,8 @@ def comparison_table(result) -> None:
     """`report --multi-label --compare`: one row per method."""
     from rich.table import Table
 
-    table = Table(title=f"multi-label methods fitted on {result.fitted_on}, measured on {result.measured_on}")
+    table = Table(title=f"multi-label methods fitted on {shown(result.fitted_on)}, measured on "
+                        f"{shown(result.measured_on)}")
     columns = ("method", "tau", "macro balanced error", "macro-F1", "micro-F1", "many", "medium", "few")
     for column_name in columns:
         table.add_column(column_name, justify="left" if column_name == "method" else "right")
@@ -102,11 +105,11 @@ def priors_table(result) -> None:
     from rich.table import Table
 
     prior, names = result.priors, result.priors.classes
-    table = Table(title=f"Multi-label priors from {result.name} ({prior.num_samples} samples, "
+    table = Table(title=f"Multi-label priors from {shown(result.name)} ({prior.num_samples} samples, "
                         f"{prior.num_classes} labels)")
     for column in ("label", "name", "positives", "prior", "log(pi / (1 - pi))"):
         table.add_column(column, justify="left" if column == "name" else "right")
     for k in range(prior.num_classes):
-        table.add_row(str(k), names[k] if names else "", str(int(prior.positives[k])),
+        table.add_row(str(k), shown(names[k]) if names else "", str(int(prior.positives[k])),
                       f"{prior.priors[k]:.6f}", f"{prior.log_odds[k]:.4f}")
     _console().print(table)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputDataError, InputFileError, LacalError, PriorsError
-from ..data.readers import NUMPY_READ_ERRORS, read_csv_rows, check_readable
+from ..data.readers import NUMPY_READ_ERRORS, check_readable, parse_json, read_csv_rows
 from .positive_rates import PRIORS_FORMAT, MultiLabelPriors, multilabel_priors, multilabel_priors_from_labels
 
 BINARY = ("0", "1")
@@ -141,7 +141,7 @@ def read_multilabel_priors(path: str | os.PathLike, smoothing: float = 0.0,
 
     path = check_readable(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = parse_json(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise InputFileError(f"is not a JSON multi-label priors file: {exc}", path) from None
     if not isinstance(data, dict) or "positives" not in data or "num_samples" not in data:

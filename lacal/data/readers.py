@@ -13,6 +13,7 @@ import math
 import os
 import pickle
 import re
+import stat
 import zipfile
 from pathlib import Path
 from typing import Callable
@@ -35,13 +36,70 @@ def sha256_file(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+class DuplicateKeyError(json.JSONDecodeError):
+    """A JSON object that names one key twice: parsers disagree on which value counts (Python's and JavaScript's
+    take the last, others the first or refuse), so lacal refuses it rather than guess."""
+
+    def __init__(self, key: str):
+        ValueError.__init__(self, f"the key {key!r} appears twice in one object (JSON readers disagree on which "
+                                  "value counts)")
+        self.msg, self.doc, self.pos, self.lineno, self.colno = str(self), "", 0, 1, 1
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+def _unique_keys(pairs: list) -> dict:
+    seen = {}
+    for key, value in pairs:
+        if key in seen:
+            raise DuplicateKeyError(key)
+        seen[key] = value
+    return seen
+
+
+def parse_json(text: str | bytes):
+    """`json.loads` that refuses an object naming a key twice (raising DuplicateKeyError, a JSONDecodeError).
+    Every JSON file lacal reads is parsed with it."""
+    return json.loads(text, object_pairs_hook=_unique_keys)
+
+
+SPECIAL_FILES = ((stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"), (stat.S_ISFIFO, "FIFO"),
+                 (stat.S_ISSOCK, "socket"))
+
+
+def file_kind(mode: int) -> str:
+    """What a file of this mode is, in words ("regular file", "folder", "character device", ...)."""
+    if stat.S_ISREG(mode):
+        return "regular file"
+    if stat.S_ISDIR(mode):
+        return "folder"
+    return next((name for test, name in SPECIAL_FILES if test(mode)), "special file")
+
+
+def stat_or_none(path: str | os.PathLike, error=InputFileError) -> os.stat_result | None:
+    """os.stat of `path` (following links), None if nothing is there; a name too long, a link loop or another
+    failure is raised as `error` naming the path."""
+    try:
+        return os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the name
+        raise error(f"cannot read: {getattr(exc, 'strerror', None) or exc}", path) from None
+
+
 def check_readable(path: str | os.PathLike) -> Path:
-    """Raise InputFileError unless `path` is an existing, readable file."""
+    """Raise InputFileError unless `path` is an existing, readable regular file: a device (`/dev/zero`), a FIFO or a
+    socket is refused by name, even through a symbolic link, since reading one may never end."""
     path = Path(path)
-    if not path.exists():
+    info = stat_or_none(path)
+    if info is None:
         raise InputFileError("no such file", path)
-    if path.is_dir():
+    if stat.S_ISDIR(info.st_mode):
         raise InputFileError("is a folder, expected a file", path)
+    if not stat.S_ISREG(info.st_mode):
+        raise InputFileError(f"is a {file_kind(info.st_mode)}, not a regular file; lacal reads only regular files",
+                             path)
     if not os.access(path, os.R_OK):
         raise InputFileError("permission denied", path)
     return path
@@ -409,12 +467,17 @@ def shard_paths(spec: str | os.PathLike, suffixes=None) -> list[Path]:
 
     suffixes = tuple(suffixes or LOGITS_READERS)
     path = Path(spec)
-    if path.is_dir():
+    info = stat_or_none(path)
+    if info is not None and stat.S_ISDIR(info.st_mode):
         index = path / SHARD_INDEX
         if index.is_file():
             return _indexed_shards(index, suffixes)
         found = [p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")
                  and p.suffix.lower() in suffixes]
+        escaping = [p.name for p in found if not _inside(p, path)]
+        if escaping:
+            raise InputFileError(f"holds {escaping[0]}, a link to a file outside the folder; lacal reads a folder's "
+                                 "shards only inside it", path)
         if not found:
             raise InputFileError(f"is a folder with no {'/'.join(suffixes)} files", path)
         strays = [p.name for p in found if "label" in p.name.lower()]
@@ -422,7 +485,7 @@ def shard_paths(spec: str | os.PathLike, suffixes=None) -> list[Path]:
             raise InputFileError(f"is read as a folder of shards but also holds {strays[0]}; keep labels outside "
                                  "the shard folder, or name the shards with a quoted glob", path)
         return sorted(found, key=lambda p: _natural(p.name))
-    if not path.exists() and any(c in str(spec) for c in "*?["):
+    if info is None and any(c in str(spec) for c in "*?["):
         found = [Path(p) for p in glob.glob(str(spec)) if Path(p).is_file()]
         if not found:
             raise InputFileError("matches no files", spec)
@@ -430,10 +493,18 @@ def shard_paths(spec: str | os.PathLike, suffixes=None) -> list[Path]:
     return [path]
 
 
+def _inside(path: Path, folder: Path) -> bool:
+    """Whether `path`, its links followed, lies inside `folder` (its links followed too)."""
+    try:
+        return Path(os.path.realpath(path)).is_relative_to(os.path.realpath(folder))
+    except (OSError, ValueError):
+        return False
+
+
 def read_shard_index(index: Path) -> list[dict]:
     """The entries of a lacal shard index ({"file": NAME, "rows": N, ...}), checked for form."""
     try:
-        data = json.loads(index.read_text(encoding="utf-8"))
+        data = parse_json(index.read_text(encoding="utf-8"))
         if not isinstance(data, dict) or data.get("format") != SHARD_INDEX_FORMAT:
             raise ValueError(f"not a {SHARD_INDEX_FORMAT} index")
         entries = data["shards"]
@@ -452,6 +523,15 @@ def _indexed_shards(index: Path, suffixes=()) -> list[Path]:
     names = [entry["file"] for entry in read_shard_index(index)]
     if any(Path(name).is_absolute() or ".." in Path(name).parts for name in names):
         raise InputDataError("lists a shard outside its folder", index)
+    twice = next((name for k, name in enumerate(names) if name in names[:k]), None)
+    if twice is not None:
+        raise InputDataError(f"lists {twice} twice: its rows would be read twice; the folder is not as lacal wrote it",
+                             index)
+    escaping = [name for name in names if (index.parent / name).exists() and not _inside(index.parent / name,
+                                                                                         index.parent)]
+    if escaping:
+        raise InputDataError(f"lists {escaping[0]}, a link to a file outside its folder; lacal reads a folder's "
+                             "shards only inside it", index)
     missing = [name for name in names if not (index.parent / name).is_file()]
     if missing:
         raise InputFileError(f"lists {missing[0]}, which is not in its folder: the folder is incomplete", index)
@@ -558,7 +638,7 @@ def read_classes(path: str | os.PathLike) -> list[str]:
         raise InputFileError("is not UTF-8 text", path) from None
     if path.suffix.lower() == ".json":
         try:
-            data = json.loads(text)
+            data = parse_json(text)
         except (json.JSONDecodeError, RecursionError) as exc:
             raise InputFileError(f"is not valid JSON: {exc}", path) from None
         if isinstance(data, dict) and "id2label" in data:

@@ -3,6 +3,8 @@ its message names the parameter (`tau_range`); the CLI shows the flag (`--tau-ra
 
 from .exceptions import (EXIT_CODES, CheckpointError, InputDataError, InputFileError, LacalError, MismatchError,
                          MissingDependencyError, OptionError, OutputError, PriorsError, VerificationError)
+from .display import shown, shown_line
 
 __all__ = ["EXIT_CODES", "CheckpointError", "InputDataError", "InputFileError", "LacalError", "MismatchError",
-           "MissingDependencyError", "OptionError", "OutputError", "PriorsError", "VerificationError"]
+           "MissingDependencyError", "OptionError", "OutputError", "PriorsError", "VerificationError",
+           "shown", "shown_line"]
