@@ -264,7 +264,8 @@ def priors_command(
 
     if em is not None and multi_label:
         raise OptionError("--em estimates softmax target priors; it does not apply to multi-label heads yet", "--em")
-    multi = em is None and multilabel_cli.wanted(multi_label, train_labels, "training labels")
+    multi = em is None and multilabel_cli.wanted(multi_label, train_labels, "training labels",
+                                                           label_column=label_column)
     if multi:
         multilabel_cli.refuse({"--label-column": label_column, "--train-labels": train_labels_option,
                                "--priors": priors_option})
@@ -579,7 +580,8 @@ def _multi_label_fit(inputs, multi_label, checkpoint, features, method, search, 
     low_high = check_tau_range(_parse_range(tau_range) or ((0.0, 2.0) if tau_norm else (0.0, 4.0)))
     budget = memory_bytes(memory_budget)
     context = PROCESS.context(device)
-    if not multilabel_cli.wanted(multi_label, inputs[-1] if checkpoint is None and inputs else None):
+    if not multilabel_cli.wanted(multi_label, inputs[-1] if checkpoint is None and inputs else None,
+                                 label_column=label_column):
         return False
     multilabel_cli.refuse({"--checkpoint": checkpoint, "--features": features, "--method": tau_norm,
                            "--search grid": search == Search.grid, "--calibrate": calibrate,
@@ -654,7 +656,7 @@ def _multi_label_report(inputs, multi_label, calibration, checkpoint, features, 
 
     budget = memory_bytes(memory_budget)
     if not multilabel_cli.wanted(multi_label or multilabel_cli.is_multilabel_calibration(calibration),
-                                 inputs[-1] if checkpoint is None and inputs else None):
+                                 inputs[-1] if checkpoint is None and inputs else None, label_column=label_column):
         if metric != Metric.balanced_error:
             raise OptionError("--metric goes with --multi-label --compare", "--metric")
         return False

@@ -12,12 +12,15 @@ import typer
 from ..errors import OptionError
 
 
-def wanted(flag: bool, labels_path, what: str = "labels") -> bool:
-    """Whether to run multi-label: `--multi-label`, or a labels file that can only be multi-label (said in a note)."""
+def wanted(flag: bool, labels_path, what: str = "labels", label_column=None) -> bool:
+    """Whether to run multi-label: `--multi-label`, or a labels file that can only be multi-label (said in a note).
+    A `--label-column` names one column of single labels, so it is never guessed multi-label."""
     from ..core.label_matrix import label_matrix_kind
 
     if flag:
         return True
+    if label_column is not None:
+        return False
     kind = label_matrix_kind(labels_path) if labels_path is not None else None
     if kind is not None:
         from .render import line

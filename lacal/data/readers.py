@@ -20,7 +20,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..errors import InputDataError, InputFileError, LacalError
+from ..errors import InputDataError, InputFileError, LacalError, shown
 
 LOGIT_DTYPES = ("float16", "bfloat16", "float32", "float64")
 INPUT_DTYPES = LOGIT_DTYPES + ("bool", "uint8", "int8", "int16", "int32", "int64")
@@ -212,6 +212,13 @@ def _pick_key(keys: list[str], key: str | None, path: Path, what: str) -> str:
 NUMPY_READ_ERRORS = (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError, MemoryError)
 
 
+def check_header_shape(shape, path) -> None:
+    """Refuse a .npy header whose shape has a negative dimension (numpy reads one without complaint)."""
+    if any(not isinstance(n, int) or n < 0 for n in shape):
+        raise InputFileError(f"cannot read as .npy: its header has the shape {tuple(shape)}, with a negative "
+                             "dimension", path)
+
+
 def check_npy_size(handle, available: int, path, name: str = "") -> None:
     """Refuse a .npy stream (at its start) whose header promises more bytes than the `available` ones: a tiny
     file must not make lacal allocate a huge array."""
@@ -222,6 +229,7 @@ def check_npy_size(handle, available: int, path, name: str = "") -> None:
         shape, _, dtype = np.lib.format.read_array_header_2_0(handle)
     else:
         return  # numpy checks the rest when it loads
+    check_header_shape(shape, path)
     needed = math.prod(shape) * dtype.itemsize
     if needed > available - handle.tell():
         raise InputFileError(f"is cut short: the header{' of ' + name if name else ''} promises shape "
@@ -252,6 +260,11 @@ def _read_npy(path: Path, key: str | None, what: str = "logits") -> LogitsSource
         offset = handle.tell()
     except NUMPY_READ_ERRORS as exc:
         raise InputFileError(f"cannot read as .npy: {exc or 'the file is empty or cut short'}", path) from None
+    try:
+        check_header_shape(shape, path)
+    except LacalError:
+        handle.close()
+        raise
     if fortran_order or dtype.hasobject:
         handle.close()
         return _read_npy_mapped(path, what)
@@ -403,10 +416,18 @@ def _read_csv_logits(path: Path, key: str | None, what: str = "logits") -> Logit
         if len(row) != width:
             raise InputDataError(f"row {number} has {len(row)} values, the first row has {width}", path)
         if not _all_numeric(row):
-            raise InputDataError(f"row {number} holds a value that is not a number: {row}", path)
+            column = next(k for k, cell in enumerate(row) if not _all_numeric([cell]))
+            raise InputDataError(f"row {number}, column {column + 1} holds {shown(row[column])!r}, which is not a "
+                                 "number", path)
     source = source_from_array(np.array(rows, dtype=np.float64), str(path), what)
     source.notes[:0] = notes
     return source
+
+
+def cells(row: list[str], most: int = 5) -> str:
+    """A CSV row for a message: its first `most` cells, each cut, and how many there are in all."""
+    listed = ", ".join(repr(shown(cell, 40)) for cell in row[:most])
+    return f"[{listed}{', ...' if len(row) > most else ''}]" + (f" ({len(row):,} cells)" if len(row) > most else "")
 
 
 def _column_numbers(row: list[str]) -> bool:
@@ -672,6 +693,32 @@ def read_classes(path: str | os.PathLike) -> list[str]:
     return names
 
 
+def check_same_classes(given, stored, source, what: str = "the calibration") -> None:
+    """Refuse class names given (`--classes`) that disagree with those a file stores (`stored`, from `what`): the
+    logits' columns follow one order, so two lists that differ, even only in order, cannot both be right, and
+    taking either by position would give named labels the wrong ids. Either list may be None (nothing to check).
+
+    Raises:
+        MismatchError: naming the first id where the lists differ.
+    """
+    from ..errors import MismatchError
+
+    if given is None or stored is None or list(given) == list(stored):
+        return
+    given, stored = list(given), list(stored)
+    if sorted(given) == sorted(stored):
+        first = next(k for k, (a, b) in enumerate(zip(given, stored)) if a != b)
+        raise MismatchError(f"{what} stores the same class names in another order (id {first} is {stored[first]!r} "
+                            f"there but `class_names` says {given[first]!r}); class names are matched by name, never "
+                            "by position: give the class list in the calibration's order, or leave out `class_names`",
+                            source)
+    if len(given) != len(stored):
+        raise MismatchError(f"{what} stores {len(stored)} class names but `class_names` lists {len(given)}", source)
+    first = next(k for k, (a, b) in enumerate(zip(given, stored)) if a != b)
+    raise MismatchError(f"{what} stores other class names (id {first} is {stored[first]!r} there but `class_names` "
+                        f"says {given[first]!r}); leave out `class_names` to use the stored ones", source)
+
+
 def read_labels(path: str | os.PathLike, classes: list[str] | None = None,
                 column: str | None = None) -> np.ndarray:
     """Integer class ids (int64, 1-D) from .npy, .txt (one per line) or .csv (`column`: a header name or 0-based
@@ -733,7 +780,8 @@ def _csv_label_column(path: Path, column: str | None) -> list[str]:
         try:
             index = int(column)
         except ValueError:
-            raise InputDataError(f"has no column named {column!r}; its first row is {rows[0]}", path) from None
+            raise InputDataError(f"has no column named {shown(column)!r}; its first row is {cells(rows[0])}",
+                                 path) from None
         if not 0 <= index < len(rows[0]):
             raise InputDataError(f"has {len(rows[0])} columns, so `label_column` {index} is out of range", path)
         if not rows[0][index].lstrip("-").isdigit() and len(rows) > 1 and rows[1][index].lstrip("-").isdigit():

@@ -326,6 +326,7 @@ def calibration_for(calibration, tau, train_labels, priors, num_classes, smoothi
                     notes: Notes | None = None):
     """The calibration to apply: a `Calibration` (or its file), or one built from `tau` and the training priors."""
     from ..core.calibration import Calibration
+    from ..data.readers import check_same_classes
 
     if calibration is not None:
         if tau is not None or train_labels is not None or priors is not None:
@@ -336,6 +337,7 @@ def calibration_for(calibration, tau, train_labels, priors, num_classes, smoothi
         loaded = calibration if isinstance(calibration, Calibration) else Calibration.load(calibration)
         if num_classes is not None:
             loaded.check_num_classes(num_classes, "logits", str(calibration) if is_path(calibration) else None)
+        check_same_classes(names, loaded.class_names, str(calibration) if is_path(calibration) else "calibration")
         return loaded
     if tau is None:
         if required:
