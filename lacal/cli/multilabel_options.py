@@ -43,9 +43,10 @@ def is_multilabel_calibration(path) -> bool:
     """Whether a calibration file given to apply or report is multi-label (a bad file is reported later)."""
     if path is None:
         return False
-    try:
-        from ..data.readers import parse_json
+    from ..data.readers import check_readable, parse_json
+    from ..errors import LacalError
 
-        return bool(parse_json(Path(path).read_text(encoding="utf-8")).get("multi_label"))
-    except (OSError, ValueError, AttributeError, RecursionError):
+    try:
+        return bool(parse_json(check_readable(path).read_text(encoding="utf-8")).get("multi_label"))
+    except (OSError, ValueError, AttributeError, RecursionError, LacalError):
         return False

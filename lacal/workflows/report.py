@@ -144,16 +144,16 @@ def report(logits=None, labels=None, calibration=None, *, tau: Optional[float] =
                                                     compute, calibration is not None or tau is not None, context,
                                                     notes)
     names = class_names_for(class_names, source.num_classes) or known_names
-    values = open_labels(labels_data, source, names, label_column, context)
     uniform = is_path(target_priors) and str(target_priors).strip().lower() == "uniform"
     if calibration is None and tau is None and (not uniform or target_logits is not None):
         raise OptionError("`target_priors` goes with `tau` (a calibration file carries its own)", "target_priors")
     fitted = calibration_for(calibration, tau, train_labels, priors, source.num_classes, smoothing, names,
                              label_column, False, target_priors, target_logits, key, compute, budget, context, notes)
+    names = names or (fitted.class_names if fitted is not None else None)  # named labels map through these
+    values = open_labels(labels_data, source, names, label_column, context)
     counts = fitted.counts if fitted is not None else None
     if fitted is None and (train_labels is not None or priors is not None):
         counts = open_priors(train_labels, priors, source.num_classes, smoothing, names, label_column).counts
-    names = names or (fitted.class_names if fitted is not None else None)
     affines = [(1.0, np.zeros(source.num_classes))] + ([fitted.affine()] if fitted is not None else [])
     # argmax(f * scale + shift) = argmax(f + shift / scale), as scale = 1 / temperature > 0
     offsets = [shift / scale for scale, shift in affines]
