@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputDataError, InputFileError, LacalError, PriorsError
-from ..data.readers import NUMPY_READ_ERRORS, check_readable, check_same_classes, parse_json, read_csv_rows
+from ..data.readers import NUMPY_READ_ERRORS, check_npy_size, check_readable, check_same_classes, load_npy, \
+    parse_json, read_csv_rows
 from .positive_rates import PRIORS_FORMAT, MultiLabelPriors, multilabel_priors, multilabel_priors_from_labels
 
 BINARY = ("0", "1")
@@ -28,10 +29,7 @@ def read_label_matrix(path: str | os.PathLike, num_classes: int | None = None,
     path = check_readable(path)
     suffix = path.suffix.lower()
     if suffix == ".npy":
-        try:
-            array = np.load(path, allow_pickle=False)
-        except NUMPY_READ_ERRORS as exc:
-            raise InputFileError(f"cannot read as .npy: {exc or 'the file is empty or cut short'}", path) from None
+        array = load_npy(path)  # its size checked against its header first
         if array.ndim != 2:
             raise InputDataError(f"multi-label labels must be an N x C 0/1 matrix, got shape {array.shape}", path)
         if array.dtype.kind not in "biuf" or not np.all((array == 0) | (array == 1)):
@@ -143,6 +141,8 @@ def label_matrix_kind(path: str | os.PathLike) -> str | None:
     suffix = path.suffix.lower()
     try:
         if suffix == ".npy":
+            with open(path, "rb") as handle:
+                check_npy_size(handle, os.fstat(handle.fileno()).st_size, path)
             array = np.load(path, allow_pickle=False, mmap_mode="r")
             if array.ndim == 2 and array.shape[1] > 1 and array.dtype.kind in "biuf" \
                     and np.all((array == 0) | (array == 1)):
@@ -153,7 +153,7 @@ def label_matrix_kind(path: str | os.PathLike) -> str | None:
             with open(path, encoding="utf-8") as handle:
                 if any("," in line for line in handle):
                     return "a text file of comma-separated label lists"
-    except (OSError, ValueError, UnicodeDecodeError, LacalError, *NUMPY_READ_ERRORS):
+    except (OSError, ValueError, OverflowError, UnicodeDecodeError, LacalError, *NUMPY_READ_ERRORS):
         return None
     return None
 

@@ -14,6 +14,7 @@ import os
 import pickle
 import re
 import stat
+import struct
 import zipfile
 from pathlib import Path
 from typing import Callable
@@ -353,7 +354,9 @@ def load_torch_file(path: Path):
         raise InputFileError(
             "refused: loading this PyTorch file would run code from it (lacal loads only tensors and plain "
             f"containers, with weights_only=True): {detail}", path) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+    except (RuntimeError, EOFError, OSError, ValueError, IndexError, KeyError, TypeError, AttributeError,
+            struct.error, UnicodeDecodeError, OverflowError, MemoryError, RecursionError) as exc:
+        # a malformed pickle makes the weights_only unpickler fail in many ways (`.` alone: pop from an empty stack)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InputFileError(f"cannot read as a PyTorch file: {first}", path) from None
 
@@ -784,7 +787,8 @@ def _csv_label_column(path: Path, column: str | None) -> list[str]:
                                  path) from None
         if not 0 <= index < len(rows[0]):
             raise InputDataError(f"has {len(rows[0])} columns, so `label_column` {index} is out of range", path)
-        if not rows[0][index].lstrip("-").isdigit() and len(rows) > 1 and rows[1][index].lstrip("-").isdigit():
+        if not rows[0][index].lstrip("-").isdigit() and len(rows) > 1 and len(rows[1]) > index \
+                and rows[1][index].lstrip("-").isdigit():
             rows = rows[1:]  # a header above integer labels
     else:
         named = [i for i, name in enumerate(header) if name in LABEL_COLUMN_NAMES]
