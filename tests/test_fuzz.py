@@ -57,7 +57,7 @@ def scratch(name: str) -> Path:
 # ------------------------------------------------------------------------------------------------ .npy and .npz
 
 DESCRS = st.sampled_from(["<f4", "<f8", ">f4", "<f2", "<i8", "|u1", "|b1", "<c8", "|O", "<U3", "V8", "<f16", "x"])
-DIMS = st.integers(-3, 1 << 40) | st.integers(0, 6)
+DIMS = st.sampled_from([-1, 0, 1, 2, 3]) | st.integers(-3, 1 << 40)
 
 
 @st.composite

@@ -288,3 +288,18 @@ def test_a_single_label_csv_is_not_taken_for_a_matrix(files):
     multi = run("report", files / "val_logits.npy", files / "matrix.csv")
     assert multi.exit_code == 0, multi.output
     assert "lacal: note: " in multi.stderr and "read as multi-label" in multi.stderr
+
+
+@pytest.mark.parametrize("text, kind", [
+    ("id,cls\n0,1\n1,0\n", None),  # a sample column beside the labels, though every cell is 0 or 1
+    ("sample,cls\n0,0\n1,3\n", None),
+    ("0,0\n1,1\n2,0\n", None),  # no header, a first column that numbers the rows: not all 0/1
+    ("a,b\n0,1\n1,0\n", "a CSV of 2 0/1 columns under a header"),
+    ("0,1,1\n1,0,0\n", "a CSV of 3 0/1 columns"),
+    ("0,1\n1,0\n0,2\n", None),  # one row that is not 0/1 is enough
+])
+def test_the_csv_reading_is_decided_by_header_and_every_row(tmp_path, text, kind):
+    from lacal.core.label_matrix import label_matrix_kind
+
+    (tmp_path / "labels.csv").write_text(text)
+    assert label_matrix_kind(tmp_path / "labels.csv") == kind

@@ -117,8 +117,6 @@ def _csv_matrix_kind(rows: list[list[str]], label_names) -> str | None:
     width = len(data[0]) if data else 0
     if width < 2 or not all(len(row) == width and all(cell in BINARY for cell in row) for row in data):
         return None
-    if header is None and len(data) > 1 and [row[0] for row in data] == [str(k) for k in range(len(data))]:
-        return None  # a first column that numbers the rows
     return f"a CSV of {width} 0/1 columns" + (" under a header" if header is not None else "")
 
 
