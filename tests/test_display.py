@@ -207,3 +207,10 @@ def test_progress_description_is_shown_safely(capsys, monkeypatch):
         bar(10)
     captured = capsys.readouterr()
     terminal_safe(captured.err.replace("\r", ""))  # rich redraws its bar with carriage returns and cursor codes
+
+
+def test_usage_errors_show_arguments_safely():
+    """click's own errors (exit 2) about an unknown option or a bad choice carry the argument as typed."""
+    for args in (["report", "--x\x1b]0;owned\x07[/b]"], ["report", "a", "b", "--sort", "\x1b[31m[/b]"]):
+        result = checked(run(*args), 2)
+        assert "[/b]" in result.stderr

@@ -16,7 +16,7 @@ from typing import Annotated, Optional
 import typer
 
 from .render import FLAGS, Progress, StdoutFailed, flagged, line
-from ..errors import EXIT_CODES, LacalError, OptionError, OutputError, shown_line
+from ..errors import EXIT_CODES, STDOUT_CLOSED, LacalError, OptionError, OutputError, shown_line
 
 EXIT_CODE_HELP = "Exit codes: " + "; ".join(f"{code} {text}" for code, text in EXIT_CODES.items()) + "."
 
@@ -168,11 +168,6 @@ def _handled(command):
             raise typer.Exit(OutputError.exit_code) from None
 
     return wrapper
-
-
-STDOUT_CLOSED = 141
-"""The exit code when the reader of standard output closed it early: 128 + SIGPIPE, as a shell reports a tool that
-SIGPIPE stopped."""
 
 
 def _silence_stdout() -> None:
