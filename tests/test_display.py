@@ -214,3 +214,17 @@ def test_usage_errors_show_arguments_safely():
     for args in (["report", "--x\x1b]0;owned\x07[/b]"], ["report", "a", "b", "--sort", "\x1b[31m[/b]"]):
         result = checked(run(*args), 2)
         assert "[/b]" in result.stderr
+
+
+def test_tensor_names_of_a_patched_checkpoint(tmp_path):
+    """The head's name comes from the file's tensor names; the message that names it is escaped too."""
+    import torch
+    from safetensors.torch import save_file
+
+    head = "head\x1b]0;owned\x07[/b]\u202e"
+    save_file({"body.weight": torch.ones(16, 4), f"{head}.weight": torch.ones(C, 16), f"{head}.bias": torch.zeros(C)},
+              tmp_path / f"m{HOSTILE}.safetensors")
+    (tmp_path / "counts.json").write_text(json.dumps(list(range(10, 10 + C))))
+    result = checked(run("apply", tmp_path / f"m{HOSTILE}.safetensors", "--tau", 1, "--priors",
+                         tmp_path / "counts.json", "--out", tmp_path / "out.safetensors"))
+    assert f"patched {shown(repr(head))}" in result.stderr
