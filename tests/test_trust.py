@@ -303,3 +303,27 @@ def test_the_csv_reading_is_decided_by_header_and_every_row(tmp_path, text, kind
 
     (tmp_path / "labels.csv").write_text(text)
     assert label_matrix_kind(tmp_path / "labels.csv") == kind
+
+
+@pytest.mark.parametrize("order, code", [("same", 0), ("reversed", 7), ("placeholders", 0)])
+def test_a_model_s_id2label_must_agree_with_the_calibration_by_name(tmp_path, order, code):
+    """Patching a Hugging Face model: its head's rows follow its id2label; a calibration fitted with other names, or
+    the same in another order, would shift the wrong rows. transformers' placeholders (LABEL_0, ...) name nothing."""
+    transformers = pytest.importorskip("transformers")
+    from lacal.core.calibration import Calibration
+
+    names = ["cat", "dog", "eel", "fox"]
+    model_names = {"same": names, "reversed": names[::-1], "placeholders": [f"LABEL_{k}" for k in range(4)]}[order]
+    config = transformers.BertConfig(vocab_size=32, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                                     intermediate_size=16, id2label=dict(enumerate(model_names)),
+                                     label2id={n: k for k, n in enumerate(model_names)})
+    transformers.BertForSequenceClassification(config).save_pretrained(tmp_path / "hf")
+    Calibration(tau=1.0, priors=np.array([0.4, 0.3, 0.2, 0.1]), class_names=names).save(tmp_path / "cal.json")
+    result = run("apply", tmp_path / "hf", "--calibration", tmp_path / "cal.json", "--out", tmp_path / "out")
+    if code:
+        line = one_line(result, code)
+        assert "stores the same class names in another order (id 0 is 'cat' there but the model's id2label says " \
+               "'fox')" in line
+    else:
+        assert result.exit_code == 0, result.output
+        assert (tmp_path / "out" / "config.json").is_file()

@@ -696,30 +696,37 @@ def read_classes(path: str | os.PathLike) -> list[str]:
     return names
 
 
-def check_same_classes(given, stored, source, what: str = "the calibration") -> None:
-    """Refuse class names given (`--classes`) that disagree with those a file stores (`stored`, from `what`): the
-    logits' columns follow one order, so two lists that differ, even only in order, cannot both be right, and
-    taking either by position would give named labels the wrong ids. Either list may be None (nothing to check).
+def informative_names(names):
+    """`names`, or None when they are the placeholders transformers writes when a model was given no names
+    (LABEL_0, LABEL_1, ...): those say nothing about which class is which."""
+    if names is None or list(names) == [f"LABEL_{k}" for k in range(len(names))]:
+        return None
+    return names
+
+
+def check_same_classes(given, stored, source, what: str = "the calibration", given_by: str = "`class_names`") -> None:
+    """Refuse class names given (by `given_by`: `--classes`, or a model's id2label) that disagree with those a file
+    stores (`stored`, from `what`): the logits' columns follow one order, so two lists that differ, even only in
+    order, cannot both be right, and taking either by position would give named labels the wrong ids. Either list
+    may be None, or transformers' placeholders LABEL_k (nothing to check).
 
     Raises:
         MismatchError: naming the first id where the lists differ.
     """
     from ..errors import MismatchError
 
+    given, stored = informative_names(given), informative_names(stored)
     if given is None or stored is None or list(given) == list(stored):
         return
     given, stored = list(given), list(stored)
-    if sorted(given) == sorted(stored):
-        first = next(k for k, (a, b) in enumerate(zip(given, stored)) if a != b)
-        raise MismatchError(f"{what} stores the same class names in another order (id {first} is {stored[first]!r} "
-                            f"there but `class_names` says {given[first]!r}); class names are matched by name, never "
-                            "by position: give the class list in the calibration's order, or leave out `class_names`",
-                            source)
     if len(given) != len(stored):
-        raise MismatchError(f"{what} stores {len(stored)} class names but `class_names` lists {len(given)}", source)
+        raise MismatchError(f"{what} stores {len(stored)} class names but {given_by} lists {len(given)}", source)
     first = next(k for k, (a, b) in enumerate(zip(given, stored)) if a != b)
-    raise MismatchError(f"{what} stores other class names (id {first} is {stored[first]!r} there but `class_names` "
-                        f"says {given[first]!r}); leave out `class_names` to use the stored ones", source)
+    where = f"(id {first} is {stored[first]!r} there but {given_by} says {given[first]!r})"
+    if sorted(given) == sorted(stored):
+        raise MismatchError(f"{what} stores the same class names in another order {where}; class names are matched "
+                            f"by name, never by position: give them in the order {what} stores", source)
+    raise MismatchError(f"{what} stores other class names {where}", source)
 
 
 def read_labels(path: str | os.PathLike, classes: list[str] | None = None,
