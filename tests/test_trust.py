@@ -327,3 +327,23 @@ def test_a_model_s_id2label_must_agree_with_the_calibration_by_name(tmp_path, or
     else:
         assert result.exit_code == 0, result.output
         assert (tmp_path / "out" / "config.json").is_file()
+
+
+@pytest.mark.parametrize("command", [
+    lambda d, long: ["apply", long.with_suffix(".safetensors"), "--tau", 1, "--train-labels", d / "train_labels.txt",
+                     "--out", d / "o.safetensors"],
+    lambda d, long: ["apply", long, "--tau", 1, "--train-labels", d / "train_labels.txt", "--out", d / "o"],
+    lambda d, long: ["score", long.with_suffix(".onnx"), d / "val_logits.npy", "--out", d / "o.npy"],
+    lambda d, long: ["fit-tau", "--checkpoint", long.with_suffix(".pt"), "--features", d / "val_logits.npy",
+                     d / "val_labels.npy", "--train-labels", d / "train_labels.txt"],
+])
+def test_too_long_model_names_are_one_line(files, command):
+    """Model files are opened by lacal.models; a name the system refuses is still one line with code 3."""
+    line = one_line(run(*command(files, files / ("m" * 300))), 3)
+    assert line.endswith("File name too long")
+
+
+def test_a_too_long_output_folder_is_code_8(files):
+    line = one_line(run("apply", files / "val_logits.npy", "--tau", 1, "--train-labels", files / "train_labels.txt",
+                        "--out", files / ("m" * 300) / "shards"), 8)
+    assert line.endswith("File name too long")

@@ -16,7 +16,7 @@ from typing import Annotated, Optional
 import typer
 
 from .render import FLAGS, Progress, StdoutFailed, flagged, line
-from ..errors import EXIT_CODES, STDOUT_CLOSED, LacalError, OptionError, OutputError, shown_line
+from ..errors import EXIT_CODES, STDOUT_CLOSED, InputFileError, LacalError, OptionError, OutputError, shown_line
 
 EXIT_CODE_HELP = "Exit codes: " + "; ".join(f"{code} {text}" for code, text in EXIT_CODES.items()) + "."
 
@@ -160,6 +160,15 @@ def _handled(command):
             message = f"{FLAGS[head]}: {rest}" if head in FLAGS and rest else failure.message
             line(f"lacal: error: rank {failure.rank}: {flagged(message)}")
             raise typer.Exit(failure.exit_code) from None
+        except OSError as exc:
+            if exc.errno not in (errno.ENAMETOOLONG, errno.ELOOP) or exc.filename is None:
+                raise
+            # a name the system cannot take, met where a reader or writer did not look first: still one line
+            out, name = kwargs.get("out"), os.fsdecode(exc.filename)
+            code = OutputError.exit_code if out is not None and (name.startswith(str(out)) or str(out).startswith(
+                name)) else InputFileError.exit_code
+            line(f"lacal: error: {PROCESS.rank_prefix()}{os.fsdecode(exc.filename)}: {exc.strerror}")
+            raise typer.Exit(code) from None
         except StdoutFailed as failure:
             _silence_stdout()
             if failure.error.errno == errno.EPIPE:  # the reader went away (`| head`): quiet, as other Unix tools

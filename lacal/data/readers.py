@@ -86,7 +86,7 @@ def stat_or_none(path: str | os.PathLike, error=InputFileError) -> os.stat_resul
     except (FileNotFoundError, NotADirectoryError):
         return None
     except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the name
-        raise error(f"cannot read: {getattr(exc, 'strerror', None) or exc}", path) from None
+        raise error(f"{getattr(exc, 'strerror', None) or exc}", path) from None
 
 
 def check_readable(path: str | os.PathLike) -> Path:

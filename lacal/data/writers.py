@@ -211,9 +211,10 @@ def check_output_folder(out: Path, force: bool, ours, inputs=()) -> None:
     """Refuse an output folder that is a file, an input, in a folder that does not exist, already there without
     `force`, or holding files that lacal did not write (`ours`: the names it did), which replacing it would delete."""
     out = Path(out)
-    if out.exists() and not out.is_dir():
+    info, parent = stat_or_none(out, OutputError), stat_or_none(out.parent, OutputError)
+    if info is not None and not stat.S_ISDIR(info.st_mode):
         raise OutputError("exists and is not a folder; per-shard outputs go into a folder", out)
-    if not out.parent.is_dir():
+    if parent is None or not stat.S_ISDIR(parent.st_mode):
         raise OutputError(f"folder {out.parent} does not exist", out)
     remove_stale(out)
     for item in inputs:
