@@ -1,6 +1,7 @@
 """Fuzzing every reader: whatever the bytes, a correct result or one `LacalError`, never another exception, and never
 a read (an allocation) out of proportion to the file. Property-based (hypothesis) with a fixed budget and
-derandomized, so that CI runs the same examples every time; the whole file takes some 30 seconds.
+derandomized, so that CI runs the same examples every time; the whole file takes some 20 seconds. Set
+LACAL_FUZZ_SCALE=N to run N times as many examples.
 
 The readers: .npy / .npz headers, CSV, calibration JSON, the shard index, class names, priors files, multi-label
 label files; and through the public `lacal.patch_checkpoint`, safetensors headers, training-checkpoint pickles and
@@ -8,6 +9,7 @@ ONNX graphs."""
 
 import io
 import json
+import os
 import struct
 import tempfile
 import tracemalloc
@@ -26,9 +28,10 @@ from lacal.core.priors import read_priors
 from lacal.data.readers import read_classes, read_labels, read_logits
 from lacal.errors import LacalError
 
-FUZZ = settings(max_examples=150, deadline=None, derandomize=True, database=None,
+SCALE = int(os.environ.get("LACAL_FUZZ_SCALE", "1"))  # run deeper by hand: LACAL_FUZZ_SCALE=20 pytest ...
+FUZZ = settings(max_examples=150 * SCALE, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-FEW = settings(FUZZ, max_examples=50)
+FEW = settings(FUZZ, max_examples=50 * SCALE)
 BOUND = 64 << 20  # bytes any reader may allocate for these small files
 
 

@@ -210,7 +210,7 @@ def _pick_key(keys: list[str], key: str | None, path: Path, what: str) -> str:
     return keys[0]
 
 
-NUMPY_READ_ERRORS = (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError, MemoryError)
+NUMPY_READ_ERRORS = (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError, MemoryError, OverflowError)
 
 
 def check_header_shape(shape, path) -> None:
@@ -263,6 +263,8 @@ def _read_npy(path: Path, key: str | None, what: str = "logits") -> LogitsSource
         raise InputFileError(f"cannot read as .npy: {exc or 'the file is empty or cut short'}", path) from None
     try:
         check_header_shape(shape, path)
+        if math.prod(shape) * dtype.itemsize > os.fstat(handle.fileno()).st_size - offset:  # Python ints: exact
+            raise InputFileError(f"is cut short: the header promises shape {tuple(shape)} of {dtype.name}", path)
     except LacalError:
         handle.close()
         raise
@@ -270,7 +272,7 @@ def _read_npy(path: Path, key: str | None, what: str = "logits") -> LogitsSource
         handle.close()
         return _read_npy_mapped(path, what)
     _check_shape_dtype(shape, dtype.name, str(path), what)
-    row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+    row_bytes = math.prod(shape[1:]) * dtype.itemsize
     if os.fstat(handle.fileno()).st_size < offset + shape[0] * row_bytes:
         handle.close()
         raise InputFileError(f"is cut short: the header promises shape {tuple(shape)} of {dtype.name}", path)
@@ -377,13 +379,36 @@ def _torch_load(torch, path: Path):
         return _torch_load_weights(torch, path)
 
 
+class _Bounded:
+    """A file whose reads never ask for more than what is left in it: a pickle opcode may declare a string of 4 GiB
+    in a file of 5 bytes, and the reader would allocate what it was told before finding the file short."""
+
+    def __init__(self, handle):
+        self._handle = handle
+        self._size = os.fstat(handle.fileno()).st_size
+
+    def read(self, size: int = -1) -> bytes:
+        left = max(0, self._size - self._handle.tell())
+        return self._handle.read(left if size is None or size < 0 or size > left else size)
+
+    def readline(self, size: int = -1) -> bytes:
+        return self._handle.readline(size)
+
+    def seek(self, *args) -> int:
+        return self._handle.seek(*args)
+
+    def tell(self) -> int:
+        return self._handle.tell()
+
+
 def _torch_load_weights(torch, path: Path):
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except RuntimeError as exc:
         if "mmap" not in str(exc) and "zip" not in str(exc):
             raise
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with open(path, "rb") as handle:  # a legacy (not zip) file: read through the bound
+            return torch.load(_Bounded(handle), map_location="cpu", weights_only=True)
 
 
 def _read_torch(path: Path, key: str | None, what: str = "logits") -> LogitsSource:
