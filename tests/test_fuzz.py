@@ -53,8 +53,12 @@ def outcome(function, *args, **kwargs):
         assert peak < BOUND, f"{function.__name__} allocated {peak:,} bytes"
 
 
+SCRATCH = tempfile.TemporaryDirectory(prefix="lacal-fuzz-")  # removed when the test run ends
+
+
 def scratch(name: str) -> Path:
-    return Path(tempfile.mkdtemp(prefix="lacal-fuzz-")) / name
+    """A path in a new folder of its own for one example's file."""
+    return Path(tempfile.mkdtemp(dir=SCRATCH.name)) / name
 
 
 # ------------------------------------------------------------------------------------------------ .npy and .npz
