@@ -5,7 +5,9 @@ torch and the numeric modules are imported inside the commands, so `lacal --help
 
 from __future__ import annotations
 
+import errno
 import functools
+import os
 import sys
 from enum import Enum
 from pathlib import Path
@@ -13,8 +15,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from .render import FLAGS, Progress, flagged
-from ..errors import EXIT_CODES, LacalError, OptionError
+from .render import FLAGS, Progress, StdoutFailed, flagged, line
+from ..errors import EXIT_CODES, STDOUT_CLOSED, InputFileError, LacalError, OptionError, OutputError, shown_line
 
 EXIT_CODE_HELP = "Exit codes: " + "; ".join(f"{code} {text}" for code, text in EXIT_CODES.items()) + "."
 
@@ -144,7 +146,6 @@ class _Process:
             return Context(device=resolve_device(device))
         if self.torchrun is None:
             import atexit
-            import os
 
             self.torchrun = join(device)
             atexit.register(self.torchrun.close)
@@ -169,15 +170,40 @@ def _handled(command):
         try:
             return command(*args, **kwargs)
         except LacalError as error:
-            typer.echo(f"lacal: error: {PROCESS.rank_prefix()}{_message(error)}", err=True)
+            line(f"lacal: error: {PROCESS.rank_prefix()}{_message(error)}")
             raise typer.Exit(error.exit_code) from None
         except RankFailed as failure:
             head, _, rest = failure.message.partition(": ")
             message = f"{FLAGS[head]}: {rest}" if head in FLAGS and rest else failure.message
-            typer.echo(f"lacal: error: rank {failure.rank}: {flagged(message)}", err=True)
+            line(f"lacal: error: rank {failure.rank}: {flagged(message)}")
             raise typer.Exit(failure.exit_code) from None
+        except OSError as exc:
+            if exc.errno not in (errno.ENAMETOOLONG, errno.ELOOP) or exc.filename is None:
+                raise
+            # a name the system cannot take, met where a reader or writer did not look first: still one line
+            out, name = kwargs.get("out"), os.fsdecode(exc.filename)
+            code = OutputError.exit_code if out is not None and (name.startswith(str(out)) or str(out).startswith(
+                name)) else InputFileError.exit_code
+            line(f"lacal: error: {PROCESS.rank_prefix()}{os.fsdecode(exc.filename)}: {exc.strerror}")
+            raise typer.Exit(code) from None
+        except StdoutFailed as failure:
+            _silence_stdout()
+            if failure.error.errno == errno.EPIPE:  # the reader went away (`| head`): quiet, as other Unix tools
+                raise typer.Exit(STDOUT_CLOSED) from None
+            line(f"lacal: error: standard output: cannot write: {failure.error.strerror or failure.error}")
+            raise typer.Exit(OutputError.exit_code) from None
 
     return wrapper
+
+
+def _silence_stdout() -> None:
+    """Point standard output at /dev/null, so that the flush at exit does not fail a second time."""
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, sys.stdout.fileno())
+        os.close(null)
+    except (OSError, ValueError, AttributeError):
+        pass
 
 
 def _parse_range(text: Optional[str]):
@@ -215,7 +241,7 @@ def _bar(quiet: bool):
 
 
 def _wrote(path, what: str = "") -> None:
-    typer.echo(f"lacal: wrote {path}{what}", err=True)
+    line(f"lacal: wrote {path}{what}")
 
 
 # --------------------------------------------------------------------------------------------------------- priors
@@ -258,7 +284,8 @@ def priors_command(
     from ..core.tasks import MULTI_LABEL
     from ..workflows import count_priors, estimate_priors
 
-    multi = multi_label or (em is None and wanted(multi_label, train_labels, "training labels"))
+    multi = multi_label or (em is None and wanted(multi_label, train_labels, "training labels",
+                                                             label_column=label_column))
     if multi:  # --train-labels and --priors are the priors of --em
         MULTI_LABEL.refuse(em=em is not None or train_labels_option is not None or priors_option is not None)
     if em is not None:
@@ -342,7 +369,7 @@ def fit_tau_command(
     from .task_choice import wanted
     from ..workflows import fit
 
-    multi = wanted(multi_label, inputs[-1] if checkpoint is None and inputs else None)
+    multi = wanted(multi_label, inputs[-1] if checkpoint is None and inputs else None, label_column=label_column)
     logits, labels = _data_arguments(inputs, checkpoint, features, method != Method.tau_norm)
     result = fit(logits, labels, priors, train_labels=train_labels, tau_range=_parse_range(tau_range),
                  search=search.value, metric=metric.value, grid_size=grid_size, target_priors=target_priors,
@@ -660,12 +687,12 @@ def demo_command(
     if clashes and not force:
         raise OutputError(f"already holds {', '.join(clashes)}; pass --force to replace them, or choose another "
                           f"--dir", directory)
-    run_demo(directory, seed, echo=typer.echo, invoke=_invoke)
+    run_demo(directory, seed, echo=lambda text: typer.echo(shown_line(text)), invoke=_invoke)
 
 
 def _invoke(arguments: list[str]) -> None:
     """Run a lacal command in this process, as a user would type it."""
-    typer.echo("\n$ lacal " + " ".join(arguments))
+    typer.echo("\n$ lacal " + shown_line(" ".join(arguments)))
     code = app(arguments, standalone_mode=False)
     if code:
         raise typer.Exit(code)

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import typer
+
+from ..errors import shown, shown_line
 
 
 # How the library's parameter names read on the command line: a library error names `tau_range`, the user sees
@@ -32,12 +35,17 @@ def flagged(text: str) -> str:
     return re.sub(r"`(\w+)`", lambda match: FLAGS.get(match.group(1), match.group(0)), text)
 
 
+def line(text: str) -> None:
+    """One line on stderr, through the display rule (control characters escaped, a very long line cut)."""
+    typer.echo(shown_line(text), err=True)
+
+
 def warn(message: str) -> None:
-    typer.echo(f"lacal: warning: {flagged(message)}", err=True)
+    line(f"lacal: warning: {flagged(message)}")
 
 
 def say(message: str) -> None:
-    typer.echo(f"lacal: {flagged(message)}", err=True)
+    line(f"lacal: {flagged(message)}")
 
 
 def notes(result) -> None:
@@ -77,10 +85,10 @@ class Progress:
                 def render(self, task):
                     return Text(f"{task.speed or 0:,.0f} samples/s")
 
-            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), Rate(),
+            self.bar = Progress(TextColumn("{task.description}", markup=False), BarColumn(), TaskProgressColumn(), Rate(),
                                 TimeRemainingColumn(), console=Console(stderr=True), transient=True)
             self.bar.start()
-            self.task = self.bar.add_task(self.description, total=self.total)
+            self.task = self.bar.add_task(shown(self.description), total=self.total)
         self.bar.update(self.task, completed=done)
 
     def __enter__(self):
@@ -94,18 +102,59 @@ class Progress:
 def patched(result) -> None:
     """A patched checkpoint or model file: its notes, then what was patched and written."""
     notes(result)
-    heads = " and ".join(repr(h) for h in result.heads)
+    heads = " and ".join(repr(h) for h in result.heads)  # say() escapes what repr leaves
     say(f"patched {heads} ({result.num_classes} classes, tau = {result.tau:.4f}) and wrote {result.out}")
 
 
+class StdoutFailed(Exception):
+    """Standard output could not be written (`error`: the OSError): a closed pipe, a full disk."""
+
+    def __init__(self, error: OSError):
+        super().__init__(str(error))
+        self.error = error
+
+
+class Stdout:
+    """Standard output (whatever `sys.stdout` is when written), with a failed write raised as StdoutFailed, so that
+    the CLI can tell it from a failure to read an input."""
+
+    def write(self, text: str) -> int:
+        try:
+            return sys.stdout.write(text)
+        except OSError as exc:
+            raise StdoutFailed(exc) from None
+
+    def flush(self) -> None:
+        try:
+            sys.stdout.flush()
+        except OSError as exc:
+            raise StdoutFailed(exc) from None
+
+    def __getattr__(self, name):
+        return getattr(sys.stdout, name)
+
+
 def print_json(result) -> None:
-    typer.echo(json.dumps(result.to_dict()))
+    """The result's `to_dict()` as one line of JSON on stdout: the raw values, exactly (JSON escapes control
+    characters itself)."""
+    out = Stdout()
+    out.write(json.dumps(result.to_dict()) + "\n")
+    out.flush()
 
 
 def console():
+    """The console for tables on stdout: markup and emoji codes off, so that names from files print as they are
+    (`[/b]`, `[link=...]`, `:smile:`); the names themselves pass through `shown`."""
     from rich.console import Console
 
-    return Console(highlight=False)
+    return Console(file=Stdout(), highlight=False, markup=False, emoji=False)
+
+
+def bold_lead(lead: str, rest: str):
+    """A line whose first words are bold (markup is off, so no `[bold]`)."""
+    from rich.text import Text
+
+    return Text.assemble((lead, "bold"), rest)
 
 
 def percent(value) -> str:
@@ -118,11 +167,11 @@ def priors_table(result, names) -> None:
     if result.task.multi_label:
         return _label_priors_table(result)
     priors = result.priors
-    table = Table(title=f"Priors from {result.name} ({result.num_labels} labels, {priors.num_classes} classes)")
+    table = Table(title=f"Priors from {shown(result.name)} ({result.num_labels} labels, {priors.num_classes} classes)")
     for column in ("class", "name", "count", "prior"):
         table.add_column(column, justify="left" if column == "name" else "right")
     for c in range(priors.num_classes):
-        table.add_row(str(c), names[c] if names else "", str(int(priors.counts[c])), f"{priors.priors[c]:.6f}")
+        table.add_row(str(c), shown(names[c]) if names else "", str(int(priors.counts[c])), f"{priors.priors[c]:.6f}")
     console().print(table)
 
 
@@ -131,7 +180,7 @@ def estimate_table(result) -> None:
 
     info, q, prior = result.info, result.priors, result.train_priors
     out = console()
-    out.print(f"EM on {result.name}: {info['iterations']} iterations, "
+    out.print(f"EM on {shown(result.name)}: {info['iterations']} iterations, "
               f"{'converged' if info['converged'] else 'NOT converged'} (last change {info['last_change']:.2g}), "
               f"log-likelihood {info['log_likelihood']:.6g}")
     table = Table(title="estimated target priors")
@@ -139,7 +188,7 @@ def estimate_table(result) -> None:
         table.add_column(column_name, justify="left" if column_name == "name" else "right")
     labels = result.class_names
     for c in range(len(q)):
-        table.add_row(str(c), labels[c] if labels else "", f"{prior.priors[c]:.5f}", f"{q[c]:.5f}",
+        table.add_row(str(c), shown(labels[c]) if labels else "", f"{prior.priors[c]:.5f}", f"{q[c]:.5f}",
                       f"{q[c] / prior.priors[c]:.3g}")
     out.print(table)
 
@@ -150,9 +199,9 @@ def tau_norm_table(result) -> None:
     fit = result.tau_fit
     out = console()
     low, high = result.tau_range
-    out.print(f"[bold]tau = {fit.tau:.4f}[/bold]  tau-normalisation of {result.head!r}: the best of "
-              f"{result.grid_size} values in [{low:g}, {high:g}] for the lowest {result.metric.replace('-', ' ')}")
-    table = Table(title=f"{result.name}: {fit.before.num_samples} samples, {fit.before.num_classes} classes")
+    out.print(bold_lead(f"tau = {fit.tau:.4f}", f"  tau-normalisation of {shown(repr(result.head))}: the best of "
+              f"{result.grid_size} values in [{low:g}, {high:g}] for the lowest {result.metric.replace('-', ' ')}"))
+    table = Table(title=f"{shown(result.name)}: {fit.before.num_samples} samples, {fit.before.num_classes} classes")
     table.add_column("validation")
     for header in ("tau=0 (no bias)", f"after (tau={fit.tau:.3f})"):
         table.add_column(header, justify="right")
@@ -168,14 +217,14 @@ def fit_tables(result) -> None:
     fit, target_info, probability, calibrated = result.tau_fit, result.target, result.probability, result.calibrated
     out = console()
     if target_info is not None:
-        where = target_info["path"]
+        where = shown(target_info["path"])
         how = (f"EM on {where}: {target_info['iterations']} iterations, "
                f"{'converged' if target_info['converged'] else 'not converged'}, log-likelihood "
                f"{target_info['log_likelihood']:.6g}" if target_info["kind"] == "em" else f"from {where}")
         out.print(f"target priors q {how}; stored for apply and report, which predict argmax f - tau * log(pi) "
                   "+ log(q). Tau and the validation numbers below are for a balanced target")
-    out.print(f"[bold]tau = {fit.tau:.4f}[/bold]  {fit.search} search over [{fit.tau_range[0]:g}, "
-              f"{fit.tau_range[1]:g}] for the lowest {fit.metric.replace('-', ' ')}")
+    out.print(bold_lead(f"tau = {fit.tau:.4f}", f"  {fit.search} search over [{fit.tau_range[0]:g}, "
+              f"{fit.tau_range[1]:g}] for the lowest {fit.metric.replace('-', ' ')}"))
     metric = fit.metric.replace("-", " ")
     if fit.interval[0] == fit.interval[1]:
         out.print(f"only the single point tau = {fit.tau:g} reaches this {metric} (exact ties in the logits)")
@@ -217,7 +266,7 @@ def _validation_table(out, result, figures) -> None:
     from rich.table import Table
 
     fit = result.tau_fit
-    table = Table(title=f"{result.name}: {fit.num_samples} samples, {fit.num_classes} {result.task.units}")
+    table = Table(title=f"{shown(result.name)}: {fit.num_samples} samples, {fit.num_classes} {result.task.units}")
     table.add_column("validation")
     for header in ("before (tau=0)", "tau=1", f"after (tau={fit.tau:.3f})"):
         table.add_column(header, justify="right")
@@ -231,7 +280,8 @@ def comparison_table(result) -> None:
 
     if result.task.multi_label:
         return _label_comparison_table(result)
-    table = Table(title=f"post-hoc methods fitted on {result.fitted_on}, measured on {result.measured_on}")
+    table = Table(title=f"post-hoc methods fitted on {shown(result.fitted_on)}, measured on "
+                        f"{shown(result.measured_on)}")
     for column_name in ("method", "tau", "balanced error", "accuracy", "worst-class error", "many", "medium",
                         "few"):
         table.add_column(column_name, justify="left" if column_name == "method" else "right")
@@ -251,7 +301,7 @@ def report_tables(report, sort: str, limit=None) -> None:
     if report.task.multi_label:
         return _label_report_tables(report, sort, limit)
     out = console()
-    name = report.name
+    name = shown(report.name)
     adjusted = report.adjusted is not None
     after = report.main
     before_errors, after_errors = report.baseline.errors, after.errors
@@ -265,7 +315,7 @@ def report_tables(report, sort: str, limit=None) -> None:
         table.add_column(column, justify="left" if column in ("name", "group") else "right")
     order = report.order(sort)
     for c in order[:limit]:
-        row = [str(c)] + ([report.class_names[c]] if named else []) + [
+        row = [str(c)] + ([shown(report.class_names[c])] if named else []) + [
                "-" if report.train_counts is None else str(int(report.train_counts[c])),
                "-" if groups is None else str(groups[c]), str(int(after.support[c])),
                percent(None if np.isnan(before_errors[c]) else before_errors[c])]
@@ -319,9 +369,9 @@ def _label_fit_tables(result) -> None:
     """`fit-tau --multi-label`: tau, its interval, and the validation figures before, at tau = 1 and after."""
     fit, out = result.tau_fit, console()
     metric = "macro balanced error" if fit.metric == "balanced-error" else "macro-F1 (highest)"
-    out.print(f"[bold]tau = {fit.tau:.4f}[/bold]  exact search over [{fit.tau_range[0]:g}, "
-              f"{fit.tau_range[1]:g}] for the {'lowest ' if fit.metric == 'balanced-error' else ''}{metric}, "
-              "one tau shared by every label")
+    out.print(bold_lead(f"tau = {fit.tau:.4f}", f"  exact search over [{fit.tau_range[0]:g}, "
+                        f"{fit.tau_range[1]:g}] for the {'lowest ' if fit.metric == 'balanced-error' else ''}"
+                        f"{metric}, one tau shared by every label"))
     if fit.interval[0] == fit.interval[1]:
         out.print(f"only the single point tau = {fit.tau:g} reaches this value (flips meet there)")
     else:
@@ -336,7 +386,7 @@ def _label_report_tables(report, sort: str, limit=None) -> None:
 
     from ..core.metrics import GROUPS, shot_groups
 
-    name, out = report.name, console()
+    name, out = shown(report.name), console()
     adjusted = report.adjusted is not None
     before, after = report.baseline, report.main
     groups = shot_groups(report.train_counts) if report.train_counts is not None else None
@@ -350,7 +400,7 @@ def _label_report_tables(report, sort: str, limit=None) -> None:
     fnr, fpr = after.false_negative_rates, after.false_positive_rates
     order = report.order(sort)
     for k in order[:limit]:
-        row = [str(k)] + ([report.class_names[k]] if named else []) + [
+        row = [str(k)] + ([shown(report.class_names[k])] if named else []) + [
             "-" if report.train_counts is None else str(int(report.train_counts[k])),
             "-" if groups is None else str(groups[k]), str(int(after.positives[k])),
             percent(fnr[k]), percent(fpr[k]), percent(before.balanced_errors[k])]
@@ -379,7 +429,8 @@ def _label_comparison_table(result) -> None:
     """`report --multi-label --compare`: one row per method."""
     from rich.table import Table
 
-    table = Table(title=f"multi-label methods fitted on {result.fitted_on}, measured on {result.measured_on}")
+    table = Table(title=f"multi-label methods fitted on {shown(result.fitted_on)}, measured on "
+                        f"{shown(result.measured_on)}")
     columns = ("method", "tau", "macro balanced error", "macro-F1", "micro-F1", "many", "medium", "few")
     for column_name in columns:
         table.add_column(column_name, justify="left" if column_name == "method" else "right")
@@ -396,11 +447,11 @@ def _label_priors_table(result) -> None:
     from rich.table import Table
 
     prior, names = result.priors, result.priors.classes
-    table = Table(title=f"Multi-label priors from {result.name} ({prior.num_samples} samples, "
+    table = Table(title=f"Multi-label priors from {shown(result.name)} ({prior.num_samples} samples, "
                         f"{prior.num_classes} labels)")
     for column in ("label", "name", "positives", "prior", "log(pi / (1 - pi))"):
         table.add_column(column, justify="left" if column == "name" else "right")
     for k in range(prior.num_classes):
-        table.add_row(str(k), names[k] if names else "", str(int(prior.positives[k])),
+        table.add_row(str(k), shown(names[k]) if names else "", str(int(prior.positives[k])),
                       f"{prior.priors[k]:.6f}", f"{prior.log_odds[k]:.4f}")
     console().print(table)

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputDataError, InputFileError, MismatchError
-from ..data.readers import check_readable
+from ..data.readers import check_readable, parse_json
 
 CALIBRATION_FORMAT = "lacal-calibration"
 SCHEMA_VERSION = 2
@@ -249,7 +249,7 @@ class Calibration:
     def load(cls, path: str | os.PathLike) -> "Calibration":
         path = check_readable(path)
         try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
+            data = parse_json(Path(path).read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
             raise InputFileError(f"is not a JSON calibration file: {exc or type(exc).__name__}", path) from None
         return cls.from_dict(data, str(path))

@@ -51,9 +51,12 @@ def is_multi_label_file(path) -> bool:
     """Whether a JSON calibration or priors file is a multi-label head's (a bad file is reported when it is read)."""
     if not _is_path(path) or Path(path).suffix.lower() in (".npy", ".txt"):  # the formats of plain vectors
         return False
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
+    from ..data.readers import check_readable, parse_json
+    from ..errors import LacalError
+
+    try:  # only a regular file is read (a device or FIFO would never end), and a key written twice is refused later
+        data = parse_json(check_readable(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError, LacalError):
         return False
     return isinstance(data, dict) and (data.get("multi_label") is True or "positives" in data)
 

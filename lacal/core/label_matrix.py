@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputDataError, InputFileError, LacalError, PriorsError
-from ..data.readers import NUMPY_READ_ERRORS, check_readable, check_widths, read_csv_rows
+from ..data.readers import NUMPY_READ_ERRORS, check_npy_size, check_readable, check_same_classes, check_widths, \
+    load_npy, parse_json, read_csv_rows
 from .positive_rates import PRIORS_FORMAT, MultiLabelPriors, multilabel_priors, multilabel_priors_from_labels
 
 BINARY = ("0", "1")
@@ -28,10 +29,7 @@ def read_label_matrix(path: str | os.PathLike, num_classes: int | None = None,
     path = check_readable(path)
     suffix = path.suffix.lower()
     if suffix == ".npy":
-        try:
-            array = np.load(path, allow_pickle=False)
-        except NUMPY_READ_ERRORS as exc:
-            raise InputFileError(f"cannot read as .npy: {exc or 'the file is empty or cut short'}", path) from None
+        array = load_npy(path)  # its size checked against its header first
         if array.ndim != 2:
             raise InputDataError(f"multi-label labels must be an N x C 0/1 matrix, got shape {array.shape}", path)
         if array.dtype.kind not in "biuf" or not np.all((array == 0) | (array == 1)):
@@ -98,6 +96,34 @@ def _id_lists(path: Path, num_classes: int | None, classes: list[str] | None) ->
     return matrix
 
 
+INDEX_COLUMN_NAMES = ("sample", "samples", "id", "ids", "index", "idx", "image", "images", "file", "filename",
+                      "path", "name")
+"""Header names of a column that numbers or names the samples: a CSV with one holds single labels beside it."""
+
+
+def _csv_matrix_kind(rows: list[list[str]], label_names) -> str | None:
+    """A CSV is a multi-label matrix only if its header (when it has one) names no label or sample column and every
+    data row is 0/1 in two or more columns; one 0/1 row is not enough (`sample,cls` above `0,0`, `1,1`, `2,0`...)."""
+    if not rows:
+        return None
+    header = None if all(_number(cell) for cell in rows[0]) else [cell.lower() for cell in rows[0]]
+    if header is not None and any(name in label_names or name in INDEX_COLUMN_NAMES for name in header):
+        return None
+    data = rows[1:] if header is not None else rows
+    width = len(data[0]) if data else 0
+    if width < 2 or not all(len(row) == width and all(cell in BINARY for cell in row) for row in data):
+        return None
+    return f"a CSV of {width} 0/1 columns" + (" under a header" if header is not None else "")
+
+
+def _number(cell: str) -> bool:
+    try:
+        float(cell)
+    except ValueError:
+        return False
+    return True
+
+
 def label_matrix_kind(path: str | os.PathLike) -> str | None:
     """What makes `path` a multi-label file, or None: an N x C 0/1 .npy or .csv (C > 1, no single label column
     name), or a .txt with comma-separated label lists."""
@@ -109,22 +135,19 @@ def label_matrix_kind(path: str | os.PathLike) -> str | None:
     suffix = path.suffix.lower()
     try:
         if suffix == ".npy":
+            with open(path, "rb") as handle:
+                check_npy_size(handle, os.fstat(handle.fileno()).st_size, path)
             array = np.load(path, allow_pickle=False, mmap_mode="r")
             if array.ndim == 2 and array.shape[1] > 1 and array.dtype.kind in "biuf" \
                     and np.all((array == 0) | (array == 1)):
                 return f"a {array.shape[0]} x {array.shape[1]} matrix of 0/1"
         elif suffix == ".csv":
-            rows = read_csv_rows(path)[:2]
-            header = [cell.strip().lower() for cell in rows[0]] if rows else []
-            data = rows[-1] if rows else []
-            if len(data) > 1 and all(cell.strip() in BINARY for cell in data) \
-                    and not any(name in LABEL_COLUMN_NAMES for name in header):
-                return f"a CSV of {len(data)} 0/1 columns"
+            return _csv_matrix_kind(read_csv_rows(path), LABEL_COLUMN_NAMES)
         elif suffix == ".txt":
             with open(path, encoding="utf-8") as handle:
                 if any("," in line for line in handle):
                     return "a text file of comma-separated label lists"
-    except (OSError, ValueError, UnicodeDecodeError, LacalError, *NUMPY_READ_ERRORS):
+    except (OSError, ValueError, OverflowError, UnicodeDecodeError, LacalError, *NUMPY_READ_ERRORS):
         return None
     return None
 
@@ -137,7 +160,7 @@ def read_multilabel_priors(path: str | os.PathLike, smoothing: float = 0.0,
 
     path = check_readable(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = parse_json(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise InputFileError(f"is not a JSON multi-label priors file: {exc}", path) from None
     if not isinstance(data, dict) or "positives" not in data or "num_samples" not in data:
@@ -152,6 +175,7 @@ def read_multilabel_priors(path: str | os.PathLike, smoothing: float = 0.0,
         raise PriorsError("\"positives\" must be a list of counts", path)
     stored = data.get("smoothing", 0.0)
     names = data.get("classes")
+    check_same_classes(classes, names if isinstance(names, list) else None, path, "the priors file")
     return multilabel_priors(positives, data["num_samples"], smoothing or float(stored or 0.0), classes or names,
                              {"path": str(path), "sha256": sha256_file(path)}, str(path))
 

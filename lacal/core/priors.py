@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputDataError, InputFileError, PriorsError
-from ..data.readers import check_readable, load_npy
+from ..data.readers import check_readable, check_same_classes, load_npy, parse_json
 
 PRIORS_FORMAT = "lacal-priors"
 PRIORS_VERSION = 1
@@ -138,7 +138,7 @@ def read_priors(path: str | os.PathLike, smoothing: float = 0.0, classes: list[s
     suffix = path.suffix.lower()
     try:
         if suffix == ".json":
-            data = json.loads(path.read_text(encoding="utf-8-sig"))
+            data = parse_json(path.read_text(encoding="utf-8-sig"))
             if isinstance(data, dict):
                 return _priors_from_json_object(data, path, smoothing, classes, source)
             values = _numbers(data, path, "a JSON list of numbers")
@@ -177,6 +177,7 @@ def _priors_from_json_object(data: dict, path: Path, smoothing: float, classes, 
     stored = data.get("smoothing", 0.0)
     if isinstance(stored, bool) or not isinstance(stored, (int, float)):
         raise PriorsError("\"smoothing\" must be a number", path)
+    check_same_classes(classes, names, path, "the priors file")
     classes = classes or names
     if data.get("counts") is not None:
         counts = _numbers(data["counts"], path, "\"counts\" to be a list of numbers")

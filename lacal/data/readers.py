@@ -13,13 +13,15 @@ import math
 import os
 import pickle
 import re
+import stat
+import struct
 import zipfile
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from ..errors import InputDataError, InputFileError, LacalError
+from ..errors import InputDataError, InputFileError, LacalError, shown
 
 LOGIT_DTYPES = ("float16", "bfloat16", "float32", "float64")
 INPUT_DTYPES = LOGIT_DTYPES + ("bool", "uint8", "int8", "int16", "int32", "int64")
@@ -35,13 +37,70 @@ def sha256_file(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+class DuplicateKeyError(json.JSONDecodeError):
+    """A JSON object that names one key twice: parsers disagree on which value counts (Python's and JavaScript's
+    take the last, others the first or refuse), so lacal refuses it rather than guess."""
+
+    def __init__(self, key: str):
+        ValueError.__init__(self, f"the key {key!r} appears twice in one object (JSON readers disagree on which "
+                                  "value counts)")
+        self.msg, self.doc, self.pos, self.lineno, self.colno = str(self), "", 0, 1, 1
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+def _unique_keys(pairs: list) -> dict:
+    seen = {}
+    for key, value in pairs:
+        if key in seen:
+            raise DuplicateKeyError(key)
+        seen[key] = value
+    return seen
+
+
+def parse_json(text: str | bytes):
+    """`json.loads` that refuses an object naming a key twice (raising DuplicateKeyError, a JSONDecodeError).
+    Every JSON file lacal reads is parsed with it."""
+    return json.loads(text, object_pairs_hook=_unique_keys)
+
+
+SPECIAL_FILES = ((stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"), (stat.S_ISFIFO, "FIFO"),
+                 (stat.S_ISSOCK, "socket"))
+
+
+def file_kind(mode: int) -> str:
+    """What a file of this mode is, in words ("regular file", "folder", "character device", ...)."""
+    if stat.S_ISREG(mode):
+        return "regular file"
+    if stat.S_ISDIR(mode):
+        return "folder"
+    return next((name for test, name in SPECIAL_FILES if test(mode)), "special file")
+
+
+def stat_or_none(path: str | os.PathLike, error=InputFileError) -> os.stat_result | None:
+    """os.stat of `path` (following links), None if nothing is there; a name too long, a link loop or another
+    failure is raised as `error` naming the path."""
+    try:
+        return os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the name
+        raise error(f"{getattr(exc, 'strerror', None) or exc}", path) from None
+
+
 def check_readable(path: str | os.PathLike) -> Path:
-    """Raise InputFileError unless `path` is an existing, readable file."""
+    """Raise InputFileError unless `path` is an existing, readable regular file: a device (`/dev/zero`), a FIFO or a
+    socket is refused by name, even through a symbolic link, since reading one may never end."""
     path = Path(path)
-    if not path.exists():
+    info = stat_or_none(path)
+    if info is None:
         raise InputFileError("no such file", path)
-    if path.is_dir():
+    if stat.S_ISDIR(info.st_mode):
         raise InputFileError("is a folder, expected a file", path)
+    if not stat.S_ISREG(info.st_mode):
+        raise InputFileError(f"is a {file_kind(info.st_mode)}, not a regular file; lacal reads only regular files",
+                             path)
     if not os.access(path, os.R_OK):
         raise InputFileError("permission denied", path)
     return path
@@ -151,7 +210,14 @@ def _pick_key(keys: list[str], key: str | None, path: Path, what: str) -> str:
     return keys[0]
 
 
-NUMPY_READ_ERRORS = (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError, MemoryError)
+NUMPY_READ_ERRORS = (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError, MemoryError, OverflowError)
+
+
+def check_header_shape(shape, path) -> None:
+    """Refuse a .npy header whose shape has a negative dimension (numpy reads one without complaint)."""
+    if any(not isinstance(n, int) or n < 0 for n in shape):
+        raise InputFileError(f"cannot read as .npy: its header has the shape {tuple(shape)}, with a negative "
+                             "dimension", path)
 
 
 def check_npy_size(handle, available: int, path, name: str = "") -> None:
@@ -164,6 +230,7 @@ def check_npy_size(handle, available: int, path, name: str = "") -> None:
         shape, _, dtype = np.lib.format.read_array_header_2_0(handle)
     else:
         return  # numpy checks the rest when it loads
+    check_header_shape(shape, path)
     needed = math.prod(shape) * dtype.itemsize
     if needed > available - handle.tell():
         raise InputFileError(f"is cut short: the header{' of ' + name if name else ''} promises shape "
@@ -194,11 +261,18 @@ def _read_npy(path: Path, key: str | None, what: str = "logits") -> LogitsSource
         offset = handle.tell()
     except NUMPY_READ_ERRORS as exc:
         raise InputFileError(f"cannot read as .npy: {exc or 'the file is empty or cut short'}", path) from None
+    try:
+        check_header_shape(shape, path)
+        if math.prod(shape) * dtype.itemsize > os.fstat(handle.fileno()).st_size - offset:  # Python ints: exact
+            raise InputFileError(f"is cut short: the header promises shape {tuple(shape)} of {dtype.name}", path)
+    except LacalError:
+        handle.close()
+        raise
     if fortran_order or dtype.hasobject:
         handle.close()
         return _read_npy_mapped(path, what)
     _check_shape_dtype(shape, dtype.name, str(path), what)
-    row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+    row_bytes = math.prod(shape[1:]) * dtype.itemsize
     if os.fstat(handle.fileno()).st_size < offset + shape[0] * row_bytes:
         handle.close()
         raise InputFileError(f"is cut short: the header promises shape {tuple(shape)} of {dtype.name}", path)
@@ -282,7 +356,9 @@ def load_torch_file(path: Path):
         raise InputFileError(
             "refused: loading this PyTorch file would run code from it (lacal loads only tensors and plain "
             f"containers, with weights_only=True): {detail}", path) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+    except (RuntimeError, EOFError, OSError, ValueError, IndexError, KeyError, TypeError, AttributeError,
+            struct.error, UnicodeDecodeError, OverflowError, MemoryError, RecursionError) as exc:
+        # a malformed pickle makes the weights_only unpickler fail in many ways (`.` alone: pop from an empty stack)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InputFileError(f"cannot read as a PyTorch file: {first}", path) from None
 
@@ -303,13 +379,36 @@ def _torch_load(torch, path: Path):
         return _torch_load_weights(torch, path)
 
 
+class _Bounded:
+    """A file whose reads never ask for more than what is left in it: a pickle opcode may declare a string of 4 GiB
+    in a file of 5 bytes, and the reader would allocate what it was told before finding the file short."""
+
+    def __init__(self, handle):
+        self._handle = handle
+        self._size = os.fstat(handle.fileno()).st_size
+
+    def read(self, size: int = -1) -> bytes:
+        left = max(0, self._size - self._handle.tell())
+        return self._handle.read(left if size is None or size < 0 or size > left else size)
+
+    def readline(self, size: int = -1) -> bytes:
+        return self._handle.readline(size)
+
+    def seek(self, *args) -> int:
+        return self._handle.seek(*args)
+
+    def tell(self) -> int:
+        return self._handle.tell()
+
+
 def _torch_load_weights(torch, path: Path):
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except RuntimeError as exc:
         if "mmap" not in str(exc) and "zip" not in str(exc):
             raise
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with open(path, "rb") as handle:  # a legacy (not zip) file: read through the bound
+            return torch.load(_Bounded(handle), map_location="cpu", weights_only=True)
 
 
 def _read_torch(path: Path, key: str | None, what: str = "logits") -> LogitsSource:
@@ -354,10 +453,18 @@ def _read_csv_logits(path: Path, key: str | None, what: str = "logits") -> Logit
     check_widths(rows, path, "holds no numeric rows")
     for number, row in enumerate(rows, start=1):
         if not _all_numeric(row):
-            raise InputDataError(f"row {number} holds a value that is not a number: {row}", path)
+            column = next(k for k, cell in enumerate(row) if not _all_numeric([cell]))
+            raise InputDataError(f"row {number}, column {column + 1} holds {shown(row[column])!r}, which is not a "
+                                 "number", path)
     source = source_from_array(np.array(rows, dtype=np.float64), str(path), what)
     source.notes[:0] = notes
     return source
+
+
+def cells(row: list[str], most: int = 5) -> str:
+    """A CSV row for a message: its first `most` cells, each cut, and how many there are in all."""
+    listed = ", ".join(repr(shown(cell, 40)) for cell in row[:most])
+    return f"[{listed}{', ...' if len(row) > most else ''}]" + (f" ({len(row):,} cells)" if len(row) > most else "")
 
 
 def _column_numbers(row: list[str]) -> bool:
@@ -418,12 +525,17 @@ def shard_paths(spec: str | os.PathLike, suffixes=None) -> list[Path]:
 
     suffixes = tuple(suffixes or LOGITS_READERS)
     path = Path(spec)
-    if path.is_dir():
+    info = stat_or_none(path)
+    if info is not None and stat.S_ISDIR(info.st_mode):
         index = path / SHARD_INDEX
         if index.is_file():
             return _indexed_shards(index, suffixes)
         found = [p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")
                  and p.suffix.lower() in suffixes]
+        escaping = [p.name for p in found if not _inside(p, path)]
+        if escaping:
+            raise InputFileError(f"holds {escaping[0]}, a link to a file outside the folder; lacal reads a folder's "
+                                 "shards only inside it", path)
         if not found:
             raise InputFileError(f"is a folder with no {'/'.join(suffixes)} files", path)
         strays = [p.name for p in found if "label" in p.name.lower()]
@@ -431,7 +543,7 @@ def shard_paths(spec: str | os.PathLike, suffixes=None) -> list[Path]:
             raise InputFileError(f"is read as a folder of shards but also holds {strays[0]}; keep labels outside "
                                  "the shard folder, or name the shards with a quoted glob", path)
         return sorted(found, key=lambda p: _natural(p.name))
-    if not path.exists() and any(c in str(spec) for c in "*?["):
+    if info is None and any(c in str(spec) for c in "*?["):
         found = [Path(p) for p in glob.glob(str(spec)) if Path(p).is_file()]
         if not found:
             raise InputFileError("matches no files", spec)
@@ -439,10 +551,18 @@ def shard_paths(spec: str | os.PathLike, suffixes=None) -> list[Path]:
     return [path]
 
 
+def _inside(path: Path, folder: Path) -> bool:
+    """Whether `path`, its links followed, lies inside `folder` (its links followed too)."""
+    try:
+        return Path(os.path.realpath(path)).is_relative_to(os.path.realpath(folder))
+    except (OSError, ValueError):
+        return False
+
+
 def read_shard_index(index: Path) -> list[dict]:
     """The entries of a lacal shard index ({"file": NAME, "rows": N, ...}), checked for form."""
     try:
-        data = json.loads(index.read_text(encoding="utf-8"))
+        data = parse_json(index.read_text(encoding="utf-8"))
         if not isinstance(data, dict) or data.get("format") != SHARD_INDEX_FORMAT:
             raise ValueError(f"not a {SHARD_INDEX_FORMAT} index")
         entries = data["shards"]
@@ -461,6 +581,15 @@ def _indexed_shards(index: Path, suffixes=()) -> list[Path]:
     names = [entry["file"] for entry in read_shard_index(index)]
     if any(Path(name).is_absolute() or ".." in Path(name).parts for name in names):
         raise InputDataError("lists a shard outside its folder", index)
+    twice = next((name for k, name in enumerate(names) if name in names[:k]), None)
+    if twice is not None:
+        raise InputDataError(f"lists {twice} twice: its rows would be read twice; the folder is not as lacal wrote it",
+                             index)
+    escaping = [name for name in names if (index.parent / name).exists() and not _inside(index.parent / name,
+                                                                                         index.parent)]
+    if escaping:
+        raise InputDataError(f"lists {escaping[0]}, a link to a file outside its folder; lacal reads a folder's "
+                             "shards only inside it", index)
     missing = [name for name in names if not (index.parent / name).is_file()]
     if missing:
         raise InputFileError(f"lists {missing[0]}, which is not in its folder: the folder is incomplete", index)
@@ -567,7 +696,7 @@ def read_classes(path: str | os.PathLike) -> list[str]:
         raise InputFileError("is not UTF-8 text", path) from None
     if path.suffix.lower() == ".json":
         try:
-            data = json.loads(text)
+            data = parse_json(text)
         except (json.JSONDecodeError, RecursionError) as exc:
             raise InputFileError(f"is not valid JSON: {exc}", path) from None
         if isinstance(data, dict) and "id2label" in data:
@@ -599,6 +728,39 @@ def read_classes(path: str | os.PathLike) -> list[str]:
             raise InputDataError(f"class name {name!r} appears twice (ids {seen[name]} and {index})", path)
         seen[name] = index
     return names
+
+
+def informative_names(names):
+    """`names`, or None when they are the placeholders transformers writes when a model was given no names
+    (LABEL_0, LABEL_1, ...): those say nothing about which class is which."""
+    if names is None or list(names) == [f"LABEL_{k}" for k in range(len(names))]:
+        return None
+    return names
+
+
+def check_same_classes(given, stored, source, what: str = "the calibration", given_by: str = "`class_names`") -> None:
+    """Refuse class names given (by `given_by`: `--classes`, or a model's id2label) that disagree with those a file
+    stores (`stored`, from `what`): the logits' columns follow one order, so two lists that differ, even only in
+    order, cannot both be right, and taking either by position would give named labels the wrong ids. Either list
+    may be None, or transformers' placeholders LABEL_k (nothing to check).
+
+    Raises:
+        MismatchError: naming the first id where the lists differ.
+    """
+    from ..errors import MismatchError
+
+    given, stored = informative_names(given), informative_names(stored)
+    if given is None or stored is None or list(given) == list(stored):
+        return
+    given, stored = list(given), list(stored)
+    if len(given) != len(stored):
+        raise MismatchError(f"{what} stores {len(stored)} class names but {given_by} lists {len(given)}", source)
+    first = next(k for k, (a, b) in enumerate(zip(given, stored)) if a != b)
+    where = f"(id {first} is {stored[first]!r} there but {given_by} says {given[first]!r})"
+    if sorted(given) == sorted(stored):
+        raise MismatchError(f"{what} stores the same class names in another order {where}; class names are matched "
+                            f"by name, never by position: give them in the order {what} stores", source)
+    raise MismatchError(f"{what} stores other class names {where}", source)
 
 
 def read_labels(path: str | os.PathLike, classes: list[str] | None = None,
@@ -662,10 +824,12 @@ def _csv_label_column(path: Path, column: str | None) -> list[str]:
         try:
             index = int(column)
         except ValueError:
-            raise InputDataError(f"has no column named {column!r}; its first row is {rows[0]}", path) from None
+            raise InputDataError(f"has no column named {shown(column)!r}; its first row is {cells(rows[0])}",
+                                 path) from None
         if not 0 <= index < len(rows[0]):
             raise InputDataError(f"has {len(rows[0])} columns, so `label_column` {index} is out of range", path)
-        if not rows[0][index].lstrip("-").isdigit() and len(rows) > 1 and rows[1][index].lstrip("-").isdigit():
+        if not rows[0][index].lstrip("-").isdigit() and len(rows) > 1 and len(rows[1]) > index \
+                and rows[1][index].lstrip("-").isdigit():
             rows = rows[1:]  # a header above integer labels
     else:
         named = [i for i, name in enumerate(header) if name in LABEL_COLUMN_NAMES]

@@ -11,6 +11,7 @@ import glob
 import io
 import os
 import re
+import stat
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import OutputError
+from .readers import file_kind, stat_or_none
 
 LOGITS_SUFFIXES = (".npy", ".npz", ".safetensors", ".pt", ".pth")
 PREDICTION_SUFFIXES = (".csv",)
@@ -28,6 +30,7 @@ def check_output(path: str | os.PathLike, force: bool = False, inputs=()) -> Pat
     from .readers import expand_inputs
 
     path = Path(path)
+    stat_or_none(path, OutputError)  # a name too long is said before anything else
     for source in expand_inputs(inputs):
         if source.is_dir() and path.resolve().parent == source.resolve():
             raise OutputError(f"is inside the input folder {source}, where it would be read as one more shard; "
@@ -38,11 +41,16 @@ def check_output(path: str | os.PathLike, force: bool = False, inputs=()) -> Pat
         if spec is not None and _is_pattern(spec) and fnmatch.fnmatch(os.path.abspath(path), os.path.abspath(spec)):
             raise OutputError(f"matches the input pattern {spec}, where it would be read as one more shard; "
                               "choose another --out", path)
-    if path.is_dir():
+    info = stat_or_none(path, OutputError)
+    if info is not None and stat.S_ISDIR(info.st_mode):
         raise OutputError("is a folder; give a file name", path)
-    if path.exists() and not force:
+    if info is not None and not stat.S_ISREG(info.st_mode):
+        raise OutputError(f"is a {file_kind(info.st_mode)}; lacal writes only regular files and never replaces a "
+                          "device, FIFO or socket, even with --force: choose another --out", path)
+    if info is not None and not force:
         raise OutputError("already exists; pass --force to replace it", path)
-    if not path.parent.is_dir():
+    parent = stat_or_none(path.parent, OutputError)
+    if parent is None or not stat.S_ISDIR(parent.st_mode):
         raise OutputError(f"folder {path.parent} does not exist", path)
     return path
 
@@ -203,9 +211,10 @@ def check_output_folder(out: Path, force: bool, ours, inputs=()) -> None:
     """Refuse an output folder that is a file, an input, in a folder that does not exist, already there without
     `force`, or holding files that lacal did not write (`ours`: the names it did), which replacing it would delete."""
     out = Path(out)
-    if out.exists() and not out.is_dir():
+    info, parent = stat_or_none(out, OutputError), stat_or_none(out.parent, OutputError)
+    if info is not None and not stat.S_ISDIR(info.st_mode):
         raise OutputError("exists and is not a folder; per-shard outputs go into a folder", out)
-    if not out.parent.is_dir():
+    if parent is None or not stat.S_ISDIR(parent.st_mode):
         raise OutputError(f"folder {out.parent} does not exist", out)
     remove_stale(out)
     for item in inputs:

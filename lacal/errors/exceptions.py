@@ -8,6 +8,11 @@ from __future__ import annotations
 import os
 
 
+STDOUT_CLOSED = 141
+"""The exit code when the reader of standard output closed it early: 128 + SIGPIPE, as a shell reports a tool that
+SIGPIPE stopped. A standard output that cannot be written otherwise (a full disk) is an output error, code 8."""
+
+
 class LacalError(Exception):
     """A problem with the user's input or options, reported as one line with a documented exit code. Raise one of
     the subclasses below; each has its own code. A library error names the parameter (`source="tau_range"`, and
@@ -58,8 +63,8 @@ class MismatchError(LacalError):
 
 
 class OutputError(LacalError):
-    """An output was refused: it exists and --force was not given, it would overwrite an input, or it cannot be
-    written."""
+    """An output was refused: it exists and --force was not given, it would overwrite an input, it is a device, FIFO
+    or socket (even with --force), or it cannot be written (standard output included)."""
 
     exit_code = 8
 
@@ -94,9 +99,12 @@ EXIT_CODES = {
     OptionError.exit_code: "option value refused: empty or reversed tau range, missing device, conflicting options",
     MismatchError.exit_code: "inputs disagree: a calibration or class list for another number of classes, features "
                              "of another width than the head takes",
-    OutputError.exit_code: "output refused: it exists (no --force), it is an input, or it cannot be written",
+    OutputError.exit_code: "output refused: it exists (no --force), it is an input, it is a device, FIFO or socket, "
+                           "or it (or standard output) cannot be written",
     CheckpointError.exit_code: "checkpoint refused: no classifier head, an ambiguous head, no bias, a nonlinearity "
                                "after the head, already patched",
     VerificationError.exit_code: "verification failed: the patched head does not give the adjusted logits",
     MissingDependencyError.exit_code: "an optional package is missing: onnx and onnxruntime for ONNX models (the onnx extra)",
+    STDOUT_CLOSED: "standard output was closed by its reader (`| head`): nothing more is printed, as for other Unix "
+                   "tools stopped by SIGPIPE",
 }

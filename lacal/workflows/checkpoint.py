@@ -129,6 +129,11 @@ def _patch_checkpoint(path, out, calibration, tau, train_labels, priors, classes
         fitted = calibration_for(calibration, tau, train_labels, priors, None, smoothing, None, label_column, True,
                                  target, target_logits, key, compute, budget, notes=notes)
     names = read_names(classes) if classes is not None else model.class_names
+    if fitted is not None:  # a head's rows are classes in the model's order: the calibration must agree by name
+        from ..data.readers import check_same_classes
+
+        check_same_classes(names, fitted.class_names, str(calibration) if is_path(calibration) else "calibration",
+                           given_by="`class_names`" if classes is not None else "the model's id2label")
     count = fitted.num_classes if fitted else (len(names) if names else None)
     if count is None and head is None and priors is not None:  # a binary or default-label model: ask the priors
         from ..core.conversions import as_priors
@@ -199,6 +204,10 @@ def _patch_deployed(kind, path, out, calibration, tau, train_labels, priors, cla
         fitted = calibration_for(calibration, tau, train_labels, priors, None, smoothing, None, label_column, True,
                                  target, target_logits, key, compute, budget, notes=notes)
     names = read_names(classes) if classes is not None else None
+    if fitted is not None:
+        from ..data.readers import check_same_classes
+
+        check_same_classes(names, fitted.class_names, str(calibration) if is_path(calibration) else "calibration")
     found = model.find_head(fitted.num_classes if fitted else (len(names) if names else None), head)
     if fitted is not None:
         fitted.check_num_classes(found.num_classes, "model's head", _calibration_name(calibration))

@@ -328,11 +328,13 @@ def estimate(target_logits, prior, num_classes, key, device, budget, progress=No
 
 def calibration_for(calibration, tau, train_labels, priors, num_classes, smoothing, names, column, required=True,
                     target="uniform", target_logits=None, key=None, device="cpu", budget=None, context=None,
-                    notes: Notes | None = None):
+                    notes: Notes | None = None, names_from: str = "`class_names`"):
     """The calibration to apply: what `core.conversions.as_calibration` takes (a `fit` result, a `Calibration`, a
-    calibration file), or one built from `tau` and the training priors."""
+    calibration file), or one built from `tau` and the training priors. A calibration whose class names disagree
+    with `names` (given by `names_from`) is refused."""
     from ..core.calibration import Calibration
     from ..core.conversions import as_calibration
+    from ..data.readers import check_same_classes
 
     if calibration is not None:
         if tau is not None or train_labels is not None or priors is not None:
@@ -343,6 +345,8 @@ def calibration_for(calibration, tau, train_labels, priors, num_classes, smoothi
         loaded = as_calibration(calibration, "calibration")
         if num_classes is not None:
             loaded.check_num_classes(num_classes, "logits", str(calibration) if is_path(calibration) else None)
+        check_same_classes(names, loaded.class_names, str(calibration) if is_path(calibration) else "calibration",
+                           given_by=names_from)
         return loaded
     if tau is None:
         if required:

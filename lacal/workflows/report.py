@@ -154,16 +154,18 @@ def report(logits=None, labels=None, calibration=None, *, tau: Optional[float] =
     source, labels_data, known_names = logits_input(logits, labels, checkpoint, features, head, key, class_names,
                                                     compute, calibration is not None or tau is not None, context,
                                                     notes)
-    names = class_names_for(class_names, source.num_classes) or known_names
-    values = task_labels(task, labels_data, source, names, label_column, context)
+    given = class_names_for(class_names, source.num_classes)
+    names = given or known_names
     if calibration is None and tau is None and (not uniform or target_logits is not None):
         raise OptionError("`target_priors` goes with `tau` (a calibration file carries its own)", "target_priors")
     fitted = task_calibration(task, calibration, tau, train_labels, priors, source.num_classes, smoothing, names,
-                              label_column, False, target_priors, target_logits, key, compute, budget, context, notes)
+                              label_column, False, target_priors, target_logits, key, compute, budget, context, notes,
+                              "`class_names`" if given else "the checkpoint's id2label")
+    names = names or (fitted.class_names if fitted is not None else None)  # named labels map through these
+    values = task_labels(task, labels_data, source, names, label_column, context)
     counts = fitted.counts if fitted is not None else None
     if fitted is None and (train_labels is not None or priors is not None):
         counts = task_priors(task, train_labels, priors, source.num_classes, smoothing, names, label_column).counts
-    names = names or (fitted.class_names if fitted is not None else None)
     affines = [(1.0, np.zeros(source.num_classes))] + ([fitted.affine()] if fitted is not None else [])
     with progress_bar(progress, (1 if task.multi_label else 2) * source.num_samples, "report") as step:
         evaluations, quality = _evaluate(task, source, values, affines, bins, compute, budget, step, context)
@@ -298,7 +300,8 @@ def compare(val_logits=None, val_labels=None, priors=None, *, train_labels=None,
         raise OptionError("report --compare does not run under torchrun yet; run it in one process", "torchrun")
     source, labels, known_names = logits_input(val_logits, val_labels, checkpoint, features, head, key, class_names,
                                                compute, False, context, notes)
-    names = class_names_for(class_names, source.num_classes) or known_names
+    given = class_names_for(class_names, source.num_classes)
+    names = given or known_names
     values = task_labels(task, labels, source, names, label_column)
     prior = task_priors(task, train_labels, priors, source.num_classes, smoothing, names, label_column)
     evaluation_source = evaluation_labels = head_data = None

@@ -44,14 +44,14 @@ def task_priors(task, train_labels=None, priors=None, num_classes: Optional[int]
 
 def task_calibration(task, calibration, tau, train_labels, priors, num_classes, smoothing, names, column=None,
                      required=True, target="uniform", target_logits=None, key=None, device="cpu", budget=None,
-                     context=None, notes=None):
+                     context=None, notes=None, names_from: str = "`class_names`"):
     """The calibration to apply: the one given (or its file), or one built from `tau` and the training priors; a
     multi-label task takes only a multi-label calibration."""
     if task.multi_label:
         return multilabel_calibration(calibration, tau, train_labels, priors, num_classes, smoothing, names,
                                       required)
     return calibration_for(calibration, tau, train_labels, priors, num_classes, smoothing, names, column, required,
-                           target, target_logits, key, device, budget, context, notes)
+                           target, target_logits, key, device, budget, context, notes, names_from)
 
 
 def search_tau(task, source, labels, prior, tau_range, search="exact", metric="balanced-error", grid_size=401,
