@@ -78,7 +78,9 @@ def test_lacal_apply_patches_a_lightning_ckpt_that_load_from_checkpoint_reloads(
 
 
 def test_swa_and_ema_copies_in_a_lightning_ckpt_are_patched_too(tmp_path):
-    from lightning.pytorch.callbacks import EMAWeightAveraging
+    EMAWeightAveraging = getattr(L.pytorch.callbacks, "EMAWeightAveraging", None)
+    if EMAWeightAveraging is None:
+        pytest.skip("this Lightning has no EMAWeightAveraging (2.6 and later)")
 
     train, val = loaders()
     for name, callback in (("swa", StochasticWeightAveraging(swa_lrs=0.01, swa_epoch_start=1)),
