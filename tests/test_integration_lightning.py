@@ -111,9 +111,12 @@ def test_swa_and_ema_copies_in_a_lightning_ckpt_are_patched_too(tmp_path):
 def test_callback_logs_lacal_fit_numbers_and_leaves_an_adjusted_best_checkpoint(tmp_path, return_logits):
     train, val = loaders()
     callback = LogitAdjustment()
-    best = ModelCheckpoint(dirpath=tmp_path / "checkpoints", monitor="val/balanced_error_adjusted")
-    t = trainer(tmp_path, epochs=2, callbacks=[callback, best], logger=CSVLogger(tmp_path / "logs"))
+    # a checkpoint of the second epoch only, then a third: the calibration beside it must be the one fitted at its
+    # validation, not the last one
+    best = ModelCheckpoint(dirpath=tmp_path / "checkpoints", every_n_epochs=2)
+    t = trainer(tmp_path, epochs=3, callbacks=[callback, best], logger=CSVLogger(tmp_path / "logs"))
     t.fit(TinyClassifier(return_logits=return_logits), train, val)
+    assert Path(best.best_model_path).name.startswith("epoch=1")
     # the priors are the training counts, seen in the first epoch's batches
     assert callback.calibration.counts.tolist() == list(COUNTS)
     # the best checkpoint's numbers are lacal.fit on that model's validation logits
