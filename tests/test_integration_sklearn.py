@@ -107,3 +107,17 @@ def test_bad_options_are_value_errors():
         LogitAdjustedClassifier(tau="high").fit(X, y)
     with pytest.raises(ValueError, match="response_method"):
         LogitAdjustedClassifier(response_method="predict").fit(X, y)
+
+
+def test_wraps_a_pipeline_that_takes_raw_text():
+    from sklearn.feature_extraction.text import CountVectorizer
+
+    rng = np.random.default_rng(0)
+    counts = [120, 40, 12]
+    y = np.repeat(np.arange(3), counts)
+    words = np.array([f"w{i}" for i in range(30)])
+    texts = [" ".join(rng.choice(words, 6)) + f" c{label}" * int(rng.random() < 0.6) for label in y]
+    model = LogitAdjustedClassifier(make_pipeline(CountVectorizer(), LogisticRegression(max_iter=500)), cv=3)
+    model.fit(texts, y)
+    assert model.predict(["w1 w2 c2"]).tolist() == [2]
+    assert model.calibration_.counts.tolist() == counts

@@ -14,7 +14,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import check_cv, cross_val_predict
 from sklearn.preprocessing import LabelEncoder
 from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils import indexable
+from sklearn.utils.validation import check_is_fitted, column_or_1d
 
 from ..core.calibration import Calibration
 from ..errors import OptionError
@@ -90,7 +91,10 @@ class LogitAdjustedClassifier(MetaEstimatorMixin, ClassifierMixin, BaseEstimator
         if self.metric not in METRICS:
             raise ValueError(f"metric must be one of {', '.join(METRICS)}, got {self.metric!r}")
         tau = _tau(self.tau)
-        X, y = validate_data(self, X, y, accept_sparse=True, dtype=None, ensure_all_finite=False)
+        X, y = indexable(X, y)  # X as the estimator takes it (text for a vectorizing pipeline, a DataFrame, ...)
+        y = column_or_1d(y, warn=True)
+        if y.shape[0] == 0:
+            raise ValueError("found 0 samples while a minimum of 1 is required")
         check_classification_targets(y)
         encoder = LabelEncoder().fit(y)
         self.classes_ = encoder.classes_
@@ -143,6 +147,15 @@ class LogitAdjustedClassifier(MetaEstimatorMixin, ClassifierMixin, BaseEstimator
         """The class with the largest adjusted log-score."""
         scores = self._adjusted(X)
         return self.classes_[np.argmax(scores, axis=1)]
+
+    @property
+    def n_features_in_(self):
+        """The number of features the refitted estimator saw (when it records it)."""
+        return self.estimator_.n_features_in_
+
+    @property
+    def feature_names_in_(self):
+        return self.estimator_.feature_names_in_
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
