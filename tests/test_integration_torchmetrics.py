@@ -43,12 +43,36 @@ def test_worst_class_metric_and_merged_states():
     assert float(merged.tau) == expected.tau
 
 
+@pytest.mark.parametrize("metric", ["balanced-error", "worst-class-error"])
+def test_intervals_give_the_same_fit_as_the_logits(metric):
+    logits, labels, counts = long_tail_problem(num_samples=800, num_classes=7, seed=6)
+    parts = [LogitAdjustedError(counts, metric=metric, keep="intervals") for _ in range(2)]
+    for part, rows in zip(parts, np.array_split(np.arange(800), 2)):
+        for start in range(0, len(rows), 150):
+            block = rows[start:start + 150]
+            part.update(torch.from_numpy(logits[block]), torch.from_numpy(labels[block]))
+    assert sum(t.numel() for t in parts[0].lo) == 400  # one interval a sample, not C logits
+    parts[0].merge_state(parts[1])
+    value = parts[0].compute()
+    expected = lacal.fit(logits, labels, counts, metric=metric)
+    assert float(parts[0].tau) == expected.tau
+    assert parts[0].result.tau_fit.interval == expected.tau_fit.interval
+    name = "balanced_error" if metric == "balanced-error" else "worst_class_error"
+    assert float(value) == getattr(expected.tau_fit.after, name)
+    assert parts[0].values[name] == getattr(expected.tau_fit.before, name)
+    assert parts[0].result.calibration.offsets.tolist() == expected.calibration.offsets.tolist()
+
+
 def test_bad_input_is_refused():
     metric = LogitAdjustedError([10, 5, 1])
     with pytest.raises(lacal.LacalError, match="logits"):
         metric.update(torch.zeros(4, 3), torch.zeros(5, dtype=torch.long))
     with pytest.raises(lacal.LacalError, match="metric"):
         LogitAdjustedError([10, 5, 1], metric="accuracy")
+    with pytest.raises(lacal.LacalError, match="keep"):
+        LogitAdjustedError([10, 5, 1], keep="everything")
+    with pytest.raises(lacal.LacalError, match="4 classes but the priors 3"):
+        LogitAdjustedError([10, 5, 1], keep="intervals").update(torch.zeros(2, 4), torch.zeros(2, dtype=torch.long))
 
 
 def test_lightning_self_log_takes_it(tmp_path):
