@@ -14,5 +14,5 @@ from .taunorm import TauNormFit, fit_tau_norm, tau_norm_logits
 __all__ = ["LogitAdjustedLoss", "MethodResult", "MultiLabelEvaluation", "MultiLabelFit", "PriorEstimate",
            "ProbabilityFit", "TauFit", "TauNormFit", "balanced_error", "compare_methods", "estimate_target_priors",
            "evaluate", "evaluate_multilabel", "fit_bias", "fit_label_thresholds", "fit_multilabel_tau",
-           "fit_tau", "fit_tau_intervals", "fit_tau_norm", "fit_temperature", "logit_adjusted_cross_entropy", "tau_norm_logits",
-           "worst_class_error"]
+           "fit_tau", "fit_tau_intervals", "fit_tau_norm", "fit_temperature", "logit_adjusted_cross_entropy",
+           "tau_norm_logits", "worst_class_error"]
