@@ -79,3 +79,39 @@ def test_multilabel_example_fitted_tau_improves_the_test_split(tmp_path):
     assert fitted <= rows["shared tau = 1"] + 0.5
     for name in ("val_logits.npy", "val_labels.npy", "test_logits.npy", "test_labels.npy", "train_labels.npy"):
         assert (tmp_path / name).exists()
+
+
+def _run(script, *args, timeout=600):
+    result = subprocess.run([sys.executable, str(EXAMPLES / script), *map(str, args)], capture_output=True,
+                            text=True, timeout=timeout)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def test_sklearn_example_beats_the_plain_model_and_matches_the_tuned_threshold():
+    rows = _rows(_run("sklearn_meta_estimator.py"))
+    assert rows["LogitAdjustedClassifier"] > rows["LogisticRegression"] + 3
+    assert rows["LogitAdjustedClassifier"] >= rows["class_weight='balanced'"] - 1.5
+
+
+def test_torchmetrics_example_lowers_the_balanced_error():
+    plain, adjusted = map(float, re.search(r"plain ([\d.]+)%, adjusted ([\d.]+)%", _run("torchmetrics_metric.py"))
+                          .groups())
+    assert adjusted < plain - 5
+
+
+@pytest.mark.slow
+def test_lightning_example_writes_the_adjusted_best_checkpoint(tmp_path):
+    out = _run("lightning_callback.py", "--dir", tmp_path)
+    before, after = map(float, re.search(r"balanced error ([\d.]+)% -> ([\d.]+)% adjusted", out).groups())
+    assert after < before
+    assert (tmp_path / "calibration.json").is_file() and list(tmp_path.glob("*-adjusted.ckpt"))
+
+
+@pytest.mark.slow
+def test_huggingface_example_pipeline_gives_the_adjusted_error(tmp_path):
+    out = _run("huggingface_trainer.py", "--dir", tmp_path)
+    before, after = map(float, re.search(r"balanced error ([\d.]+)% -> ([\d.]+)% adjusted", out).groups())
+    assert after < before
+    # pipeline(...) on the adjusted folder classifies as the adjusted logits do
+    assert float(re.search(r"adjusted folder: balanced error ([\d.]+)%", out).group(1)) == after

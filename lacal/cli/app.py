@@ -398,6 +398,7 @@ def apply_command(
     source_path: Annotated[Path, typer.Argument(
         help="Logits (.npy, .npz, .safetensors, .pt/.pth, .csv), or a checkpoint to patch: a .safetensors or "
              ".pt/.pth/.bin state dict with several tensors, a training checkpoint (.pth.tar, with its EMA copies), "
+             "a PyTorch Lightning .ckpt (with its EMA / SWA copies), "
              "a Hugging Face model folder, an ONNX model (.onnx), a TorchScript file (torch.jit.save) or a "
              "torch.export program (.pt2).",
         metavar="LOGITS_OR_CHECKPOINT", show_default=False)],

@@ -179,6 +179,38 @@ def _fit_tau(logits, labels, priors, tau_range, search, metric, grid_size, devic
                   grid_taus=grid_taus, grid_values=grid_values)
 
 
+def fit_tau_intervals(lo, hi, labels, num_classes: int, tau_range=DEFAULT_TAU_RANGE,
+                      metric: str = "balanced-error") -> TauFit:
+    """The exact search on each sample's open tau-interval of correct classification alone (`lo`, `hi` and the
+    label, as `engine.passes.interval_pass` gives them), without the logits: 3 numbers a sample instead of C, so
+    intervals gathered from many places (a metric's states across processes) can be searched at once.
+
+    A sample counts as right at tau where its open interval holds tau. `fit_tau` also settles exact ties in the
+    logits at tau = 0 and 1 with argmax itself; here, without logits, it cannot, so the two differ only when the
+    logits hold exact ties.
+
+    Returns:
+        A `TauFit`, as `fit_tau` gives (search "exact").
+    """
+    import torch
+
+    if metric not in METRICS:
+        raise OptionError(f"unknown metric {metric!r}; use one of {', '.join(METRICS)}", "metric")
+    lo_tau, hi_tau = check_tau_range(tau_range)
+    lo, hi = (torch.as_tensor(v, dtype=torch.float64).flatten() for v in (lo, hi))
+    labels = torch.as_tensor(labels, dtype=torch.int64).flatten()
+    support = torch.bincount(labels, minlength=num_classes)
+    weights, exact_sums = balanced_weights(support)
+    tau, interval, _ = _exact(lo, hi, labels, support, lo_tau, hi_tau, metric, weights, exact_sums)
+
+    def at(t: float) -> ClassEvaluation:
+        right = (lo < t) & (t < hi)
+        return ClassEvaluation(support.numpy(), torch.bincount(labels[right], minlength=num_classes).numpy())
+
+    return TauFit(tau=float(tau), interval=(float(interval[0]), float(interval[1])), metric=metric, search="exact",
+                  tau_range=(lo_tau, hi_tau), before=at(0.0), at_one=at(1.0), after=at(float(tau)))
+
+
 AMBIGUOUS_GAP = 1e-6
 
 

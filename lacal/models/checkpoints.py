@@ -1,7 +1,9 @@
 """Reading model checkpoints and finding their classifier head.
 
-Three layouts: a .safetensors file; a PyTorch file (.pt, .pth, .bin, .tar) holding a state dict, or a training
-checkpoint that holds one under a common key (and maybe EMA copies of it beside); a Hugging Face model folder
+Three layouts: a .safetensors file; a PyTorch file (.pt, .pth, .bin, .tar, .ckpt) holding a state dict, or a training
+checkpoint that holds one under a common key (and maybe EMA copies of it beside; a PyTorch Lightning .ckpt keeps its
+LightningModule's state dict under `state_dict` and StochasticWeightAveraging's averaged copy in its callback state);
+a Hugging Face model folder
 (config.json with model.safetensors, sharded safetensors with an index, or pytorch_model.bin). PyTorch files are read
 with weights_only=True only.
 """
@@ -29,7 +31,7 @@ AVERAGED_HEADS = {"head": "head_dist", "head.linear": "head_dist.linear",
 # A layer name part that says "an output head" (a second one beside the chosen head is a reason to stop); not fc1 and
 # fc2, the hidden layers of transformer blocks.
 HEAD_LIKE = re.compile(r"^(fc|fc_\w+|\w+_fc|.*head.*|.*classifier.*|.*logits.*|score)$")
-TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".tar")
+TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".tar", ".ckpt")
 EMA_KEY = re.compile(r"ema|shadow|swa|averag", re.IGNORECASE)
 HF_WEIGHT_FILES = ("model.safetensors.index.json", "model.safetensors", "pytorch_model.bin.index.json",
                    "pytorch_model.bin")
@@ -99,18 +101,26 @@ class Checkpoint:
             obj = obj[key]
         return obj
 
-    def copies(self, file: Path) -> dict[str, dict]:
+    def copies(self, file: Path) -> dict:
         """The other state dicts of a training checkpoint, beside the main one, that are copies of the model: named
         like one (timm's `state_dict_ema`, torchvision's `model_ema`, `ema`, `shadow`, `swa`, ...) or holding exactly
-        its tensor names; keyed by their top-level key. Another model kept beside it (a distillation teacher with
-        other layers) is left alone."""
+        its tensor names (Lightning's WeightAveraging keeps the live model as `current_model_state`); keyed by their
+        top-level key. In a Lightning .ckpt, averaged copies inside a callback's state (StochasticWeightAveraging's
+        `average_model_state`) too, keyed by their path ("callbacks", callback, key). Another model kept beside it
+        (a distillation teacher with other layers) is left alone."""
         obj, keys = self.torch_object(file)
         if not keys or not isinstance(obj, dict):
             return {}
         main = {plain_name(str(name)) for name in obj[keys[0]]}
-        return {str(key): value for key, value in obj.items()
-                if key != keys[0] and _is_state_dict(value)
-                and (EMA_KEY.search(str(key)) or {plain_name(str(name)) for name in value} == main)}
+        found = {str(key): value for key, value in obj.items()
+                 if key != keys[0] and _is_state_dict(value)
+                 and (EMA_KEY.search(str(key)) or {plain_name(str(name)) for name in value} == main)}
+        callbacks = obj.get("callbacks")
+        for name, state in (callbacks.items() if isinstance(callbacks, dict) else ()):
+            for key, value in (state.items() if isinstance(state, dict) else ()):
+                if EMA_KEY.search(str(key)) and _is_state_dict(value):
+                    found[("callbacks", name, key)] = value
+        return found
 
     @property
     def is_hugging_face(self) -> bool:
@@ -207,7 +217,7 @@ def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
         checkpoint.patch = _patch_in_torch(checkpoint, path) or _patch_beside(path)
         return checkpoint
     raise InputFileError(f"unknown checkpoint format {path.suffix or '(no suffix)'!r}; use .safetensors, .pt, .pth, "
-                         ".bin, .pth.tar or a Hugging Face model folder", path)
+                         ".bin, .pth.tar, a Lightning .ckpt or a Hugging Face model folder", path)
 
 
 def _as_record(value, where: str) -> dict:
@@ -532,13 +542,13 @@ def head_notes(checkpoint: Checkpoint, heads: list[Head]) -> list[str]:
 
 def is_checkpoint(path: str | os.PathLike, key: str | None = None) -> bool:
     """Whether `lacal apply` should treat `path` as a checkpoint rather than logits: a folder with model weights, a
-    .bin or .tar file, or a .safetensors/.pt/.pth file with several tensors and no --key."""
+    .bin, .tar or .ckpt (Lightning) file, or a .safetensors/.pt/.pth file with several tensors and no --key."""
     import torch
 
     path = Path(path)
     if path.is_dir():  # a Hugging Face model folder, not a folder of logits shards
         return any((path / name).is_file() for name in HF_WEIGHT_FILES)
-    if path.suffix.lower() in (".bin", ".tar"):  # .pth.tar: a training checkpoint; lacal reads no logits from .tar
+    if path.suffix.lower() in (".bin", ".tar", ".ckpt"):  # training checkpoints; lacal reads no logits from these
         return True
     if key is not None or not path.is_file():
         return False

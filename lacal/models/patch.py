@@ -93,7 +93,8 @@ def make_patch(checkpoint: Checkpoint, head: Head | list[Head], offsets, tau: fl
     record = {"format": PATCH_FORMAT, "version": PATCH_VERSION, "head": main.name, "bias": bias,
               "added_bias": main.bias is None, "tau": float(tau), "offsets": offsets.tolist(), "scale": scale,
               "calibration_sha256": calibration_sha256, "bias_dtype": str(new.dtype).replace("torch.", ""),
-              "max_rounding_error": rounding, "heads": [layer.name for layer in heads], "copies": list(copies)}
+              "max_rounding_error": rounding, "heads": [layer.name for layer in heads],
+              "copies": [key if isinstance(key, str) else "/".join(map(str, key)) for key in copies]}
     return Patch(main, new, rounding, main.bias is None, record, checkpoint.patch, replace.get(main.weight),
                  replace, add, copies)
 
@@ -278,7 +279,7 @@ def write_torch(checkpoint: Checkpoint, file: Path, target: Path, replace: dict,
         outer = type(obj)(obj)
         outer[keys[0]] = new_state
         for key, (copy_replace, copy_add) in (copies or {}).items():
-            outer[key] = _changed_state(obj[key], copy_replace, copy_add, record)
+            _put(outer, key, _changed_state(_get(obj, key), copy_replace, copy_add, record))
         outer[PATCH_METADATA_KEY] = record
         new_obj = outer
     else:
@@ -287,6 +288,22 @@ def write_torch(checkpoint: Checkpoint, file: Path, target: Path, replace: dict,
         torch.save(new_obj, target)
     except RuntimeError as exc:
         raise OSError(str(exc).splitlines()[0] if str(exc) else "torch.save failed") from None
+
+
+def _get(obj: dict, key):
+    """The value under a top-level key, or under a path of keys (a tuple: a copy inside a Lightning callback)."""
+    for part in (key,) if isinstance(key, str) else key:
+        obj = obj[part]
+    return obj
+
+
+def _put(outer: dict, key, value) -> None:
+    """Set `value` under `key` (a path: the dicts along it are copied first, so the loaded object stays as read)."""
+    path = (key,) if isinstance(key, str) else tuple(key)
+    for part in path[:-1]:
+        outer[part] = type(outer[part])(outer[part])
+        outer = outer[part]
+    outer[path[-1]] = value
 
 
 def _changed_state(state: dict, replace: dict, add: dict, record: dict) -> dict:

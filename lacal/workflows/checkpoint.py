@@ -50,8 +50,9 @@ def patch_checkpoint(checkpoint, calibration=None, *, out=None, head: Optional[s
     """Write a copy of a model whose classifier head gives the adjusted logits, as `lacal apply CHECKPOINT` does.
 
     Args:
-        checkpoint: a .safetensors or .pt/.pth/.bin state dict, a training checkpoint (.pth.tar, EMA copies are
-            patched too), a Hugging Face model folder, an ONNX model, a TorchScript file or a torch.export program.
+        checkpoint: a .safetensors or .pt/.pth/.bin state dict, a training checkpoint (.pth.tar, a Lightning .ckpt;
+            EMA and SWA copies are patched too), a Hugging Face model folder, an ONNX model, a TorchScript file or a
+            torch.export program.
         calibration: a `fit` result, a `Calibration` or a calibration file; or None with `tau` and
             `train_labels`/`priors`.
         out: the patched file or folder; or `in_place=True` to rewrite the checkpoint (atomically).
@@ -153,7 +154,7 @@ def _patch_checkpoint(path, out, calibration, tau, train_labels, priors, classes
     patch = make_patch(model, heads, shift, fitted.tau, sha256_file(where) if where is not None else None, add_bias,
                        force, scale)
     if patch.copies:
-        notes.say(f"also patched the copies of the model under {', '.join(map(repr, patch.copies))}")
+        notes.say(f"also patched the copies of the model under {', '.join(map(repr, patch.record['copies']))}")
     if patch.earlier is not None:
         from ..models.patch import describe_patch
 
