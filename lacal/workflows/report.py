@@ -115,13 +115,14 @@ def report(logits=None, labels=None, calibration=None, *, tau: Optional[float] =
         logits: N x C logits (an array, a tensor, a `LogitsSource`, a file, a folder or glob of shards, or a list of
             files); None with `checkpoint` and `features`.
         labels: N class ids (an array, a tensor or a labels file).
-        calibration: the adjustment to report: a `Calibration` or a calibration file; or None with `tau` and
-            `train_labels`/`priors`; or neither, for the raw logits only.
-        train_labels, priors: the training priors (for `tau`, or only for the shot groups).
+        calibration: the adjustment to report: a `fit` result, a `Calibration` or a calibration file; or None with
+            `tau` and `train_labels`/`priors`; or neither, for the raw logits only.
+        train_labels, priors: the training priors (for `tau`, or only for the shot groups): labels, or anything
+            `fit` takes as `priors`; the training counts come from them (or from the calibration).
         target_priors, target_logits: target priors with `tau` (a calibration carries its own).
         bins: equal-width confidence bins of the ECE.
-        checkpoint, features, head, class_names, label_column, smoothing, key, device, memory_budget, progress,
-            context: as for `fit`.
+        checkpoint, features, head, class_names, label_column, smoothing, key, device, memory_budget: as for `fit`.
+        progress, context: as for `fit`.
         plot: also draw the three panels into this PNG (needs matplotlib); `force` replaces it.
         multi_label: a multi-label head: `labels` is an N x C 0/1 matrix, the report is per label (false negative
             and positive rates, balanced error) and macro / micro; also taken when `calibration` is a multi-label
