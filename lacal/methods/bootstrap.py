@@ -1,0 +1,444 @@
+"""Bootstrap intervals for a tau fit, a cross-fitted estimate of its error on new data, and the one-standard-error
+tau rule.
+
+Every validation sample is right on one open tau-interval (`engine.passes.interval_pass`), and resampling does not
+change it: only how often the sample is drawn does. So the logits are scored once; a replicate's exact fit is a
+weighted sweep over the sorted interval ends: each sample adds (times drawn) x (its class's weight) at its start and
+takes it away at its end, a cumulative sum gives every segment's score, and the optimum is chosen as
+`search.fit_tau` chooses it (the optimal run nearest tau = 1, its midpoint; a directly scored point only when it is
+strictly better). A block of replicates is one scatter-add and one cumulative sum over an R x segments array, so the
+working memory is bounded by the block.
+
+The intervals are percentile intervals over the replicates. The error at the fitted tau is the minimum of a noisy
+curve over the samples that chose tau, so it is biased low; its interval is the percentile interval of the
+replicates' error at the fitted tau, shifted by the bootstrap estimate of that optimism (Efron 1983): the mean over
+replicates of (the original data's error at the replicate's tau) - (the replicate's own error there). Per-class
+errors get Wilson score intervals (a class's error at a fixed tau is a binomial proportion; for a class with 3
+samples its bootstrap distribution has only four values). See docs/guide/intervals.md for the measured coverage.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..core.metrics import GROUPS, ClassEvaluation, shot_groups
+from ..errors import OptionError
+from .resampling import DEFAULT_LEVEL, Slots, percentile_interval, wilson_interval
+from .search import FLOAT_TIE_TOLERANCE, balanced_weights, choose, representable
+
+DEFAULT_REPLICATES = 1000
+TAU_RULES = ("min", "one-se")
+FEW_SAMPLES = 5  # classes with fewer validation samples than this are warned about
+BLOCK_BYTES = 64 << 20  # working memory of a block of replicates
+SUMMARIES = ("balanced_error", "worst_class_error") + GROUPS
+
+
+# --------------------------------------------------------------------------------------------- per-sample data
+
+
+@dataclass(frozen=True, eq=False)
+class SampleIntervals:
+    """Every validation sample's open tau-interval of correct classification (`lo`, `hi`), its class, and whether
+    it is right at the taus scored directly (`hits`: tau -> bool array), in the global sample order."""
+
+    lo: np.ndarray
+    hi: np.ndarray
+    labels: np.ndarray
+    hits: dict
+    num_classes: int
+
+    @property
+    def support(self) -> np.ndarray:
+        return np.bincount(self.labels, minlength=self.num_classes)
+
+    def right_at(self, tau: float) -> np.ndarray:
+        """Whether each sample is right at `tau` (argmax's own answer at the taus scored directly)."""
+        if tau in self.hits:
+            return self.hits[tau]
+        return (self.lo < tau) & (tau < self.hi)
+
+
+def sample_intervals(source, stats, log_priors, points, device="cpu", context=None) -> SampleIntervals:
+    """The `SampleIntervals` of a fit's `IntervalStats` (this rank's share), gathered from every rank of a torchrun
+    job in rank order (which is the global sample order); `points`: the taus to score directly."""
+    from ..engine.passes import point_hits
+
+    hits = {float(t): point_hits(source, stats.labels, stats.lo, stats.hi, float(t), log_priors, device)
+            .cpu().numpy() for t in points}
+    local = (stats.lo.cpu().numpy(), stats.hi.cpu().numpy(), stats.labels.cpu().numpy(),
+             np.stack([hits[t] for t in sorted(hits)], 1) if hits else np.zeros((stats.lo.numel(), 0), bool))
+    parts = [local] if context is None or not context.active else context.gather(local)
+    lo, hi, labels, table = (np.concatenate([p[k] for p in parts]) for k in range(4))
+    return SampleIntervals(lo.astype(np.float64), hi.astype(np.float64), labels.astype(np.int64),
+                           {t: table[:, k] for k, t in enumerate(sorted(hits))}, int(stats.support.shape[0]))
+
+
+# ------------------------------------------------------------------------------------------------ the sweep
+
+
+class Sweep:
+    """The exact balanced-error search of `search.fit_tau`, for many weightings of the same samples at once."""
+
+    def __init__(self, intervals: SampleIntervals, tau_range):
+        import torch
+
+        self.intervals = intervals
+        self.lo_tau, self.hi_tau = (float(v) for v in tau_range)
+        lo, hi = intervals.lo, intervals.hi
+        keep = (lo < hi) & (lo < self.hi_tau) & (hi > self.lo_tau)
+        self.kept = torch.from_numpy(np.flatnonzero(keep))
+        starts = np.maximum(lo[keep], self.lo_tau)
+        ends = np.minimum(hi[keep], self.hi_tau)
+        self.points, where = np.unique(np.concatenate([[self.lo_tau, self.hi_tau], starts, ends]),
+                                       return_inverse=True)
+        count = starts.size
+        self.start_at = torch.from_numpy(where[2:2 + count].astype(np.int64))
+        self.end_at = torch.from_numpy(where[2 + count:].astype(np.int64))
+        self.segments = self.points.size - 1
+        self.usable = torch.from_numpy(representable(self.points))
+        self.classes = torch.from_numpy(intervals.labels[keep])
+        self.labels = torch.from_numpy(intervals.labels)
+        self.scored = [t for t in sorted(intervals.hits) if self.lo_tau <= t <= self.hi_tau]
+
+    def rows_per_block(self, budget: int = BLOCK_BYTES) -> int:
+        per_row = 8 * (2 * (self.segments + 1) + 3 * self.intervals.lo.size)
+        return max(1, min(256, budget // per_row))
+
+    def curve(self, counts, class_weights):
+        """R x segments: each segment's score (sum over samples right there of count x class weight)."""
+        import torch
+
+        counts, weights = torch.as_tensor(counts), torch.as_tensor(class_weights)
+        mass = counts[:, self.kept] * weights[:, self.classes]
+        step = torch.zeros(counts.shape[0], self.segments + 1, dtype=mass.dtype)
+        step.index_add_(1, self.start_at, mass).index_add_(1, self.end_at, -mass)
+        return step.cumsum(1)[:, :self.segments]
+
+    def fit(self, counts, class_weights, exact: bool):
+        """For each row of `counts` (R x N, how often each sample is drawn) with per-class weights (R x C): the tau
+        and run of optimal tau that `search.fit_tau` finds on the data with each sample repeated that often."""
+        import torch
+
+        counts, weights = torch.as_tensor(counts), torch.as_tensor(class_weights)
+        values = self.curve(counts, weights)
+        fill = values.min(1, keepdim=True).values - 1
+        values = torch.where(self.usable[None, :], values, fill)
+        best = values.max(1).values
+        if exact:
+            optimal = values == best[:, None]
+        else:
+            optimal = values >= (best - FLOAT_TIE_TOLERANCE * best.clamp(min=1.0))[:, None]
+        point_scores = {t: (counts * torch.from_numpy(self.intervals.hits[t]).to(counts.dtype)[None, :]
+                            * weights[:, self.labels]).sum(1) for t in self.scored}
+        optimal, best = optimal.numpy(), best.tolist()
+        taus, runs = np.empty(counts.shape[0]), []
+        for row in range(counts.shape[0]):
+            winner = max(self.scored, key=lambda t: (point_scores[t][row].item(), -abs(t - 1.0)), default=None)
+            if winner is not None and _better(point_scores[winner][row].item(), best[row], exact):
+                taus[row], run = winner, (winner, winner)
+            else:
+                taus[row], run = self._choose(optimal[row], counts[row])
+            runs.append(run)
+        return taus, runs
+
+    def _choose(self, optimal: np.ndarray, counts):
+        """`search.choose` over this sweep's points, where only the ends of the intervals drawn in this row (not
+        those of samples drawn 0 times) count as interval ends."""
+        tau, run = choose(self.points, optimal)
+        middle = run[0] + (run[1] - run[0]) / 2
+        if tau == middle:
+            return tau, run
+        at = int(np.searchsorted(self.points, middle))
+        drawn = counts[self.kept] > 0
+        events = np.unique(np.concatenate([[0, self.segments], self.start_at[drawn].numpy(),
+                                           self.end_at[drawn].numpy()]))
+        if at not in set(events.tolist()):
+            return middle, run
+        following = events[np.searchsorted(events, at, side="right")]
+        return float((self.points[at] + self.points[following]) / 2), run
+
+    def right_at(self, taus) -> np.ndarray:
+        """R x N: whether each sample is right at each tau of `taus`."""
+        intervals = self.intervals
+        taus = np.asarray(taus, dtype=np.float64)
+        right = (intervals.lo[None, :] < taus[:, None]) & (taus[:, None] < intervals.hi[None, :])
+        for row, tau in enumerate(taus.tolist()):
+            if tau in intervals.hits:
+                right[row] = intervals.hits[tau]
+        return right
+
+
+def _better(candidate, best, exact: bool) -> bool:
+    if exact:
+        return candidate > best
+    return candidate > best + FLOAT_TIE_TOLERANCE * max(1.0, abs(float(best)))
+
+
+def class_sums(counts, right, labels, num_classes: int) -> np.ndarray:
+    """R x C: per class, the sum of `counts` over the samples that are right (`right`: R x N or N)."""
+    import torch
+
+    counts = torch.as_tensor(np.ascontiguousarray(counts))
+    right = torch.as_tensor(np.asarray(right, dtype=bool)).to(counts.dtype)
+    out = torch.zeros(counts.shape[0], num_classes, dtype=counts.dtype)
+    out.index_add_(1, torch.as_tensor(labels), counts * right)
+    return out.numpy()
+
+
+def class_weights_for(support: np.ndarray):
+    """R x C balanced-error weights for the class supports in each row (R x C): integers lcm / n_c when every row's
+    fit in int64 (then `exact`), else 1 / n_c as floats."""
+    import torch
+
+    rows = [balanced_weights(torch.as_tensor(row)) for row in np.asarray(support)]
+    if all(exact for _, exact in rows):
+        return np.stack([w.numpy() for w, _ in rows]), True
+    with np.errstate(divide="ignore"):
+        return np.where(support > 0, 1.0 / np.maximum(support, 1), 0.0), False
+
+
+def summaries(correct: np.ndarray, support: np.ndarray, groups) -> np.ndarray:
+    """R x 5: balanced error, worst-class error and the many/medium/few-shot errors of per-class counts (R x C)."""
+    support = np.broadcast_to(support, correct.shape)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        errors = np.where(support > 0, 1.0 - correct / np.maximum(support, 1), np.nan)
+    out = np.full((correct.shape[0], len(SUMMARIES)), np.nan)
+    present = ~np.isnan(errors)
+    count = present.sum(1)
+    out[:, 0] = np.where(count > 0, np.nansum(errors, 1) / np.maximum(count, 1), np.nan)
+    out[:, 1] = np.where(count > 0, np.max(np.where(present, errors, -np.inf), 1), np.nan)
+    if groups is not None:
+        for k, group in enumerate(GROUPS):
+            members = present & (groups == group)[None, :]
+            size = members.sum(1)
+            out[:, 2 + k] = np.where(size > 0, np.where(members, errors, 0).sum(1) / np.maximum(size, 1), np.nan)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ results
+
+
+@dataclass(frozen=True, eq=False)
+class TauBootstrap:
+    """Bootstrap replicates of a tau fit and the intervals they give.
+
+    Attributes:
+        replicates, seed, level, stratified: how it was resampled.
+        tau: the fitted tau the intervals are for.
+        taus: each replicate's refitted tau.
+        before: B x 5 (balanced, worst-class, many, medium, few-shot error) at tau = 0, per replicate.
+        at_fitted: B x 5 at the fitted tau, per replicate.
+        refit: B x 5 at each replicate's own tau (its in-sample optimum).
+        original_at_refit: B x 5, the original data's errors at each replicate's tau.
+        support, correct_before, correct_after: the original per-class counts (for the Wilson intervals).
+        has_groups: whether training counts gave shot groups.
+    """
+
+    replicates: int
+    seed: int
+    level: float
+    stratified: bool
+    tau: float
+    taus: np.ndarray = field(repr=False)
+    before: np.ndarray = field(repr=False)
+    at_fitted: np.ndarray = field(repr=False)
+    refit: np.ndarray = field(repr=False)
+    original_at_refit: np.ndarray = field(repr=False)
+    support: np.ndarray = field(repr=False)
+    correct_before: np.ndarray = field(repr=False)
+    correct_after: np.ndarray = field(repr=False)
+    has_groups: bool = False
+
+    @property
+    def optimism(self) -> np.ndarray:
+        """Per summary: the mean of (original error at the replicate's tau) - (the replicate's own error there)."""
+        return np.nanmean(self.original_at_refit - self.refit, 0)
+
+    @property
+    def standard_error(self) -> float:
+        """The bootstrap standard error of the balanced error at the fitted tau."""
+        values = self.at_fitted[:, 0]
+        return float(np.std(values, ddof=1)) if values.size > 1 else 0.0
+
+    @property
+    def tau_ci(self):
+        return percentile_interval(self.taus, self.level)
+
+    def ci(self, summary: str, when: str):
+        """The interval of a summary ("balanced_error", "worst_class_error", "many", ...) `before` (tau = 0),
+        `after` (at the fitted tau, corrected for optimism) or its `change` (after - before, paired)."""
+        k = SUMMARIES.index(summary)
+        if when == "before":
+            return percentile_interval(self.before[:, k], self.level)
+        values = self.at_fitted[:, k] - (self.before[:, k] if when == "change" else 0.0)
+        interval = percentile_interval(values, self.level)
+        if interval is None:
+            return None
+        shift = float(self.optimism[k])
+        low, high = (v + shift for v in interval)
+        return (max(low, 0.0), min(high, 1.0)) if when == "after" else (low, high)
+
+    def per_class_ci(self, when: str) -> np.ndarray:
+        correct = self.correct_before if when == "before" else self.correct_after
+        return wilson_interval(self.support - correct, self.support, self.level)
+
+    def to_dict(self) -> dict:
+        result = {"bootstrap": {"replicates": self.replicates, "seed": self.seed, "level": self.level,
+                                "stratified": self.stratified, "standard_error": self.standard_error,
+                                "optimism": _number(self.optimism[0])},
+                  "tau_ci": _pair(self.tau_ci)}
+        for summary in ("balanced_error", "worst_class_error"):
+            for when in ("before", "after"):
+                result[f"{summary}_{when}_ci"] = _pair(self.ci(summary, when))
+        result["balanced_error_change_ci"] = _pair(self.ci("balanced_error", "change"))
+        if self.has_groups:
+            for when in ("before", "after"):
+                result[f"groups_{when}_ci"] = {g: _pair(self.ci(g, when)) for g in GROUPS}
+        for when in ("before", "after"):
+            result[f"per_class_error_{when}_ci"] = [_pair(row) for row in self.per_class_ci(when)]
+        return result
+
+
+@dataclass(frozen=True, eq=False)
+class CrossFit:
+    """A K-fold cross-fitted estimate: tau fitted on K - 1 folds, each sample scored with the tau fitted without
+    its fold (stratified folds). `evaluation` pools the held-out predictions."""
+
+    folds: int
+    seed: int
+    taus: np.ndarray
+    evaluation: ClassEvaluation
+
+    @property
+    def balanced_error(self) -> float:
+        return self.evaluation.balanced_error
+
+    def to_dict(self) -> dict:
+        return {"folds": self.folds, "seed": self.seed, "taus": [float(t) for t in self.taus],
+                "balanced_error": self.evaluation.balanced_error,
+                "worst_class_error": self.evaluation.worst_class_error}
+
+
+def _pair(interval):
+    return None if interval is None or any(v != v for v in interval) else [float(interval[0]), float(interval[1])]
+
+
+def _number(value):
+    value = float(value)
+    return None if value != value else value
+
+
+# ------------------------------------------------------------------------------------------------ computations
+
+
+def bootstrap_fit(intervals: SampleIntervals, tau: float, tau_range, replicates: int = DEFAULT_REPLICATES,
+                  seed: int = 0, level: float = DEFAULT_LEVEL, stratified: bool = True, train_counts=None,
+                  context=None, block_rows: int | None = None) -> TauBootstrap:
+    """Bootstrap replicates of the exact balanced-error fit of tau on `intervals`, and the errors at tau = 0, at
+    the fitted `tau` and at each replicate's own tau.
+
+    Replicate b's weights depend only on (`seed`, b) and the samples' global order and labels (see `resampling`);
+    under torchrun (`context`) each rank takes every world-th block of replicates and the results are gathered, so
+    any number of ranks gives the result of one process.
+
+    Example:
+        >>> boot = bootstrap_fit(intervals, fit.tau, (0, 4), replicates=1000, seed=0)
+        >>> boot.tau_ci, boot.ci("balanced_error", "after")
+    """
+    sweep = Sweep(intervals, tau_range)
+    labels, classes = intervals.labels, intervals.num_classes
+    slots = Slots(labels, classes, stratified)
+    support = intervals.support
+    groups = None if train_counts is None else shot_groups(np.asarray(train_counts))
+    rows = block_rows or sweep.rows_per_block()
+    blocks = [range(a, min(a + rows, replicates)) for a in range(0, replicates, rows)]
+    rank, world = (context.rank, context.world) if context is not None and context.active else (0, 1)
+    at_zero, at_fitted = intervals.right_at(0.0), sweep.right_at([tau])[0]
+    ones = np.ones((1, labels.size), dtype=np.int64)
+    mine = []
+    for index in range(rank, len(blocks), world):
+        numbers = blocks[index]
+        counts = slots.counts(seed, numbers)
+        row_support = class_sums(counts, True, labels, classes)
+        weights, exact = class_weights_for(row_support)
+        taus, _ = sweep.fit(counts, weights, exact)
+        right = sweep.right_at(taus)
+        mine.append((np.asarray(numbers), taus,
+                     summaries(class_sums(counts, at_zero, labels, classes), row_support, groups),
+                     summaries(class_sums(counts, at_fitted, labels, classes), row_support, groups),
+                     summaries(class_sums(counts, right, labels, classes), row_support, groups),
+                     summaries(class_sums(np.broadcast_to(ones, right.shape), right, labels, classes), support,
+                               groups)))
+    parts = [mine] if world == 1 else context.gather(mine)
+    merged = [np.concatenate([block[k] for part in parts for block in part]) for k in range(6)]
+    order = np.argsort(merged[0])
+    numbers, taus, before, fixed, refit, original = (m[order] for m in merged)
+    return TauBootstrap(replicates, seed, level, stratified, float(tau), taus, before, fixed, refit, original,
+                        support, class_sums(ones, at_zero, labels, classes)[0],
+                        class_sums(ones, at_fitted, labels, classes)[0], groups is not None)
+
+
+def cross_fit(intervals: SampleIntervals, tau_range, folds: int = 5, seed: int = 0) -> CrossFit:
+    """The K-fold cross-fitted evaluation of the exact balanced-error fit: stratified folds (each class's samples
+    dealt out in a random order fixed by `seed`), tau fitted on the other K - 1 folds, each sample scored at the tau
+    fitted without it.
+
+    Example:
+        >>> cross_fit(intervals, (0, 4), folds=5).balanced_error
+    """
+    sweep = Sweep(intervals, tau_range)
+    labels, classes = intervals.labels, intervals.num_classes
+    fold = Slots(labels, classes, True).folds(seed, folds, labels)
+    counts = np.stack([(fold != k) for k in range(folds)]).astype(np.int64)
+    weights, exact = class_weights_for(class_sums(counts, True, labels, classes))
+    taus, _ = sweep.fit(counts, weights, exact)
+    held_out = sweep.right_at(taus) & (fold[None, :] == np.arange(folds)[:, None])
+    correct = class_sums(np.ones_like(counts), held_out, labels, classes).sum(0)
+    return CrossFit(folds, seed, taus, ClassEvaluation(intervals.support, correct))
+
+
+def one_se_tau(intervals: SampleIntervals, tau_range, standard_error: float):
+    """The one-standard-error rule: among the taus whose balanced error is within `standard_error` of the minimum,
+    the one nearest tau = 1 (tau = 1 itself when it qualifies, else the midpoint of the nearest qualifying segment).
+    Returns (tau, the run of qualifying segments around it)."""
+    sweep = Sweep(intervals, tau_range)
+    support = intervals.support
+    weights, exact = class_weights_for(support[None, :])
+    ones = np.ones((1, intervals.labels.size), dtype=np.int64)
+    unit = float((weights[0] * support)[support > 0][0]) * int((support > 0).sum())
+    errors = 1.0 - sweep.curve(ones, weights)[0].double().numpy() / unit
+    errors = np.where(representable(sweep.points), errors, np.inf)
+    scored = {t: summaries(class_sums(ones, intervals.hits[t], intervals.labels, intervals.num_classes), support,
+                           None)[0, 0] for t in sweep.scored}
+    threshold = min([errors.min(), *scored.values()]) + standard_error + 1e-12
+    qualifying = errors <= threshold
+    left, right = sweep.points[:-1], sweep.points[1:]
+
+    def run_around(k: int):
+        first = last = k
+        while first > 0 and qualifying[first - 1]:
+            first -= 1
+        while last < qualifying.size - 1 and qualifying[last + 1]:
+            last += 1
+        return float(left[first]), float(right[last])
+
+    if 1.0 in scored and scored[1.0] <= threshold:
+        inside = np.flatnonzero(qualifying & (left <= 1.0) & (1.0 <= right))
+        return 1.0, (run_around(int(inside[0])) if inside.size else (1.0, 1.0))
+    if not qualifying.any():  # only directly scored points qualify
+        best = min(scored, key=lambda t: (scored[t], abs(t - 1.0)))
+        return float(best), (float(best), float(best))
+    distance = np.where(right < 1, 1 - right, np.where(left > 1, left - 1, 0.0))
+    candidates = np.flatnonzero(qualifying)
+    k = int(candidates[np.lexsort((left[candidates], distance[candidates]))[0]])
+    if left[k] < 1.0 < right[k]:
+        return 1.0, run_around(k)
+    return float(left[k] + (right[k] - left[k]) / 2), run_around(k)
+
+
+def check_tau_rule(rule: str) -> str:
+    if rule not in TAU_RULES:
+        raise OptionError(f"unknown tau rule {rule!r}; use one of {', '.join(TAU_RULES)}", "tau_rule")
+    return rule
