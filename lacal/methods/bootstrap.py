@@ -25,7 +25,7 @@ import numpy as np
 
 from ..core.metrics import GROUPS, ClassEvaluation, shot_groups
 from ..errors import OptionError
-from .resampling import DEFAULT_LEVEL, Slots, percentile_interval, wilson_interval
+from .resampling import DEFAULT_LEVEL, Slots, class_order, percentile_interval, wilson_interval
 from .search import FLOAT_TIE_TOLERANCE, balanced_weights, choose, representable
 
 DEFAULT_REPLICATES = 1000
@@ -53,11 +53,22 @@ class SampleIntervals:
     def support(self) -> np.ndarray:
         return np.bincount(self.labels, minlength=self.num_classes)
 
+    @property
+    def starts(self) -> np.ndarray:
+        """Where each class's samples begin (for samples in class order)."""
+        return np.concatenate([[0], np.cumsum(self.support)[:-1]]).astype(np.int64)
+
     def right_at(self, tau: float) -> np.ndarray:
         """Whether each sample is right at `tau` (argmax's own answer at the taus scored directly)."""
         if tau in self.hits:
             return self.hits[tau]
         return (self.lo < tau) & (tau < self.hi)
+
+    def in_class_order(self) -> "SampleIntervals":
+        """The same samples sorted by class (stably): the order the resampling works in."""
+        order = class_order(self.labels)
+        return SampleIntervals(self.lo[order], self.hi[order], self.labels[order],
+                               {t: hits[order] for t, hits in self.hits.items()}, self.num_classes)
 
 
 def sample_intervals(source, stats, log_priors, points, device="cpu", context=None) -> SampleIntervals:
@@ -79,7 +90,12 @@ def sample_intervals(source, stats, log_priors, points, device="cpu", context=No
 
 
 class Sweep:
-    """The exact balanced-error search of `search.fit_tau`, for many weightings of the same samples at once."""
+    """The exact balanced-error search of `search.fit_tau` for many weightings of the same samples at once.
+
+    Works on `intervals` in class order (`SampleIntervals.in_class_order`). Scores are float64 sums of
+    (times drawn) x (class weight); with integer class weights (lcm / n_c) they are exact integers below 2**53, so
+    ties are exact as in `search`; otherwise segments within FLOAT_TIE_TOLERANCE of the best tie, as there.
+    """
 
     def __init__(self, intervals: SampleIntervals, tau_range):
         import torch
@@ -98,52 +114,66 @@ class Sweep:
         self.end_at = torch.from_numpy(where[2 + count:].astype(np.int64))
         self.segments = self.points.size - 1
         self.usable = torch.from_numpy(representable(self.points))
-        self.classes = torch.from_numpy(intervals.labels[keep])
         self.labels = torch.from_numpy(intervals.labels)
         self.scored = [t for t in sorted(intervals.hits) if self.lo_tau <= t <= self.hi_tau]
+        # the scored points in order of preference on a tie (nearest tau = 1, then the lower), and their hits
+        self.preferred = sorted(self.scored, key=lambda t: (abs(t - 1.0), t))
+        self.point_hits = torch.from_numpy(np.stack([intervals.hits[t] for t in self.preferred], 1)
+                                           .astype(np.float64)) if self.preferred else None
 
     def rows_per_block(self, budget: int = BLOCK_BYTES) -> int:
-        per_row = 8 * (2 * (self.segments + 1) + 3 * self.intervals.lo.size)
-        return max(1, min(256, budget // per_row))
+        per_row = 8 * (2 * (self.segments + 1) + 6 * self.intervals.lo.size)
+        return max(1, min(512, budget // per_row))
 
-    def curve(self, counts, class_weights):
-        """R x segments: each segment's score (sum over samples right there of count x class weight)."""
+    def curve(self, mass):
+        """R x segments: each segment's score, from each sample's mass (R x N: times drawn x class weight)."""
         import torch
 
-        counts, weights = torch.as_tensor(counts), torch.as_tensor(class_weights)
-        mass = counts[:, self.kept] * weights[:, self.classes]
-        step = torch.zeros(counts.shape[0], self.segments + 1, dtype=mass.dtype)
-        step.index_add_(1, self.start_at, mass).index_add_(1, self.end_at, -mass)
+        kept = mass[:, self.kept]
+        step = torch.zeros(mass.shape[0], self.segments + 1, dtype=mass.dtype)
+        step.index_add_(1, self.start_at, kept).index_add_(1, self.end_at, -kept)
         return step.cumsum(1)[:, :self.segments]
 
-    def fit(self, counts, class_weights, exact: bool):
-        """For each row of `counts` (R x N, how often each sample is drawn) with per-class weights (R x C): the tau
-        and run of optimal tau that `search.fit_tau` finds on the data with each sample repeated that often."""
+    def fit(self, mass, exact: bool):
+        """For each row of `mass` (R x N float64 tensor: times drawn x class weight): the tau and run of optimal tau
+        that `search.fit_tau` finds on the data with each sample repeated that often, and the optimal score."""
         import torch
 
-        counts, weights = torch.as_tensor(counts), torch.as_tensor(class_weights)
-        values = self.curve(counts, weights)
-        fill = values.min(1, keepdim=True).values - 1
-        values = torch.where(self.usable[None, :], values, fill)
+        values = self.curve(mass)
+        values = torch.where(self.usable[None, :], values, -torch.inf)
         best = values.max(1).values
         if exact:
             optimal = values == best[:, None]
         else:
             optimal = values >= (best - FLOAT_TIE_TOLERANCE * best.clamp(min=1.0))[:, None]
-        point_scores = {t: (counts * torch.from_numpy(self.intervals.hits[t]).to(counts.dtype)[None, :]
-                            * weights[:, self.labels]).sum(1) for t in self.scored}
-        optimal, best = optimal.numpy(), best.tolist()
-        taus, runs = np.empty(counts.shape[0]), []
-        for row in range(counts.shape[0]):
-            winner = max(self.scored, key=lambda t: (point_scores[t][row].item(), -abs(t - 1.0)), default=None)
-            if winner is not None and _better(point_scores[winner][row].item(), best[row], exact):
-                taus[row], run = winner, (winner, winner)
-            else:
-                taus[row], run = self._choose(optimal[row], counts[row])
-            runs.append(run)
-        return taus, runs
+        rows = mass.shape[0]
+        taus, lefts, rights = np.empty(rows), np.empty(rows), np.empty(rows)
+        count = optimal.sum(1)
+        first = optimal.to(torch.uint8).argmax(1)
+        last = self.segments - 1 - optimal.flip(1).to(torch.uint8).argmax(1)
+        left = torch.from_numpy(self.points)[first].numpy()
+        right = torch.from_numpy(self.points)[last + 1].numpy()
+        middle = left + (right - left) / 2
+        at = np.searchsorted(self.points, middle)
+        first, last = first.numpy(), last.numpy()
+        on_point = (first < at) & (at <= last) & (self.points[np.minimum(at, self.segments)] == middle)
+        simple = (count.numpy() == last - first + 1) & ~on_point
+        taus[simple], lefts[simple], rights[simple] = middle[simple], left[simple], right[simple]
+        optimal_np = None
+        for row in np.flatnonzero(~simple).tolist():
+            optimal_np = optimal.numpy() if optimal_np is None else optimal_np
+            taus[row], (lefts[row], rights[row]) = self._choose(optimal_np[row], mass[row])
+        scores = best.numpy().copy()
+        if self.point_hits is not None:  # a point scored directly wins only when strictly better than every segment
+            point_scores = (mass @ self.point_hits).numpy()
+            pick = point_scores.argmax(1)  # the first maximum: the preferred point among tied ones
+            top = point_scores[np.arange(rows), pick]
+            wins = top > (scores if exact else scores + FLOAT_TIE_TOLERANCE * np.maximum(1.0, np.abs(scores)))
+            chosen = np.asarray(self.preferred)[pick]
+            taus[wins], lefts[wins], rights[wins], scores[wins] = chosen[wins], chosen[wins], chosen[wins], top[wins]
+        return taus, np.stack([lefts, rights], 1), scores
 
-    def _choose(self, optimal: np.ndarray, counts):
+    def _choose(self, optimal: np.ndarray, mass):
         """`search.choose` over this sweep's points, where only the ends of the intervals drawn in this row (not
         those of samples drawn 0 times) count as interval ends."""
         tau, run = choose(self.points, optimal)
@@ -151,52 +181,50 @@ class Sweep:
         if tau == middle:
             return tau, run
         at = int(np.searchsorted(self.points, middle))
-        drawn = counts[self.kept] > 0
-        events = np.unique(np.concatenate([[0, self.segments], self.start_at[drawn].numpy(),
-                                           self.end_at[drawn].numpy()]))
+        drawn = (mass[self.kept] != 0).numpy()
+        events = np.unique(np.concatenate([[0, self.segments], self.start_at.numpy()[drawn],
+                                           self.end_at.numpy()[drawn]]))
         if at not in set(events.tolist()):
             return middle, run
         following = events[np.searchsorted(events, at, side="right")]
         return float((self.points[at] + self.points[following]) / 2), run
 
-    def right_at(self, taus) -> np.ndarray:
-        """R x N: whether each sample is right at each tau of `taus`."""
+    def right_at(self, taus):
+        """R x N bool tensor: whether each sample is right at each tau of `taus`."""
+        import torch
+
         intervals = self.intervals
-        taus = np.asarray(taus, dtype=np.float64)
-        right = (intervals.lo[None, :] < taus[:, None]) & (taus[:, None] < intervals.hi[None, :])
+        taus = torch.as_tensor(np.asarray(taus, dtype=np.float64))
+        lo, hi = torch.from_numpy(intervals.lo), torch.from_numpy(intervals.hi)
+        right = (lo[None, :] < taus[:, None]) & (taus[:, None] < hi[None, :])
         for row, tau in enumerate(taus.tolist()):
             if tau in intervals.hits:
-                right[row] = intervals.hits[tau]
+                right[row] = torch.from_numpy(intervals.hits[tau])
         return right
 
 
-def _better(candidate, best, exact: bool) -> bool:
-    if exact:
-        return candidate > best
-    return candidate > best + FLOAT_TIE_TOLERANCE * max(1.0, abs(float(best)))
+def class_sums(values, starts: np.ndarray, support: np.ndarray) -> np.ndarray:
+    """R x C: per class, the sum of `values` (R x N, samples in class order; `starts`: each class's first)."""
+    values = np.asarray(values)
+    out = np.zeros((values.shape[0], support.size), dtype=values.dtype)
+    present = support > 0
+    if present.any():
+        out[:, present] = np.add.reduceat(values, starts[present], axis=1)
+    return out
 
 
-def class_sums(counts, right, labels, num_classes: int) -> np.ndarray:
-    """R x C: per class, the sum of `counts` over the samples that are right (`right`: R x N or N)."""
+def class_weights(support: np.ndarray):
+    """The balanced error's class weights for `support`: integers lcm / n_c when every score stays an exact
+    float64 integer (then `exact`), else 1 / n_c; and the score of a perfect classifier."""
     import torch
 
-    counts = torch.as_tensor(np.ascontiguousarray(counts))
-    right = torch.as_tensor(np.asarray(right, dtype=bool)).to(counts.dtype)
-    out = torch.zeros(counts.shape[0], num_classes, dtype=counts.dtype)
-    out.index_add_(1, torch.as_tensor(labels), counts * right)
-    return out.numpy()
-
-
-def class_weights_for(support: np.ndarray):
-    """R x C balanced-error weights for the class supports in each row (R x C): integers lcm / n_c when every row's
-    fit in int64 (then `exact`), else 1 / n_c as floats."""
-    import torch
-
-    rows = [balanced_weights(torch.as_tensor(row)) for row in np.asarray(support)]
-    if all(exact for _, exact in rows):
-        return np.stack([w.numpy() for w, _ in rows]), True
+    weights, exact = balanced_weights(torch.as_tensor(np.asarray(support)))
+    weights = weights.numpy().astype(np.float64)
+    if exact and float((weights * support).sum()) * max(1, int(support.sum())) < 2.0 ** 53:
+        return weights, True, float((weights * support).sum())
     with np.errstate(divide="ignore"):
-        return np.where(support > 0, 1.0 / np.maximum(support, 1), 0.0), False
+        weights = np.where(support > 0, 1.0 / np.maximum(support, 1), 0.0)
+    return weights, False, float((support > 0).sum())
 
 
 def summaries(correct: np.ndarray, support: np.ndarray, groups) -> np.ndarray:
@@ -207,13 +235,14 @@ def summaries(correct: np.ndarray, support: np.ndarray, groups) -> np.ndarray:
     out = np.full((correct.shape[0], len(SUMMARIES)), np.nan)
     present = ~np.isnan(errors)
     count = present.sum(1)
-    out[:, 0] = np.where(count > 0, np.nansum(errors, 1) / np.maximum(count, 1), np.nan)
-    out[:, 1] = np.where(count > 0, np.max(np.where(present, errors, -np.inf), 1), np.nan)
-    if groups is not None:
-        for k, group in enumerate(GROUPS):
-            members = present & (groups == group)[None, :]
-            size = members.sum(1)
-            out[:, 2 + k] = np.where(size > 0, np.where(members, errors, 0).sum(1) / np.maximum(size, 1), np.nan)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out[:, 0] = np.where(count > 0, np.where(present, errors, 0).sum(1) / np.maximum(count, 1), np.nan)
+        out[:, 1] = np.where(count > 0, np.max(np.where(present, errors, -np.inf), 1), np.nan)
+        if groups is not None:
+            for k, group in enumerate(GROUPS):
+                members = present & (groups == group)[None, :]
+                size = members.sum(1)
+                out[:, 2 + k] = np.where(size > 0, np.where(members, errors, 0).sum(1) / np.maximum(size, 1), np.nan)
     return out
 
 
@@ -347,37 +376,57 @@ def bootstrap_fit(intervals: SampleIntervals, tau: float, tau_range, replicates:
         >>> boot = bootstrap_fit(intervals, fit.tau, (0, 4), replicates=1000, seed=0)
         >>> boot.tau_ci, boot.ci("balanced_error", "after")
     """
-    sweep = Sweep(intervals, tau_range)
-    labels, classes = intervals.labels, intervals.num_classes
-    slots = Slots(labels, classes, stratified)
-    support = intervals.support
+    import torch
+
+    data = intervals.in_class_order()
+    sweep = Sweep(data, tau_range)
+    support, starts, labels = data.support, data.starts, torch.from_numpy(data.labels)
+    slots = Slots(support, stratified)
     groups = None if train_counts is None else shot_groups(np.asarray(train_counts))
     rows = block_rows or sweep.rows_per_block()
     blocks = [range(a, min(a + rows, replicates)) for a in range(0, replicates, rows)]
     rank, world = (context.rank, context.world) if context is not None and context.active else (0, 1)
-    at_zero, at_fitted = intervals.right_at(0.0), sweep.right_at([tau])[0]
-    ones = np.ones((1, labels.size), dtype=np.int64)
+    fixed = np.stack([data.right_at(0.0), sweep.right_at([tau])[0].numpy()], 1)
+    fixed_float = torch.from_numpy(fixed.astype(np.float64))
+    weights, exact, _ = class_weights(support)
+    sample_weight = torch.from_numpy(weights)[labels]
+    original = np.ones((1, labels.numel()))
     mine = []
     for index in range(rank, len(blocks), world):
         numbers = blocks[index]
         counts = slots.counts(seed, numbers)
-        row_support = class_sums(counts, True, labels, classes)
-        weights, exact = class_weights_for(row_support)
-        taus, _ = sweep.fit(counts, weights, exact)
+        if stratified:
+            row_support, mass, block_exact = np.broadcast_to(support, (len(numbers), support.size)), \
+                counts * sample_weight, exact
+        else:
+            row_support = class_sums(counts.numpy(), starts, support).astype(np.int64)
+            row_weights, block_exact = _row_weights(row_support)
+            mass = counts * torch.from_numpy(row_weights)[:, labels]
+        taus, _, _ = sweep.fit(mass, block_exact)
         right = sweep.right_at(taus)
-        mine.append((np.asarray(numbers), taus,
-                     summaries(class_sums(counts, at_zero, labels, classes), row_support, groups),
-                     summaries(class_sums(counts, at_fitted, labels, classes), row_support, groups),
-                     summaries(class_sums(counts, right, labels, classes), row_support, groups),
-                     summaries(class_sums(np.broadcast_to(ones, right.shape), right, labels, classes), support,
-                               groups)))
+        at_zero = class_sums((counts * fixed_float[:, 0]).numpy(), starts, support)
+        at_fitted = class_sums((counts * fixed_float[:, 1]).numpy(), starts, support)
+        own = class_sums((counts * right).numpy(), starts, support)
+        original_own = class_sums(right.numpy().astype(np.float64), starts, support)
+        mine.append((np.asarray(numbers), taus, summaries(at_zero, row_support, groups),
+                     summaries(at_fitted, row_support, groups), summaries(own, row_support, groups),
+                     summaries(original_own, support, groups)))
     parts = [mine] if world == 1 else context.gather(mine)
     merged = [np.concatenate([block[k] for part in parts for block in part]) for k in range(6)]
     order = np.argsort(merged[0])
-    numbers, taus, before, fixed, refit, original = (m[order] for m in merged)
-    return TauBootstrap(replicates, seed, level, stratified, float(tau), taus, before, fixed, refit, original,
-                        support, class_sums(ones, at_zero, labels, classes)[0],
-                        class_sums(ones, at_fitted, labels, classes)[0], groups is not None)
+    _, taus, before, at_fitted, refit, original_refit = (m[order] for m in merged)
+    correct = class_sums(original * fixed.T.astype(np.float64), starts, support)
+    return TauBootstrap(replicates, seed, level, stratified, float(tau), taus, before, at_fitted, refit,
+                        original_refit, support, correct[0], correct[1], groups is not None)
+
+
+def _row_weights(row_support: np.ndarray):
+    """Per-row class weights (R x C) and whether all of them are exact integers."""
+    rows = [class_weights(row) for row in row_support]
+    if all(exact for _, exact, _ in rows):
+        return np.stack([w for w, _, _ in rows]), True
+    with np.errstate(divide="ignore"):
+        return np.where(row_support > 0, 1.0 / np.maximum(row_support, 1), 0.0), False
 
 
 def cross_fit(intervals: SampleIntervals, tau_range, folds: int = 5, seed: int = 0) -> CrossFit:
@@ -388,30 +437,33 @@ def cross_fit(intervals: SampleIntervals, tau_range, folds: int = 5, seed: int =
     Example:
         >>> cross_fit(intervals, (0, 4), folds=5).balanced_error
     """
-    sweep = Sweep(intervals, tau_range)
-    labels, classes = intervals.labels, intervals.num_classes
-    fold = Slots(labels, classes, True).folds(seed, folds, labels)
-    counts = np.stack([(fold != k) for k in range(folds)]).astype(np.int64)
-    weights, exact = class_weights_for(class_sums(counts, True, labels, classes))
-    taus, _ = sweep.fit(counts, weights, exact)
-    held_out = sweep.right_at(taus) & (fold[None, :] == np.arange(folds)[:, None])
-    correct = class_sums(np.ones_like(counts), held_out, labels, classes).sum(0)
-    return CrossFit(folds, seed, taus, ClassEvaluation(intervals.support, correct))
+    import torch
+
+    data = intervals.in_class_order()
+    sweep = Sweep(data, tau_range)
+    support, starts, labels = data.support, data.starts, torch.from_numpy(data.labels)
+    fold = Slots(support, True).folds(seed, folds, data.labels)
+    counts = torch.from_numpy(np.stack([(fold != k) for k in range(folds)]).astype(np.float64))
+    row_weights, exact = _row_weights(class_sums(counts.numpy(), starts, support).astype(np.int64))
+    taus, _, _ = sweep.fit(counts * torch.from_numpy(row_weights)[:, labels], exact)
+    held_out = sweep.right_at(taus).numpy() & (fold[None, :] == np.arange(folds)[:, None])
+    correct = class_sums(held_out.astype(np.int64), starts, support).sum(0)
+    return CrossFit(folds, seed, taus, ClassEvaluation(support, correct))
 
 
 def one_se_tau(intervals: SampleIntervals, tau_range, standard_error: float):
     """The one-standard-error rule: among the taus whose balanced error is within `standard_error` of the minimum,
     the one nearest tau = 1 (tau = 1 itself when it qualifies, else the midpoint of the nearest qualifying segment).
     Returns (tau, the run of qualifying segments around it)."""
+    import torch
+
     sweep = Sweep(intervals, tau_range)
     support = intervals.support
-    weights, exact = class_weights_for(support[None, :])
-    ones = np.ones((1, intervals.labels.size), dtype=np.int64)
-    unit = float((weights[0] * support)[support > 0][0]) * int((support > 0).sum())
-    errors = 1.0 - sweep.curve(ones, weights)[0].double().numpy() / unit
+    weights, _, unit = class_weights(support)
+    mass = torch.from_numpy(weights)[torch.from_numpy(intervals.labels)][None, :]
+    errors = 1.0 - sweep.curve(mass)[0].numpy() / unit
     errors = np.where(representable(sweep.points), errors, np.inf)
-    scored = {t: summaries(class_sums(ones, intervals.hits[t], intervals.labels, intervals.num_classes), support,
-                           None)[0, 0] for t in sweep.scored}
+    scored = {t: 1.0 - float((mass[0].numpy() * intervals.hits[t]).sum()) / unit for t in sweep.scored}
     threshold = min([errors.min(), *scored.values()]) + standard_error + 1e-12
     qualifying = errors <= threshold
     left, right = sweep.points[:-1], sweep.points[1:]

@@ -1,10 +1,10 @@
 """Resampling weights, folds and interval arithmetic for `bootstrap`: pure numpy, no torch.
 
 A replicate's weights are a function of the seed, the replicate's number and the samples' global order and labels
-only, never of how the samples are split into blocks or torchrun ranks: replicate b draws, from
-`numpy.random.default_rng([seed, b])`, one uniform pick per sample slot. Stratified (the default), the slots of class
-c pick among the n_c samples of class c, so every replicate keeps each class's support (and the balanced error's
-class weights); unstratified, every slot picks among all N samples.
+only, never of how the samples are split into blocks or torchrun ranks. The samples are put in class order (stable
+in the global order); replicate b draws, from SFC64 seeded by SeedSequence([seed, b]), one uniform pick per sample
+slot. Stratified (the default), the slots of class c pick among the n_c samples of class c, so every replicate keeps
+each class's support (and the balanced error's class weights); unstratified, every slot picks among all N samples.
 """
 
 from __future__ import annotations
@@ -55,43 +55,54 @@ def check_folds(folds, support) -> int:
 
 
 class Slots:
-    """The sample slots of the resampling: samples in class order (stable in the global order), and for each slot
-    the first sample and the number of samples it picks among."""
+    """The sample slots of the resampling, for samples in class order (`class_order`): for each slot the first
+    sample it may pick and how many it picks among (the slot's class, or every sample when not stratified)."""
 
-    def __init__(self, labels: np.ndarray, num_classes: int, stratified: bool = True):
-        labels = np.asarray(labels, dtype=np.int64)
-        self.size = labels.size
-        self.order = np.argsort(labels, kind="stable")
+    def __init__(self, support: np.ndarray, stratified: bool = True):
+        support = np.asarray(support, dtype=np.int64)
+        self.size = int(support.sum())
         if stratified:
-            support = np.bincount(labels, minlength=num_classes)
             first = np.concatenate([[0], np.cumsum(support)[:-1]])
-            sorted_labels = labels[self.order]
-            self.first, self.choices = first[sorted_labels], support[sorted_labels]
+            self.first = np.repeat(first, support).astype(np.int64)
+            self.choices = np.repeat(support, support).astype(np.uint64)
         else:
             self.first = np.zeros(self.size, dtype=np.int64)
-            self.choices = np.full(self.size, self.size, dtype=np.int64)
+            self.choices = np.full(self.size, self.size, dtype=np.uint64)
 
-    def counts(self, seed: int, replicates) -> np.ndarray:
-        """R x N int64: how often each sample (in the global order) is drawn in each replicate number given."""
-        out = np.zeros((len(replicates), self.size), dtype=np.int64)
+    def picks(self, seed: int, replicate: int) -> np.ndarray:
+        """Replicate `replicate`'s draw: for each slot, the sample it picks (class order). 32 random bits per slot
+        from SFC64 seeded by (seed, replicate), scaled to the slot's range by a multiply and shift."""
+        from numpy.random import SFC64, SeedSequence
+
+        raw = SFC64(SeedSequence([seed, int(replicate)])).random_raw((self.size + 1) // 2)
+        bits = raw.view(np.uint32)[:self.size].astype(np.uint64)
+        return self.first + ((bits * self.choices) >> np.uint64(32)).astype(np.int64)
+
+    def counts(self, seed: int, replicates):
+        """R x N float64 tensor: how often each sample (class order) is drawn in each of the replicates given."""
+        import torch
+
+        out = torch.zeros(len(replicates), self.size, dtype=torch.float64)
+        ones = torch.ones(self.size, dtype=torch.float64)
         for row, b in enumerate(replicates):
-            rng = np.random.default_rng([seed, int(b)])
-            picks = self.first + rng.integers(0, self.choices)
-            out[row, self.order] = np.bincount(picks, minlength=self.size)
+            out[row].index_add_(0, torch.from_numpy(self.picks(seed, b)), ones)
         return out
 
     def folds(self, seed: int, folds: int, labels: np.ndarray) -> np.ndarray:
-        """The fold (0..K-1) of each sample: within each class, a random order of its samples dealt out in turn."""
+        """The fold (0..K-1) of each sample (class order, `labels` sorted): within each class, the samples in a
+        random order dealt out in turn."""
         rng = np.random.default_rng([seed, FOLD_STREAM])
         key = rng.random(self.size)
-        sorted_labels = np.asarray(labels, dtype=np.int64)[self.order]
-        within = np.lexsort((key, sorted_labels))  # class by class, in random order
-        rank = np.empty(self.size, dtype=np.int64)
-        starts = np.searchsorted(sorted_labels[within], sorted_labels[within], side="left")
-        rank[within] = np.arange(self.size) - starts
+        within = np.lexsort((key, labels))
+        starts = np.searchsorted(labels, labels, side="left")
         out = np.empty(self.size, dtype=np.int64)
-        out[self.order] = rank % folds
+        out[within] = (np.arange(self.size) - starts) % folds
         return out
+
+
+def class_order(labels) -> np.ndarray:
+    """The samples sorted by class, stably (the order the resampling works in)."""
+    return np.argsort(np.asarray(labels), kind="stable")
 
 
 def percentile_interval(values, level: float) -> tuple[float, float] | None:
