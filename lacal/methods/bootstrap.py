@@ -278,7 +278,11 @@ class TauBootstrap:
     support: np.ndarray = field(repr=False)
     correct_before: np.ndarray = field(repr=False)
     correct_after: np.ndarray = field(repr=False)
-    has_groups: bool = False
+    groups: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def has_groups(self) -> bool:
+        return self.groups is not None
 
     @property
     def optimism(self) -> np.ndarray:
@@ -295,19 +299,58 @@ class TauBootstrap:
     def tau_ci(self):
         return percentile_interval(self.taus, self.level)
 
-    def ci(self, summary: str, when: str):
-        """The interval of a summary ("balanced_error", "worst_class_error", "many", ...) `before` (tau = 0),
-        `after` (at the fitted tau, corrected for optimism) or its `change` (after - before, paired)."""
+    def ci(self, summary: str, when: str, rescale: bool = True):
+        """The interval of a summary ("balanced_error", "many", "medium", "few"; "worst_class_error" is computed
+        but covers badly, see the docs) `before` (tau = 0), `after` (at the fitted tau, shifted by the optimism) or
+        its `change` (after - before, paired, shifted by the optimism).
+
+        The percentile interval is widened about the estimate by sqrt(sum 1/(n_c - 1) / sum 1/n_c) over the
+        summary's classes (`rescale`): resampling n_c samples of a class with replacement shrinks the variance of
+        its error rate by (n_c - 1) / n_c, which matters for classes with 3 samples."""
         k = SUMMARIES.index(summary)
-        if when == "before":
-            return percentile_interval(self.before[:, k], self.level)
-        values = self.at_fitted[:, k] - (self.before[:, k] if when == "change" else 0.0)
+        original = {"before": self.original[0, k], "after": self.original[1, k],
+                    "change": self.original[1, k] - self.original[0, k]}[when]
+        values = {"before": self.before[:, k], "after": self.at_fitted[:, k],
+                  "change": self.at_fitted[:, k] - self.before[:, k]}[when]
         interval = percentile_interval(values, self.level)
         if interval is None:
             return None
-        shift = float(self.optimism[k])
-        low, high = (v + shift for v in interval)
-        return (max(low, 0.0), min(high, 1.0)) if when == "after" else (low, high)
+        factor = self.small_sample_factor(summary) if rescale else 1.0
+        shift = 0.0 if when == "before" else float(self.optimism[k])
+        low, high = (original + shift + factor * (v - original) for v in interval)
+        return (low, high) if when == "change" else (max(low, 0.0), min(high, 1.0))
+
+    @property
+    def original(self) -> np.ndarray:
+        """2 x 5: the summaries of the original data at tau = 0 and at the fitted tau."""
+        return summaries(np.stack([self.correct_before, self.correct_after]), self.support, self.groups)
+
+    def small_sample_factor(self, summary: str) -> float:
+        members = self.support > 1
+        if summary in GROUPS:
+            members = members & (self.groups == summary)
+        n = self.support[members].astype(np.float64)
+        return float(np.sqrt(np.sum(1 / (n - 1)) / np.sum(1 / n))) if n.size else 1.0
+
+    def wald(self, summary: str, when: str):
+        """The interval of a mean of per-class errors (the balanced or a group error) `before` or `after`, from
+        Agresti-Caffo adjusted rates: (errors + 1) / (n + 2) per class give the variance, which a class with 0 or
+        all of its few samples wrong would otherwise make 0; the estimate itself is the plain mean."""
+        from statistics import NormalDist
+
+        correct = self.correct_before if when == "before" else self.correct_after
+        members = self.support > 0
+        if summary != "balanced_error":
+            members = members & (self.groups == summary)
+        if not members.any():
+            return None
+        n, wrong = self.support[members].astype(np.float64), (self.support - correct)[members].astype(np.float64)
+        estimate = float(np.mean(wrong / n))
+        adjusted = (wrong + 1) / (n + 2)
+        spread = float(np.sqrt(np.sum(adjusted * (1 - adjusted) / (n + 2)))) / members.sum()
+        z = NormalDist().inv_cdf((1 + self.level) / 2)
+        shift = float(self.optimism[SUMMARIES.index(summary)]) if when == "after" else 0.0
+        return max(estimate + shift - z * spread, 0.0), min(estimate + shift + z * spread, 1.0)
 
     def per_class_ci(self, when: str) -> np.ndarray:
         correct = self.correct_before if when == "before" else self.correct_after
@@ -417,7 +460,7 @@ def bootstrap_fit(intervals: SampleIntervals, tau: float, tau_range, replicates:
     _, taus, before, at_fitted, refit, original_refit = (m[order] for m in merged)
     correct = class_sums(original * fixed.T.astype(np.float64), starts, support)
     return TauBootstrap(replicates, seed, level, stratified, float(tau), taus, before, at_fitted, refit,
-                        original_refit, support, correct[0], correct[1], groups is not None)
+                        original_refit, support, correct[0], correct[1], groups)
 
 
 def _row_weights(row_support: np.ndarray):
