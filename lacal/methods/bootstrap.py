@@ -31,7 +31,8 @@ from .search import FLOAT_TIE_TOLERANCE, balanced_weights, choose, representable
 DEFAULT_REPLICATES = 1000
 TAU_RULES = ("min", "one-se")
 FEW_SAMPLES = 5  # classes with fewer validation samples than this are warned about
-BLOCK_BYTES = 64 << 20  # working memory of a block of replicates
+BLOCK_BYTES = 96 << 20  # working memory of a block of replicates
+OPTIMISM_REPLICATES = 200  # replicates that estimate the optimism of the group and worst-class errors
 SUMMARIES = ("balanced_error", "worst_class_error") + GROUPS
 
 
@@ -113,68 +114,71 @@ class Sweep:
         self.start_at = torch.from_numpy(where[2:2 + count].astype(np.int64))
         self.end_at = torch.from_numpy(where[2 + count:].astype(np.int64))
         self.segments = self.points.size - 1
-        self.usable = torch.from_numpy(representable(self.points))
+        self.unusable = torch.from_numpy(np.flatnonzero(~representable(self.points)))
         self.labels = torch.from_numpy(intervals.labels)
         self.scored = [t for t in sorted(intervals.hits) if self.lo_tau <= t <= self.hi_tau]
         # the scored points in order of preference on a tie (nearest tau = 1, then the lower), and their hits
         self.preferred = sorted(self.scored, key=lambda t: (abs(t - 1.0), t))
-        self.point_hits = torch.from_numpy(np.stack([intervals.hits[t] for t in self.preferred], 1)
+        self.point_hits = torch.from_numpy(np.stack([intervals.hits[t] for t in self.preferred], 0)
                                            .astype(np.float64)) if self.preferred else None
+        weights, self.exact, self.unit = class_weights(intervals.support)
+        self.sample_weight = torch.from_numpy(weights)[self.labels]
+        self._original = None
 
-    def rows_per_block(self, budget: int = BLOCK_BYTES) -> int:
-        per_row = 8 * (2 * (self.segments + 1) + 6 * self.intervals.lo.size)
-        return max(1, min(512, budget // per_row))
+    def columns_per_block(self, budget: int = BLOCK_BYTES) -> int:
+        per_column = 8 * (2 * (self.segments + 1) + 6 * self.intervals.lo.size)
+        return max(1, min(64, budget // per_column))
 
     def curve(self, mass):
-        """R x segments: each segment's score, from each sample's mass (R x N: times drawn x class weight)."""
+        """R x segments: each segment's score, from each sample's mass (N x R: times drawn x class weight; a
+        column per weighting). The steps are added with rows of R (fast along the samples), then summed along
+        the segments in the transposed layout (fast along the segments)."""
         import torch
 
-        kept = mass[:, self.kept]
-        step = torch.zeros(mass.shape[0], self.segments + 1, dtype=mass.dtype)
-        step.index_add_(1, self.start_at, kept).index_add_(1, self.end_at, -kept)
-        return step.cumsum(1)[:, :self.segments]
+        kept = mass.index_select(0, self.kept)
+        step = torch.zeros(self.segments + 1, mass.shape[1], dtype=mass.dtype)
+        step.index_add_(0, self.start_at, kept).index_add_(0, self.end_at, -kept)
+        return step[:self.segments].T.contiguous().cumsum_(1)
 
     def fit(self, mass, exact: bool):
-        """For each row of `mass` (R x N float64 tensor: times drawn x class weight): the tau and run of optimal tau
-        that `search.fit_tau` finds on the data with each sample repeated that often, and the optimal score."""
+        """For each column of `mass` (N x R float64 tensor: times drawn x class weight): the tau and run of optimal
+        tau that `search.fit_tau` finds on the data with each sample repeated that often, and the optimal score."""
         import torch
 
         values = self.curve(mass)
-        values = torch.where(self.usable[None, :], values, -torch.inf)
-        best = values.max(1).values
+        if self.unusable.numel():
+            values[:, self.unusable] = -torch.inf
+        best = values.amax(1)
         if exact:
             optimal = values == best[:, None]
         else:
             optimal = values >= (best - FLOAT_TIE_TOLERANCE * best.clamp(min=1.0))[:, None]
-        rows = mass.shape[0]
-        taus, lefts, rights = np.empty(rows), np.empty(rows), np.empty(rows)
-        count = optimal.sum(1)
-        first = optimal.to(torch.uint8).argmax(1)
-        last = self.segments - 1 - optimal.flip(1).to(torch.uint8).argmax(1)
-        left = torch.from_numpy(self.points)[first].numpy()
-        right = torch.from_numpy(self.points)[last + 1].numpy()
+        columns = mass.shape[1]
+        column, at_segment = optimal.nonzero(as_tuple=True)
+        count = torch.bincount(column, minlength=columns).numpy()
+        first = torch.full((columns,), self.segments, dtype=torch.int64).scatter_reduce_(
+            0, column, at_segment, "amin").numpy()
+        last = torch.full((columns,), -1, dtype=torch.int64).scatter_reduce_(0, column, at_segment, "amax").numpy()
+        left, right = self.points[first], self.points[last + 1]
         middle = left + (right - left) / 2
         at = np.searchsorted(self.points, middle)
-        first, last = first.numpy(), last.numpy()
         on_point = (first < at) & (at <= last) & (self.points[np.minimum(at, self.segments)] == middle)
-        simple = (count.numpy() == last - first + 1) & ~on_point
-        taus[simple], lefts[simple], rights[simple] = middle[simple], left[simple], right[simple]
-        optimal_np = None
-        for row in np.flatnonzero(~simple).tolist():
-            optimal_np = optimal.numpy() if optimal_np is None else optimal_np
-            taus[row], (lefts[row], rights[row]) = self._choose(optimal_np[row], mass[row])
+        simple = (count == last - first + 1) & ~on_point
+        taus, lefts, rights = middle.copy(), left.copy(), right.copy()
+        for k in np.flatnonzero(~simple).tolist():
+            taus[k], (lefts[k], rights[k]) = self._choose(optimal[k].numpy(), mass[:, k])
         scores = best.numpy().copy()
         if self.point_hits is not None:  # a point scored directly wins only when strictly better than every segment
-            point_scores = (mass @ self.point_hits).numpy()
-            pick = point_scores.argmax(1)  # the first maximum: the preferred point among tied ones
-            top = point_scores[np.arange(rows), pick]
+            point_scores = (self.point_hits @ mass).numpy()
+            pick = point_scores.argmax(0)  # the first maximum: the preferred point among tied ones
+            top = point_scores[pick, np.arange(columns)]
             wins = top > (scores if exact else scores + FLOAT_TIE_TOLERANCE * np.maximum(1.0, np.abs(scores)))
             chosen = np.asarray(self.preferred)[pick]
             taus[wins], lefts[wins], rights[wins], scores[wins] = chosen[wins], chosen[wins], chosen[wins], top[wins]
         return taus, np.stack([lefts, rights], 1), scores
 
     def _choose(self, optimal: np.ndarray, mass):
-        """`search.choose` over this sweep's points, where only the ends of the intervals drawn in this row (not
+        """`search.choose` over this sweep's points, where only the ends of the intervals drawn in this column (not
         those of samples drawn 0 times) count as interval ends."""
         tau, run = choose(self.points, optimal)
         middle = run[0] + (run[1] - run[0]) / 2
@@ -190,26 +194,38 @@ class Sweep:
         return float((self.points[at] + self.points[following]) / 2), run
 
     def right_at(self, taus):
-        """R x N bool tensor: whether each sample is right at each tau of `taus`."""
+        """N x R bool tensor: whether each sample is right at each tau of `taus`."""
         import torch
 
         intervals = self.intervals
         taus = torch.as_tensor(np.asarray(taus, dtype=np.float64))
         lo, hi = torch.from_numpy(intervals.lo), torch.from_numpy(intervals.hi)
-        right = (lo[None, :] < taus[:, None]) & (taus[:, None] < hi[None, :])
-        for row, tau in enumerate(taus.tolist()):
+        right = (lo[:, None] < taus[None, :]) & (taus[None, :] < hi[:, None])
+        for k, tau in enumerate(taus.tolist()):
             if tau in intervals.hits:
-                right[row] = torch.from_numpy(intervals.hits[tau])
+                right[:, k] = torch.from_numpy(intervals.hits[tau])
         return right
+
+    def original_errors(self, taus) -> np.ndarray:
+        """The balanced error of the original (unweighted) samples at each tau of `taus`."""
+        if self._original is None:
+            self._original = self.curve(self.sample_weight[:, None].double())[0].numpy()
+        taus = np.asarray(taus, dtype=np.float64)
+        k = np.clip(np.searchsorted(self.points, taus, side="right") - 1, 0, self.segments - 1)
+        scores = self._original[k].copy()
+        special = (self.points[k] == taus) | np.isin(taus, list(self.intervals.hits))
+        for index in np.flatnonzero(special).tolist():
+            scores[index] = float(self.sample_weight.numpy() @ self.intervals.right_at(float(taus[index])))
+        return 1.0 - scores / self.unit
 
 
 def class_sums(values, starts: np.ndarray, support: np.ndarray) -> np.ndarray:
-    """R x C: per class, the sum of `values` (R x N, samples in class order; `starts`: each class's first)."""
+    """R x C: per class, the sum of `values` (N x R, samples in class order; `starts`: each class's first)."""
     values = np.asarray(values)
-    out = np.zeros((values.shape[0], support.size), dtype=values.dtype)
+    out = np.zeros((values.shape[1], support.size), dtype=values.dtype)
     present = support > 0
     if present.any():
-        out[:, present] = np.add.reduceat(values, starts[present], axis=1)
+        out[:, present] = np.add.reduceat(values, starts[present], axis=0).T
     return out
 
 
@@ -218,7 +234,8 @@ def class_weights(support: np.ndarray):
     float64 integer (then `exact`), else 1 / n_c; and the score of a perfect classifier."""
     import torch
 
-    weights, exact = balanced_weights(torch.as_tensor(np.asarray(support)))
+    support = np.asarray(support)
+    weights, exact = balanced_weights(torch.as_tensor(support))
     weights = weights.numpy().astype(np.float64)
     if exact and float((weights * support).sum()) * max(1, int(support.sum())) < 2.0 ** 53:
         return weights, True, float((weights * support).sum())
@@ -227,22 +244,26 @@ def class_weights(support: np.ndarray):
     return weights, False, float((support > 0).sum())
 
 
+def _group_matrix(groups) -> np.ndarray:
+    return np.stack([groups == g for g in GROUPS], 1).astype(np.float64)  # C x 3
+
+
 def summaries(correct: np.ndarray, support: np.ndarray, groups) -> np.ndarray:
     """R x 5: balanced error, worst-class error and the many/medium/few-shot errors of per-class counts (R x C)."""
     support = np.broadcast_to(support, correct.shape)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        errors = np.where(support > 0, 1.0 - correct / np.maximum(support, 1), np.nan)
-    out = np.full((correct.shape[0], len(SUMMARIES)), np.nan)
-    present = ~np.isnan(errors)
+    present = support > 0
+    errors = 1.0 - correct / np.maximum(support, 1)
     count = present.sum(1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out[:, 0] = np.where(count > 0, np.where(present, errors, 0).sum(1) / np.maximum(count, 1), np.nan)
-        out[:, 1] = np.where(count > 0, np.max(np.where(present, errors, -np.inf), 1), np.nan)
-        if groups is not None:
-            for k, group in enumerate(GROUPS):
-                members = present & (groups == group)[None, :]
-                size = members.sum(1)
-                out[:, 2 + k] = np.where(size > 0, np.where(members, errors, 0).sum(1) / np.maximum(size, 1), np.nan)
+    out = np.full((correct.shape[0], len(SUMMARIES)), np.nan)
+    has = count > 0
+    out[has, 0] = (errors * present).sum(1)[has] / count[has]
+    out[has, 1] = np.where(present, errors, -np.inf).max(1)[has]
+    if groups is not None:
+        members = _group_matrix(groups)
+        sizes = present.astype(np.float64) @ members
+        sums = (errors * present) @ members
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[:, 2:] = np.where(sizes > 0, sums / sizes, np.nan)
     return out
 
 
@@ -407,13 +428,15 @@ def _number(value):
 
 def bootstrap_fit(intervals: SampleIntervals, tau: float, tau_range, replicates: int = DEFAULT_REPLICATES,
                   seed: int = 0, level: float = DEFAULT_LEVEL, stratified: bool = True, train_counts=None,
-                  context=None, block_rows: int | None = None) -> TauBootstrap:
+                  context=None, block: int | None = None) -> TauBootstrap:
     """Bootstrap replicates of the exact balanced-error fit of tau on `intervals`, and the errors at tau = 0, at
     the fitted `tau` and at each replicate's own tau.
 
     Replicate b's weights depend only on (`seed`, b) and the samples' global order and labels (see `resampling`);
     under torchrun (`context`) each rank takes every world-th block of replicates and the results are gathered, so
-    any number of ranks gives the result of one process.
+    any number of ranks gives the result of one process. The optimism of the group and worst-class errors (which
+    needs every class's count at each replicate's tau) is estimated from the first OPTIMISM_REPLICATES replicates;
+    that of the balanced error, from all of them.
 
     Example:
         >>> boot = bootstrap_fit(intervals, fit.tau, (0, 4), replicates=1000, seed=0)
@@ -426,41 +449,59 @@ def bootstrap_fit(intervals: SampleIntervals, tau: float, tau_range, replicates:
     support, starts, labels = data.support, data.starts, torch.from_numpy(data.labels)
     slots = Slots(support, stratified)
     groups = None if train_counts is None else shot_groups(np.asarray(train_counts))
-    rows = block_rows or sweep.rows_per_block()
-    blocks = [range(a, min(a + rows, replicates)) for a in range(0, replicates, rows)]
+    size = block or sweep.columns_per_block()
+    blocks = [range(a, min(a + size, replicates)) for a in range(0, replicates, size)]
     rank, world = (context.rank, context.world) if context is not None and context.active else (0, 1)
-    fixed = np.stack([data.right_at(0.0), sweep.right_at([tau])[0].numpy()], 1)
-    fixed_float = torch.from_numpy(fixed.astype(np.float64))
-    weights, exact, _ = class_weights(support)
-    sample_weight = torch.from_numpy(weights)[labels]
-    original = np.ones((1, labels.numel()))
+    fixed = torch.from_numpy(np.stack([data.right_at(0.0), sweep.right_at([tau])[:, 0].numpy()], 0)
+                             .astype(np.float64))
+    fixed_sums = _class_matrix(fixed.numpy(), data.labels, support.size)
+    sample_weight = sweep.sample_weight.double()
     mine = []
     for index in range(rank, len(blocks), world):
         numbers = blocks[index]
-        counts = slots.counts(seed, numbers)
+        counts = slots.counts(seed, numbers).T.contiguous()  # N x R: a column per replicate
         if stratified:
-            row_support, mass, block_exact = np.broadcast_to(support, (len(numbers), support.size)), \
-                counts * sample_weight, exact
+            row_support = np.broadcast_to(support, (len(numbers), support.size))
+            mass, exact, units = counts * sample_weight[:, None], sweep.exact, np.full(len(numbers), sweep.unit)
         else:
             row_support = class_sums(counts.numpy(), starts, support).astype(np.int64)
-            row_weights, block_exact = _row_weights(row_support)
-            mass = counts * torch.from_numpy(row_weights)[:, labels]
-        taus, _, _ = sweep.fit(mass, block_exact)
-        right = sweep.right_at(taus)
-        at_zero = class_sums((counts * fixed_float[:, 0]).numpy(), starts, support)
-        at_fitted = class_sums((counts * fixed_float[:, 1]).numpy(), starts, support)
-        own = class_sums((counts * right).numpy(), starts, support)
-        original_own = class_sums(right.numpy().astype(np.float64), starts, support)
-        mine.append((np.asarray(numbers), taus, summaries(at_zero, row_support, groups),
-                     summaries(at_fitted, row_support, groups), summaries(own, row_support, groups),
-                     summaries(original_own, support, groups)))
+            row_weights, exact = _row_weights(row_support)
+            mass = counts * torch.from_numpy(row_weights).T[labels]
+            units = (row_weights * row_support).sum(1)
+        taus, _, scores = sweep.fit(mass, exact)
+        at_fixed = (fixed_sums @ counts).numpy().reshape(2, support.size, len(numbers)).transpose(0, 2, 1)
+        refit = np.full((len(numbers), len(SUMMARIES)), np.nan)
+        original = refit.copy()
+        refit[:, 0], original[:, 0] = 1.0 - scores / units, sweep.original_errors(taus)
+        if numbers.start < OPTIMISM_REPLICATES:
+            right = sweep.right_at(taus)
+            refit[:, 1:] = summaries(class_sums((counts * right).numpy(), starts, support), row_support,
+                                     groups)[:, 1:]
+            original[:, 1:] = summaries(class_sums(right.numpy().astype(np.float64), starts, support), support,
+                                        groups)[:, 1:]
+        mine.append((np.asarray(numbers), taus, summaries(at_fixed[0], row_support, groups),
+                     summaries(at_fixed[1], row_support, groups), refit, original))
     parts = [mine] if world == 1 else context.gather(mine)
-    merged = [np.concatenate([block[k] for part in parts for block in part]) for k in range(6)]
+    merged = [np.concatenate([piece[k] for part in parts for piece in part]) for k in range(6)]
     order = np.argsort(merged[0])
     _, taus, before, at_fitted, refit, original_refit = (m[order] for m in merged)
-    correct = class_sums(original * fixed.T.astype(np.float64), starts, support)
+    correct = class_sums(fixed.T.numpy(), starts, support)
     return TauBootstrap(replicates, seed, level, stratified, float(tau), taus, before, at_fitted, refit,
                         original_refit, support, correct[0], correct[1], groups)
+
+
+def _class_matrix(masks: np.ndarray, labels: np.ndarray, classes: int):
+    """A sparse (K * C) x N matrix whose product with counts (N x R) gives, for each of the K masks (K x N) and
+    each class, the summed counts of the class's samples inside the mask."""
+    import torch
+
+    mask, sample = np.nonzero(masks)
+    rows = torch.from_numpy(mask * classes + labels[sample])
+    entries = torch.sparse_coo_tensor(torch.stack([rows, torch.from_numpy(sample)]),
+                                      torch.ones(sample.size, dtype=torch.float64), (masks.shape[0] * classes,
+                                                                                    masks.shape[1]),
+                                      check_invariants=True)
+    return entries.coalesce()
 
 
 def _row_weights(row_support: np.ndarray):
@@ -486,10 +527,10 @@ def cross_fit(intervals: SampleIntervals, tau_range, folds: int = 5, seed: int =
     sweep = Sweep(data, tau_range)
     support, starts, labels = data.support, data.starts, torch.from_numpy(data.labels)
     fold = Slots(support, True).folds(seed, folds, data.labels)
-    counts = torch.from_numpy(np.stack([(fold != k) for k in range(folds)]).astype(np.float64))
+    counts = torch.from_numpy(np.stack([(fold != k) for k in range(folds)], 1).astype(np.float64))  # N x K
     row_weights, exact = _row_weights(class_sums(counts.numpy(), starts, support).astype(np.int64))
-    taus, _, _ = sweep.fit(counts * torch.from_numpy(row_weights)[:, labels], exact)
-    held_out = sweep.right_at(taus).numpy() & (fold[None, :] == np.arange(folds)[:, None])
+    taus, _, _ = sweep.fit(counts * torch.from_numpy(row_weights).T[labels], exact)
+    held_out = sweep.right_at(taus).numpy() & (fold[:, None] == np.arange(folds)[None, :])
     correct = class_sums(held_out.astype(np.int64), starts, support).sum(0)
     return CrossFit(folds, seed, taus, ClassEvaluation(support, correct))
 
@@ -501,12 +542,10 @@ def one_se_tau(intervals: SampleIntervals, tau_range, standard_error: float):
     import torch
 
     sweep = Sweep(intervals, tau_range)
-    support = intervals.support
-    weights, _, unit = class_weights(support)
-    mass = torch.from_numpy(weights)[torch.from_numpy(intervals.labels)][None, :]
-    errors = 1.0 - sweep.curve(mass)[0].numpy() / unit
+    mass, unit = sweep.sample_weight.double(), sweep.unit
+    errors = 1.0 - sweep.curve(mass[:, None])[0].numpy() / unit
     errors = np.where(representable(sweep.points), errors, np.inf)
-    scored = {t: 1.0 - float((mass[0].numpy() * intervals.hits[t]).sum()) / unit for t in sweep.scored}
+    scored = {t: 1.0 - float(mass.numpy() @ intervals.hits[t]) / unit for t in sweep.scored}
     threshold = min([errors.min(), *scored.values()]) + standard_error + 1e-12
     qualifying = errors <= threshold
     left, right = sweep.points[:-1], sweep.points[1:]

@@ -69,23 +69,23 @@ class Slots:
             self.first = np.zeros(self.size, dtype=np.int64)
             self.choices = np.full(self.size, self.size, dtype=np.uint64)
 
-    def picks(self, seed: int, replicate: int) -> np.ndarray:
-        """Replicate `replicate`'s draw: for each slot, the sample it picks (class order). 32 random bits per slot
-        from SFC64 seeded by (seed, replicate), scaled to the slot's range by a multiply and shift."""
+    def counts(self, seed: int, replicates):
+        """R x N float64 tensor: how often each sample (class order) is drawn in each of the replicates given.
+        Replicate b takes 32 random bits per slot from SFC64 seeded by SeedSequence([seed, b]) and scales them to
+        the slot's range with a multiply and a shift."""
+        import torch
         from numpy.random import SFC64, SeedSequence
 
-        raw = SFC64(SeedSequence([seed, int(replicate)])).random_raw((self.size + 1) // 2)
-        bits = raw.view(np.uint32)[:self.size].astype(np.uint64)
-        return self.first + ((bits * self.choices) >> np.uint64(32)).astype(np.int64)
-
-    def counts(self, seed: int, replicates):
-        """R x N float64 tensor: how often each sample (class order) is drawn in each of the replicates given."""
-        import torch
-
+        half = (self.size + 1) // 2
+        raw = np.empty((len(replicates), half), dtype=np.uint64)
+        for row, b in enumerate(replicates):
+            raw[row] = SFC64(SeedSequence([seed, int(b)])).random_raw(half)
+        bits = raw.view(np.uint32)[:, :self.size].astype(np.uint64)
+        picks = torch.from_numpy((self.first + ((bits * self.choices) >> np.uint64(32)).astype(np.int64)))
         out = torch.zeros(len(replicates), self.size, dtype=torch.float64)
         ones = torch.ones(self.size, dtype=torch.float64)
-        for row, b in enumerate(replicates):
-            out[row].index_add_(0, torch.from_numpy(self.picks(seed, b)), ones)
+        for row in range(len(replicates)):
+            out[row].index_add_(0, picks[row], ones)
         return out
 
     def folds(self, seed: int, folds: int, labels: np.ndarray) -> np.ndarray:
