@@ -300,6 +300,7 @@ class TauBootstrap:
     correct_before: np.ndarray = field(repr=False)
     correct_after: np.ndarray = field(repr=False)
     groups: np.ndarray | None = field(default=None, repr=False)
+    refitted: bool = True
 
     @property
     def has_groups(self) -> bool:
@@ -377,18 +378,26 @@ class TauBootstrap:
         correct = self.correct_before if when == "before" else self.correct_after
         return wilson_interval(self.support - correct, self.support, self.level)
 
+    def group_ci(self, group: str, when: str):
+        """The interval of a shot group's error: `before`, the Agresti-Caffo interval (`wald`); `after`, the
+        rescaled bootstrap interval shifted by the group's optimism (`ci`): the better of the two in the
+        simulation (docs/guide/intervals.md)."""
+        return self.wald(group, when) if when == "before" or not self.refitted else self.ci(group, "after")
+
     def to_dict(self) -> dict:
+        """The intervals as `*_ci` pairs [low, high] (None where there is no interval). The worst-class error has
+        none: no bootstrap interval of a maximum over classes covered in the simulation."""
         result = {"bootstrap": {"replicates": self.replicates, "seed": self.seed, "level": self.level,
                                 "stratified": self.stratified, "standard_error": self.standard_error,
-                                "optimism": _number(self.optimism[0])},
-                  "tau_ci": _pair(self.tau_ci)}
-        for summary in ("balanced_error", "worst_class_error"):
-            for when in ("before", "after"):
-                result[f"{summary}_{when}_ci"] = _pair(self.ci(summary, when))
+                                "optimism": _number(self.optimism[0])}}
+        if self.refitted:
+            result["tau_ci"] = _pair(self.tau_ci)
+        for when in ("before", "after"):
+            result[f"balanced_error_{when}_ci"] = _pair(self.ci("balanced_error", when))
         result["balanced_error_change_ci"] = _pair(self.ci("balanced_error", "change"))
         if self.has_groups:
             for when in ("before", "after"):
-                result[f"groups_{when}_ci"] = {g: _pair(self.ci(g, when)) for g in GROUPS}
+                result[f"groups_{when}_ci"] = {g: _pair(self.group_ci(g, when)) for g in GROUPS}
         for when in ("before", "after"):
             result[f"per_class_error_{when}_ci"] = [_pair(row) for row in self.per_class_ci(when)]
         return result
@@ -469,7 +478,7 @@ def bootstrap_fit(intervals: SampleIntervals, tau: float, tau_range, replicates:
             mass = counts * torch.from_numpy(row_weights).T[labels]
             units = (row_weights * row_support).sum(1)
         taus, _, scores = sweep.fit(mass, exact)
-        at_fixed = (fixed_sums @ counts).numpy().reshape(2, support.size, len(numbers)).transpose(0, 2, 1)
+        at_fixed = _at_fixed(fixed_sums, counts, support.size)
         refit = np.full((len(numbers), len(SUMMARIES)), np.nan)
         original = refit.copy()
         refit[:, 0], original[:, 0] = 1.0 - scores / units, sweep.original_errors(taus)
@@ -488,6 +497,56 @@ def bootstrap_fit(intervals: SampleIntervals, tau: float, tau_range, replicates:
     correct = class_sums(fixed.T.numpy(), starts, support)
     return TauBootstrap(replicates, seed, level, stratified, float(tau), taus, before, at_fitted, refit,
                         original_refit, support, correct[0], correct[1], groups)
+
+
+def _at_fixed(fixed_sums, counts, classes: int) -> np.ndarray:
+    """K x R x C: per fixed mask, replicate and class, the summed counts of the class's samples in the mask."""
+    return (fixed_sums @ counts).numpy().reshape(-1, classes, counts.shape[1]).transpose(0, 2, 1)
+
+
+def bootstrap_fixed(hits: np.ndarray, labels, num_classes: int, replicates: int = DEFAULT_REPLICATES,
+                    seed: int = 0, level: float = DEFAULT_LEVEL, stratified: bool = True, train_counts=None,
+                    context=None, block: int = 64) -> TauBootstrap:
+    """Bootstrap replicates of the errors of two fixed predictions (`hits`: N x 2, whether each sample is right
+    before and after an adjustment whose tau was fixed elsewhere), resampled as `bootstrap_fit` does: intervals of
+    the balanced error before, after and of the change, the shot groups and every class (no refit, no optimism).
+    Under torchrun (`context`) each rank passes its own samples (`hits`, `labels`); they are gathered in rank order.
+
+    Example:
+        >>> boot = bootstrap_fixed(hits, labels, 1000, replicates=1000)
+        >>> boot.ci("balanced_error", "change")
+    """
+    import torch
+
+    if context is not None and context.active:
+        parts = context.gather((np.asarray(hits), np.asarray(labels)))
+        hits, labels = (np.concatenate([p[k] for p in parts]) for k in range(2))
+    labels = np.asarray(labels, dtype=np.int64)
+    order = class_order(labels)
+    labels, fixed = labels[order], np.asarray(hits, dtype=bool)[order].T
+    support = np.bincount(labels, minlength=num_classes)
+    slots = Slots(support, stratified)
+    starts = np.concatenate([[0], np.cumsum(support)[:-1]]).astype(np.int64)
+    groups = None if train_counts is None else shot_groups(np.asarray(train_counts))
+    fixed_sums = _class_matrix(fixed, labels, num_classes)
+    blocks = [range(a, min(a + block, replicates)) for a in range(0, replicates, block)]
+    rank, world = (context.rank, context.world) if context is not None and context.active else (0, 1)
+    mine = []
+    for index in range(rank, len(blocks), world):
+        numbers = blocks[index]
+        counts = slots.counts(seed, numbers).T.contiguous()
+        row_support = support if stratified else class_sums(counts.numpy(), starts, support)
+        at_fixed = _at_fixed(fixed_sums, counts, num_classes)
+        mine.append((np.asarray(numbers), summaries(at_fixed[0], row_support, groups),
+                     summaries(at_fixed[1], row_support, groups)))
+    parts = [mine] if world == 1 else context.gather(mine)
+    merged = [np.concatenate([piece[k] for part in parts for piece in part]) for k in range(3)]
+    order = np.argsort(merged[0])
+    before, after = merged[1][order], merged[2][order]
+    correct = class_sums(fixed.T.astype(np.float64), starts, support)
+    nothing = np.zeros_like(before)
+    return TauBootstrap(replicates, seed, level, stratified, float("nan"), np.zeros(0), before, after, nothing,
+                        nothing, support, correct[0], correct[1], groups, refitted=False)
 
 
 def _class_matrix(masks: np.ndarray, labels: np.ndarray, classes: int):
@@ -576,3 +635,115 @@ def check_tau_rule(rule: str) -> str:
     if rule not in TAU_RULES:
         raise OptionError(f"unknown tau rule {rule!r}; use one of {', '.join(TAU_RULES)}", "tau_rule")
     return rule
+
+
+# ------------------------------------------------------------------------------------------------ a fit, assessed
+
+
+@dataclass(frozen=True, eq=False)
+class FitIntervals:
+    """What `lacal.fit(..., bootstrap=N, folds=K, tau_rule=...)` adds to a fit.
+
+    Attributes:
+        bootstrap: the `TauBootstrap` (None without `bootstrap`, unless the one-SE rule needed it).
+        cross_fit: the `CrossFit` (None without `folds`).
+        tau_rule: "min" (the exact minimiser) or "one-se".
+        tau_min: the exact minimiser's tau (the fitted tau under "min").
+        in_sample: the balanced error at the fitted tau on the validation data that chose it.
+        warnings: classes with very few samples, a tau that the data do not pin down.
+    """
+
+    bootstrap: TauBootstrap | None
+    cross_fit: CrossFit | None
+    tau_rule: str
+    tau_min: float
+    in_sample: float
+    warnings: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict:
+        result = {"tau_rule": self.tau_rule, "tau_min": self.tau_min}
+        if self.bootstrap is not None:
+            result.update(self.bootstrap.to_dict())
+        if self.cross_fit is not None:
+            result["balanced_error_cross_fitted"] = self.cross_fit.balanced_error
+            result["cross_fit"] = self.cross_fit.to_dict()
+        return result
+
+
+def check_options(replicates, level, seed, folds, tau_rule, support) -> None:
+    """Refuse bad options with one line naming the parameter."""
+    from .resampling import check_folds, check_level, check_replicates, check_seed
+
+    if replicates is not None:
+        check_replicates(replicates)
+    check_level(level)
+    check_seed(seed)
+    if folds is not None:
+        check_folds(folds, support)
+    check_tau_rule(tau_rule)
+
+
+def assess_fit(source, tau_fit, priors, *, replicates: int | None = None, seed: int = 0,
+               level: float = DEFAULT_LEVEL, folds: int | None = None, tau_rule: str = "min",
+               stratified: bool = True, train_counts=None, device="cpu", context=None):
+    """Bootstrap intervals, a cross-fitted estimate and the tau rule for an exact balanced-error `tau_fit` made
+    with `keep_intervals=True` on `source` (this rank's share of the logits under torchrun).
+
+    Returns:
+        (the `TauFit`, with the one-SE rule's tau when `tau_rule` is "one-se"; a `FitIntervals`).
+
+    Example:
+        >>> fit = fit_tau(logits, labels, priors, keep_intervals=True)
+        >>> fit, intervals = assess_fit(logits, fit, priors, replicates=1000, folds=5)
+    """
+    from dataclasses import replace
+
+    from ..core.offsets import as_priors_array
+    from ..data.readers import LogitsSource, source_from_array
+
+    if tau_fit.metric != "balanced-error" or tau_fit.search != "exact":
+        raise OptionError("intervals, cross-fitting and the tau rule go with the exact balanced-error search "
+                          "(`search` exact, `metric` balanced-error)", "bootstrap")
+    check_options(replicates, level, seed, folds, tau_rule, tau_fit.before.support)
+    source = source if isinstance(source, LogitsSource) else source_from_array(source)
+    log_priors = np.log(as_priors_array(priors))
+    tau_range = tau_fit.tau_range
+    points = sorted({0.0, 1.0, *tau_range})
+    intervals = sample_intervals(source, tau_fit.intervals, log_priors, points, device, context)
+    tau_min = tau_fit.tau
+    boot = None
+    if replicates is not None or tau_rule == "one-se":
+        boot = bootstrap_fit(intervals, tau_fit.tau, tau_range, replicates or DEFAULT_REPLICATES, seed, level,
+                             stratified, train_counts, context)
+    if tau_rule == "one-se":
+        tau, run = one_se_tau(intervals, tau_range, boot.standard_error)
+        if tau != tau_fit.tau:
+            correct = np.bincount(intervals.labels[intervals.right_at(tau)], minlength=intervals.num_classes)
+            tau_fit = replace(tau_fit, tau=tau, interval=run, after=ClassEvaluation(intervals.support, correct))
+            boot = bootstrap_fit(intervals, tau, tau_range, replicates or DEFAULT_REPLICATES, seed, level,
+                                 stratified, train_counts, context)
+    crossed = None if folds is None else cross_fit(intervals, tau_range, folds, seed)
+    result = FitIntervals(boot, crossed, tau_rule, float(tau_min), tau_fit.after.balanced_error,
+                          tuple(interval_warnings(boot, tau_range)))
+    return replace(tau_fit, intervals=None), result
+
+
+def interval_warnings(boot: TauBootstrap | None, tau_range) -> list[str]:
+    """Warnings with numbers: classes with fewer than FEW_SAMPLES validation samples and how wide their per-class
+    intervals are; a tau interval so wide that the data do not pin tau down."""
+    if boot is None:
+        return []
+    out = []
+    few = (boot.support > 0) & (boot.support < FEW_SAMPLES)
+    if few.any():
+        widths = np.diff(boot.per_class_ci("after"), axis=1)[few, 0]
+        out.append(f"{int(few.sum())} class(es) have fewer than {FEW_SAMPLES} validation samples (as few as "
+                   f"{int(boot.support[few].min())}); their per-class {100 * boot.level:g}% intervals are "
+                   f"{100 * np.median(widths):.0f} points wide (median), so their errors say little")
+    interval = boot.tau_ci
+    low, high = tau_range
+    if interval is not None and interval[1] - interval[0] > (high - low) / 2:
+        out.append(f"the {100 * boot.level:g}% interval of tau, {interval[0]:.2f} to {interval[1]:.2f}, spans more "
+                   f"than half the searched range [{low:g}, {high:g}]: this validation set does not pin tau down "
+                   "(the fit is not identified); use more validation data, or tau = 1")
+    return out

@@ -45,6 +45,8 @@ def check_folds(folds, support) -> int:
     """K for K-fold cross-fitting: at least 2 and at most the smallest class's number of samples."""
     if isinstance(folds, bool) or not isinstance(folds, (int, np.integer)) or folds < 2:
         raise OptionError(f"cross-fitting needs a whole number of at least 2 folds, got {folds!r}", "folds")
+    if support is None:
+        return int(folds)
     support = np.asarray(support)
     smallest = int(support[support > 0].min())
     if folds > smallest:

@@ -29,6 +29,8 @@ class FitResult:
         name: what the logits were (a file, or shards).
         out: the calibration file written, or None.
         warnings: what the user should know (no prints).
+        intervals: with `bootstrap`, `folds` or `tau_rule`, a `methods.bootstrap.FitIntervals` (bootstrap
+            intervals, the cross-fitted estimate, the tau rule); else None.
     """
 
     calibration: Any
@@ -40,6 +42,7 @@ class FitResult:
     name: str
     out: Optional[Path] = None
     warnings: tuple[str, ...] = field(default=())
+    intervals: Any = None
 
     @property
     def tau(self) -> float:
@@ -48,6 +51,8 @@ class FitResult:
     def to_dict(self) -> dict:
         """Exactly `lacal fit-tau --json`."""
         result = self.tau_fit.to_dict()
+        if self.intervals is not None:
+            result.update(self.intervals.to_dict())
         q = self.target_priors
         result["target_priors"] = None if q is None else {**(self.target or {}), "priors": [float(v) for v in q]}
         result["calibration"] = None if self.probability is None else self.probability.to_dict()
@@ -84,7 +89,9 @@ def fit(val_logits=None, val_labels=None, priors=None, *, train_labels=None, tau
         method: str = "logit-adjustment", checkpoint=None, features=None, head: Optional[str] = None,
         class_names=None, label_column: Optional[str] = None, smoothing: float = 0.0, key: Optional[str] = None,
         device: str = "auto", memory_budget=None, out=None, force: bool = False, record_inputs: bool = True,
-        progress: Optional[Callable] = None, context=None, multi_label: bool = False) -> FitResult:
+        progress: Optional[Callable] = None, context=None, multi_label: bool = False,
+        bootstrap: Optional[int] = None, seed: int = 0, level: float = 0.95, folds: Optional[int] = None,
+        tau_rule: str = "min") -> FitResult:
     """Fit tau for argmax f(x) - tau * log(pi) on validation data, as `lacal fit-tau` does.
 
     Args:
@@ -116,6 +123,14 @@ def fit(val_logits=None, val_labels=None, priors=None, *, train_labels=None, tau
         context: a `distributed.Context` (a torchrun rank); default: one process on `device`.
         multi_label: a multi-label head (one sigmoid per label): `val_labels` and `train_labels` are N x C 0/1
             matrices, `metric` is "balanced-error" or "macro-f1"; see `workflows.multilabel.fit_multi_label`.
+        bootstrap: this many stratified bootstrap replicates (each an exact refit of tau) for intervals of tau,
+            the balanced error before and after, their change, the shot groups and every class (see
+            docs/guide/intervals.md); None for none.
+        seed: the resampling's seed (the intervals are a function of it and the data alone).
+        level: the intervals' level, in (0, 1).
+        folds: K, for a K-fold cross-fitted estimate of the balanced error at the fitted tau on new data.
+        tau_rule: "min" (the exact minimiser) or "one-se" (among the taus within one bootstrap standard error
+            of the minimum, the one nearest tau = 1).
 
     Returns:
         A `FitResult`: `.calibration`, `.tau`, `.warnings`; `.to_dict()` is `lacal fit-tau --json`. With
@@ -128,6 +143,14 @@ def fit(val_logits=None, val_labels=None, priors=None, *, train_labels=None, tau
     """
     from ..methods.search import check_tau_range, fit_tau
 
+    assess = bootstrap is not None or folds is not None or tau_rule != "min"
+    if assess:
+        from ..methods.bootstrap import check_options
+
+        check_options(bootstrap, level, seed, folds, tau_rule, None)
+        if multi_label or method != "logit-adjustment":
+            raise OptionError("`bootstrap`, `folds` and `tau_rule` go with single-label logit adjustment for now",
+                              "bootstrap")
     if multi_label:
         from .multilabel import fit_multi_label, refuse_options
 
@@ -167,7 +190,16 @@ def fit(val_logits=None, val_labels=None, priors=None, *, train_labels=None, tau
                                        progress, context, notes)
     with progress_bar(progress, source.num_samples, "fit-tau") as step:
         tau_fit = fit_tau(source, labels, prior, low_high, search, metric, grid_size, compute, progress=step,
-                          memory_budget=budget, context=context)
+                          memory_budget=budget, context=context, keep_intervals=assess)
+    intervals = None
+    if assess:
+        from ..methods.bootstrap import assess_fit
+
+        tau_fit, intervals = assess_fit(source, tau_fit, prior, replicates=bootstrap, seed=seed, level=level,
+                                        folds=folds, tau_rule=tau_rule, train_counts=prior.counts, device=compute,
+                                        context=context)
+        for warning in intervals.warnings:
+            notes.warn(warning)
     probability = calibrated = None
     if calibrate is not None:
         probability, calibrated = _calibrate(calibrate, source, labels, prior, tau_fit.tau, bias_l2, compute, budget,
@@ -180,7 +212,7 @@ def fit(val_logits=None, val_labels=None, priors=None, *, train_labels=None, tau
     if out is not None and context.leader:
         calibration.save(out, force, paths_of(*given))
     return FitResult(calibration, tau_fit, q, target_info, probability, calibrated, title(source),
-                     None if out is None else Path(out), tuple(notes.warnings))
+                     None if out is None else Path(out), tuple(notes.warnings), intervals)
 
 
 def _calibrate(method, source, labels, prior, tau, bias_l2, compute, budget, context, notes):

@@ -35,6 +35,7 @@ class Report:
     name: str | None = None
     plot: Path | None = None
     warnings: tuple[str, ...] = field(default=())
+    intervals: Any = None  # a methods.bootstrap.TauBootstrap of the fixed adjustment, with `bootstrap`
 
     @property
     def main(self) -> ClassEvaluation:
@@ -81,6 +82,8 @@ class Report:
         result["num_classes"] = self.main.num_classes
         result["classes_without_samples"] = self.main.classes_without_samples
         result["baseline"] = self._section(self.baseline, self.baseline_quality)
+        if self.intervals is not None:
+            result.update(self.intervals.to_dict())
         return result
 
 
@@ -90,7 +93,8 @@ def report(logits=None, labels=None, calibration=None, *, tau: Optional[float] =
            features=None, head: Optional[str] = None, class_names=None, label_column: Optional[str] = None,
            smoothing: float = 0.0, key: Optional[str] = None, device: str = "auto", memory_budget=None, plot=None,
            force: bool = False, progress: Optional[Callable] = None, context=None,
-           multi_label: bool = False) -> Report:
+           multi_label: bool = False, bootstrap: Optional[int] = None, seed: int = 0,
+           level: float = 0.95) -> Report:
     """Per-class errors before and after adjustment, with shot groups, NLL, Brier score, ECE and classwise ECE, as
     `lacal report` does.
 
@@ -108,6 +112,9 @@ def report(logits=None, labels=None, calibration=None, *, tau: Optional[float] =
         plot: also draw the three panels into this PNG (needs matplotlib); `force` replaces it.
         multi_label: a multi-label head: `labels` is an N x C 0/1 matrix; also taken when `calibration` is a
             multi-label `Calibration` (see `workflows.multilabel.report_multi_label`).
+        bootstrap: this many stratified bootstrap replicates for intervals of the balanced error before and
+            after, their change, the shot groups and every class (`Report.intervals`; docs/guide/intervals.md).
+        seed, level: the resampling's seed and the intervals' level, in (0, 1).
 
     Returns:
         A `Report`: `.baseline` and `.adjusted` evaluations, `.to_dict()` is `lacal report --json`. With
@@ -118,6 +125,12 @@ def report(logits=None, labels=None, calibration=None, *, tau: Optional[float] =
     """
     from ..engine.passes import probability_pass, score_pass
 
+    if bootstrap is not None:
+        from ..methods.bootstrap import check_options
+
+        check_options(bootstrap, level, seed, None, "min", None)
+        if multi_label or getattr(calibration, "multi_label", False):
+            raise OptionError("`bootstrap` goes with single-label reports for now", "bootstrap")
     if multi_label or getattr(calibration, "multi_label", False):
         from .multilabel import refuse_options, report_multi_label
 
@@ -173,11 +186,29 @@ def report(logits=None, labels=None, calibration=None, *, tau: Optional[float] =
                     baseline_quality=quality[0], adjusted_quality=quality[1] if fitted is not None else None,
                     target_priors=None if fitted is None else fitted.target_priors,
                     temperature=None if fitted is None else fitted.temperature, name=title(source),
-                    plot=None if plot is None else Path(plot), warnings=tuple(notes.warnings))
+                    plot=None if plot is None else Path(plot), warnings=tuple(notes.warnings),
+                    intervals=None if bootstrap is None else _intervals(source, values, offsets, bootstrap, seed,
+                                                                        level, counts, compute, budget, context))
     if plot is not None:
         _plot(result, plot, source, values, fitted, train_labels, priors, smoothing, names, label_column, compute,
               budget, context, force, paths_of(logits, labels, calibration, train_labels, priors))
     return result
+
+
+def _intervals(source, labels, offsets, replicates, seed, level, counts, compute, budget, context):
+    """Bootstrap intervals of the report's numbers: each sample's correctness before and after, resampled."""
+    from ..engine.passes import hit_pass
+    from ..methods.bootstrap import bootstrap_fixed
+
+    hits = failure = None
+    try:
+        hits = hit_pass(source, labels, offsets if len(offsets) == 2 else offsets * 2, compute,
+                        memory_budget=budget)
+    except Exception as exc:  # noqa: BLE001  (re-raised on every rank by agree)
+        failure = exc
+    context.agree(failure)
+    return bootstrap_fixed(hits, np.asarray(labels), source.num_classes, replicates, seed, level,
+                           train_counts=counts, context=context)
 
 
 def _plot(result, plot, source, values, fitted, train_labels, priors, smoothing, names, column, compute, budget,
