@@ -309,7 +309,9 @@ class TauBootstrap:
     @property
     def optimism(self) -> np.ndarray:
         """Per summary: the mean of (original error at the replicate's tau) - (the replicate's own error there)."""
-        return np.nanmean(self.original_at_refit - self.refit, 0)
+        difference = self.original_at_refit - self.refit
+        seen = ~np.isnan(difference)
+        return np.where(seen.any(0), np.where(seen, difference, 0).sum(0) / np.maximum(seen.sum(0), 1), np.nan)
 
     @property
     def standard_error(self) -> float:
@@ -746,4 +748,20 @@ def interval_warnings(boot: TauBootstrap | None, tau_range) -> list[str]:
         out.append(f"the {100 * boot.level:g}% interval of tau, {interval[0]:.2f} to {interval[1]:.2f}, spans more "
                    f"than half the searched range [{low:g}, {high:g}]: this validation set does not pin tau down "
                    "(the fit is not identified); use more validation data, or tau = 1")
+    return out
+
+
+def replicate_counts(labels, num_classes: int, seed: int, replicates, stratified: bool = True) -> np.ndarray:
+    """R x N: how often each sample (in the given, global order) is drawn in each replicate number of
+    `replicates`: the weights `bootstrap_fit` and `bootstrap_fixed` use, for reproducing a replicate.
+
+    Example:
+        >>> counts = replicate_counts(labels, 1000, seed=0, replicates=[0, 1, 2])
+        >>> again = np.repeat(np.arange(len(labels)), counts[0])  # replicate 0's samples
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    order = class_order(labels)
+    drawn = Slots(np.bincount(labels, minlength=num_classes), stratified).counts(seed, list(replicates)).numpy()
+    out = np.zeros_like(drawn, dtype=np.int64)
+    out[:, order] = drawn.astype(np.int64)
     return out
