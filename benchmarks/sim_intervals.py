@@ -93,7 +93,7 @@ class Population:
         iv = SampleIntervals(self.lo, self.hi, self.labels, {}, self.classes).in_class_order()
         sweep = Sweep(iv, tau_range)
         weights, exact, _ = class_weights(iv.support)
-        taus, _, _ = sweep.fit(torch.from_numpy(weights)[torch.from_numpy(iv.labels)][None, :].double(), exact)
+        taus, _, _ = sweep.fit(torch.from_numpy(weights)[torch.from_numpy(iv.labels)][:, None].double(), exact)
         return float(taus[0])
 
 

@@ -32,7 +32,8 @@ DEFAULT_REPLICATES = 1000
 TAU_RULES = ("min", "one-se")
 FEW_SAMPLES = 5  # classes with fewer validation samples than this are warned about
 BLOCK_BYTES = 96 << 20  # working memory of a block of replicates
-OPTIMISM_REPLICATES = 200  # replicates that estimate the optimism of the group and worst-class errors
+OPTIMISM_REPLICATES = 200
+BUCKETS = 512  # buckets of segments whose bounds let the sweep skip most of the range  # replicates that estimate the optimism of the group and worst-class errors
 SUMMARIES = ("balanced_error", "worst_class_error") + GROUPS
 
 
@@ -98,7 +99,7 @@ class Sweep:
     ties are exact as in `search`; otherwise segments within FLOAT_TIE_TOLERANCE of the best tie, as there.
     """
 
-    def __init__(self, intervals: SampleIntervals, tau_range):
+    def __init__(self, intervals: SampleIntervals, tau_range, buckets: int | None = None):
         import torch
 
         self.intervals = intervals
@@ -124,6 +125,33 @@ class Sweep:
         weights, self.exact, self.unit = class_weights(intervals.support)
         self.sample_weight = torch.from_numpy(weights)[self.labels]
         self._original = None
+        self._buckets(buckets)
+
+    def _buckets(self, buckets: int | None) -> None:
+        """Split the segments into buckets of about equal count, and place every interval end in its bucket: the
+        bucket holding the segment that starts at the end's point (ends at the range's top fall in none)."""
+        import torch
+
+        count = max(1, min(buckets or BUCKETS, self.segments))
+        self.edges = np.unique(np.linspace(0, self.segments, count + 1).round().astype(np.int64))
+        self.buckets = self.edges.size - 1
+        bucket_of = lambda at: np.searchsorted(self.edges, at, side="right") - 1  # noqa: E731
+        starts, ends = self.start_at.numpy(), self.end_at.numpy()
+        self.start_bucket, self.end_bucket = bucket_of(starts), np.minimum(bucket_of(ends), self.buckets)
+        self.start_on_edge = np.flatnonzero(starts == self.edges[self.start_bucket])
+        ends_inside = self.end_bucket < self.buckets
+        self.end_on_edge = np.flatnonzero(ends_inside & (ends == self.edges[np.minimum(self.end_bucket,
+                                                                                      self.buckets - 1)]))
+        usable = representable(self.points)
+        self.edge_usable = torch.from_numpy(usable[self.edges[:-1]])
+        self.usable_segments = usable
+        # the events (interval ends) of each bucket, for the fine sweep of the candidate buckets
+        event_bucket = np.concatenate([self.start_bucket, self.end_bucket])
+        self.event_order = np.argsort(event_bucket, kind="stable")
+        self.event_first = np.searchsorted(event_bucket[self.event_order], np.arange(self.buckets + 1))
+        self.event_at = np.concatenate([starts, ends])
+        self.torch_start_bucket = torch.from_numpy(self.start_bucket)
+        self.torch_end_bucket = torch.from_numpy(self.end_bucket)
 
     def columns_per_block(self, budget: int = BLOCK_BYTES) -> int:
         per_column = 8 * (2 * (self.segments + 1) + 6 * self.intervals.lo.size)
@@ -145,16 +173,15 @@ class Sweep:
         tau that `search.fit_tau` finds on the data with each sample repeated that often, and the optimal score."""
         import torch
 
-        values = self.curve(mass)
-        if self.unusable.numel():
-            values[:, self.unusable] = -torch.inf
+        values, segment_of = self._candidate_values(mass, exact)
         best = values.amax(1)
         if exact:
             optimal = values == best[:, None]
         else:
             optimal = values >= (best - FLOAT_TIE_TOLERANCE * best.clamp(min=1.0))[:, None]
         columns = mass.shape[1]
-        column, at_segment = optimal.nonzero(as_tuple=True)
+        column, local = optimal.nonzero(as_tuple=True)
+        at_segment = torch.from_numpy(segment_of)[local]
         count = torch.bincount(column, minlength=columns).numpy()
         first = torch.full((columns,), self.segments, dtype=torch.int64).scatter_reduce_(
             0, column, at_segment, "amin").numpy()
@@ -166,7 +193,9 @@ class Sweep:
         simple = (count == last - first + 1) & ~on_point
         taus, lefts, rights = middle.copy(), left.copy(), right.copy()
         for k in np.flatnonzero(~simple).tolist():
-            taus[k], (lefts[k], rights[k]) = self._choose(optimal[k].numpy(), mass[:, k])
+            full = np.zeros(self.segments, dtype=bool)
+            full[segment_of[optimal[k].numpy()]] = True
+            taus[k], (lefts[k], rights[k]) = self._choose(full, mass[:, k])
         scores = best.numpy().copy()
         if self.point_hits is not None:  # a point scored directly wins only when strictly better than every segment
             point_scores = (self.point_hits @ mass).numpy()
@@ -176,6 +205,52 @@ class Sweep:
             chosen = np.asarray(self.preferred)[pick]
             taus[wins], lefts[wins], rights[wins], scores[wins] = chosen[wins], chosen[wins], chosen[wins], top[wins]
         return taus, np.stack([lefts, rights], 1), scores
+
+    def _candidate_values(self, mass, exact: bool):
+        """R x L: the scores of the segments of the buckets that may hold an optimum of some column, and the L
+        segments' indices. A bucket's first segment scores exactly the sum of the changes before it plus the ends
+        on its edge; no segment inside it scores more than the changes before it plus its starts. A bucket whose
+        bound is below the best first segment of any bucket (in that column) holds no optimum, as in
+        `search._exact_distributed`; the others are swept exactly (-inf on segments too narrow to hold a float)."""
+        import torch
+
+        buckets, columns = self.buckets, mass.shape[1]
+        kept = mass.index_select(0, self.kept)
+        sums = torch.zeros(3 * (buckets + 1), columns, dtype=mass.dtype)
+        sums.index_add_(0, self.torch_start_bucket, kept).index_add_(0, self.torch_end_bucket, kept, alpha=-1)
+        sums.index_add_(0, self.torch_start_bucket + (buckets + 1), kept)
+        edge = 2 * (buckets + 1)
+        on_edge = torch.from_numpy(self.start_on_edge)
+        sums.index_add_(0, self.torch_start_bucket[on_edge] + edge, kept[on_edge])
+        on_edge = torch.from_numpy(self.end_on_edge)
+        sums.index_add_(0, self.torch_end_bucket[on_edge] + edge, kept[on_edge], alpha=-1)
+        change, rises, at_edge = sums[:buckets], sums[buckets + 1:2 * buckets + 1], sums[edge:edge + buckets]
+        base = torch.cat([torch.zeros(1, columns, dtype=mass.dtype), change.cumsum(0)[:-1]])
+        first = torch.where(self.edge_usable[:, None], base + at_edge, -torch.inf)
+        known = first.amax(0)
+        if not exact:
+            known = known - FLOAT_TIE_TOLERANCE * known.abs().clamp(min=1.0)
+        chosen = np.flatnonzero(((base + rises) >= known[None, :]).any(1).numpy())
+        # the fine sweep over the chosen buckets' segments, a cumulative sum restarted at each bucket
+        sizes = self.edges[chosen + 1] - self.edges[chosen]
+        segment_of = np.repeat(self.edges[chosen] - np.cumsum(np.concatenate([[0], sizes[:-1]])), sizes) + \
+            np.arange(sizes.sum())
+        bucket_local = np.repeat(np.arange(chosen.size), sizes)
+        counts = self.event_first[chosen + 1] - self.event_first[chosen]
+        events = self.event_order[np.repeat(self.event_first[chosen] - np.cumsum(np.concatenate([[0], counts[:-1]])),
+                                            counts) + np.arange(counts.sum())]
+        local = np.searchsorted(segment_of, self.event_at[events])
+        start = events < self.start_bucket.size
+        sample = np.where(start, events, events - self.start_bucket.size)
+        step = torch.zeros(segment_of.size, columns, dtype=mass.dtype)
+        step.index_add_(0, torch.from_numpy(local[start]), kept[torch.from_numpy(sample[start])])
+        step.index_add_(0, torch.from_numpy(local[~start]), kept[torch.from_numpy(sample[~start])], alpha=-1)
+        values = step.T.contiguous().cumsum_(1)
+        before_bucket = np.concatenate([[0], np.cumsum(sizes)[:-1]])  # each bucket's first local segment
+        offset = torch.cat([torch.zeros(columns, 1, dtype=mass.dtype), values], 1)[:, before_bucket]
+        values += (base.T[:, torch.from_numpy(chosen)] - offset)[:, torch.from_numpy(bucket_local)]
+        values[:, torch.from_numpy(~self.usable_segments[segment_of])] = -torch.inf
+        return values, segment_of
 
     def _choose(self, optimal: np.ndarray, mass):
         """`search.choose` over this sweep's points, where only the ends of the intervals drawn in this column (not

@@ -3,8 +3,9 @@
 A replicate's weights are a function of the seed, the replicate's number and the samples' global order and labels
 only, never of how the samples are split into blocks or torchrun ranks. The samples are put in class order (stable
 in the global order); replicate b draws, from SFC64 seeded by SeedSequence([seed, b]), one uniform pick per sample
-slot. Stratified (the default), the slots of class c pick among the n_c samples of class c, so every replicate keeps
-each class's support (and the balanced error's class weights); unstratified, every slot picks among all N samples.
+slot (32 random bits x, scaled to floor(x * n / 2**32) among the slot's n choices). Stratified (the default), the
+slots of class c pick among the n_c samples of class c, so every replicate keeps each class's support (and the
+balanced error's class weights); unstratified, every slot picks among all N samples.
 """
 
 from __future__ import annotations
@@ -66,10 +67,11 @@ class Slots:
         if stratified:
             first = np.concatenate([[0], np.cumsum(support)[:-1]])
             self.first = np.repeat(first, support).astype(np.int64)
-            self.choices = np.repeat(support, support).astype(np.uint64)
+            self.choices = np.repeat(support, support).astype(np.int64)
         else:
             self.first = np.zeros(self.size, dtype=np.int64)
-            self.choices = np.full(self.size, self.size, dtype=np.uint64)
+            self.choices = np.full(self.size, self.size, dtype=np.int64)
+        self.scale = self.choices / 2.0 ** 32
 
     def counts(self, seed: int, replicates):
         """R x N float64 tensor: how often each sample (class order) is drawn in each of the replicates given.
@@ -82,8 +84,9 @@ class Slots:
         raw = np.empty((len(replicates), half), dtype=np.uint64)
         for row, b in enumerate(replicates):
             raw[row] = SFC64(SeedSequence([seed, int(b)])).random_raw(half)
-        bits = raw.view(np.uint32)[:, :self.size].astype(np.uint64)
-        picks = torch.from_numpy((self.first + ((bits * self.choices) >> np.uint64(32)).astype(np.int64)))
+        # floor(bits * n / 2**32) in float64: exact, as n / 2**32 is, and bits * it is below n by more than its
+        # rounding for any n < 2**31
+        picks = torch.from_numpy(self.first + (raw.view(np.uint32)[:, :self.size] * self.scale).astype(np.int64))
         out = torch.zeros(len(replicates), self.size, dtype=torch.float64)
         ones = torch.ones(self.size, dtype=torch.float64)
         for row in range(len(replicates)):
