@@ -46,3 +46,21 @@ def test_report_intervals_equal_one_process(shards):
     intervals = [k for k in b if k.endswith("_ci") or k == "bootstrap"]
     assert len(intervals) == 8
     assert {k: a[k] for k in intervals} == {k: b[k] for k in intervals}  # NLL and ECE sums differ in rounding
+
+
+def test_multilabel_intervals_equal_one_process(tmp_path):
+    rng = np.random.default_rng(6)
+    pi = np.linspace(0.05, 0.6, 5)
+    truth = (rng.random((400, 5)) < pi).astype(np.int64)
+    logits = (rng.normal(size=(400, 5)) + 1.5 * (2 * truth - 1) + np.log(pi / (1 - pi))).astype(np.float32)
+    (tmp_path / "shards").mkdir()
+    for k, (a, b) in enumerate([(0, 130), (130, 131), (131, 400)]):
+        np.save(tmp_path / "shards" / f"part-{k}.npy", logits[a:b])
+    np.save(tmp_path / "labels.npy", truth)
+    np.save(tmp_path / "train.npy", (rng.random((3000, 5)) < pi).astype(np.int64))
+    args = ["fit-tau", tmp_path / "shards", tmp_path / "labels.npy", "--train-labels", tmp_path / "train.npy",
+            "--multi-label", "--json", "--bootstrap", 60, "--seed", 2]
+    many, one = torchrun(*args), single(*args)
+    assert many.returncode == 0, many.stderr[-3000:]
+    assert one.returncode == 0, one.stderr[-3000:]
+    assert json.loads(many.stdout) == json.loads(one.stdout)

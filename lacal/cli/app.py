@@ -355,7 +355,7 @@ def fit_tau_command(
                         target_logits, target_priors, train_labels, priors, tau_range, metric, out, json_out,
                         classes, smoothing, key, force, memory_budget, quiet, device,
                         {"--grid-size": grid_size, "--head": head, "--bias-l2": bias_l2 != 1e-2,
-                         "--bootstrap": bootstrap, "--folds": folds, "--tau-rule": tau_rule != "min"}):
+                         "--folds": folds, "--tau-rule": tau_rule != "min"}, bootstrap, seed, level):
         return
     logits, labels = _data_arguments(inputs, checkpoint, features, method != Method.tau_norm)
     result = fit(logits, labels, priors, train_labels=train_labels, tau_range=_parse_range(tau_range),
@@ -544,7 +544,7 @@ def report_command(
     if _multi_label_report(inputs, multi_label, calibration, checkpoint, features, plot, test_features, label_column,
                            target_logits, target_priors, bins, tau, train_labels, priors, sort, limit, json_out,
                            classes, smoothing, key, memory_budget, quiet, compare, test_logits, test_labels, metric,
-                           context, head, bootstrap):
+                           context, head, bootstrap, seed, level):
         return
     logits, labels = _data_arguments(inputs, checkpoint, features)
     if compare:
@@ -576,7 +576,8 @@ def report_command(
 
 def _multi_label_fit(inputs, multi_label, checkpoint, features, method, search, calibrate, label_column,
                      target_logits, target_priors, train_labels, priors, tau_range, metric, out, json_out, classes,
-                     smoothing, key, force, memory_budget, quiet, device, ignored=None) -> bool:
+                     smoothing, key, force, memory_budget, quiet, device, ignored=None, bootstrap=None, seed=0,
+                     level=0.95) -> bool:
     """A multi-label head (--multi-label, or labels that can only be multi-label): `fit(..., multi_label=True)`."""
     from . import render as show
     from . import multilabel_options as multilabel_cli
@@ -600,10 +601,12 @@ def _multi_label_fit(inputs, multi_label, checkpoint, features, method, search, 
     result = fit(inputs[0] if len(inputs) == 2 else inputs[:-1], inputs[-1], priors, train_labels=train_labels,
                  tau_range=low_high, metric=metric.value, class_names=classes, smoothing=smoothing, key=key,
                  memory_budget=budget, out=out, force=force, progress=_bar(quiet or json_out), context=context,
-                 multi_label=True)
+                 multi_label=True, bootstrap=bootstrap, seed=seed, level=level)
     if result.out is not None and context.leader:
         _wrote(result.out)
     show.print_json(result) if json_out else fit_tables(result)
+    if not json_out and result.intervals is not None:
+        show.multilabel_intervals(result.intervals, result.tau_fit.before, result.tau_fit.after)
     show.notes(result)
     return True
 
@@ -654,7 +657,7 @@ def _multi_label_apply(deployed, source_path, out, calibration, tau, train_label
 def _multi_label_report(inputs, multi_label, calibration, checkpoint, features, plot, test_features, label_column,
                         target_logits, target_priors, bins, tau, train_labels, priors, sort, limit, json_out, classes,
                         smoothing, key, memory_budget, quiet, compare, test_logits, test_labels, metric,
-                        context, head=None, bootstrap=None) -> bool:
+                        context, head=None, bootstrap=None, seed=0, level=0.95) -> bool:
     """A multi-label report (`report(..., multi_label=True)`) or comparison (`compare(..., multi_label=True)`)."""
     from . import render as show
     from . import multilabel_options as multilabel_cli
@@ -671,7 +674,8 @@ def _multi_label_report(inputs, multi_label, calibration, checkpoint, features, 
     multilabel_cli.refuse({"--checkpoint": checkpoint, "--features": features, "--plot": plot,
                            "--test-features": test_features, "--label-column": label_column,
                            "--target-logits": target_logits, "--bins": bins != 15, "--head": head,
-                           "--target-priors": target_priors.strip().lower() != "uniform", "--bootstrap": bootstrap},
+                           "--target-priors": target_priors.strip().lower() != "uniform",
+                           "--bootstrap": compare and bootstrap is not None},
                           context if compare else None)
     if len(inputs) < 2:
         raise OptionError(f"expected the logits and the labels files, got {len(inputs)} path(s)", "arguments")
@@ -691,8 +695,12 @@ def _multi_label_report(inputs, multi_label, calibration, checkpoint, features, 
         raise OptionError("--metric goes with --multi-label --compare", "--metric")
     result = report(logits, inputs[-1], calibration, tau=tau, train_labels=train_labels, priors=priors,
                     class_names=classes, smoothing=smoothing, key=key, memory_budget=budget,
-                    progress=_bar(quiet or json_out), context=context, multi_label=True)
+                    progress=_bar(quiet or json_out), context=context, multi_label=True, bootstrap=bootstrap,
+                    seed=seed, level=level)
     show.print_json(result) if json_out else report_tables(result, sort.value, limit)
+    if not json_out and result.intervals is not None:
+        show.multilabel_intervals(result.intervals, result.report.baseline,
+                                  result.report.adjusted or result.report.baseline)
     show.notes(result)
     return True
 

@@ -359,3 +359,23 @@ def report_intervals(report) -> None:
     table.caption = ("the adjustment is taken as fixed (fitted on other data); per-class intervals (Wilson) are in "
                      "--json")
     console().print(table)
+
+
+def multilabel_intervals(boot, before, after) -> None:
+    """What --bootstrap adds to the multi-label tables: the macro figures with their intervals."""
+    from rich.table import Table
+
+    table = Table(title=f"{100 * boot.level:g}% intervals: {boot.replicates} bootstrap replicates (samples), seed "
+                        f"{boot.seed}")
+    table.add_column("")
+    for header in ("before (tau=0)", f"after (tau={boot.tau:.3f})", "change (pts)"):
+        table.add_column(header, justify="right")
+    if boot.refitted and boot.tau_ci is not None:
+        table.add_row("tau", "", f"{boot.tau:.3f} ({boot.tau_ci[0]:.3f}-{boot.tau_ci[1]:.3f})", "")
+    for label, metric in (("macro balanced error", "balanced_error"), ("macro-F1", "macro_f1")):
+        first, second = getattr(before, metric), getattr(after, metric)
+        table.add_row(label, with_interval(first, boot.ci(metric, "before")),
+                      with_interval(second, boot.ci(metric, "after")),
+                      with_interval(second - first, boot.ci(metric, "change"), points=True))
+    table.caption = "per-label intervals are in --json"
+    console().print(table)

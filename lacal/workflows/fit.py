@@ -148,9 +148,9 @@ def fit(val_logits=None, val_labels=None, priors=None, *, train_labels=None, tau
         from ..methods.bootstrap import check_options
 
         check_options(bootstrap, level, seed, folds, tau_rule, None)
-        if multi_label or method != "logit-adjustment":
-            raise OptionError("`bootstrap`, `folds` and `tau_rule` go with single-label logit adjustment for now",
-                              "bootstrap")
+        if method != "logit-adjustment" or (multi_label and (folds is not None or tau_rule != "min")):
+            raise OptionError("`bootstrap`, `folds` and `tau_rule` go with logit adjustment (and only `bootstrap` "
+                              "with `multi_label`)", "bootstrap")
     if multi_label:
         from .multilabel import fit_multi_label, refuse_options
 
@@ -162,7 +162,7 @@ def fit(val_logits=None, val_labels=None, priors=None, *, train_labels=None, tau
         return fit_multi_label(val_logits, val_labels, priors, train_labels=train_labels, tau_range=tau_range,
                                metric=metric, class_names=class_names, smoothing=smoothing, key=key, device=device,
                                memory_budget=memory_budget, out=out, force=force, record_inputs=record_inputs,
-                               progress=progress, context=context)
+                               progress=progress, context=context, bootstrap=bootstrap, seed=seed, level=level)
     notes = Notes()
     tau_norm = method == "tau-norm"
     if method not in ("logit-adjustment", "tau-norm"):

@@ -36,6 +36,7 @@ class MultiLabelFitResult:
     name: str
     out: Optional[Path] = None
     warnings: tuple[str, ...] = field(default=())
+    intervals: Any = None  # a methods.bootstrap_multilabel.MultiLabelBootstrap, with `bootstrap`
 
     @property
     def tau(self) -> float:
@@ -43,7 +44,10 @@ class MultiLabelFitResult:
 
     def to_dict(self) -> dict:
         """Exactly `lacal fit-tau --multi-label --json`."""
-        return self.tau_fit.to_dict()
+        result = self.tau_fit.to_dict()
+        if self.intervals is not None:
+            result.update(self.intervals.to_dict())
+        return result
 
 
 @dataclass(frozen=True, eq=False)
@@ -85,10 +89,14 @@ class MultiLabelReportResult:
     report: Any
     name: str
     warnings: tuple[str, ...] = field(default=())
+    intervals: Any = None  # a methods.bootstrap_multilabel.MultiLabelBootstrap, with `bootstrap`
 
     def to_dict(self) -> dict:
         """Exactly `lacal report --multi-label --json`."""
-        return self.report.to_dict()
+        result = self.report.to_dict()
+        if self.intervals is not None:
+            result.update(self.intervals.to_dict())
+        return result
 
 
 @dataclass(frozen=True, eq=False)
@@ -240,7 +248,8 @@ def fit_multi_label(val_logits, val_labels, priors=None, *, train_labels=None,
                     tau_range: Optional[Sequence[float]] = None, metric: str = "balanced-error", class_names=None,
                     smoothing: float = 0.0, key: Optional[str] = None, device: str = "auto", memory_budget=None,
                     out=None, force: bool = False, record_inputs: bool = True, progress: Optional[Callable] = None,
-                    context=None) -> MultiLabelFitResult:
+                    context=None, bootstrap: Optional[int] = None, seed: int = 0,
+                    level: float = 0.95) -> MultiLabelFitResult:
     """Fit one tau shared by every label of a multi-label head, as `lacal fit-tau --multi-label` does.
 
     Args:
@@ -253,6 +262,8 @@ def fit_multi_label(val_logits, val_labels, priors=None, *, train_labels=None,
         metric: "balanced-error" (macro balanced error, lowest) or "macro-f1" (highest).
         class_names, smoothing, key, device, memory_budget, out, force, record_inputs, progress, context: as for
             `lacal.fit`.
+        bootstrap, seed, level: intervals from this many replicates (samples drawn with replacement; tau refitted
+            for the balanced error, held fixed for macro-F1), as in `methods.bootstrap_multilabel`.
 
     Returns:
         A `MultiLabelFitResult`: `.calibration`, `.tau`, `.warnings`; `.to_dict()` is
@@ -287,8 +298,28 @@ def fit_multi_label(val_logits, val_labels, priors=None, *, train_labels=None,
     if out is not None and context.leader:
         calibration.save(out, force, paths_of(*given))
     notes.warnings.extend(_missing(tau_fit.before, "validation samples"))
+    intervals = None if bootstrap is None else _intervals(source, labels, prior, tau_fit.tau, low_high, bootstrap,
+                                                          seed, level, metric == "balanced-error", context)
     return MultiLabelFitResult(calibration, tau_fit, title(source), None if out is None else Path(out),
-                               tuple(notes.warnings))
+                               tuple(notes.warnings), intervals)
+
+
+def _log_odds(calibration) -> np.ndarray:
+    """log(pi / (1 - pi)) exactly as `Calibration.offsets` computes it (so that -tau times it is the offset)."""
+    from ..core.positive_rates import log_odds, multilabel_priors
+
+    if calibration.counts is not None and calibration.train_samples is not None:
+        return multilabel_priors(calibration.counts, calibration.train_samples, calibration.smoothing).log_odds
+    return log_odds(calibration.priors)
+
+
+def _intervals(source, labels, prior, tau, tau_range, replicates, seed, level, refit, context):
+    from ..methods.bootstrap_multilabel import bootstrap_multilabel
+    from ..methods.multilabel import log_odds
+
+    logits = source.rows(0, source.num_samples).cpu().numpy()
+    return bootstrap_multilabel(logits, labels, log_odds(prior), tau, tau_range, replicates, seed, level, refit,
+                                context)
 
 
 # -------------------------------------------------------------------------------------------------------- apply
@@ -365,7 +396,8 @@ def apply_multi_label(logits, calibration=None, out=None, *, tau: Optional[float
 def report_multi_label(logits, labels, calibration=None, *, tau: Optional[float] = None, train_labels=None,
                        priors=None, class_names=None, smoothing: float = 0.0, key: Optional[str] = None,
                        device: str = "auto", memory_budget=None, progress: Optional[Callable] = None,
-                       context=None) -> MultiLabelReportResult:
+                       context=None, bootstrap: Optional[int] = None, seed: int = 0,
+                       level: float = 0.95) -> MultiLabelReportResult:
     """Per-label false negative and positive rates and balanced errors, before and (with a calibration or `tau`)
     after the adjustment, as `lacal report --multi-label` does.
 
@@ -377,6 +409,8 @@ def report_multi_label(logits, labels, calibration=None, *, tau: Optional[float]
         tau, train_labels, priors, smoothing: as for `apply_multi_label`; the training positives also group the
             labels into many/medium/few.
         class_names, key, device, memory_budget, progress, context: as for `lacal.report`.
+        bootstrap, seed, level: intervals of the macro figures from this many replicates (samples drawn with
+            replacement, the adjustment held fixed).
 
     Returns:
         A `MultiLabelReportResult`; `.to_dict()` is `lacal report --multi-label --json`.
@@ -409,7 +443,15 @@ def report_multi_label(logits, labels, calibration=None, *, tau: Optional[float]
         notes.warn("no training positives given (`train_labels`, or `priors` or `calibration`), so labels are not "
                    "grouped into many/medium/few")
     notes.warnings.extend(_missing(result.main, f"samples in {source.name}"))
-    return MultiLabelReportResult(result, title(source), tuple(notes.warnings))
+    intervals = None
+    if bootstrap is not None:
+        from ..methods.bootstrap_multilabel import bootstrap_multilabel
+
+        logits = source.rows(0, source.num_samples).cpu().numpy()
+        ratios = np.zeros(source.num_classes) if fitted is None else _log_odds(fitted)
+        intervals = bootstrap_multilabel(logits, matrix, ratios, 0.0 if fitted is None else fitted.tau, (0.0, 4.0),
+                                         bootstrap, seed, level, refit=False, context=context)
+    return MultiLabelReportResult(result, title(source), tuple(notes.warnings), intervals)
 
 
 def compare_multi_label(val_logits, val_labels, priors=None, *, train_labels=None, test_logits=None,

@@ -129,8 +129,6 @@ def report(logits=None, labels=None, calibration=None, *, tau: Optional[float] =
         from ..methods.bootstrap import check_options
 
         check_options(bootstrap, level, seed, None, "min", None)
-        if multi_label or getattr(calibration, "multi_label", False):
-            raise OptionError("`bootstrap` goes with single-label reports for now", "bootstrap")
     if multi_label or getattr(calibration, "multi_label", False):
         from .multilabel import refuse_options, report_multi_label
 
@@ -140,7 +138,8 @@ def report(logits=None, labels=None, calibration=None, *, tau: Optional[float] =
                        bins=bins != 15)
         return report_multi_label(logits, labels, calibration, tau=tau, train_labels=train_labels, priors=priors,
                                   class_names=class_names, smoothing=smoothing, key=key, device=device,
-                                  memory_budget=memory_budget, progress=progress, context=context)
+                                  memory_budget=memory_budget, progress=progress, context=context,
+                                  bootstrap=bootstrap, seed=seed, level=level)
     notes = Notes()
     budget = memory_bytes(memory_budget)
     context = make_context(device, context)
