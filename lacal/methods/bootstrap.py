@@ -540,7 +540,7 @@ def bootstrap_fit(intervals: SampleIntervals, tau: float, tau_range, replicates:
     rank, world = (context.rank, context.world) if context is not None and context.active else (0, 1)
     fixed = torch.from_numpy(np.stack([data.right_at(0.0), sweep.right_at([tau])[:, 0].numpy()], 0)
                              .astype(np.float64))
-    fixed_sums = _class_matrix(fixed.numpy(), data.labels, support.size)
+    fixed_sums = class_matrix(fixed.numpy(), data.labels, support.size)
     sample_weight = sweep.sample_weight.double()
     mine = []
     for index in range(rank, len(blocks), world):
@@ -555,7 +555,7 @@ def bootstrap_fit(intervals: SampleIntervals, tau: float, tau_range, replicates:
             mass = counts * torch.from_numpy(row_weights).T[labels]
             units = (row_weights * row_support).sum(1)
         taus, _, scores = sweep.fit(mass, exact)
-        at_fixed = _at_fixed(fixed_sums, counts, support.size)
+        at_fixed = at_fixed_sums(fixed_sums, counts, support.size)
         refit = np.full((len(numbers), len(SUMMARIES)), np.nan)
         original = refit.copy()
         refit[:, 0], original[:, 0] = 1.0 - scores / units, sweep.original_errors(taus)
@@ -576,7 +576,7 @@ def bootstrap_fit(intervals: SampleIntervals, tau: float, tau_range, replicates:
                         original_refit, support, correct[0], correct[1], groups)
 
 
-def _at_fixed(fixed_sums, counts, classes: int) -> np.ndarray:
+def at_fixed_sums(fixed_sums, counts, classes: int) -> np.ndarray:
     """K x R x C: per fixed mask, replicate and class, the summed counts of the class's samples in the mask."""
     return (fixed_sums @ counts).numpy().reshape(-1, classes, counts.shape[1]).transpose(0, 2, 1)
 
@@ -605,7 +605,7 @@ def bootstrap_fixed(hits: np.ndarray, labels, num_classes: int, replicates: int 
     slots = Slots(support, stratified)
     starts = np.concatenate([[0], np.cumsum(support)[:-1]]).astype(np.int64)
     groups = None if train_counts is None else shot_groups(np.asarray(train_counts))
-    fixed_sums = _class_matrix(fixed, labels, num_classes)
+    fixed_sums = class_matrix(fixed, labels, num_classes)
     blocks = [range(a, min(a + block, replicates)) for a in range(0, replicates, block)]
     rank, world = (context.rank, context.world) if context is not None and context.active else (0, 1)
     mine = []
@@ -613,7 +613,7 @@ def bootstrap_fixed(hits: np.ndarray, labels, num_classes: int, replicates: int 
         numbers = blocks[index]
         counts = slots.counts(seed, numbers).T.contiguous()
         row_support = support if stratified else class_sums(counts.numpy(), starts, support)
-        at_fixed = _at_fixed(fixed_sums, counts, num_classes)
+        at_fixed = at_fixed_sums(fixed_sums, counts, num_classes)
         mine.append((np.asarray(numbers), summaries(at_fixed[0], row_support, groups),
                      summaries(at_fixed[1], row_support, groups)))
     parts = [mine] if world == 1 else context.gather(mine)
@@ -626,7 +626,7 @@ def bootstrap_fixed(hits: np.ndarray, labels, num_classes: int, replicates: int 
                         nothing, support, correct[0], correct[1], groups, refitted=False)
 
 
-def _class_matrix(masks: np.ndarray, labels: np.ndarray, classes: int):
+def class_matrix(masks: np.ndarray, labels: np.ndarray, classes: int):
     """A sparse (K * C) x N matrix whose product with counts (N x R) gives, for each of the K masks (K x N) and
     each class, the summed counts of the class's samples inside the mask."""
     import torch

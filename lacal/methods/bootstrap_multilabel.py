@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .bootstrap import DEFAULT_REPLICATES, SampleIntervals, Sweep, _class_matrix, class_sums
+from .bootstrap import DEFAULT_REPLICATES, SampleIntervals, Sweep, class_matrix, class_sums
 from .resampling import DEFAULT_LEVEL, Slots, percentile_interval
 
 METRICS = ("balanced_error", "macro_f1")
@@ -163,7 +163,7 @@ def bootstrap_multilabel(logits, truth, ratios, tau: float, tau_range, replicate
     # the multi-label search takes a single point only where flips of both kinds meet: no scored points here
     sweep = Sweep(SampleIntervals(data.lo, data.hi, data.labels, {}, 2 * classes), tau_range) if refit else None
     fixed = np.stack([data.right_at(0.0), data.right_at(float(tau))], 0)
-    fixed_sums = _class_matrix(fixed, data.labels, 2 * classes)
+    fixed_sums = class_matrix(fixed, data.labels, 2 * classes)
     slots = Slots(np.array([rows]), stratified=False)
     size = block or max(1, min(64, (64 << 20) // max(1, 40 * data.lo.size)))
     blocks = [range(a, min(a + size, replicates)) for a in range(0, replicates, size)]
