@@ -133,6 +133,8 @@ def study(n_per_class, draws, replicates, classes, margin, population, counts, l
             if name != "worst_class_error":
                 record(f"{name} before (not rescaled)", inside(boot.ci(name, "before", False), before))
                 record(f"{name} after (not rescaled)", inside(boot.ci(name, "after", False), after))
+            if name in GROUPS:
+                record(f"{name} before (shipped: union)", inside(boot.group_ci(name, "before"), before))
             if name != "worst_class_error":
                 record(f"{name} before (Agresti-Caffo)", inside(boot.wald(name, "before"), before))
                 record(f"{name} after (Agresti-Caffo)", inside(boot.wald(name, "after"), after))

@@ -456,10 +456,15 @@ class TauBootstrap:
         return wilson_interval(self.support - correct, self.support, self.level)
 
     def group_ci(self, group: str, when: str):
-        """The interval of a shot group's error: `before`, the Agresti-Caffo interval (`wald`); `after`, the
-        rescaled bootstrap interval shifted by the group's optimism (`ci`): the better of the two in the
-        simulation (docs/guide/intervals.md)."""
-        return self.wald(group, when) if when == "before" or not self.refitted else self.ci(group, "after")
+        """The interval of a shot group's error. At a fixed tau (`before`, or `after` when tau was not refitted):
+        the union of the rescaled bootstrap interval (`ci`) and the Agresti-Caffo one (`wald`), since each alone
+        under-covered in the simulation where the other did not (a group whose classes are all wrong, or all
+        right, on their few samples has no bootstrap spread). `after` a refit: the rescaled bootstrap interval
+        shifted by the group's optimism. See docs/guide/intervals.md."""
+        if when == "after" and self.refitted:
+            return self.ci(group, "after")
+        pieces = [p for p in (self.ci(group, when), self.wald(group, when)) if p is not None]
+        return (min(p[0] for p in pieces), max(p[1] for p in pieces)) if pieces else None
 
     def to_dict(self) -> dict:
         """The intervals as `*_ci` pairs [low, high] (None where there is no interval). The worst-class error has
