@@ -37,6 +37,21 @@ BUCKETS = 512  # buckets of segments whose bounds let the sweep skip most of the
 SUMMARIES = ("balanced_error", "worst_class_error") + GROUPS
 
 
+def single_threaded(function):
+    """Run `function` with torch's intra-op threads set to one: its many small operations would otherwise spend
+    their time in threads waiting for each other (see engine.threads and PERF.md)."""
+    import functools
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        from ..engine.threads import single_threaded_ops
+
+        with single_threaded_ops():
+            return function(*args, **kwargs)
+
+    return wrapper
+
+
 # --------------------------------------------------------------------------------------------- per-sample data
 
 
@@ -517,6 +532,7 @@ def _number(value):
 # ------------------------------------------------------------------------------------------------ computations
 
 
+@single_threaded
 def bootstrap_fit(intervals: SampleIntervals, tau: float, tau_range, replicates: int = DEFAULT_REPLICATES,
                   seed: int = 0, level: float = DEFAULT_LEVEL, stratified: bool = True, train_counts=None,
                   context=None, block: int | None = None) -> TauBootstrap:
@@ -586,6 +602,7 @@ def at_fixed_sums(fixed_sums, counts, classes: int) -> np.ndarray:
     return (fixed_sums @ counts).numpy().reshape(-1, classes, counts.shape[1]).transpose(0, 2, 1)
 
 
+@single_threaded
 def bootstrap_fixed(hits: np.ndarray, labels, num_classes: int, replicates: int = DEFAULT_REPLICATES,
                     seed: int = 0, level: float = DEFAULT_LEVEL, stratified: bool = True, train_counts=None,
                     context=None, block: int = 64) -> TauBootstrap:
@@ -654,6 +671,7 @@ def _row_weights(row_support: np.ndarray):
         return np.where(row_support > 0, 1.0 / np.maximum(row_support, 1), 0.0), False
 
 
+@single_threaded
 def cross_fit(intervals: SampleIntervals, tau_range, folds: int = 5, seed: int = 0) -> CrossFit:
     """The K-fold cross-fitted evaluation of the exact balanced-error fit: stratified folds (each class's samples
     dealt out in a random order fixed by `seed`), tau fitted on the other K - 1 folds, each sample scored at the tau
@@ -676,6 +694,7 @@ def cross_fit(intervals: SampleIntervals, tau_range, folds: int = 5, seed: int =
     return CrossFit(folds, seed, taus, ClassEvaluation(support, correct))
 
 
+@single_threaded
 def one_se_tau(intervals: SampleIntervals, tau_range, standard_error: float):
     """The one-standard-error rule: among the taus whose balanced error is within `standard_error` of the minimum,
     the one nearest tau = 1 (tau = 1 itself when it qualifies, else the midpoint of the nearest qualifying segment).

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .bootstrap import DEFAULT_REPLICATES, SampleIntervals, Sweep, class_matrix, class_sums
+from .bootstrap import DEFAULT_REPLICATES, SampleIntervals, Sweep, class_matrix, class_sums, single_threaded
 from .resampling import DEFAULT_LEVEL, Slots, percentile_interval
 
 METRICS = ("balanced_error", "macro_f1")
@@ -129,6 +129,7 @@ def _figures(correct: np.ndarray, support: np.ndarray):
     return macro, macro_f1, balanced
 
 
+@single_threaded
 def bootstrap_multilabel(logits, truth, ratios, tau: float, tau_range, replicates: int = DEFAULT_REPLICATES,
                          seed: int = 0, level: float = DEFAULT_LEVEL, refit: bool = True, context=None,
                          block: int | None = None) -> MultiLabelBootstrap:
