@@ -314,3 +314,17 @@ def test_cli_prints_and_writes_intervals(files):
                                                   "--device", "cpu", "--bootstrap", "100", "--json"]])
     assert report.exit_code == 0, report.output
     assert json.loads(report.stdout)["balanced_error_change_ci"][0] < 0
+
+
+def test_curve_band_is_the_replicates_pointwise_percentiles():
+    from lacal.methods.bootstrap import curve_band
+
+    logits, labels, counts = long_tail_problem(num_samples=240, num_classes=6, seed=9)
+    _, intervals = intervals_of(logits, labels, counts)
+    taus = np.array([0.25, 0.9, 1.3, 2.7])
+    low, high = curve_band(intervals, taus, (0.0, 4.0), replicates=80, seed=4)
+    weights = replicate_counts(labels, 6, 4, range(80)).astype(np.float64)
+    for k, tau in enumerate(taus):
+        right = (intervals.lo < tau) & (tau < intervals.hi)
+        errors = [balanced(labels, right, w, 6) for w in weights]
+        assert (low[k], high[k]) == pytest.approx(tuple(np.quantile(errors, [0.025, 0.975])))

@@ -850,6 +850,39 @@ def interval_warnings(boot: TauBootstrap | None, tau_range) -> list[str]:
     return out
 
 
+@single_threaded
+def curve_band(intervals: SampleIntervals, taus, tau_range, replicates: int = DEFAULT_REPLICATES, seed: int = 0,
+               level: float = DEFAULT_LEVEL, stratified: bool = True):
+    """The pointwise percentile band of the balanced error at each tau of `taus` (inside `tau_range`) over
+    bootstrap replicates (resampled as `bootstrap_fit` does): (low, high) arrays, for drawing around the curve.
+
+    Example:
+        >>> low, high = curve_band(intervals, np.linspace(0, 4, 401), (0, 4), replicates=1000)
+    """
+    import torch
+
+    data = intervals.in_class_order()
+    sweep = Sweep(data, tau_range)
+    taus = np.asarray(taus, dtype=np.float64)
+    at = np.clip(np.searchsorted(sweep.points, taus, side="right") - 1, 0, sweep.segments - 1)
+    slots = Slots(data.support, stratified)
+    weight = sweep.sample_weight.double()
+    size = sweep.columns_per_block()
+    errors = []
+    for start in range(0, replicates, size):
+        counts = slots.counts(seed, range(start, min(start + size, replicates))).T.contiguous()
+        if stratified:
+            mass, units = counts * weight[:, None], sweep.unit
+        else:
+            row_support = class_sums(counts.numpy(), data.starts, data.support).astype(np.int64)
+            row_weights, _ = _row_weights(row_support)
+            mass = counts * torch.from_numpy(row_weights).T[torch.from_numpy(data.labels)]
+            units = (row_weights * row_support).sum(1)[:, None]
+        errors.append(1.0 - sweep.curve(mass)[:, torch.from_numpy(at)].numpy() / units)
+    errors = np.concatenate(errors)
+    return tuple(np.quantile(errors, [(1 - level) / 2, (1 + level) / 2], axis=0))
+
+
 def replicate_counts(labels, num_classes: int, seed: int, replicates, stratified: bool = True) -> np.ndarray:
     """R x N: how often each sample (in the given, global order) is drawn in each replicate number of
     `replicates`: the weights `bootstrap_fit` and `bootstrap_fixed` use, for reproducing a replicate.

@@ -219,12 +219,29 @@ def _plot(result, plot, source, values, fitted, train_labels, priors, smoothing,
     prior_values = fitted.priors if fitted is not None else (
         open_priors(train_labels, priors, source.num_classes, smoothing, names, column)
         if train_labels is not None or priors is not None else None)
+    band = tau_interval = None
     if prior_values is not None:
+        boot = result.intervals
         grid = fit_tau(source, values, prior_values, (0.0, 4.0), search="grid", grid_size=401, device=compute,
-                       memory_budget=budget, context=context)
+                       memory_budget=budget, context=context, keep_intervals=boot is not None)
         curve = (grid.grid_taus, grid.grid_values)
+        if boot is not None:  # the band of the curve, and where tau would fall when refitted on these samples
+            band, tau_interval = _plot_intervals(source, grid, prior_values, boot, result.tau, compute, context)
     if context.leader:
-        plot_report(plot, result, curve, result.tau, f"lacal report: {result.name}", force, inputs)
+        plot_report(plot, result, curve, result.tau, f"lacal report: {result.name}", force, inputs, band,
+                    tau_interval)
+
+
+def _plot_intervals(source, grid, prior_values, boot, tau, compute, context):
+    from ..core.offsets import as_priors_array
+    from ..methods.bootstrap import bootstrap_fit, curve_band, sample_intervals
+
+    intervals = sample_intervals(source, grid.intervals, np.log(as_priors_array(prior_values)), [0.0, 1.0, 4.0],
+                                 compute, context)
+    band = curve_band(intervals, grid.grid_taus, (0.0, 4.0), boot.replicates, boot.seed, boot.level)
+    refit = bootstrap_fit(intervals, 1.0 if tau is None else tau, (0.0, 4.0), boot.replicates, boot.seed,
+                          boot.level, context=context)
+    return band, refit.tau_ci
 
 
 @dataclass(frozen=True, eq=False)
