@@ -328,3 +328,11 @@ def test_curve_band_is_the_replicates_pointwise_percentiles():
         right = (intervals.lo < tau) & (tau < intervals.hi)
         errors = [balanced(labels, right, w, 6) for w in weights]
         assert (low[k], high[k]) == pytest.approx(tuple(np.quantile(errors, [0.025, 0.975])))
+
+
+def test_report_plot_with_bootstrap_band(tmp_path):
+    pytest.importorskip("matplotlib")
+    logits, labels, counts = long_tail_problem(num_samples=200, num_classes=5, seed=2)
+    report = lacal.report(logits, labels, tau=1.0, priors=counts, bootstrap=40, plot=tmp_path / "r.png",
+                          device="cpu")
+    assert report.plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
