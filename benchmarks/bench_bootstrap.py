@@ -9,7 +9,7 @@ ImageNet-LT's validation split has) and times, in one process and one run:
   (b) the bootstrap: every sample's interval gathered once, then --replicates stratified replicates, each an exact
       refit of tau with the errors at tau = 0, at the fitted tau and at its own tau (methods.bootstrap);
   (c) the K-fold cross-fit (5 folds).
-It prints medians and the ratio b/a (the target: at most 5), and the peak resident memory of (a) and of (a) + (b) in
+(a) and (b) alternate --repeats times. It prints medians and the ratio b/a (the target: at most 5), and the peak resident memory of (a) and of (a) + (b) in
 fresh processes (the bootstrap works on blocks of replicates, so its memory does not grow with --replicates).
 Results go to benchmarks/results/.
 """
@@ -93,15 +93,22 @@ def main() -> None:
 
     logits, labels, counts = problem(args.samples, args.classes)
     fit_tau(logits, labels, counts)  # warm up
-    fit_time, fit = timed(lambda: fit_tau(logits, labels, counts, keep_intervals=True), args.repeats)
 
-    def bootstrap():
+    def bootstrap(fit):
         intervals = sample_intervals(source_from_array(logits), fit.intervals, np.log(as_priors_array(counts)),
                                      [0.0, 1.0, 4.0])
         return intervals, bootstrap_fit(intervals, fit.tau, (0.0, 4.0), args.replicates, seed=0,
                                         train_counts=counts)
 
-    boot_time, (intervals, boot) = timed(bootstrap, max(1, args.repeats // 2))
+    # fit and bootstrap alternate, so that a change of load on a shared machine touches both alike
+    fit_times, boot_times = [], []
+    for _ in range(args.repeats):
+        one, fit = timed(lambda: fit_tau(logits, labels, counts, keep_intervals=True), 1)
+        other, (intervals, boot) = timed(lambda: bootstrap(fit), 1)
+        fit_times.append(one)
+        boot_times.append(other)
+    fit_time, boot_time = statistics.median(fit_times), statistics.median(boot_times)
+    ratios = [b / a for a, b in zip(fit_times, boot_times)]
     cross_time, crossed = timed(lambda: cross_fit(intervals, (0.0, 4.0), 5, 0), args.repeats)
     memory_fit = peak_memory(args.samples, args.classes, 0)
     memory_boot = peak_memory(args.samples, args.classes, args.replicates)
@@ -110,6 +117,7 @@ def main() -> None:
                "torch_threads": torch.get_num_threads(), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")}
     result = {"machine": machine, "samples": args.samples, "classes": args.classes, "replicates": args.replicates,
               "fit_seconds": fit_time, "bootstrap_seconds": boot_time, "ratio": boot_time / fit_time,
+              "ratios_of_pairs": ratios, "fit_times": fit_times, "bootstrap_times": boot_times,
               "per_replicate_ms": 1000 * boot_time / args.replicates, "cross_fit_seconds": cross_time,
               "peak_mb_fit": memory_fit, "peak_mb_fit_and_bootstrap": memory_boot,
               "tau": fit.tau, "tau_ci": boot.tau_ci, "balanced_error_after": fit.after.balanced_error,
@@ -119,7 +127,8 @@ def main() -> None:
              f"{args.samples} x {args.classes} float32 (ImageNet-LT validation shape), {args.replicates} replicates",
              f"  (a) one exact fit (fit_tau)               {1000 * fit_time:9.1f} ms  (median of {args.repeats})",
              f"  (b) bootstrap, {args.replicates} replicates          {1000 * boot_time:9.1f} ms  b/a = "
-             f"{boot_time / fit_time:.1f}  ({1000 * boot_time / args.replicates:.2f} ms a replicate)",
+             f"{boot_time / fit_time:.1f}  ({1000 * boot_time / args.replicates:.2f} ms a replicate; b/a of the "
+             f"alternating pairs {min(ratios):.1f} to {max(ratios):.1f})",
              f"  (c) 5-fold cross-fit                      {1000 * cross_time:9.1f} ms",
              f"  peak resident memory, fresh process: fit {memory_fit:.0f} MB, fit + bootstrap {memory_boot:.0f} MB",
              f"  tau {fit.tau:.4f} ({boot.tau_ci[0]:.4f}-{boot.tau_ci[1]:.4f}); balanced error "

@@ -563,9 +563,9 @@ def bootstrap_fit(intervals: SampleIntervals, tau: float, tau_range, replicates:
                              .astype(np.float64))
     fixed_sums = class_matrix(fixed.numpy(), data.labels, support.size)
     sample_weight = sweep.sample_weight.double()
-    mine = []
-    for index in range(rank, len(blocks), world):
-        numbers = blocks[index]
+    sweep.original_errors([tau])  # computes the original curve once, before any worker reads it
+
+    def one_block(numbers):
         counts = slots.counts(seed, numbers).T.contiguous()  # N x R: a column per replicate
         if stratified:
             row_support = np.broadcast_to(support, (len(numbers), support.size))
@@ -586,8 +586,10 @@ def bootstrap_fit(intervals: SampleIntervals, tau: float, tau_range, replicates:
                                      groups)[:, 1:]
             original[:, 1:] = summaries(class_sums(right.numpy().astype(np.float64), starts, support), support,
                                         groups)[:, 1:]
-        mine.append((np.asarray(numbers), taus, summaries(at_fixed[0], row_support, groups),
-                     summaries(at_fixed[1], row_support, groups), refit, original))
+        return (np.asarray(numbers), taus, summaries(at_fixed[0], row_support, groups),
+                summaries(at_fixed[1], row_support, groups), refit, original)
+
+    mine = in_workers(one_block, [blocks[index] for index in range(rank, len(blocks), world)])
     parts = [mine] if world == 1 else context.gather(mine)
     merged = [np.concatenate([piece[k] for part in parts for piece in part]) for k in range(6)]
     order = np.argsort(merged[0])
@@ -595,6 +597,20 @@ def bootstrap_fit(intervals: SampleIntervals, tau: float, tau_range, replicates:
     correct = class_sums(fixed.T.numpy(), starts, support)
     return TauBootstrap(replicates, seed, level, stratified, float(tau), taus, before, at_fitted, refit,
                         original_refit, support, correct[0], correct[1], groups)
+
+
+def in_workers(work, blocks: list) -> list:
+    """[work(block) for block in blocks], on as many threads as torch may use (each single-threaded, as the
+    interval pass's workers are: see engine.threads); the results in order."""
+    from ..engine.threads import block_workers
+
+    workers = block_workers("cpu", len(blocks))
+    if workers <= 1:
+        return [work(block) for block in blocks]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(workers, thread_name_prefix="lacal-bootstrap") as pool:
+        return list(pool.map(work, blocks))
 
 
 def at_fixed_sums(fixed_sums, counts, classes: int) -> np.ndarray:
