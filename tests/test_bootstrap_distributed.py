@@ -10,7 +10,8 @@ import torch
 from .conftest import long_tail_problem
 from .test_distributed import single, torchrun
 
-pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built in")
+pytestmark = [pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built in"),
+              pytest.mark.slow]  # each starts two processes (about 20 s here)
 
 
 @pytest.fixture(scope="module")
