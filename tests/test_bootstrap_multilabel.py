@@ -25,7 +25,7 @@ def problem(rows=200, labels=6, seed=0, dtype=np.float32):
 
 
 def drawn(rows, seed, replicates):
-    return Slots(np.array([rows]), stratified=False).counts(seed, list(replicates)).numpy().astype(np.int64)
+    return Slots(np.array([rows]), stratified=False).counts(seed, list(replicates)).T.numpy().astype(np.int64)
 
 
 @pytest.mark.parametrize("seed", [0, 1])

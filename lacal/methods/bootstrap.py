@@ -566,7 +566,7 @@ def bootstrap_fit(intervals: SampleIntervals, tau: float, tau_range, replicates:
     sweep.original_errors([tau])  # computes the original curve once, before any worker reads it
 
     def one_block(numbers):
-        counts = slots.counts(seed, numbers).T.contiguous()  # N x R: a column per replicate
+        counts = slots.counts(seed, numbers)  # N x R: a column per replicate
         if stratified:
             row_support = np.broadcast_to(support, (len(numbers), support.size))
             mass, exact, units = counts * sample_weight[:, None], sweep.exact, np.full(len(numbers), sweep.unit)
@@ -649,7 +649,7 @@ def bootstrap_fixed(hits: np.ndarray, labels, num_classes: int, replicates: int 
     mine = []
     for index in range(rank, len(blocks), world):
         numbers = blocks[index]
-        counts = slots.counts(seed, numbers).T.contiguous()
+        counts = slots.counts(seed, numbers)
         row_support = support if stratified else class_sums(counts.numpy(), starts, support)
         at_fixed = at_fixed_sums(fixed_sums, counts, num_classes)
         mine.append((np.asarray(numbers), summaries(at_fixed[0], row_support, groups),
@@ -886,7 +886,7 @@ def curve_band(intervals: SampleIntervals, taus, tau_range, replicates: int = DE
     size = sweep.columns_per_block()
     errors = []
     for start in range(0, replicates, size):
-        counts = slots.counts(seed, range(start, min(start + size, replicates))).T.contiguous()
+        counts = slots.counts(seed, range(start, min(start + size, replicates)))
         if stratified:
             mass, units = counts * weight[:, None], sweep.unit
         else:
@@ -909,7 +909,7 @@ def replicate_counts(labels, num_classes: int, seed: int, replicates, stratified
     """
     labels = np.asarray(labels, dtype=np.int64)
     order = class_order(labels)
-    drawn = Slots(np.bincount(labels, minlength=num_classes), stratified).counts(seed, list(replicates)).numpy()
+    drawn = Slots(np.bincount(labels, minlength=num_classes), stratified).counts(seed, list(replicates)).T.numpy()
     out = np.zeros_like(drawn, dtype=np.int64)
     out[:, order] = drawn.astype(np.int64)
     return out

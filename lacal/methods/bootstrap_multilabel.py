@@ -173,7 +173,7 @@ def bootstrap_multilabel(logits, truth, ratios, tau: float, tau_range, replicate
     mine = []
     for index in range(rank, len(blocks), world):
         numbers = blocks[index]
-        counts = slots.counts(seed, numbers)[:, unit_row].T.contiguous()  # units x R
+        counts = slots.counts(seed, numbers).index_select(0, unit_row)  # units x R
         row_support = class_sums(counts.numpy(), starts, support)
         correct = (fixed_sums @ counts).numpy().reshape(2, 2 * classes, len(numbers)).transpose(0, 2, 1)
         zero, at_tau = _figures(correct[0], row_support), _figures(correct[1], row_support)

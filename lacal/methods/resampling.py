@@ -74,9 +74,9 @@ class Slots:
         self.scale = self.choices / 2.0 ** 32
 
     def counts(self, seed: int, replicates):
-        """R x N float64 tensor: how often each sample (class order) is drawn in each of the replicates given.
-        Replicate b takes 32 random bits per slot from SFC64 seeded by SeedSequence([seed, b]) and scales them to
-        the slot's range with a multiply and a shift."""
+        """N x R float64 tensor: how often each sample (class order) is drawn in each of the replicates given (a
+        column per replicate). Replicate b takes 32 random bits per slot from SFC64 seeded by
+        SeedSequence([seed, b]) and scales them to the slot's range."""
         import torch
         from numpy.random import SFC64, SeedSequence
 
@@ -87,10 +87,10 @@ class Slots:
         # floor(bits * n / 2**32) in float64: exact, as n / 2**32 is, and bits * it is below n by more than its
         # rounding for any n < 2**31
         picks = torch.from_numpy(self.first + (raw.view(np.uint32)[:, :self.size] * self.scale).astype(np.int64))
-        out = torch.zeros(len(replicates), self.size, dtype=torch.float64)
+        out = torch.zeros(self.size, len(replicates), dtype=torch.float64)
         ones = torch.ones(self.size, dtype=torch.float64)
-        for row in range(len(replicates)):
-            out[row].index_add_(0, picks[row], ones)
+        for column in range(len(replicates)):  # added straight into the column: cheaper than a transpose after
+            out[:, column].index_add_(0, picks[column], ones)
         return out
 
     def folds(self, seed: int, folds: int, labels: np.ndarray) -> np.ndarray:
