@@ -165,10 +165,14 @@ def test_report_intervals_of_a_fixed_adjustment():
     assert report.intervals.ci("balanced_error", "change") == pytest.approx(
         (estimate + factor * (low - estimate), estimate + factor * (high - estimate)))
     data = report.to_dict()
-    assert "tau_ci" not in data and len(data["per_class_error_after_ci"]) == 6
+    assert len(data["per_class_error_after_ci"]) == 6
     assert set(data["groups_before_ci"]) == {"many", "medium", "few"}
+    # where tau falls when refitted on the same replicates: the refit bootstrap's interval
+    fit, intervals = intervals_of(logits, labels, counts)
+    refit = bootstrap_fit(intervals, fit.tau, (0.0, 4.0), replicates=150, seed=2)
+    assert data["tau_ci"] == pytest.approx(list(refit.tau_ci))
     plain = lacal.report(logits, labels, tau=1.0, priors=counts, device="cpu").to_dict()
-    assert set(data) - set(plain) == {"bootstrap", "balanced_error_before_ci", "balanced_error_after_ci",
+    assert set(data) - set(plain) == {"bootstrap", "tau_ci", "balanced_error_before_ci", "balanced_error_after_ci",
                                       "balanced_error_change_ci", "groups_before_ci", "groups_after_ci",
                                       "per_class_error_before_ci", "per_class_error_after_ci"}
 

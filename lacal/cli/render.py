@@ -355,6 +355,9 @@ def report_intervals(report) -> None:
     table.add_column("")
     for header in ("before", "after" + ("" if report.tau is None else f" (tau={report.tau:.3f})"), "change (pts)"):
         table.add_column(header, justify="right")
+    if boot.refit_tau_ci is not None:
+        low, high = boot.refit_tau_ci
+        table.add_row("tau refitted on these samples", "", f"({low:.3f}-{high:.3f})", "")
     _interval_rows(table, boot, report.baseline, adjusted, report.train_counts)
     table.caption = ("the adjustment is taken as fixed (fitted on other data); per-class intervals (Wilson) are in "
                      "--json")

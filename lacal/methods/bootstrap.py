@@ -391,6 +391,7 @@ class TauBootstrap:
     correct_after: np.ndarray = field(repr=False)
     groups: np.ndarray | None = field(default=None, repr=False)
     refitted: bool = True
+    refit_tau_ci: tuple | None = None  # without a refit here: where tau falls when refitted on these samples
 
     @property
     def has_groups(self) -> bool:
@@ -487,8 +488,8 @@ class TauBootstrap:
         result = {"bootstrap": {"replicates": self.replicates, "seed": self.seed, "level": self.level,
                                 "stratified": self.stratified, "standard_error": self.standard_error,
                                 "optimism": _number(self.optimism[0])}}
-        if self.refitted:
-            result["tau_ci"] = _pair(self.tau_ci)
+        if self.refitted or self.refit_tau_ci is not None:
+            result["tau_ci"] = _pair(self.tau_ci if self.refitted else self.refit_tau_ci)
         for when in ("before", "after"):
             result[f"balanced_error_{when}_ci"] = _pair(self.ci("balanced_error", when))
         result["balanced_error_change_ci"] = _pair(self.ci("balanced_error", "change"))

@@ -187,17 +187,23 @@ def report(logits=None, labels=None, calibration=None, *, tau: Optional[float] =
                     temperature=None if fitted is None else fitted.temperature, name=title(source),
                     plot=None if plot is None else Path(plot), warnings=tuple(notes.warnings),
                     intervals=None if bootstrap is None else _intervals(source, values, offsets, bootstrap, seed,
-                                                                        level, counts, compute, budget, context))
+                                                                        level, counts, fitted, compute, budget,
+                                                                        context))
     if plot is not None:
         _plot(result, plot, source, values, fitted, train_labels, priors, smoothing, names, label_column, compute,
               budget, context, force, paths_of(logits, labels, calibration, train_labels, priors))
     return result
 
 
-def _intervals(source, labels, offsets, replicates, seed, level, counts, compute, budget, context):
-    """Bootstrap intervals of the report's numbers: each sample's correctness before and after, resampled."""
+def _intervals(source, labels, offsets, replicates, seed, level, counts, fitted, compute, budget, context):
+    """Bootstrap intervals of the report's numbers: each sample's correctness before and after, resampled; with
+    an adjustment, also where tau falls when refitted (balanced target, exact search) on the same replicates."""
+    from dataclasses import replace
+
+    from ..core.offsets import as_priors_array
     from ..engine.passes import hit_pass
-    from ..methods.bootstrap import bootstrap_fixed
+    from ..methods.bootstrap import bootstrap_fit, bootstrap_fixed, sample_intervals
+    from ..methods.search import fit_tau
 
     hits = failure = None
     try:
@@ -206,8 +212,16 @@ def _intervals(source, labels, offsets, replicates, seed, level, counts, compute
     except Exception as exc:  # noqa: BLE001  (re-raised on every rank by agree)
         failure = exc
     context.agree(failure)
-    return bootstrap_fixed(hits, np.asarray(labels), source.num_classes, replicates, seed, level,
+    boot = bootstrap_fixed(hits, np.asarray(labels), source.num_classes, replicates, seed, level,
                            train_counts=counts, context=context)
+    if fitted is None:
+        return boot
+    refit = fit_tau(source, labels, fitted.priors, device=compute, memory_budget=budget, context=context,
+                    keep_intervals=True)
+    intervals = sample_intervals(source, refit.intervals, np.log(as_priors_array(fitted.priors)), [0.0, 1.0, 4.0],
+                                 compute, context)
+    tau_ci = bootstrap_fit(intervals, refit.tau, (0.0, 4.0), replicates, seed, level, context=context).tau_ci
+    return replace(boot, refit_tau_ci=tau_ci)
 
 
 def _plot(result, plot, source, values, fitted, train_labels, priors, smoothing, names, column, compute, budget,
@@ -226,22 +240,20 @@ def _plot(result, plot, source, values, fitted, train_labels, priors, smoothing,
                        memory_budget=budget, context=context, keep_intervals=boot is not None)
         curve = (grid.grid_taus, grid.grid_values)
         if boot is not None:  # the band of the curve, and where tau would fall when refitted on these samples
-            band, tau_interval = _plot_intervals(source, grid, prior_values, boot, result.tau, compute, context)
+            band, tau_interval = _plot_intervals(source, grid, prior_values, boot, compute, context)
     if context.leader:
         plot_report(plot, result, curve, result.tau, f"lacal report: {result.name}", force, inputs, band,
                     tau_interval)
 
 
-def _plot_intervals(source, grid, prior_values, boot, tau, compute, context):
+def _plot_intervals(source, grid, prior_values, boot, compute, context):
     from ..core.offsets import as_priors_array
-    from ..methods.bootstrap import bootstrap_fit, curve_band, sample_intervals
+    from ..methods.bootstrap import curve_band, sample_intervals
 
     intervals = sample_intervals(source, grid.intervals, np.log(as_priors_array(prior_values)), [0.0, 1.0, 4.0],
                                  compute, context)
     band = curve_band(intervals, grid.grid_taus, (0.0, 4.0), boot.replicates, boot.seed, boot.level)
-    refit = bootstrap_fit(intervals, 1.0 if tau is None else tau, (0.0, 4.0), boot.replicates, boot.seed,
-                          boot.level, context=context)
-    return band, refit.tau_ci
+    return band, boot.refit_tau_ci
 
 
 @dataclass(frozen=True, eq=False)
