@@ -116,6 +116,15 @@ CheckpointOpt = Annotated[Optional[Path], typer.Option("--checkpoint", help="Wit
                                                        "logits.")]
 FeaturesOpt = Annotated[Optional[Path], typer.Option("--features", help="Penultimate-layer features (N x D) for "
                                                      "--checkpoint, in any of the logits formats.")]
+BootstrapOpt = Annotated[Optional[int], typer.Option(
+    "--bootstrap", help="Also give intervals from N stratified bootstrap replicates of the validation samples (each "
+                        "an exact refit of tau, no re-scoring of the logits): tau, the balanced error before and "
+                        "after, their change, the shot groups and, in --json, every class. 1000 is usual.",
+    metavar="N", show_default=False)]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the bootstrap resampling and the cross-fitting folds "
+                                                    "(the intervals depend only on it and the data, not on the "
+                                                    "number of torchrun ranks).")]
+LevelOpt = Annotated[float, typer.Option("--level", help="Level of the intervals, between 0 and 1.")]
 HeadOpt = Annotated[Optional[str], typer.Option("--head", help="The classifier layer's name in the checkpoint (for "
                                                 "example fc or head.fc); for an ONNX model, the name of its logits "
                                                 "output. Found by shape and usual names when omitted.",
@@ -361,6 +370,18 @@ def fit_tau_command(
                                                             "2020), which needs --checkpoint and --features.")
                       ] = None,
     multi_label: MultiLabelOpt = False,
+    bootstrap: BootstrapOpt = None,
+    seed: SeedOpt = 0,
+    level: LevelOpt = 0.95,
+    folds: Annotated[Optional[int], typer.Option(
+        "--folds", help="Also estimate the balanced error the fitted tau will give on new data by K-fold "
+                        "cross-fitting (stratified: tau fitted on K-1 folds, scored on the held-out one). K is at "
+                        "most the smallest class's number of validation samples.", metavar="K",
+        show_default=False)] = None,
+    tau_rule: Annotated[str, typer.Option(
+        "--tau-rule", help="min: the exact minimiser. one-se: among the taus whose balanced error is within one "
+                           "bootstrap standard error of the minimum, the one nearest tau = 1 (measured: better only "
+                           "when the best tau is near 1; see the intervals guide).")] = "min",
 ):
     """Find the tau that minimises the validation balanced error of argmax f(x) - tau * log(pi).
 
@@ -377,7 +398,8 @@ def fit_tau_command(
                  method=(method or Method.logit_adjustment).value, checkpoint=checkpoint, features=features,
                  head=head, class_names=classes, label_column=label_column, smoothing=smoothing, key=key,
                  memory_budget=memory_budget, out=out, force=force, record_inputs=out is not None,
-                 progress=_bar(quiet or json_out), context=PROCESS.context(device), multi_label=multi)
+                 progress=_bar(quiet or json_out), context=PROCESS.context(device), multi_label=multi,
+                 bootstrap=bootstrap, seed=seed, level=level, folds=folds, tau_rule=tau_rule)
     show.notes(result)
     if getattr(result, "out", None) is not None:
         _wrote(result.out)
@@ -387,6 +409,10 @@ def fit_tau_command(
         show.tau_norm_table(result)
     else:
         show.fit_tables(result)
+        if result.intervals is not None and result.task.multi_label:
+            show.multilabel_intervals(result.intervals, result.tau_fit.before, result.tau_fit.after)
+        elif result.intervals is not None:
+            show.fit_intervals(result)
 
 
 # ---------------------------------------------------------------------------------------------------------- apply
@@ -565,6 +591,9 @@ def report_command(
     metric: Annotated[Metric, typer.Option("--metric", help="With --multi-label --compare: what the shared tau is "
                                                             "fitted for (balanced-error or macro-f1).")
                       ] = Metric.balanced_error,
+    bootstrap: BootstrapOpt = None,
+    seed: SeedOpt = 0,
+    level: LevelOpt = 0.95,
 ):
     """Per-class errors before and after adjustment, grouped into many/medium/few-shot classes, with NLL, Brier
     score, ECE and classwise ECE.
@@ -577,12 +606,14 @@ def report_command(
 
     context = PROCESS.context(device)
     multi = wanted(multi_label or is_multilabel_calibration(calibration),
-                   inputs[-1] if checkpoint is None and inputs else None)
+                   inputs[-1] if checkpoint is None and inputs else None, label_column=label_column)
     if metric != Metric.balanced_error and not (multi and compare):
         raise OptionError("--metric goes with --multi-label --compare", "--metric")
     logits, labels = _data_arguments(inputs, checkpoint, features)
     if compare:
         _refuse_with_compare(plot, calibration, tau, target_priors, target_logits, sort, limit, bins)
+        if bootstrap is not None:
+            raise OptionError("--bootstrap gives intervals for one adjustment; leave out --compare", "--bootstrap")
         result = compare_methods(logits, labels, priors, train_labels=train_labels, test_logits=test_logits,
                                  test_labels=test_labels, checkpoint=checkpoint, features=features,
                                  test_features=test_features, head=head, class_names=classes,
@@ -598,11 +629,16 @@ def report_command(
                     target_priors=target_priors, target_logits=target_logits, bins=bins, checkpoint=checkpoint,
                     features=features, head=head, class_names=classes, label_column=label_column,
                     smoothing=smoothing, key=key, memory_budget=memory_budget, plot=plot, force=force,
-                    progress=_bar(quiet or json_out), context=context, multi_label=multi)
+                    progress=_bar(quiet or json_out), context=context, multi_label=multi, bootstrap=bootstrap,
+                    seed=seed, level=level)
     show.notes(result)
     if result.plot is not None and context.leader:
         _wrote(result.plot)
     show.print_json(result) if json_out else show.report_tables(result, sort.value, limit)
+    if not json_out and result.intervals is not None and result.task.multi_label:
+        show.multilabel_intervals(result.intervals, result.baseline, result.main)
+    elif not json_out and result.intervals is not None:
+        show.report_intervals(result)
 
 
 def _refuse_with_compare(plot, calibration, tau, target_priors, target_logits, sort, limit, bins) -> None:

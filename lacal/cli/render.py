@@ -24,7 +24,8 @@ FLAGS = {
     "plot": "--plot", "test_logits": "--test-logits", "test_labels": "--test-labels",
     "test_features": "--test-features", "num_classes": "--num-classes", "em_tolerance": "--em-tolerance",
     "tolerance": "--em-tolerance", "max_iterations": "--em-max-iter", "batch_size": "--batch-size", "amp": "--amp",
-    "compare": "--compare", "em": "--em",
+    "compare": "--compare", "em": "--em", "bootstrap": "--bootstrap", "seed": "--seed", "level": "--level",
+    "folds": "--folds", "tau_rule": "--tau-rule",
 }
 
 
@@ -454,4 +455,99 @@ def _label_priors_table(result) -> None:
     for k in range(prior.num_classes):
         table.add_row(str(k), shown(names[k]) if names else "", str(int(prior.positives[k])),
                       f"{prior.priors[k]:.6f}", f"{prior.log_odds[k]:.4f}")
+
+
+def with_interval(value, interval, points: bool = False) -> str:
+    """'16.95% (15.1-18.9)': a value and its interval, in percent (or in points, signed, for a change)."""
+    if points:
+        text = "-" if value is None or value != value else f"{100 * value:+.2f}"
+        return text if interval is None else f"{text} ({100 * interval[0]:+.1f} to {100 * interval[1]:+.1f})"
+    text = percent(value)
+    return text if interval is None else f"{text} ({100 * interval[0]:.1f}-{100 * interval[1]:.1f})"
+
+
+def _interval_rows(table, boot, before, after, train_counts) -> None:
+    """The balanced error, its change and the shot groups, with their intervals."""
+    from ..core.metrics import GROUPS, group_errors
+
+    table.add_row("balanced error", with_interval(before.balanced_error, boot.ci("balanced_error", "before")),
+                  with_interval(after.balanced_error, boot.ci("balanced_error", "after")),
+                  with_interval(after.balanced_error - before.balanced_error,
+                                boot.ci("balanced_error", "change"), points=True))
+    if train_counts is not None and boot.has_groups:
+        groups_before, groups_after = group_errors(before, train_counts), group_errors(after, train_counts)
+        for group in GROUPS:
+            table.add_row(f"{group}-shot error ({groups_before[group]['classes']} classes)",
+                          with_interval(groups_before[group]["error"], boot.group_ci(group, "before")),
+                          with_interval(groups_after[group]["error"], boot.group_ci(group, "after")), "")
+
+
+def fit_intervals(result) -> None:
+    """What --bootstrap, --folds and --tau-rule add to fit-tau's tables."""
+    from rich.table import Table
+
+    intervals, fit = result.intervals, result.tau_fit
+    out = console()
+    if intervals.tau_rule == "one-se":
+        out.print(f"tau rule one-se: tau = {fit.tau:.4f}, the tau nearest 1 within one bootstrap standard error "
+                  f"of the minimum (the exact minimiser is {intervals.tau_min:.4f})")
+    crossed = intervals.cross_fit
+    out.print(f"balanced error at tau: {percent(intervals.in_sample)} in-sample"
+              + ("" if crossed is None else f", {percent(crossed.balanced_error)} cross-fitted ({crossed.folds} "
+                                            "folds; what to expect on new data)"))
+    boot = intervals.bootstrap
+    if boot is None:
+        return
+    level = f"{100 * boot.level:g}%"
+    table = Table(title=f"{level} intervals: {boot.replicates} {'stratified ' if boot.stratified else ''}bootstrap "
+                        f"replicates, seed {boot.seed}")
+    table.add_column("validation")
+    for header in ("before (tau=0)", f"after (tau={fit.tau:.3f})", "change (pts)"):
+        table.add_column(header, justify="right")
+    tau_ci = boot.tau_ci
+    table.add_row("tau", "", f"{fit.tau:.3f}" + ("" if tau_ci is None else f" ({tau_ci[0]:.3f}-{tau_ci[1]:.3f})"),
+                  "")
+    _interval_rows(table, boot, fit.before, fit.after, result.calibration.counts)
+    table.caption = ("errors after are corrected for the optimism of choosing tau on these samples; per-class "
+                     "intervals (Wilson) are in --json; the worst-class error has none (see the intervals guide)")
+    out.print(table)
+
+
+def report_intervals(report) -> None:
+    """What --bootstrap adds to report's tables."""
+    from rich.table import Table
+
+    boot = report.intervals
+    adjusted = report.adjusted if report.adjusted is not None else report.baseline
+    table = Table(title=f"{100 * boot.level:g}% intervals: {boot.replicates} "
+                        f"{'stratified ' if boot.stratified else ''}bootstrap replicates, seed {boot.seed}")
+    table.add_column("")
+    for header in ("before", "after" + ("" if report.tau is None else f" (tau={report.tau:.3f})"), "change (pts)"):
+        table.add_column(header, justify="right")
+    if boot.refit_tau_ci is not None:
+        low, high = boot.refit_tau_ci
+        table.add_row("tau refitted on these samples", "", f"({low:.3f}-{high:.3f})", "")
+    _interval_rows(table, boot, report.baseline, adjusted, report.train_counts)
+    table.caption = ("the adjustment is taken as fixed (fitted on other data); per-class intervals (Wilson) are in "
+                     "--json")
+    console().print(table)
+
+
+def multilabel_intervals(boot, before, after) -> None:
+    """What --bootstrap adds to the multi-label tables: the macro figures with their intervals."""
+    from rich.table import Table
+
+    table = Table(title=f"{100 * boot.level:g}% intervals: {boot.replicates} bootstrap replicates (samples), seed "
+                        f"{boot.seed}")
+    table.add_column("")
+    for header in ("before (tau=0)", f"after (tau={boot.tau:.3f})", "change (pts)"):
+        table.add_column(header, justify="right")
+    if boot.refitted and boot.tau_ci is not None:
+        table.add_row("tau", "", f"{boot.tau:.3f} ({boot.tau_ci[0]:.3f}-{boot.tau_ci[1]:.3f})", "")
+    for label, metric in (("macro balanced error", "balanced_error"), ("macro-F1", "macro_f1")):
+        first, second = getattr(before, metric), getattr(after, metric)
+        table.add_row(label, with_interval(first, boot.ci(metric, "before")),
+                      with_interval(second, boot.ci(metric, "after")),
+                      with_interval(second - first, boot.ci(metric, "change"), points=True))
+    table.caption = "per-label intervals are in --json"
     console().print(table)

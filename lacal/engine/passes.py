@@ -240,17 +240,46 @@ def interval_pass(source, labels, log_priors, points=(), device="cpu", rows: int
     run_blocks(iter_blocks(source, device, step, None, budget), work, workers, progress)
     buffers.clear()
     lo, hi = lo_all, hi_all
-    counts = {}
-    for t in points:
-        near = ((lo - t).abs() <= POINT_GAP * (1 + abs(t))) | ((hi - t).abs() <= POINT_GAP * (1 + abs(t)))
-        right = (lo < t) & (t < hi) & ~near
-        shift = torch.as_tensor(-t * log_priors, dtype=dtype, device=device)
-        for index in near.nonzero().flatten().tolist():
-            row = source.rows(index, index + 1).to(device=device, dtype=dtype)
-            right[index] = bool((row + shift).argmax(1)[0] == targets[index])
-        counts[t] = torch.bincount(targets[right], minlength=source.num_classes).cpu().numpy()
+    counts = {t: torch.bincount(targets[point_hits(source, targets, lo, hi, t, log_priors, device)],
+                                minlength=source.num_classes).cpu().numpy() for t in points}
     support = torch.bincount(targets, minlength=source.num_classes)
     return IntervalStats(support=support.cpu().numpy(), points=counts, lo=lo, hi=hi, labels=targets)
+
+
+def point_hits(source: LogitsSource, targets, lo, hi, t: float, log_priors, device):
+    """Which samples argmax(logits - t * log pi) gets right (a bool tensor), from their open intervals (`lo`, `hi`);
+    samples with an interval end within POINT_GAP of `t` are scored by argmax itself, which settles exact ties."""
+    import torch
+
+    dtype = compute_dtype(source)
+    near = ((lo - t).abs() <= POINT_GAP * (1 + abs(t))) | ((hi - t).abs() <= POINT_GAP * (1 + abs(t)))
+    right = (lo < t) & (t < hi) & ~near
+    shift = torch.as_tensor(-t * np.asarray(log_priors, dtype=np.float64), dtype=dtype, device=device)
+    for index in near.nonzero().flatten().tolist():
+        row = source.rows(index, index + 1).to(device=device, dtype=dtype)
+        right[index] = bool((row + shift).argmax(1)[0] == targets[index])
+    return right
+
+
+def hit_pass(source, labels, offsets, device="cpu", rows: int | None = None, progress=None,
+             memory_budget: int | None = None) -> np.ndarray:
+    """One pass over `source`: an N x K bool array, whether argmax(logits + offsets[k]) is each sample's label (what
+    `score_pass` counts, kept per sample for resampling)."""
+    import torch
+
+    source = source_from_array(source) if not isinstance(source, LogitsSource) else source
+    device = torch.device(device)
+    targets = labels_tensor(labels, source, device)
+    dtype = compute_dtype(source)
+    shifts = [torch.as_tensor(np.asarray(o), dtype=dtype, device=device) for o in offsets]
+    for offset, shift in zip(offsets, shifts):
+        check_fits(shift, offset, 1.0, getattr(source, "name", None))
+    hits = np.zeros((source.num_samples, len(shifts)), dtype=bool)
+    for start, block in iter_blocks(source, device, rows, progress, memory_budget):
+        y = targets[start:start + block.shape[0]]
+        for k, shift in enumerate(shifts):
+            hits[start:start + block.shape[0], k] = ((block + shift).argmax(1) == y).cpu().numpy()
+    return hits
 
 
 def check_fits(shift, offset, scale: float, name) -> None:

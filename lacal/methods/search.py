@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import math
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -57,6 +57,7 @@ class TauFit(Measured):
     after: ClassEvaluation
     grid_taus: np.ndarray | None = field(default=None, repr=False)
     grid_values: np.ndarray | None = field(default=None, repr=False)
+    intervals: object = field(default=None, repr=False, compare=False)  # engine.passes.IntervalStats, when kept
 
     def to_dict(self) -> dict:
         result = {"tau": self.tau, "tau_interval": list(self.interval), "metric": self.metric,
@@ -87,7 +88,8 @@ def check_tau_range(tau_range) -> tuple[float, float]:
 
 def fit_tau(logits, labels, priors, tau_range=DEFAULT_TAU_RANGE, search: str = "exact",
             metric: str = "balanced-error", grid_size: int = DEFAULT_GRID_SIZE, device="cpu",
-            rows: int | None = None, progress=None, memory_budget: int | None = None, context=None) -> TauFit:
+            rows: int | None = None, progress=None, memory_budget: int | None = None, context=None,
+            keep_intervals: bool = False) -> TauFit:
     """Find the tau in `tau_range` that minimises `metric` for argmax(logits - tau * log(pi)) on (logits, labels).
 
     `logits`: N x C array, tensor or LogitsSource; `labels`: N class ids; `priors`: C priors or counts, or a Priors.
@@ -95,6 +97,7 @@ def fit_tau(logits, labels, priors, tau_range=DEFAULT_TAU_RANGE, search: str = "
     values. Ties go to the optimum nearest tau = 1. `rows` (rows per block), `memory_budget` (bytes) and
     `progress` (called with the rows done) go to the scorer. Under torch.distributed, `context` (a
     distributed.Context) combines every rank's share of the samples; the result is that of one process with all.
+    `keep_intervals`: keep this rank's per-sample intervals in `TauFit.intervals` (for `bootstrap`).
     On a CPU it uses torch's thread count (OMP_NUM_THREADS, torch.set_num_threads) as workers over blocks.
     """
     import torch
@@ -105,8 +108,9 @@ def fit_tau(logits, labels, priors, tau_range=DEFAULT_TAU_RANGE, search: str = "
     # the interval pass spreads its blocks over that many threads instead
     on_cpu = torch.device(device).type == "cpu"
     with single_threaded_ops() if on_cpu else contextlib.nullcontext():
-        return _fit_tau(logits, labels, priors, tau_range, search, metric, grid_size, device, rows, progress,
-                        memory_budget, context)
+        fit = _fit_tau(logits, labels, priors, tau_range, search, metric, grid_size, device, rows, progress,
+                       memory_budget, context)
+    return fit if keep_intervals else replace(fit, intervals=None)
 
 
 def _fit_tau(logits, labels, priors, tau_range, search, metric, grid_size, device, rows, progress, memory_budget,
@@ -176,7 +180,7 @@ def _fit_tau(logits, labels, priors, tau_range, search, metric, grid_size, devic
             tau, interval, after = fallback, (fallback, fallback), points[fallback]
     return TauFit(tau=float(tau), interval=(float(interval[0]), float(interval[1])), metric=metric, search=search,
                   tau_range=(lo_tau, hi_tau), before=direct[0.0], at_one=direct[1.0], after=after,
-                  grid_taus=grid_taus, grid_values=grid_values)
+                  grid_taus=grid_taus, grid_values=grid_values, intervals=stats)
 
 
 def fit_tau_intervals(lo, hi, labels, num_classes: int, tau_range=DEFAULT_TAU_RANGE,

@@ -33,6 +33,9 @@ class FitResult:
         out: the calibration file written, or None.
         warnings: what the user should know (no prints).
         task: the `Task` fitted for (`SINGLE_LABEL` or `MULTI_LABEL`).
+        intervals: with `bootstrap`, `folds` or `tau_rule`, a `methods.bootstrap.FitIntervals` (bootstrap
+            intervals, the cross-fitted estimate, the tau rule; for a multi-label head a
+            `methods.bootstrap_multilabel.MultiLabelBootstrap`); else None.
     """
 
     calibration: Any
@@ -45,6 +48,7 @@ class FitResult:
     out: Optional[Path] = None
     warnings: tuple[str, ...] = field(default=())
     task: Task = SINGLE_LABEL
+    intervals: Any = None
 
     @property
     def tau(self) -> float:
@@ -53,6 +57,8 @@ class FitResult:
     def to_dict(self) -> dict:
         """Exactly `lacal fit-tau --json` (with `--multi-label` for a multi-label task)."""
         result = self.tau_fit.to_dict()
+        if self.intervals is not None:
+            result.update(self.intervals.to_dict())
         if self.task.multi_label:
             return result
         q = self.target_priors
@@ -91,7 +97,9 @@ def fit(val_logits=None, val_labels=None, priors=None, *, train_labels=None, tau
         method: str = "logit-adjustment", checkpoint=None, features=None, head: Optional[str] = None,
         class_names=None, label_column: Optional[str] = None, smoothing: float = 0.0, key: Optional[str] = None,
         device: str = "auto", memory_budget=None, out=None, force: bool = False, record_inputs: bool = True,
-        progress: Optional[Callable] = None, context=None, multi_label: bool = False) -> FitResult:
+        progress: Optional[Callable] = None, context=None, multi_label: bool = False,
+        bootstrap: Optional[int] = None, seed: int = 0, level: float = 0.95, folds: Optional[int] = None,
+        tau_rule: str = "min") -> FitResult:
     """Fit tau for argmax f(x) - tau * log(pi) on validation data, as `lacal fit-tau` does.
 
     Args:
@@ -125,6 +133,14 @@ def fit(val_logits=None, val_labels=None, priors=None, *, train_labels=None, tau
             matrices (arrays, or .npy, .csv or .txt files), `priors` a `MultiLabelPriors` or multi-label priors file,
             `metric` "balanced-error" or "macro-f1" (highest); the options `core.tasks.OPTIONS` marks single-label
             are refused.
+        bootstrap: this many stratified bootstrap replicates (each an exact refit of tau) for intervals of tau,
+            the balanced error before and after, their change, the shot groups and every class (see the
+            intervals guide); None for none. A multi-label head resamples samples, for its macro figures.
+        seed: the resampling's seed (the intervals are a function of it and the data alone).
+        level: the intervals' level, in (0, 1).
+        folds: K, for a K-fold cross-fitted estimate of the balanced error at the fitted tau on new data.
+        tau_rule: "min" (the exact minimiser) or "one-se" (among the taus within one bootstrap standard error
+            of the minimum, the one nearest tau = 1).
 
     Returns:
         A `FitResult`: `.calibration`, `.tau`, `.task`, `.warnings`; `.to_dict()` is `lacal fit-tau --json` (with
@@ -138,6 +154,14 @@ def fit(val_logits=None, val_labels=None, priors=None, *, train_labels=None, tau
     from ..methods.search import check_tau_range
 
     task = task_for(multi_label, priors=priors)
+    assess = bootstrap is not None or folds is not None or tau_rule != "min"
+    if assess:
+        from ..methods.bootstrap import check_options
+
+        check_options(bootstrap, level, seed, folds, tau_rule, None)
+        if method != "logit-adjustment" or (task.multi_label and (folds is not None or tau_rule != "min")):
+            raise OptionError("`bootstrap`, `folds` and `tau_rule` go with logit adjustment (and only `bootstrap` "
+                              "with `multi_label`)", "bootstrap")
     uniform = isinstance(target_priors, str) and target_priors.strip().lower() == "uniform"
     task.refuse(method=method != "logit-adjustment", search=search != "exact", grid_size=grid_size,
                 target_priors=not uniform, target_logits=target_logits is not None, calibrate=calibrate,
@@ -172,7 +196,19 @@ def fit(val_logits=None, val_labels=None, priors=None, *, train_labels=None, tau
                                        progress, context, notes)
     with progress_bar(progress, source.num_samples, "fit-tau") as step:
         tau_fit = search_tau(task, source, labels, prior, low_high, search, metric, grid_size, compute, step, budget,
-                             context)
+                             context, keep_intervals=assess and not task.multi_label)
+    intervals = None
+    if assess and task.multi_label:
+        intervals = _label_intervals(source, labels, prior, tau_fit.tau, low_high, bootstrap, seed, level,
+                                     metric == "balanced-error", context)
+    elif assess:
+        from ..methods.bootstrap import assess_fit
+
+        tau_fit, intervals = assess_fit(source, tau_fit, prior, replicates=bootstrap, seed=seed, level=level,
+                                        folds=folds, tau_rule=tau_rule, train_counts=prior.counts, device=compute,
+                                        context=context)
+        for warning in intervals.warnings:
+            notes.warn(warning)
     probability = calibrated = None
     if calibrate is not None:
         probability, calibrated = _calibrate(calibrate, source, labels, prior, tau_fit.tau, bias_l2, compute, budget,
@@ -187,7 +223,16 @@ def fit(val_logits=None, val_labels=None, priors=None, *, train_labels=None, tau
     if task.multi_label:
         notes.warnings.extend(missing_labels(tau_fit.before, "validation samples"))
     return FitResult(calibration, tau_fit, q, target_info, probability, calibrated, title(source),
-                     None if out is None else Path(out), tuple(notes.warnings), task)
+                     None if out is None else Path(out), tuple(notes.warnings), task, intervals)
+
+
+def _label_intervals(source, labels, prior, tau, tau_range, replicates, seed, level, refit, context):
+    """A multi-label head's bootstrap: samples (rows) resampled; tau refitted for the macro balanced error."""
+    from ..methods.bootstrap_multilabel import bootstrap_multilabel
+
+    logits = source.rows(0, source.num_samples).cpu().numpy()
+    return bootstrap_multilabel(logits, labels, prior.log_odds, tau, tau_range, replicates, seed, level, refit,
+                                context)
 
 
 def _calibrate(method, source, labels, prior, tau, bias_l2, compute, budget, context, notes):

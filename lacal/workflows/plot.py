@@ -35,13 +35,15 @@ PANELS = ("per-class", "tau", "reliability")   # what `lacal report --plot` draw
 
 
 def plot_report(path, report, curve=None, tau: float | None = None, title: str = "", force: bool = False,
-                inputs=(), panels=PANELS) -> None:
+                inputs=(), panels=PANELS, band=None, tau_interval=None) -> None:
     """Write the panels to `path` (PNG), atomically. `curve`: (taus, balanced errors) or None; `panels`: which of
-    `PANELS` and "groups" (each shot group's error before and after, as bars) to draw, left to right."""
+    `PANELS` and "groups" (each shot group's error before and after, as bars) to draw, left to right; `band`:
+    (low, high) bootstrap percentiles of the curve at the same taus; `tau_interval`: the refitted tau's interval."""
     from ..data.writers import atomic_path
 
     plt = _pyplot()
-    draw = {"per-class": lambda axis: _per_class(axis, report), "tau": lambda axis: _tau_curve(axis, curve, tau),
+    draw = {"per-class": lambda axis: _per_class(axis, report),
+            "tau": lambda axis: _tau_curve(axis, curve, tau, band, tau_interval),
             "reliability": lambda axis: _reliability(axis, report), "groups": lambda axis: _groups(axis, report)}
     figure, axes = plt.subplots(1, len(panels), figsize=(17 * len(panels) / 3, 5.2), squeeze=False)
     for axis, panel in zip(axes[0], panels):
@@ -78,7 +80,7 @@ def _per_class(axis, report) -> None:
     axis.legend(loc="upper right")
 
 
-def _tau_curve(axis, curve, tau) -> None:
+def _tau_curve(axis, curve, tau, band=None, tau_interval=None) -> None:
     axis.set_title("balanced error against tau (on these logits)")
     if curve is None:
         axis.text(0.5, 0.5, "no training priors given\n(--train-labels or --priors)", ha="center", va="center",
@@ -87,6 +89,12 @@ def _tau_curve(axis, curve, tau) -> None:
         return
     taus, values = curve
     axis.plot(taus, values, color="tab:blue", label="balanced error")
+    if band is not None:
+        axis.fill_between(taus, band[0], band[1], color="tab:blue", alpha=0.2, linewidth=0,
+                          label="bootstrap band (pointwise)")
+    if tau_interval is not None:
+        axis.axvspan(tau_interval[0], tau_interval[1], color="tab:red", alpha=0.12,
+                     label=f"tau interval {tau_interval[0]:.3g}-{tau_interval[1]:.3g}")
     axis.axvline(1.0, color="tab:gray", linestyle="--", linewidth=1, label="tau = 1")
     if tau is not None:
         at = float(np.interp(tau, taus, values))

@@ -40,6 +40,7 @@ class Report:
     plot: Path | None = None
     warnings: tuple[str, ...] = field(default=())
     task: Task = SINGLE_LABEL
+    intervals: Any = None  # with `bootstrap`: a methods.bootstrap.TauBootstrap (multi-label: MultiLabelBootstrap)
 
     @property
     def main(self) -> ClassEvaluation:
@@ -87,9 +88,13 @@ class Report:
     def to_dict(self) -> dict:
         """Exactly `lacal report --json` (`lacal report --multi-label --json` for a multi-label task)."""
         if self.task.multi_label:
-            return {"multi_label": True, **self._section(self.main), "tau": self.tau,
-                    "num_classes": self.main.num_classes, "labels_without_samples": self.main.labels_without_samples,
-                    "baseline": self._section(self.baseline)}
+            result = {"multi_label": True, **self._section(self.main), "tau": self.tau,
+                      "num_classes": self.main.num_classes,
+                      "labels_without_samples": self.main.labels_without_samples,
+                      "baseline": self._section(self.baseline)}
+            if self.intervals is not None:
+                result.update(self.intervals.to_dict())
+            return result
         adjusted = self.adjusted is not None
         result = self._section(self.main, self.adjusted_quality if adjusted else self.baseline_quality)
         result["tau"] = self.tau
@@ -98,6 +103,8 @@ class Report:
         result["num_classes"] = self.main.num_classes
         result["classes_without_samples"] = self.main.classes_without_samples
         result["baseline"] = self._section(self.baseline, self.baseline_quality)
+        if self.intervals is not None:
+            result.update(self.intervals.to_dict())
         return result
 
 
@@ -107,7 +114,8 @@ def report(logits=None, labels=None, calibration=None, *, tau: Optional[float] =
            features=None, head: Optional[str] = None, class_names=None, label_column: Optional[str] = None,
            smoothing: float = 0.0, key: Optional[str] = None, device: str = "auto", memory_budget=None, plot=None,
            force: bool = False, progress: Optional[Callable] = None, context=None,
-           multi_label: bool = False) -> Report:
+           multi_label: bool = False, bootstrap: Optional[int] = None, seed: int = 0,
+           level: float = 0.95) -> Report:
     """Per-class errors before and after adjustment, with shot groups, NLL, Brier score, ECE and classwise ECE, as
     `lacal report` does.
 
@@ -128,6 +136,11 @@ def report(logits=None, labels=None, calibration=None, *, tau: Optional[float] =
             and positive rates, balanced error) and macro / micro; also taken when `calibration` is a multi-label
             `Calibration`.
 
+        bootstrap: this many stratified bootstrap replicates for intervals of the balanced error before and
+            after, their change, the shot groups and every class (`Report.intervals`; see the intervals guide); a
+            multi-label head resamples samples, for its macro figures.
+        seed, level: the resampling's seed and the intervals' level, in (0, 1).
+
     Returns:
         A `Report`: `.baseline` and `.adjusted` evaluations, `.task`; `.to_dict()` is `lacal report --json` (with
         `multi_label`, `lacal report --multi-label --json`).
@@ -136,6 +149,10 @@ def report(logits=None, labels=None, calibration=None, *, tau: Optional[float] =
         >>> lacal.report(test_logits, test_labels, calibration).to_dict()["balanced_error"]
     """
     task = task_for(multi_label, calibration, priors)
+    if bootstrap is not None:
+        from ..methods.bootstrap import check_options
+
+        check_options(bootstrap, level, seed, None, "min", None)
     uniform = is_path(target_priors) and str(target_priors).strip().lower() == "uniform"
     task.refuse(checkpoint=checkpoint is not None, features=features is not None, head=head, plot=plot,
                 label_column=label_column, target_priors=not uniform, target_logits=target_logits is not None,
@@ -176,6 +193,11 @@ def report(logits=None, labels=None, calibration=None, *, tau: Optional[float] =
                     target_priors=None if fitted is None else fitted.target_priors,
                     temperature=None if fitted is None else fitted.temperature, name=title(source),
                     plot=None if plot is None else Path(plot), warnings=tuple(notes.warnings), task=task)
+    if bootstrap is not None:
+        intervals = (_label_intervals(source, values, fitted, bootstrap, seed, level, context) if task.multi_label
+                     else _intervals(source, values, [shift / scale for scale, shift in affines], bootstrap, seed,
+                                     level, counts, fitted, compute, budget, context))
+        result = replace(result, intervals=intervals)
     if task.multi_label:
         if counts is None:
             notes.warn("no training positives given (`train_labels`, or `priors` or `calibration`), so labels are "
@@ -213,21 +235,78 @@ def _evaluate(task, source, values, affines, bins, compute, budget, step, contex
             [metrics.reduce(context) for metrics in quality])
 
 
+def _intervals(source, labels, offsets, replicates, seed, level, counts, fitted, compute, budget, context):
+    """Bootstrap intervals of the report's numbers: each sample's correctness before and after, resampled; with
+    an adjustment, also where tau falls when refitted (balanced target, exact search) on the same replicates."""
+    from ..core.offsets import as_priors_array
+    from ..engine.passes import hit_pass
+    from ..methods.bootstrap import bootstrap_fit, bootstrap_fixed, sample_intervals
+    from ..methods.search import fit_tau
+
+    hits = failure = None
+    try:
+        hits = hit_pass(source, labels, offsets if len(offsets) == 2 else offsets * 2, compute,
+                        memory_budget=budget)
+    except Exception as exc:  # noqa: BLE001  (re-raised on every rank by agree)
+        failure = exc
+    context.agree(failure)
+    boot = bootstrap_fixed(hits, np.asarray(labels), source.num_classes, replicates, seed, level,
+                           train_counts=counts, context=context)
+    if fitted is None:
+        return boot
+    refit = fit_tau(source, labels, fitted.priors, device=compute, memory_budget=budget, context=context,
+                    keep_intervals=True)
+    intervals = sample_intervals(source, refit.intervals, np.log(as_priors_array(fitted.priors)), [0.0, 1.0, 4.0],
+                                 compute, context)
+    tau_ci = bootstrap_fit(intervals, refit.tau, (0.0, 4.0), replicates, seed, level, context=context).tau_ci
+    return replace(boot, refit_tau_ci=tau_ci)
+
+
+def _label_intervals(source, matrix, fitted, replicates, seed, level, context):
+    """A multi-label report's intervals of the macro figures: samples resampled, the adjustment held fixed."""
+    from ..core.positive_rates import log_odds, multilabel_priors
+    from ..methods.bootstrap_multilabel import bootstrap_multilabel
+
+    if fitted is None:
+        ratios = np.zeros(source.num_classes)
+    elif fitted.counts is not None and fitted.train_samples is not None:  # exactly as `Calibration.offsets` does
+        ratios = multilabel_priors(fitted.counts, fitted.train_samples, fitted.smoothing).log_odds
+    else:
+        ratios = log_odds(fitted.priors)
+    logits = source.rows(0, source.num_samples).cpu().numpy()
+    return bootstrap_multilabel(logits, matrix, ratios, 0.0 if fitted is None else fitted.tau, (0.0, 4.0),
+                                replicates, seed, level, refit=False, context=context)
+
+
 def _plot(result, plot, source, values, fitted, train_labels, priors, smoothing, names, column, compute, budget,
           context, force, inputs) -> None:
     from .plot import plot_report
     from ..methods.search import fit_tau
 
-    curve = None
+    curve = band = tau_interval = None
     prior_values = fitted.priors if fitted is not None else (
         open_priors(train_labels, priors, source.num_classes, smoothing, names, column)
         if train_labels is not None or priors is not None else None)
     if prior_values is not None:
+        boot = result.intervals
         grid = fit_tau(source, values, prior_values, (0.0, 4.0), search="grid", grid_size=401, device=compute,
-                       memory_budget=budget, context=context)
+                       memory_budget=budget, context=context, keep_intervals=boot is not None)
         curve = (grid.grid_taus, grid.grid_values)
+        if boot is not None:  # the band of the curve, and where tau would fall when refitted on these samples
+            band, tau_interval = _plot_intervals(source, grid, prior_values, boot, compute, context)
     if context.leader:
-        plot_report(plot, result, curve, result.tau, f"lacal report: {result.name}", force, inputs)
+        plot_report(plot, result, curve, result.tau, f"lacal report: {result.name}", force, inputs, band,
+                    tau_interval)
+
+
+def _plot_intervals(source, grid, prior_values, boot, compute, context):
+    from ..core.offsets import as_priors_array
+    from ..methods.bootstrap import curve_band, sample_intervals
+
+    intervals = sample_intervals(source, grid.intervals, np.log(as_priors_array(prior_values)), [0.0, 1.0, 4.0],
+                                 compute, context)
+    band = curve_band(intervals, grid.grid_taus, (0.0, 4.0), boot.replicates, boot.seed, boot.level)
+    return band, boot.refit_tau_ci
 
 
 @dataclass(frozen=True, eq=False)

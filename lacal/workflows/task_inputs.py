@@ -55,7 +55,7 @@ def task_calibration(task, calibration, tau, train_labels, priors, num_classes, 
 
 
 def search_tau(task, source, labels, prior, tau_range, search="exact", metric="balanced-error", grid_size=401,
-               device="cpu", progress=None, memory_budget=None, context=None):
+               device="cpu", progress=None, memory_budget=None, context=None, keep_intervals=False):
     """The tau search of the task: `methods.fit_tau` (a `TauFit`) or `methods.fit_multilabel_tau` (a
     `MultiLabelFit`)."""
     if task.multi_label:
@@ -66,7 +66,7 @@ def search_tau(task, source, labels, prior, tau_range, search="exact", metric="b
     from ..methods.search import fit_tau
 
     return fit_tau(source, labels, prior, tau_range, search, metric, grid_size, device, progress=progress,
-                   memory_budget=memory_budget, context=context)
+                   memory_budget=memory_budget, context=context, keep_intervals=keep_intervals)
 
 
 def missing_labels(evaluation, where: str) -> list[str]:
