@@ -48,7 +48,7 @@ def test_report_intervals_are_the_replicates_percentiles():
     train = (np.random.default_rng(1).random((3000, 6)) < pi).astype(np.int64)
     report = lacal.report(logits, truth.astype(np.int64), tau=1.0, train_labels=train, multi_label=True,
                           bootstrap=120, seed=5, device="cpu")
-    prior = lacal.workflows.multilabel.training_priors(train, None, 6)
+    prior = lacal.workflows.task_inputs.training_priors(train, None, 6)
     predicted = (logits - 1.0 * prior.log_odds.astype(np.float32)) > 0
     counts = drawn(len(truth), 5, range(120)).astype(np.float64)
     macro_f1 = []
@@ -59,7 +59,7 @@ def test_report_intervals_are_the_replicates_percentiles():
         scored = (positives > 0) & (positives < w.sum())
         macro_f1.append(np.mean((2 * tp / (tp + fp + positives))[scored]))
     assert report.intervals.ci("macro_f1", "after") == pytest.approx(tuple(np.quantile(macro_f1, [0.025, 0.975])))
-    assert report.report.adjusted.macro_f1 == pytest.approx(report.intervals.original[1, 1])
+    assert report.adjusted.macro_f1 == pytest.approx(report.intervals.original[1, 1])
     data = report.to_dict()
     assert "tau_ci" not in data and len(data["per_label_balanced_error_after_ci"]) == 6
 

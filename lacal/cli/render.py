@@ -455,6 +455,7 @@ def _label_priors_table(result) -> None:
     for k in range(prior.num_classes):
         table.add_row(str(k), shown(names[k]) if names else "", str(int(prior.positives[k])),
                       f"{prior.priors[k]:.6f}", f"{prior.log_odds[k]:.4f}")
+    console().print(table)
 
 
 def with_interval(value, interval, points: bool = False) -> str:

@@ -295,8 +295,8 @@ def _plot(result, plot, source, values, fitted, train_labels, priors, smoothing,
         if boot is not None:  # the band of the curve, and where tau would fall when refitted on these samples
             band, tau_interval = _plot_intervals(source, grid, prior_values, boot, compute, context)
     if context.leader:
-        plot_report(plot, result, curve, result.tau, f"lacal report: {result.name}", force, inputs, band,
-                    tau_interval)
+        plot_report(plot, result, curve, result.tau, f"lacal report: {result.name}", force, inputs, band=band,
+                    tau_interval=tau_interval)
 
 
 def _plot_intervals(source, grid, prior_values, boot, compute, context):
