@@ -124,7 +124,7 @@ def test_calibration_file_page_describes_every_key_lacal_writes():
     single = Calibration.from_fit(fit_tau(logits, labels, priors), priors).to_dict()
     matrix = rng.random((60, 3)) < [0.5, 0.2, 0.1]
     multi_priors = multilabel_priors_from_labels(rng.random((200, 3)) < [0.5, 0.2, 0.1])
-    multi = Calibration.from_multilabel_fit(fit_multilabel_tau(logits, matrix, multi_priors), multi_priors).to_dict()
+    multi = Calibration.from_fit(fit_multilabel_tau(logits, matrix, multi_priors), multi_priors).to_dict()
     table = set(re.findall(r"^\| `(\w+)` \|", (DOCS / "reference" / "calibration-file.md").read_text(), re.M))
     assert set(single) | set(multi) == table
     assert single["schema_version"] == 2 and multi["schema_version"] == 3
