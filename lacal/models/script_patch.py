@@ -111,7 +111,7 @@ def open_script(path, kind: str | None = None) -> ScriptFile:
     import torch
 
     from ..data.readers import check_readable
-    from .run import check_export_archive, weights_only_everywhere
+    from .run import check_export_archive, quiet_export_log, weights_only_everywhere
 
     path = check_readable(path)
     extras = {name: "" for name in _extra_names(path)}
@@ -120,7 +120,8 @@ def open_script(path, kind: str | None = None) -> ScriptFile:
     if kind == "export":
         check_export_archive(path)
         try:
-            with weights_only_everywhere(), warnings.catch_warnings(), open(path, "rb") as handle:
+            with weights_only_everywhere(), quiet_export_log(), warnings.catch_warnings(), \
+                    open(path, "rb") as handle:
                 warnings.simplefilter("ignore")
                 program = torch.export.load(handle, extra_files=extras)
         except Exception as exc:  # torch.export.load raises many kinds; none may escape as a traceback

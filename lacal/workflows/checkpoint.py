@@ -71,7 +71,7 @@ def patch_checkpoint(checkpoint, calibration=None, *, out=None, head: Optional[s
     Example:
         >>> lacal.patch_checkpoint("model.safetensors", "calibration.json", out="model-adjusted.safetensors")
     """
-    from ..models.checkpoints import is_checkpoint
+    from ..models.checkpoints import check_regular, is_checkpoint
     from ..models.deploy import deployed_kind
 
     context = make_context(device, context)
@@ -84,6 +84,7 @@ def patch_checkpoint(checkpoint, calibration=None, *, out=None, head: Optional[s
     args = (Path(checkpoint), None if out is None else Path(out), calibration, tau, train_labels, priors,
             class_names, label_column, smoothing, context.device, force, head, add_bias, in_place, link,
             verify_features, key, target_priors, target_logits, budget)
+    check_regular(Path(checkpoint))  # a device, FIFO or socket is refused by name, never opened
     kind = deployed_kind(checkpoint)
     if kind is not None:
         return _patch_deployed(kind, *args, fitted=fitted)
