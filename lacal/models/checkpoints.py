@@ -420,8 +420,8 @@ def _open_folder(path: Path) -> Checkpoint:
     others = sorted(item.name for item in path.iterdir() if OTHER_HF_WEIGHTS.match(item.name))
     if others:
         raise CheckpointError(f"holds weights lacal cannot patch ({', '.join(others)}) beside {present[0]}: a loader "
-                              "that picks them would serve the unadjusted model; move them out of the folder (or "
-                              "convert them to safetensors) and run again", path)
+                              "that picks them would serve the unadjusted model; move them out of the folder and run "
+                              "again", path)
     checkpoint = Checkpoint(path, "folder", {})
     sets = []
     for name in present:

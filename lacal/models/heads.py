@@ -150,13 +150,14 @@ def find_head(checkpoint, num_classes: int | None = None, name: str | None = Non
                                 f"calibration is for {num_classes} classes", checkpoint.path)
         shapes = [f"{n} {list(i.shape)}" for n, i in checkpoint.tensors.items()
                   if n.endswith(".weight") and _linear_shape(i.shape)][-5:]
-        raise CheckpointError(f"no 2-D weight with {num_classes} rows (one per class); 2-D weights include: "
-                              f"{', '.join(shapes) or 'none'}; name the classifier with --head NAME (or, if this "
-                              "file holds logits rather than a model, choose the array with --key NAME)",
+        raise CheckpointError(f"no 2-D weight with {num_classes} rows (one per class), so no layer can be the "
+                              f"classifier for this calibration; 2-D weights include: {', '.join(shapes) or 'none'}; "
+                              "if this file holds logits rather than a model, choose the array with --key NAME",
                               checkpoint.path)
     raise CheckpointError(f"{len(layers)} layers could be the classifier head ({num_classes} outputs): "
-                          f"{'; '.join(_describe(layer) for layer in layers)}; choose one with --head NAME",
-                          checkpoint.path)
+                          f"{'; '.join(_describe(layer) for layer in layers)}; if the model's output is one of them "
+                          "alone, name it with --head NAME (a model that adds or averages several is beyond a bias "
+                          "patch: adjust its logits with `lacal apply LOGITS` instead)", checkpoint.path)
 
 
 def find_heads(checkpoint, num_classes: int | None = None, name: str | None = None) -> list[Head]:
@@ -182,8 +183,9 @@ def find_heads(checkpoint, num_classes: int | None = None, name: str | None = No
             listed = "; ".join(_describe(layer) for layer in heads + others)
             raise CheckpointError(f"several layers could be output heads ({listed}) and lacal cannot know how the "
                                   "model combines them (patching one of several heads that the model adds or "
-                                  "averages would apply only part of the adjustment); if the model's output is one of them "
-                                  "alone, name it with --head NAME", checkpoint.path)
+                                  "averages would apply only part of the adjustment); if the model's output is one "
+                                  "of them alone, name it with --head NAME, else adjust its logits with `lacal apply "
+                                  "LOGITS`", checkpoint.path)
     _refuse_known_nonlinear_head(checkpoint, heads)
     return heads
 
