@@ -441,3 +441,29 @@ def test_full_disk_writing_scores_is_exit_8(tmp_path, small_disk):
     result = run("score", tmp_path / "m.pt2", tmp_path / "inputs.npy", "--out", small_disk / "logits.pt")
     assert "No space left" in one_clean_line(result, 8)
     assert os.listdir(small_disk) == []
+
+
+class Wide(torch.nn.Module):
+    """A model of about 260 kB, more than the small disk holds."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = torch.nn.Linear(8, 8000)
+        self.fc = torch.nn.Linear(8000, C)
+
+    def forward(self, x):
+        return self.fc(self.body(x))
+
+
+@pytest.mark.parametrize("kind", ["torchscript", "export"])
+def test_full_disk_writing_a_patched_served_model_is_exit_8(tmp_path, small_disk, calibration, kind):
+    model = Wide().eval()
+    if kind == "torchscript":
+        path = tmp_path / "m.pt"
+        torch.jit.script(model).save(str(path))
+    else:
+        path = tmp_path / "m.pt2"
+        torch.export.save(torch.export.export(model, (torch.randn(2, 8),)), str(path))
+    result = run("apply", path, "--calibration", calibration, "--out", small_disk / path.name)
+    assert "No space left" in one_clean_line(result, 8)
+    assert os.listdir(small_disk) == []

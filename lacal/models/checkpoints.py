@@ -81,7 +81,8 @@ class WeightFile:
 class Weights:
     """One full set of the model's tensors: the model's own state dict, an EMA copy in the same PyTorch file, or
     another format's files in a Hugging Face folder. `label` names a copy ("" for the model itself), `key` is the key
-    path inside a PyTorch file's object, `index` the weight index of a sharded set. A copy that `optional` lacks
+    path inside a PyTorch file's object, `index` the weight index of a sharded set (and `index_data` what it holds).
+    A copy that `optional` lacks
     the head is another model kept beside (a teacher), left alone; any other copy without it is refused."""
 
     label: str
@@ -89,6 +90,7 @@ class Weights:
     key: tuple = ()
     index: Path | None = None
     optional: bool = False
+    index_data: dict | None = None
 
 
 class Checkpoint:
@@ -106,12 +108,13 @@ class Checkpoint:
         self.key: tuple = ()  # the key path of the model's state dict in a PyTorch file
         self.copies: list[Weights] = []
         self.index_file: Path | None = None
+        self.index_data: dict | None = None  # what the index holds, as read
         self.config: dict | None = None  # a Hugging Face folder's config.json
 
     @property
     def weights(self) -> list[Weights]:
         """The model's own tensors, then every copy."""
-        return [Weights("", self.tensors, self.key, self.index_file), *self.copies]
+        return [Weights("", self.tensors, self.key, self.index_file, index_data=self.index_data), *self.copies]
 
     def tensor(self, name: str):
         """The named tensor of the model, on the CPU."""
@@ -373,7 +376,7 @@ def _open_weight_set(checkpoint: Checkpoint, chosen: Path, label: str) -> Weight
     into `checkpoint.files`."""
     path = checkpoint.path
     weight_map = {}
-    index = None
+    index = data = None
     if chosen.name.endswith(".index.json"):
         try:
             data = json.loads(chosen.read_text(encoding="utf-8"))
@@ -409,7 +412,7 @@ def _open_weight_set(checkpoint: Checkpoint, chosen: Path, label: str) -> Weight
                 continue  # a copy in another shard: the index names the one that counts
             tensors[name] = TensorInfo(name, info.shape, info.dtype, shard, offset + info.position)
         offset += 1 << 48  # later shards come after earlier ones
-    return Weights(label, tensors, index=index)
+    return Weights(label, tensors, index=index, index_data=data)
 
 
 def _open_folder(path: Path) -> Checkpoint:
@@ -429,6 +432,7 @@ def _open_folder(path: Path) -> Checkpoint:
             sets.append(_open_weight_set(checkpoint, path / name, name))
     main, *copies = sets
     checkpoint.tensors, checkpoint.index_file, checkpoint.copies = main.tensors, main.index, copies
+    checkpoint.index_data = main.index_data
     if (path / PATCH_FILE).exists():
         checkpoint.patch = checkpoint.patch or _read_record(path / PATCH_FILE)
     checkpoint.config = read_config(path / "config.json")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import copy
 import json
 import os
 import shutil
@@ -268,7 +269,7 @@ def _indexes_with_bias(checkpoint: Checkpoint, patch) -> dict[Path, str]:
         add = patch.add if not weights.label else patch.copies.get(weights.label, ({}, {}))[1]
         if weights.index is None or not add:
             continue
-        data = json.loads(weights.index.read_text(encoding="utf-8"))
+        data = copy.deepcopy(weights.index_data)
         for name, bias in add.items():
             data["weight_map"][name] = weights.tensors[_weight_of(name)].file.name
             if isinstance(data.get("metadata"), dict) and "total_size" in data["metadata"]:

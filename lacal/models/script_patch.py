@@ -10,6 +10,7 @@ TorchScript's own loader, and .pt2 archives are checked and loaded as lacal.mode
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import zipfile
 from dataclasses import dataclass
@@ -200,13 +201,18 @@ def write_script(file: ScriptFile, patch, out, force: bool = False, in_place: bo
     extras[PATCH_EXTRA_FILE] = json.dumps(patch.record)
     result = None
     with atomic_path(target, force or in_place, [] if in_place else [file.path, *inputs]) as temporary:
+        # saved into memory, then written here: torch.jit.save aborts the whole process on a full disk, and a write of
+        # our own fails with an OSError that says so
+        buffer = io.BytesIO()
         if file.kind == "export":
-            with open(temporary, "wb") as handle:  # a file object: the temporary name does not end in .pt2
-                torch.export.save(file.program, handle, extra_files=extras)
+            torch.export.save(file.program, buffer, extra_files=extras)
         else:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", FutureWarning)
-                torch.jit.save(file.program, str(temporary), _extra_files=extras)
+                torch.jit.save(file.program, buffer, _extra_files=extras)
+        with open(temporary, "wb") as handle:
+            handle.write(buffer.getbuffer())
+        del buffer
         if in_place:
             shutil.copymode(file.path, temporary)
         written = open_script(temporary, file.kind)
