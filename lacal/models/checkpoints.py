@@ -237,7 +237,7 @@ def _torch_tensors(file: WeightFile, key: tuple) -> dict[str, TensorInfo]:
 
 
 def _torch_copies(file: WeightFile) -> list[Weights]:
-    return [Weights(key[-1], _torch_tensors(file, key), key, optional=True) for key in file.layout.copies]
+    return [Weights("/".join(map(str, key)), _torch_tensors(file, key), key, optional=True) for key in file.layout.copies]
 
 
 # ------------------------------------------------------------------------------------------------------ opening
