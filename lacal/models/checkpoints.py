@@ -237,7 +237,8 @@ def _torch_tensors(file: WeightFile, key: tuple) -> dict[str, TensorInfo]:
 
 
 def _torch_copies(file: WeightFile) -> list[Weights]:
-    return [Weights("/".join(map(str, key)), _torch_tensors(file, key), key, optional=True) for key in file.layout.copies]
+    return [Weights("/".join(map(str, key)), _torch_tensors(file, key), key, optional=True)
+            for key in file.layout.copies]
 
 
 # ------------------------------------------------------------------------------------------------------ opening
@@ -368,9 +369,6 @@ def check_folder(folder: Path) -> None:
             check_regular(real)
 
 
-check_links = check_folder  # the name it had before it checked special files too
-
-
 def _open_weight_set(checkpoint: Checkpoint, chosen: Path, label: str) -> Weights:
     """One of a folder's sets of weight files (a single file, or an index and its shards), each file opened once
     into `checkpoint.files`."""
@@ -467,11 +465,6 @@ def config_classes(data: dict | None) -> list[str] | None:
     if ids != list(range(len(ids))):
         return None
     return [str(labels[str(i)]) for i in ids]
-
-
-def read_config_classes(config: Path) -> list[str] | None:
-    """Class names from a Hugging Face config.json (id2label), or None."""
-    return config_classes(read_config(config))
 
 
 def is_checkpoint(path: str | os.PathLike, key: str | None = None) -> bool:

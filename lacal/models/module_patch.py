@@ -122,7 +122,7 @@ def patch_module(module, calibration, *, head: str | None = None, add_bias: bool
     """
     import torch
 
-    from .checkpoints import bias_name, find_heads, head_notes
+    from .heads import bias_name, find_heads, head_notes
     from .patch import PATCH_FORMAT, PATCH_VERSION, describe_patch
 
     if not isinstance(module, torch.nn.Module):

@@ -49,9 +49,9 @@ def make_patch(checkpoint: Checkpoint, head: Head | list[Head], offsets, tau: fl
     so that the head computes (W x + b) * scale + offsets. `head` may be a list: every head the model averages,
     each given the full offsets (the first is the one `Patch.head` names). Every copy of the model (EMA state dicts
     in a training checkpoint, the other format's files in a Hugging Face folder) gets the same change from its own
-    bias; a copy that should hold the head and does not, or holds it in another shape, is refused. Refuse a head without a bias (unless add_bias;
-    always for a Hugging Face architecture, which would drop an added bias) and an already patched checkpoint
-    (unless force)."""
+    bias; a copy that should hold the head and does not, or holds it in another shape, is refused. Refuse a head
+    without a bias (unless add_bias; always for a Hugging Face architecture, which would drop an added bias) and an
+    already patched checkpoint (unless force)."""
     import torch
 
     heads = [head] if isinstance(head, Head) else list(head)
