@@ -467,3 +467,35 @@ def test_full_disk_writing_a_patched_served_model_is_exit_8(tmp_path, small_disk
     result = run("apply", path, "--calibration", calibration, "--out", small_disk / path.name)
     assert "No space left" in one_clean_line(result, 8)
     assert os.listdir(small_disk) == []
+
+
+# ------------------------------------------------------------------------------------- a new checkpoint layout
+
+
+def _nested_layout(obj):
+    """A layout as a new framework might keep it: the model under `weights`, an EMA copy deep in `callbacks`."""
+    from lacal.models.checkpoints import TorchLayout
+
+    if isinstance(obj, dict) and "framework_version" in obj:
+        return TorchLayout(("weights",), (("callbacks", "Ema", "ema_weights"),))
+    return None
+
+
+def test_a_new_layout_is_one_function(tmp_path, calibration, monkeypatch):
+    """Registering a layout in TORCH_LAYOUTS is all it takes: the model and its nested copy are patched, each from its
+    own bias, and every other key is kept."""
+    from lacal.models import checkpoints
+
+    monkeypatch.setattr(checkpoints, "TORCH_LAYOUTS", [_nested_layout, *checkpoints.TORCH_LAYOUTS])
+    model, ema = build(TorchvisionLike, seed=0), build(TorchvisionLike, seed=1)
+    torch.save({"framework_version": "9.9", "epoch": 7, "weights": model.state_dict(),
+                "callbacks": {"Ema": {"decay": 0.999, "ema_weights": ema.state_dict()}}}, tmp_path / "m.pt")
+    result = lacal.patch_checkpoint(tmp_path / "m.pt", calibration, out=tmp_path / "p.pt")
+    assert any("callbacks/Ema/ema_weights" in message for message in result.messages)
+    saved = torch.load(tmp_path / "p.pt", weights_only=True)
+    assert saved["epoch"] == 7 and saved["framework_version"] == "9.9" and saved["callbacks"]["Ema"]["decay"] == 0.999
+    x = torch.randn(4, 3, 4, 4)
+    for original, state in ((model, saved["weights"]), (ema, saved["callbacks"]["Ema"]["ema_weights"])):
+        patched = TorchvisionLike()
+        patched.load_state_dict(state)
+        torch.testing.assert_close(_logits(patched.eval(), x), _adjusted(original, x), rtol=1e-5, atol=1e-5)

@@ -10,7 +10,8 @@ files is a copy of the model, and all of them are patched). PyTorch files are re
 Adding a training-checkpoint layout (Lightning's .ckpt, for instance): write a function `layout(obj) -> TorchLayout |
 None` that, given the loaded object, returns the key path of the model's state dict and those of the copies of the
 model kept beside it (EMA weights), put it in `TORCH_LAYOUTS` before the generic ones, and add the file suffix to
-`TORCH_SUFFIXES`. Finding the head, patching every copy and writing the object back with its other keys follow.
+`TORCH_SUFFIXES` (and to `CHECKPOINT_ONLY_SUFFIXES` when such files never hold logits). Finding the head, patching
+every copy and writing the object back with its other keys follow; key paths may be nested.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ __all__ = ["AVERAGED_HEADS", "HEAD_LIKE", "USUAL_HEAD", "USUAL_NAMES", "WRAPPER_
 
 STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "network")
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".tar")
+CHECKPOINT_ONLY_SUFFIXES = (".bin", ".tar")  # never logits: `lacal apply` patches such a file without asking
 EMA_KEY = re.compile(r"ema|shadow|swa|averag", re.IGNORECASE)
 # The weights a Hugging Face folder may hold, each a full copy of the model; the first present is the main one.
 HF_WEIGHT_FILES = ("model.safetensors.index.json", "model.safetensors", "pytorch_model.bin.index.json",
@@ -475,7 +477,7 @@ def is_checkpoint(path: str | os.PathLike, key: str | None = None) -> bool:
     path = Path(path)
     if path.is_dir():  # a Hugging Face model folder, not a folder of logits shards
         return any((path / name).is_file() for name in HF_WEIGHT_FILES)
-    if path.suffix.lower() in (".bin", ".tar"):  # .pth.tar: a training checkpoint; lacal reads no logits from .tar
+    if path.suffix.lower() in CHECKPOINT_ONLY_SUFFIXES:  # .pth.tar: a training checkpoint; no logits from .tar
         return True
     if key is not None or not path.is_file():
         return False
