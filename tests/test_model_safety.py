@@ -69,6 +69,7 @@ def _adjusted(model, x):
 
 
 def _tiny_vit():
+    pytest.importorskip("transformers")
     from transformers import ViTConfig, ViTForImageClassification
 
     torch.manual_seed(0)
@@ -126,7 +127,7 @@ def test_transformers_folder_with_safetensors_and_bin_patches_both(tmp_path, cal
 @pytest.mark.slow
 def test_timm_save_for_hf_both_formats_patches_both(tmp_path, calibration):
     """timm's save_for_hf(safe_serialization="both") writes model.safetensors and pytorch_model.bin."""
-    import timm
+    timm = pytest.importorskip("timm")
     from timm.models import save_for_hf
 
     torch.manual_seed(0)
@@ -180,7 +181,7 @@ def test_in_place_patch_of_a_folder_rewrites_every_copy(tmp_path, calibration):
 
 
 def _crossvit():
-    import timm
+    timm = pytest.importorskip("timm")
 
     torch.manual_seed(0)
     return timm.create_model("crossvit_tiny_240", pretrained=False, num_classes=C, img_size=120).eval()
@@ -284,8 +285,8 @@ def test_symlink_in_a_model_folder_to_a_device_is_refused(tmp_path, calibration)
 
 def _onnx_with_external(tmp_path, location):
     """A real exported model whose weights live in external data at `location` (then moved to where it points)."""
-    pytest.importorskip("onnx")
-    import onnx
+    pytest.importorskip("onnxruntime")
+    onnx = pytest.importorskip("onnx")
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, C)).eval()

@@ -240,6 +240,7 @@ def test_weights_lacal_cannot_patch_advice_move_them_out(tmp_path, calibration):
 def test_transformers_head_without_bias_advice_patch_module(tmp_path, calibration):
     """A transformers head built with bias=False (Llama's `score`): "lacal.patch_module(model, calibration,
     add_bias=True)" on the loaded model gives the adjusted logits."""
+    pytest.importorskip("transformers")
     from transformers import LlamaConfig, LlamaForSequenceClassification
 
     torch.manual_seed(0)
