@@ -168,8 +168,8 @@ def read_safetensors_header(path: Path) -> tuple[dict, int]:
     return header, 8 + size
 
 
-def _open_safetensors(path: Path) -> tuple[WeightFile, dict[str, TensorInfo], dict]:
-    header, data_start = read_safetensors_header(path)
+def _open_safetensors(path: Path, read=None) -> tuple[WeightFile, dict[str, TensorInfo], dict]:
+    header, data_start = read if isinstance(read, tuple) else read_safetensors_header(path)
     metadata = header.get("__metadata__") or {}
     if not isinstance(metadata, dict):
         raise InputFileError("cannot read as safetensors: __metadata__ is not a JSON object", path)
@@ -223,8 +223,8 @@ def _training_checkpoint(obj) -> TorchLayout | None:
 TORCH_LAYOUTS = [_bare_state_dict, _training_checkpoint]
 
 
-def _open_torch(path: Path) -> WeightFile:
-    obj = load_torch_file(path)
+def _open_torch(path: Path, read=None) -> WeightFile:
+    obj = load_torch_file(path) if read is None else read
     for layout in TORCH_LAYOUTS:
         found = layout(obj)
         if found is not None:
@@ -246,11 +246,13 @@ def _torch_copies(file: WeightFile) -> list[Weights]:
 # ------------------------------------------------------------------------------------------------------ opening
 
 
-def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
+def open_checkpoint(path: str | os.PathLike, read=None) -> Checkpoint:
     """Open a .safetensors file, a PyTorch file or a Hugging Face model folder, reading every file it needs once.
 
     Args:
         path: the checkpoint file or folder.
+        read: what `sniff(path)` already read of the file (its loaded object or header), used instead of reading
+            it again.
 
     Returns:
         A `Checkpoint`.
@@ -266,12 +268,12 @@ def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
     check_readable(path)
     check_regular(path)
     if is_safetensors(path):
-        file, tensors, metadata = _open_safetensors(path)
+        file, tensors, metadata = _open_safetensors(path, read)
         checkpoint = Checkpoint(path, "safetensors", tensors, patch=_patch_from_metadata(metadata, path))
         checkpoint.files[path] = file
         return checkpoint
     if path.suffix.lower() in TORCH_SUFFIXES:
-        file = _open_torch(path)
+        file = _open_torch(path, read)
         checkpoint = Checkpoint(path, "torch", _torch_tensors(file, file.layout.main))
         checkpoint.files[path] = file
         checkpoint.key = file.layout.main
@@ -472,22 +474,28 @@ def config_classes(data: dict | None) -> list[str] | None:
 def is_checkpoint(path: str | os.PathLike, key: str | None = None) -> bool:
     """Whether `lacal apply` should treat `path` as a checkpoint rather than logits: a folder with model weights, a
     .bin or .tar file, or a .safetensors/.pt/.pth file with several tensors and no --key."""
+    return sniff(path, key)[0]
+
+
+def sniff(path: str | os.PathLike, key: str | None = None) -> tuple[bool, object]:
+    """(`is_checkpoint`'s answer, what was read to give it): a PyTorch file's loaded object or a safetensors file's
+    (header, data start), else None. Hand the second to `open_checkpoint` so the file is not read twice."""
     import torch
 
     path = Path(path)
     if path.is_dir():  # a Hugging Face model folder, not a folder of logits shards
-        return any((path / name).is_file() for name in HF_WEIGHT_FILES)
+        return any((path / name).is_file() for name in HF_WEIGHT_FILES), None
     if path.suffix.lower() in CHECKPOINT_ONLY_SUFFIXES:  # .pth.tar: a training checkpoint; no logits from .tar
-        return True
+        return True, None
     if key is not None or not path.is_file():
-        return False
+        return False, None
     if is_safetensors(path):
-        header, _ = read_safetensors_header(path)
-        return len([k for k in header if k != "__metadata__"]) > 1
+        header, data_start = read_safetensors_header(path)
+        return len([k for k in header if k != "__metadata__"]) > 1, (header, data_start)
     if path.suffix.lower() in (".pt", ".pth"):
         obj = load_torch_file(path)
         if isinstance(obj, torch.Tensor):
-            return False
+            return False, None
         tensors = [v for v in obj.values() if isinstance(v, torch.Tensor)] if isinstance(obj, dict) else []
-        return len(tensors) != 1
-    return False
+        return len(tensors) != 1, obj
+    return False, None
