@@ -326,12 +326,35 @@ def write_logits(path, blocks, shape: tuple[int, int], dtype_name: str, force: b
             with open(temporary, "wb") as handle:
                 np.savez(handle, **{key: whole.numpy()})
         elif suffix == ".safetensors":
-            from safetensors.torch import save_file
+            from safetensors.torch import save
 
-            save_file({key: whole.contiguous()}, str(temporary))
+            data = save({key: whole.contiguous()})  # bytes written here, so a full disk is an OSError, not theirs
+            with open(temporary, "wb") as handle:
+                handle.write(data)
         else:
-            torch.save(whole, temporary)
+            torch_save(whole, temporary)
     return notes
+
+
+def torch_save(obj, path: Path) -> None:
+    """torch.save, with its failures as OSError: torch reports a full disk as a RuntimeError about stream positions
+    ("unexpected pos 704 vs 598"), so a failed save on a disk with (next to) no room left says so."""
+    import errno
+
+    import torch
+
+    try:
+        torch.save(obj, path)
+    except RuntimeError as exc:
+        try:
+            room = os.statvfs(Path(path).parent)
+            full = room.f_bavail * room.f_frsize < (1 << 20)  # what the failed write left over is under a block
+        except OSError:
+            full = False
+        if full:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)) from None
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "torch.save failed"
+        raise OSError(f"torch.save failed: {first}") from None
 
 
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")

@@ -359,8 +359,8 @@ def score_model(model, inputs: LogitsSource, device="cpu", batch: int = 256, amp
                 else:
                     with torch.autocast(device_type=device.type, dtype=autocast_dtype):
                         out = model(x)
-            except (RuntimeError, ValueError, TypeError, IndexError, AssertionError) as exc:
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            except (RuntimeError, ValueError, TypeError, IndexError, AssertionError, torch.jit.Error) as exc:
+                first = _model_error(exc)
                 hint = ("; an exported model with a fixed batch size needs inputs in batches of that size: export "
                         "with a dynamic batch dimension (torch.export.Dim)" if "Guard failed" in str(exc) else "")
                 raise InputDataError(f"the model failed on rows {start + 1} to {start + x.shape[0]} (inputs of "
@@ -382,6 +382,16 @@ def score_model(model, inputs: LogitsSource, device="cpu", batch: int = 256, amp
             yield start, out.float().cpu()
             if progress is not None:
                 progress(start + x.shape[0])
+
+
+def _model_error(exc: BaseException) -> str:
+    """One line for an exception a model raised: its first line, or for a TorchScript model (whose message starts
+    with the interpreter's traceback) the last one, which names the original exception."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    return lines[-1] if lines[0].startswith("The following operation failed in the TorchScript interpreter") \
+        else lines[0]
 
 
 def _logits_of(out, name: str):

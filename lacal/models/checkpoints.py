@@ -1,11 +1,19 @@
-"""Reading model checkpoints and finding their classifier head.
+"""Opening a model checkpoint: every file read once, into one `Checkpoint` that knows its files, the model's state
+dict and the copies of the model beside it. Finding the head (heads.py), computing the patch (patch.py) and writing
+it (patch_write.py) then read nothing else from disk but the head's tensors, through this object.
 
-Three layouts: a .safetensors file; a PyTorch file (.pt, .pth, .bin, .tar, .ckpt) holding a state dict, or a training
-checkpoint that holds one under a common key (and maybe EMA copies of it beside; a PyTorch Lightning .ckpt keeps its
+Layouts: a .safetensors file; a PyTorch file (.pt, .pth, .bin, .tar) holding a state dict, or a training checkpoint
+that holds one under a common key (and maybe EMA copies of it beside; a PyTorch Lightning .ckpt keeps its
 LightningModule's state dict under `state_dict` and StochasticWeightAveraging's averaged copy in its callback state);
-a Hugging Face model folder
-(config.json with model.safetensors, sharded safetensors with an index, or pytorch_model.bin). PyTorch files are read
-with weights_only=True only.
+a Hugging Face model folder (config.json with
+model.safetensors, sharded safetensors with an index, pytorch_model.bin, or several of these: each set of weight
+files is a copy of the model, and all of them are patched). PyTorch files are read with weights_only=True only.
+
+Adding a training-checkpoint layout (Lightning's .ckpt, for instance): write a function `layout(obj) -> TorchLayout |
+None` that, given the loaded object, returns the key path of the model's state dict and those of the copies of the
+model kept beside it (EMA weights), put it in `TORCH_LAYOUTS` before the generic ones, and add the file suffix to
+`TORCH_SUFFIXES` (and to `CHECKPOINT_ONLY_SUFFIXES` when such files never hold logits). Finding the head, patching
+every copy and writing the object back with its other keys follow; key paths may be nested.
 """
 
 from __future__ import annotations
@@ -13,28 +21,32 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import CheckpointError, InputDataError, InputFileError, MismatchError
+from ..errors import CheckpointError, InputDataError, InputFileError
 from ..data.readers import check_readable, load_torch_file
+from .heads import (AVERAGED_HEADS, HEAD_LIKE, USUAL_HEAD, USUAL_NAMES, WRAPPER_PREFIXES, Head, TensorInfo,
+                    bias_name, find_head, find_heads, head_notes, is_safetensors, plain_name)
+
+__all__ = ["AVERAGED_HEADS", "HEAD_LIKE", "USUAL_HEAD", "USUAL_NAMES", "WRAPPER_PREFIXES", "Checkpoint", "Head",
+           "TensorInfo", "TorchLayout", "WeightFile", "Weights", "bias_name", "find_head", "find_heads",
+           "head_notes", "is_checkpoint", "is_safetensors", "open_checkpoint", "plain_name"]
 
 STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "network")
-WRAPPER_PREFIXES = ("module.", "_orig_mod.", "model.")
-USUAL_HEAD = re.compile(r"^(fc|head|head\.fc|classifier|classifier\.\d+|heads\.head|classifier\.out_proj|score)$")
-USUAL_NAMES = "fc, head, head.fc, classifier, classifier.N, heads.head, classifier.out_proj, score"
-# Heads whose outputs the model averages at inference, so each gets the full offsets: timm's distilled DeiT and LeViT,
-# transformers' DeiTForImageClassificationWithTeacher. Names without wrapper prefixes.
-AVERAGED_HEADS = {"head": "head_dist", "head.linear": "head_dist.linear",
-                  "cls_classifier": "distillation_classifier"}
-# A layer name part that says "an output head" (a second one beside the chosen head is a reason to stop); not fc1 and
-# fc2, the hidden layers of transformer blocks.
-HEAD_LIKE = re.compile(r"^(fc|fc_\w+|\w+_fc|.*head.*|.*classifier.*|.*logits.*|score)$")
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".tar", ".ckpt")
+CHECKPOINT_ONLY_SUFFIXES = (".bin", ".tar", ".ckpt")  # never logits: `lacal apply` patches such a file without asking
 EMA_KEY = re.compile(r"ema|shadow|swa|averag", re.IGNORECASE)
+# The weights a Hugging Face folder may hold, each a full copy of the model; the first present is the main one.
 HF_WEIGHT_FILES = ("model.safetensors.index.json", "model.safetensors", "pytorch_model.bin.index.json",
                    "pytorch_model.bin")
+# Weights in a Hugging Face folder that lacal cannot patch (other frameworks, dtype variants): leaving them unpatched
+# beside patched ones would serve the unadjusted model to a loader that picks them.
+OTHER_HF_WEIGHTS = re.compile(r"^(tf_model\.h5|flax_model\.msgpack|model\.ckpt\.index|"
+                              r"(model|pytorch_model)\.[\w-]+\.(safetensors|bin)(\.index\.json)?|"
+                              r"(model|pytorch_model)\.(safetensors|bin)\.index\.[\w-]+\.json)$")
 PATCH_METADATA_KEY = "lacal_patch"
 PATCH_FILE = "lacal_patch.json"
 SAFETENSORS_DTYPES = {"F16": "float16", "BF16": "bfloat16", "F32": "float32", "F64": "float64", "I64": "int64",
@@ -42,85 +54,87 @@ SAFETENSORS_DTYPES = {"F16": "float16", "BF16": "bfloat16", "F32": "float32", "F
 
 
 @dataclass(frozen=True)
-class TensorInfo:
-    name: str
-    shape: tuple
-    dtype: str
-    file: Path
-    position: int  # order in the checkpoint: data offset in a safetensors file, key order in a PyTorch file
+class TorchLayout:
+    """Where the model lives in a loaded PyTorch object: the key path of its state dict (() for a bare state dict)
+    and the key paths of the copies of the model beside it."""
+
+    main: tuple = ()
+    copies: tuple = ()
 
 
-@dataclass(frozen=True)
-class Head:
-    """The classifier layer: `weight` [C, D] and `bias` [C] (None when the layer has no bias)."""
+@dataclass
+class WeightFile:
+    """One file of a checkpoint, read once: a safetensors file's header (entries in file order, with __metadata__)
+    and where its data starts, or a PyTorch file's loaded object and its layout."""
 
-    name: str
-    weight: str
-    bias: str | None
-    num_classes: int
-    in_features: int
-    dtype: str
+    path: Path
+    header: dict | None = None
+    data_start: int = 0
+    obj: object = None
+    layout: TorchLayout | None = None
+
+    def state(self, key: tuple) -> dict:
+        """The state dict at key path `key` of a PyTorch file's object."""
+        obj = self.obj
+        for part in key:
+            obj = obj[part]
+        return obj
+
+
+@dataclass
+class Weights:
+    """One full set of the model's tensors: the model's own state dict, an EMA copy in the same PyTorch file, or
+    another format's files in a Hugging Face folder. `label` names a copy ("" for the model itself), `key` is the key
+    path inside a PyTorch file's object, `index` the weight index of a sharded set (and `index_data` what it holds).
+    A copy that `optional` lacks
+    the head is another model kept beside (a teacher), left alone; any other copy without it is refused."""
+
+    label: str
+    tensors: dict
+    key: tuple = ()
+    index: Path | None = None
+    optional: bool = False
+    index_data: dict | None = None
 
 
 class Checkpoint:
-    """The tensors of a checkpoint, where each lives, and what lacal needs to rewrite it."""
+    """The tensors of a checkpoint, where each lives, and what lacal needs to rewrite it: `files` (read once),
+    `tensors` (the model's, by name), `copies` (other full sets of the model's tensors), the class names, the record
+    of an earlier lacal patch, and a Hugging Face folder's config."""
 
     def __init__(self, path: Path, kind: str, tensors: dict[str, TensorInfo], class_names=None, patch=None):
         self.path = path
-        self.kind = kind  # "safetensors", "torch" or "folder"
+        self.kind = kind  # "safetensors", "torch" or "folder" (or "module", "torchscript", "export" in memory)
         self.tensors = tensors
         self.class_names = class_names
         self.patch = patch  # the provenance record of an earlier lacal patch, if any
-        self._torch_objects: dict[Path, tuple] = {}
+        self.files: dict[Path, WeightFile] = {}
+        self.key: tuple = ()  # the key path of the model's state dict in a PyTorch file
+        self.copies: list[Weights] = []
         self.index_file: Path | None = None
+        self.index_data: dict | None = None  # what the index holds, as read
         self.config: dict | None = None  # a Hugging Face folder's config.json
 
+    @property
+    def weights(self) -> list[Weights]:
+        """The model's own tensors, then every copy."""
+        return [Weights("", self.tensors, self.key, self.index_file, index_data=self.index_data), *self.copies]
+
     def tensor(self, name: str):
-        """The named tensor, on the CPU."""
-        info = self.tensors[name]
+        """The named tensor of the model, on the CPU."""
+        return self.read(self.tensors[name], self.key)
+
+    def read(self, info: TensorInfo, key: tuple = ()):
+        """The tensor `info` describes (in a PyTorch file: in the state dict at `key`)."""
         if is_safetensors(info.file):
             from safetensors import SafetensorError, safe_open
 
             try:
                 with safe_open(str(info.file), framework="pt") as handle:
-                    return handle.get_tensor(name)
+                    return handle.get_tensor(info.name)
             except (SafetensorError, OSError, ValueError) as exc:
-                raise InputFileError(f"cannot read tensor {name!r}: {exc}", info.file) from None
-        return self.state_dict(info.file)[name]
-
-    def torch_object(self, file: Path):
-        """(the whole loaded object, the key path to its state dict) for a PyTorch file of this checkpoint."""
-        if file not in self._torch_objects:
-            obj = load_torch_file(file)
-            self._torch_objects[file] = (obj, _locate_state_dict(obj, file))
-        return self._torch_objects[file]
-
-    def state_dict(self, file: Path) -> dict:
-        obj, keys = self.torch_object(file)
-        for key in keys:
-            obj = obj[key]
-        return obj
-
-    def copies(self, file: Path) -> dict:
-        """The other state dicts of a training checkpoint, beside the main one, that are copies of the model: named
-        like one (timm's `state_dict_ema`, torchvision's `model_ema`, `ema`, `shadow`, `swa`, ...) or holding exactly
-        its tensor names (Lightning's WeightAveraging keeps the live model as `current_model_state`); keyed by their
-        top-level key. In a Lightning .ckpt, averaged copies inside a callback's state (StochasticWeightAveraging's
-        `average_model_state`) too, keyed by their path ("callbacks", callback, key). Another model kept beside it
-        (a distillation teacher with other layers) is left alone."""
-        obj, keys = self.torch_object(file)
-        if not keys or not isinstance(obj, dict):
-            return {}
-        main = {plain_name(str(name)) for name in obj[keys[0]]}
-        found = {str(key): value for key, value in obj.items()
-                 if key != keys[0] and _is_state_dict(value)
-                 and (EMA_KEY.search(str(key)) or {plain_name(str(name)) for name in value} == main)}
-        callbacks = obj.get("callbacks")
-        for name, state in (callbacks.items() if isinstance(callbacks, dict) else ()):
-            for key, value in (state.items() if isinstance(state, dict) else ()):
-                if EMA_KEY.search(str(key)) and _is_state_dict(value):
-                    found[("callbacks", name, key)] = value
-        return found
+                raise InputFileError(f"cannot read tensor {info.name!r}: {exc}", info.file) from None
+        return self.files[info.file].state(key)[info.name]
 
     @property
     def is_hugging_face(self) -> bool:
@@ -135,8 +149,7 @@ class Checkpoint:
         return str((self.config or {}).get("model_type") or "this architecture")
 
 
-def is_safetensors(path: Path) -> bool:
-    return path.suffix.lower() == ".safetensors"
+# --------------------------------------------------------------------------------------------------- safetensors
 
 
 def read_safetensors_header(path: Path) -> tuple[dict, int]:
@@ -157,8 +170,8 @@ def read_safetensors_header(path: Path) -> tuple[dict, int]:
     return header, 8 + size
 
 
-def _safetensors_tensors(path: Path) -> tuple[dict[str, TensorInfo], dict]:
-    header, data_start = read_safetensors_header(path)
+def _open_safetensors(path: Path, read=None) -> tuple[WeightFile, dict[str, TensorInfo], dict]:
+    header, data_start = read if isinstance(read, tuple) else read_safetensors_header(path)
     metadata = header.get("__metadata__") or {}
     if not isinstance(metadata, dict):
         raise InputFileError("cannot read as safetensors: __metadata__ is not a JSON object", path)
@@ -176,7 +189,10 @@ def _safetensors_tensors(path: Path) -> tuple[dict[str, TensorInfo], dict]:
             raise InputFileError(f"cannot read as safetensors: the header entry for {name!r} is malformed or points "
                                  "past the end of the file", path) from None
         tensors[name] = TensorInfo(name, shape, SAFETENSORS_DTYPES.get(dtype, dtype.lower()), path, begin)
-    return tensors, metadata
+    return WeightFile(path, header=header, data_start=data_start), tensors, metadata
+
+
+# ------------------------------------------------------------------------------------------------------- PyTorch
 
 
 def _is_state_dict(obj) -> bool:
@@ -185,39 +201,126 @@ def _is_state_dict(obj) -> bool:
     return isinstance(obj, dict) and bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
 
 
-def _locate_state_dict(obj, path: Path) -> list[str]:
-    if _is_state_dict(obj):
-        return []
-    if isinstance(obj, dict):
-        for key in STATE_DICT_KEYS:
-            if key in obj and _is_state_dict(obj[key]):
-                return [key]
+def _bare_state_dict(obj) -> TorchLayout | None:
+    return TorchLayout() if _is_state_dict(obj) else None
+
+
+def _training_checkpoint(obj) -> TorchLayout | None:
+    """A dict holding the state dict under a common key; its copies are the other state dicts named like one
+    (timm's `state_dict_ema`, torchvision's `model_ema`, `ema`, `shadow`, `swa`, ...) or holding exactly its tensor
+    names. Another model kept beside it (a distillation teacher with other layers) is no copy."""
+    if not isinstance(obj, dict):
+        return None
+    for key in STATE_DICT_KEYS:
+        if key in obj and _is_state_dict(obj[key]):
+            main = {plain_name(str(name)) for name in obj[key]}
+            copies = tuple((other,) for other, value in obj.items()
+                           if other != key and _is_state_dict(value)
+                           and (EMA_KEY.search(str(other)) or {plain_name(str(n)) for n in value} == main))
+            return TorchLayout((key,), copies)
+    return None
+
+
+def _lightning_checkpoint(obj) -> TorchLayout | None:
+    """A PyTorch Lightning `.ckpt` (`Trainer.save_checkpoint`): the LightningModule's state dict under `state_dict`
+    (its names keep the module's attribute prefixes, such as `model.`), beside `pytorch-lightning_version`, loops,
+    callbacks and optimizer states. Its copies are those of a training checkpoint (WeightAveraging keeps the live
+    model as `current_model_state`) and the averaged state dicts inside a callback's state
+    (StochasticWeightAveraging's `average_model_state`), at the key path ("callbacks", callback, key)."""
+    if not isinstance(obj, dict) or "pytorch-lightning_version" not in obj:
+        return None
+    found = _training_checkpoint(obj)
+    if found is None or found.main != ("state_dict",):
+        return found
+    callbacks = obj.get("callbacks")
+    inside = tuple(("callbacks", name, key)
+                   for name, state in (callbacks.items() if isinstance(callbacks, dict) else ())
+                   for key, value in (state.items() if isinstance(state, dict) else ())
+                   if EMA_KEY.search(str(key)) and _is_state_dict(value))
+    return TorchLayout(found.main, found.copies + inside)
+
+
+# Tried in order on a loaded PyTorch object; the first that recognises it says where the model is.
+TORCH_LAYOUTS = [_bare_state_dict, _lightning_checkpoint, _training_checkpoint]
+
+
+def _open_torch(path: Path, read=None) -> WeightFile:
+    obj = load_torch_file(path) if read is None else read
+    for layout in TORCH_LAYOUTS:
+        found = layout(obj)
+        if found is not None:
+            return WeightFile(path, obj=obj, layout=found)
     raise InputDataError("holds no state dict: expected a dict of tensors, or one under "
                          f"{', '.join(repr(k) for k in STATE_DICT_KEYS[:3])}", path)
 
 
-def _torch_tensors(checkpoint: Checkpoint, path: Path) -> dict[str, TensorInfo]:
-    state = checkpoint.state_dict(path)
-    return {str(name): TensorInfo(str(name), tuple(t.shape), str(t.dtype).replace("torch.", ""), path, position)
-            for position, (name, t) in enumerate(state.items())}
+def _torch_tensors(file: WeightFile, key: tuple) -> dict[str, TensorInfo]:
+    return {str(name): TensorInfo(str(name), tuple(t.shape), str(t.dtype).replace("torch.", ""), file.path, position)
+            for position, (name, t) in enumerate(file.state(key).items())}
 
 
-def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
-    """Open a .safetensors file, a PyTorch file or a Hugging Face model folder."""
+def _torch_copies(file: WeightFile) -> list[Weights]:
+    return [Weights("/".join(map(str, key)), _torch_tensors(file, key), key, optional=True)
+            for key in file.layout.copies]
+
+
+# ------------------------------------------------------------------------------------------------------ opening
+
+
+def open_checkpoint(path: str | os.PathLike, read=None) -> Checkpoint:
+    """Open a .safetensors file, a PyTorch file or a Hugging Face model folder, reading every file it needs once.
+
+    Args:
+        path: the checkpoint file or folder.
+        read: what `sniff(path)` already read of the file (its loaded object or header), used instead of reading
+            it again.
+
+    Returns:
+        A `Checkpoint`.
+
+    Example:
+        >>> checkpoint = open_checkpoint("model.safetensors")
+        >>> find_heads(checkpoint, 1000)[0].name
+        'fc'
+    """
     path = Path(path)
     if path.is_dir():
         return _open_folder(path)
     check_readable(path)
+    check_regular(path)
     if is_safetensors(path):
-        tensors, metadata = _safetensors_tensors(path)
-        return Checkpoint(path, "safetensors", tensors, patch=_patch_from_metadata(metadata, path))
+        file, tensors, metadata = _open_safetensors(path, read)
+        checkpoint = Checkpoint(path, "safetensors", tensors, patch=_patch_from_metadata(metadata, path))
+        checkpoint.files[path] = file
+        return checkpoint
     if path.suffix.lower() in TORCH_SUFFIXES:
-        checkpoint = Checkpoint(path, "torch", {})
-        checkpoint.tensors = _torch_tensors(checkpoint, path)
-        checkpoint.patch = _patch_in_torch(checkpoint, path) or _patch_beside(path)
+        file = _open_torch(path, read)
+        checkpoint = Checkpoint(path, "torch", _torch_tensors(file, file.layout.main))
+        checkpoint.files[path] = file
+        checkpoint.key = file.layout.main
+        checkpoint.copies = _torch_copies(file)
+        checkpoint.patch = _patch_in_torch(file) or _patch_beside(path)
         return checkpoint
     raise InputFileError(f"unknown checkpoint format {path.suffix or '(no suffix)'!r}; use .safetensors, .pt, .pth, "
                          ".bin, .pth.tar, a Lightning .ckpt or a Hugging Face model folder", path)
+
+
+def check_regular(path: Path) -> None:
+    """Refuse a device, FIFO or socket by name before anything opens it (a read could block or never end)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return  # missing or unreachable: the reader says so in its own words
+    if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
+        raise InputFileError(f"is a {_special_kind(mode)}, not a regular file; lacal reads model files only", path)
+
+
+def _special_kind(mode: int) -> str:
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "device"
+    if stat.S_ISFIFO(mode):
+        return "named pipe (FIFO)"
+    return "socket" if stat.S_ISSOCK(mode) else "special file"
 
 
 def _as_record(value, where: str) -> dict:
@@ -235,15 +338,14 @@ def _patch_from_metadata(metadata: dict, path: Path):
     return None if text is None else _as_record(text, str(path))
 
 
-def _patch_in_torch(checkpoint: "Checkpoint", path: Path):
+def _patch_in_torch(file: WeightFile):
     """A record lacal left inside a PyTorch object: in the state dict's _metadata, or beside the state dict in a
     training checkpoint."""
-    obj, keys = checkpoint.torch_object(path)
-    state = checkpoint.state_dict(path)
+    state = file.state(file.layout.main)
     record = getattr(state, "_metadata", {}).get(PATCH_METADATA_KEY) if hasattr(state, "_metadata") else None
-    if record is None and keys and isinstance(obj, dict):
-        record = obj.get(PATCH_METADATA_KEY)
-    return None if record is None else _as_record(record, str(path))
+    if record is None and file.layout.main and isinstance(file.obj, dict):
+        record = file.obj.get(PATCH_METADATA_KEY)
+    return None if record is None else _as_record(record, str(file.path))
 
 
 def patch_record_path(path: Path) -> Path:
@@ -255,19 +357,28 @@ def _patch_beside(path: Path):
     record = patch_record_path(path)
     if not record.exists():
         return None
+    return _read_record(record)
+
+
+def _read_record(record: Path):
     try:
         return _as_record(json.loads(record.read_text(encoding="utf-8")), str(record))
     except (json.JSONDecodeError, UnicodeDecodeError, OSError, RecursionError):
         return {"unreadable": str(record)}
 
 
-def check_links(folder: Path) -> None:
-    """Refuse a model folder with a symlinked subfolder, or a symlinked file that leads outside the folder (other
-    than to a Hugging Face cache's blobs, beside its snapshots): lacal would read, copy or rewrite files elsewhere."""
+def check_folder(folder: Path) -> None:
+    """Refuse a model folder holding a device, FIFO or socket (named; never read), a symlinked subfolder, or a
+    symlinked file that leads outside the folder (other than to a Hugging Face cache's blobs, beside its
+    snapshots): lacal would read, copy or rewrite files elsewhere."""
     root = folder.resolve()
     for parent, folders, files in os.walk(folder):
         for name in folders + files:
             item = Path(parent) / name
+            mode = os.lstat(item).st_mode
+            if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode) or stat.S_ISLNK(mode)):
+                raise InputFileError(f"is a {_special_kind(mode)} inside the model folder; lacal reads and copies "
+                                     "regular files only: move it out of the folder", item)
             if not item.is_symlink():
                 continue
             real = item.resolve()
@@ -280,26 +391,25 @@ def check_links(folder: Path) -> None:
             if root not in real.parents and not cache_blob:
                 raise InputFileError(f"is a symlink that leads outside the model folder (to {real}); lacal reads "
                                      "and writes only inside it", item)
+            check_regular(real)
 
 
-def _open_folder(path: Path) -> Checkpoint:
-    check_links(path)
-    present = [name for name in HF_WEIGHT_FILES if (path / name).is_file()]
-    if not present:
-        raise InputFileError(f"is a folder without model weights; expected one of {', '.join(HF_WEIGHT_FILES)}", path)
-    checkpoint = Checkpoint(path, "folder", {})
-    chosen = path / present[0]
+def _open_weight_set(checkpoint: Checkpoint, chosen: Path, label: str) -> Weights:
+    """One of a folder's sets of weight files (a single file, or an index and its shards), each file opened once
+    into `checkpoint.files`."""
+    path = checkpoint.path
     weight_map = {}
+    index = data = None
     if chosen.name.endswith(".index.json"):
         try:
-            index = json.loads(chosen.read_text(encoding="utf-8"))
-            weight_map = index["weight_map"]
+            data = json.loads(chosen.read_text(encoding="utf-8"))
+            weight_map = data["weight_map"]
             files = list(dict.fromkeys(weight_map.values()))
             if not all(isinstance(name, str) for name in files):
                 raise TypeError("shard names must be strings")
         except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError, RecursionError) as exc:
             raise InputDataError(f"is not a valid weight index: {exc}", chosen) from None
-        checkpoint.index_file = chosen
+        index = chosen
         shards = [path / name for name in files]
         for name, shard in zip(files, shards):
             if Path(name).is_absolute() or ".." in Path(name).parts:  # symlinks (a hub cache's blobs) are fine
@@ -307,34 +417,54 @@ def _open_folder(path: Path) -> Checkpoint:
             check_readable(shard)
     else:
         shards = [chosen]
+    tensors = {}
     offset = 0
     for shard in shards:
+        if shard in checkpoint.files:
+            raise InputDataError(f"{shard.name} belongs to two sets of weights ({label} and another)", path)
         if is_safetensors(shard):
-            tensors, metadata = _safetensors_tensors(shard)
+            file, found, metadata = _open_safetensors(shard)
             checkpoint.patch = checkpoint.patch or _patch_from_metadata(metadata, shard)
         else:
-            tensors = _torch_tensors(checkpoint, shard)
-        for name, info in tensors.items():
+            file = _open_torch(shard)
+            found = _torch_tensors(file, file.layout.main)
+            checkpoint.patch = checkpoint.patch or _patch_in_torch(file)
+        checkpoint.files[shard] = file
+        for name, info in found.items():
             if name in weight_map and path / weight_map[name] != shard:
                 continue  # a copy in another shard: the index names the one that counts
-            checkpoint.tensors[name] = TensorInfo(name, info.shape, info.dtype, shard, offset + info.position)
+            tensors[name] = TensorInfo(name, info.shape, info.dtype, shard, offset + info.position)
         offset += 1 << 48  # later shards come after earlier ones
+    return Weights(label, tensors, index=index, index_data=data)
+
+
+def _open_folder(path: Path) -> Checkpoint:
+    check_folder(path)
+    present = [name for name in HF_WEIGHT_FILES if (path / name).is_file()]
+    if not present:
+        raise InputFileError(f"is a folder without model weights; expected one of {', '.join(HF_WEIGHT_FILES)}", path)
+    others = sorted(item.name for item in path.iterdir() if OTHER_HF_WEIGHTS.match(item.name))
+    if others:
+        raise CheckpointError(f"holds weights lacal cannot patch ({', '.join(others)}) beside {present[0]}: a loader "
+                              "that picks them would serve the unadjusted model; move them out of the folder and run "
+                              "again", path)
+    checkpoint = Checkpoint(path, "folder", {})
+    sets = []
+    for name in present:
+        if path / name not in checkpoint.files:  # else a single file that is a shard of the index before it
+            sets.append(_open_weight_set(checkpoint, path / name, name))
+    main, *copies = sets
+    checkpoint.tensors, checkpoint.index_file, checkpoint.copies = main.tensors, main.index, copies
+    checkpoint.index_data = main.index_data
     if (path / PATCH_FILE).exists():
-        checkpoint.patch = checkpoint.patch or _patch_beside_folder(path)
+        checkpoint.patch = checkpoint.patch or _read_record(path / PATCH_FILE)
     checkpoint.config = read_config(path / "config.json")
     if checkpoint.config is not None and checkpoint.config.get(PATCH_METADATA_KEY) is not None:
         # the copy of the record that survives transformers' from_pretrained + save_pretrained
         checkpoint.patch = checkpoint.patch or _as_record(checkpoint.config[PATCH_METADATA_KEY],
                                                           str(path / "config.json"))
-    checkpoint.class_names = read_config_classes(path / "config.json")
+    checkpoint.class_names = config_classes(checkpoint.config)
     return checkpoint
-
-
-def _patch_beside_folder(path: Path):
-    try:
-        return _as_record(json.loads((path / PATCH_FILE).read_text(encoding="utf-8")), str(path / PATCH_FILE))
-    except (json.JSONDecodeError, UnicodeDecodeError, OSError, RecursionError):
-        return {"unreadable": str(path / PATCH_FILE)}
 
 
 def read_config(config: Path) -> dict | None:
@@ -348,9 +478,8 @@ def read_config(config: Path) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
-def read_config_classes(config: Path) -> list[str] | None:
-    """Class names from a Hugging Face config.json (id2label), or None."""
-    data = read_config(config)
+def config_classes(data: dict | None) -> list[str] | None:
+    """Class names from a Hugging Face config (id2label), or None."""
     labels = data.get("id2label") if isinstance(data, dict) else None
     if not isinstance(labels, dict) or not labels:
         return None
@@ -363,202 +492,31 @@ def read_config_classes(config: Path) -> list[str] | None:
     return [str(labels[str(i)]) for i in ids]
 
 
-# ----------------------------------------------------------------------------------------------------- the head
-
-
-def plain_name(module: str) -> str:
-    changed = True
-    while changed:
-        changed = False
-        for prefix in WRAPPER_PREFIXES:
-            if module.startswith(prefix):
-                module, changed = module[len(prefix):], True
-    return module
-
-
-def _layers(checkpoint: Checkpoint, num_classes: int | None) -> list[Head]:
-    """Every `X.weight` that is 2-D (with [C, D] when C is known), with `X.bias` when that is 1-D of length C."""
-    layers = []
-    for name, info in sorted(checkpoint.tensors.items(), key=lambda item: _order(item[1])):
-        if not (name == "weight" or name.endswith(".weight")) or not _linear_shape(info.shape) or _embedding(name):
-            continue
-        rows, columns = info.shape[:2]
-        if num_classes is not None and rows != num_classes:
-            continue
-        module = name[: -len("weight")].rstrip(".")  # "" for a bare layer's state dict
-        bias = checkpoint.tensors.get(bias_name(module))
-        has_bias = bias is not None and bias.shape == (rows,)
-        layers.append(Head(module, name, bias_name(module) if has_bias else None, rows, columns, info.dtype))
-    return layers
-
-
-def _embedding(name: str) -> bool:
-    """Token, position and patch tables ([vocab, D] and the like), never a classifier."""
-    return any("embed" in part or part in ("wte", "wpe") for part in name.lower().split("."))
-
-
-def bias_name(module: str) -> str:
-    return f"{module}.bias" if module else "bias"
-
-
-def _linear_shape(shape: tuple) -> bool:
-    """[C, D], or [C, D, 1, 1] (a 1x1 convolution used as the classifier, as in BiT and SqueezeNet)."""
-    return len(shape) == 2 or (len(shape) == 4 and shape[2:] == (1, 1))
-
-
-def _natural(name: str) -> tuple:
-    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name))
-
-
-def _order(info: TensorInfo) -> tuple:
-    """File order for PyTorch files (the order the model defined its modules); safetensors files are written sorted
-    by name, so there module names in natural order (classifier.9 before classifier.10) stand in for it."""
-    if is_safetensors(info.file):
-        return (info.position >> 48, _natural(info.name))
-    return (info.position >> 48, info.position)
-
-
-def _describe(layer: Head) -> str:
-    return f"{layer.name or '(top level)'} [{layer.num_classes}, {layer.in_features}]" + \
-        ("" if layer.bias else " (no bias)")
-
-
-def find_head(checkpoint: Checkpoint, num_classes: int | None = None, name: str | None = None) -> Head:
-    """The classifier head: `name` when given (a module name, with or without a `module.`-style prefix or
-    '.weight'); else the last layer with a usual head name (fc, head, head.fc, classifier, classifier.N,
-    heads.head, under module./model. prefixes); else the only [C, D] layer. A head without a bias is returned with
-    bias=None; several candidates and no usual name is an error that lists them."""
-    if name is not None:
-        module = name[: -len("weight")].rstrip(".") if name == "weight" or name.endswith(".weight") else name
-        every = _layers(checkpoint, None)
-        matches = [layer for layer in every if layer.name == module] or \
-            [layer for layer in every if plain_name(layer.name) == plain_name(module)]
-        if len(matches) != 1:
-            found = "several layers match it" if matches else f"no 2-D tensor {module + '.weight'!r}"
-            raise CheckpointError(f"`head` {name!r}: {found} in the checkpoint", checkpoint.path)
-        if num_classes is not None and matches[0].num_classes != num_classes:
-            raise MismatchError(f"`head` {name!r} has {matches[0].num_classes} outputs but the calibration is for "
-                                f"{num_classes} classes", checkpoint.path)
-        return matches[0]
-    layers = _layers(checkpoint, num_classes)
-    usual = [layer for layer in layers if USUAL_HEAD.match(plain_name(layer.name))]
-    if usual:
-        return usual[-1]
-    if num_classes is None:
-        likely = [layer for layer in layers if re.search(r"head|classifier|score|logits", layer.name.lower())]
-        found = [_describe(layer) for layer in likely + [layer for layer in layers if layer not in likely]][:5]
-        raise CheckpointError(f"no layer with a usual head name ({USUAL_NAMES}); 2-D weights include: "
-                              f"{'; '.join(found) or 'none'}; name the classifier with --head NAME, or give the "
-                              "class count through --calibration or --priors", checkpoint.path)
-    if len(layers) == 1:
-        return layers[0]
-    if not layers:
-        heads = [layer for layer in _layers(checkpoint, None) if USUAL_HEAD.match(plain_name(layer.name))]
-        if heads:
-            raise MismatchError(f"the head {heads[-1].name!r} has {heads[-1].num_classes} outputs but the "
-                                f"calibration is for {num_classes} classes", checkpoint.path)
-        shapes = [f"{n} {list(i.shape)}" for n, i in checkpoint.tensors.items()
-                  if n.endswith(".weight") and _linear_shape(i.shape)][-5:]
-        raise CheckpointError(f"no 2-D weight with {num_classes} rows (one per class); 2-D weights include: "
-                              f"{', '.join(shapes) or 'none'}; name the classifier with --head NAME (or, if this "
-                              "file holds logits rather than a model, choose the array with --key NAME)",
-                              checkpoint.path)
-    raise CheckpointError(f"{len(layers)} layers could be the classifier head ({num_classes} outputs): "
-                          f"{'; '.join(_describe(layer) for layer in layers)}; choose one with --head NAME",
-                          checkpoint.path)
-
-
-def find_heads(checkpoint: Checkpoint, num_classes: int | None = None, name: str | None = None) -> list[Head]:
-    """Every layer whose output is the model's output: the head `find_head` picks, and the heads the architecture
-    averages with it (timm's distilled DeiT: `head` and `head_dist`), each of which needs the full offsets. Refused
-    (CheckpointError): another head-like layer with the same outputs when lacal cannot know how the model combines
-    them (unless --head names the one to patch), and a known architecture that transforms the head's output
-    further (torchvision's SqueezeNet)."""
-    layers = _layers(checkpoint, num_classes)
-    by_plain = {plain_name(layer.name): layer for layer in layers}
-    pair = next(((by_plain[a], by_plain[b]) for a, b in AVERAGED_HEADS.items() if a in by_plain and b in by_plain),
-                None)
-    if pair is not None and name is None:
-        heads = list(pair)
-    else:
-        head = find_head(checkpoint, num_classes, name)
-        every = {plain_name(layer.name): layer for layer in _layers(checkpoint, head.num_classes)}
-        plain = plain_name(head.name)
-        partner = AVERAGED_HEADS.get(plain) or next((a for a, b in AVERAGED_HEADS.items() if b == plain), None)
-        heads = [head] + ([every[partner]] if partner in every else [])
-    if name is None:
-        others = [layer for layer in _layers(checkpoint, heads[0].num_classes)
-                  if layer not in heads and _head_like(layer) and not any(_same_sequence(layer, h) for h in heads)]
-        if others:
-            listed = "; ".join(_describe(layer) for layer in heads + others)
-            raise CheckpointError(f"several layers could be output heads ({listed}) and lacal cannot know how the "
-                                  "model combines them (patching one of several heads that the model adds or "
-                                  "averages would apply only part of the adjustment); if the model's output is one of them "
-                                  "alone, name it with --head NAME", checkpoint.path)
-    _refuse_known_nonlinear_head(checkpoint, heads)
-    return heads
-
-
-def _head_like(layer: Head) -> bool:
-    parts = plain_name(layer.name).split(".")
-    if any(part.lower().startswith("aux") for part in parts):
-        return False  # torchvision's GoogLeNet and Inception v3: auxiliary heads feed the training loss only
-    return any(HEAD_LIKE.match(part) for part in parts)
-
-
-def _same_sequence(layer: Head, head: Head) -> bool:
-    """Two numbered layers of one nn.Sequential (classifier.0 and classifier.6): a chain, not parallel heads."""
-    parent, _, last = layer.name.rpartition(".")
-    head_parent, _, head_last = head.name.rpartition(".")
-    return parent == head_parent and last.isdigit() and head_last.isdigit()
-
-
-def _refuse_known_nonlinear_head(checkpoint: Checkpoint, heads: list[Head]) -> None:
-    """torchvision's SqueezeNet ends with classifier.1 (a 1x1 convolution), then a ReLU, then average pooling: a new
-    bias would be clipped by the ReLU, so the model's output would not move by the offsets."""
-    names = checkpoint.tensors
-    squeezenet = any(".squeeze." in n for n in names) and any(".expand1x1." in n for n in names)
-    if squeezenet and any(plain_name(h.name) == "classifier.1" for h in heads):
-        raise CheckpointError(
-            "looks like torchvision's SqueezeNet, whose classifier.1 is followed by a ReLU and average pooling: a new "
-            "bias would be clipped by the ReLU, so the patched model would not give logits - tau * log(pi); adjust "
-            "the model's logits instead (`lacal apply LOGITS`, or Calibration.adjust in Python)", checkpoint.path)
-
-
-def head_notes(checkpoint: Checkpoint, heads: list[Head]) -> list[str]:
-    """What the user should know about the heads lacal will patch."""
-    notes = []
-    if len(heads) > 1:
-        notes.append(f"the model averages {' and '.join(repr(h.name) for h in heads)}, so each gets the full "
-                     "offsets")
-    convolutions = [h.name for h in heads if len(checkpoint.tensors[h.weight].shape) == 4]
-    if convolutions and not checkpoint.is_hugging_face:
-        notes.append(f"{convolutions[0]!r} is a 1x1 convolution and lacal cannot see what the model does after it: "
-                     "the patch is exact when only pooling, flattening or a softmax follows, not a ReLU or a "
-                     "normalisation; compare the patched model's outputs with the original's minus tau * log(pi) "
-                     "to be sure (--verify-features checks the layer itself)")
-    return notes
-
-
 def is_checkpoint(path: str | os.PathLike, key: str | None = None) -> bool:
     """Whether `lacal apply` should treat `path` as a checkpoint rather than logits: a folder with model weights, a
-    .bin, .tar or .ckpt (Lightning) file, or a .safetensors/.pt/.pth file with several tensors and no --key."""
+    .bin or .tar file, or a .safetensors/.pt/.pth file with several tensors and no --key."""
+    return sniff(path, key)[0]
+
+
+def sniff(path: str | os.PathLike, key: str | None = None) -> tuple[bool, object]:
+    """(`is_checkpoint`'s answer, what was read to give it): a PyTorch file's loaded object or a safetensors file's
+    (header, data start), else None. Hand the second to `open_checkpoint` so the file is not read twice."""
     import torch
 
     path = Path(path)
     if path.is_dir():  # a Hugging Face model folder, not a folder of logits shards
-        return any((path / name).is_file() for name in HF_WEIGHT_FILES)
-    if path.suffix.lower() in (".bin", ".tar", ".ckpt"):  # training checkpoints; lacal reads no logits from these
-        return True
+        return any((path / name).is_file() for name in HF_WEIGHT_FILES), None
+    if path.suffix.lower() in CHECKPOINT_ONLY_SUFFIXES:  # .pth.tar: a training checkpoint; no logits from .tar
+        return True, None
     if key is not None or not path.is_file():
-        return False
+        return False, None
     if is_safetensors(path):
-        header, _ = read_safetensors_header(path)
-        return len([k for k in header if k != "__metadata__"]) > 1
+        header, data_start = read_safetensors_header(path)
+        return len([k for k in header if k != "__metadata__"]) > 1, (header, data_start)
     if path.suffix.lower() in (".pt", ".pth"):
         obj = load_torch_file(path)
         if isinstance(obj, torch.Tensor):
-            return False
+            return False, None
         tensors = [v for v in obj.values() if isinstance(v, torch.Tensor)] if isinstance(obj, dict) else []
-        return len(tensors) != 1
-    return False
+        return len(tensors) != 1, obj
+    return False, None

@@ -69,7 +69,8 @@ def _layer(module, name: str):
     if isinstance(layer, torch.nn.Conv2d) and tuple(layer.kernel_size) == (1, 1) and layer.groups == 1:
         return layer
     raise CheckpointError(f"the head {name or '(the module itself)'!r} is a {type(layer).__name__}, not a Linear or "
-                          "1x1 Conv2d layer whose bias lacal can change; name the classifier with head=NAME",
+                          "1x1 Conv2d layer whose bias lacal can change; if another layer gives the model's output, "
+                          "name it with head=NAME, else adjust the logits with Calibration.adjust",
                           "module")
 
 
@@ -109,7 +110,7 @@ def patch_module(module, calibration, *, head: str | None = None, add_bias: bool
     """
     import torch
 
-    from .checkpoints import bias_name, find_heads, head_notes
+    from .heads import bias_name, find_heads, head_notes
     from .patch import PATCH_FORMAT, PATCH_VERSION, describe_patch
 
     if not isinstance(module, torch.nn.Module):

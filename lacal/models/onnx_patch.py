@@ -125,6 +125,7 @@ def open_onnx(path) -> OnnxFile:
         raise InputFileError(f"cannot read as an ONNX model: {_first_line(exc)}", path) from None
     if not model.graph.output:
         raise InputFileError("cannot read as an ONNX model: the graph has no outputs", path)
+    check_external_data(model, path)
     try:
         inferred = onnx.shape_inference.infer_shapes(model)
     except Exception:  # shape inference is a help, not a requirement
@@ -142,6 +143,30 @@ def open_onnx(path) -> OnnxFile:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def check_external_data(model, path: Path) -> None:
+    """Refuse (InputFileError, naming the model file and the location) external data that is not a regular file
+    inside the model's folder: an absolute location, one with `..`, a symlink that leads out of the folder, a
+    device, FIFO or socket, or a file that is not there. Checked before anything reads or copies the data."""
+    import stat
+
+    folder = path.parent.resolve()
+    for location in external_files(model):
+        relative = Path(location)
+        if relative.is_absolute() or ".." in relative.parts or relative.drive:
+            raise InputFileError(f"points to external data outside its folder: {location!r}; lacal reads external "
+                                 "data only from the model's own folder", path)
+        real = (path.parent / relative).resolve()
+        if folder not in real.parents:
+            raise InputFileError(f"its external data {location!r} leads outside the model's folder (to {real}); "
+                                 "lacal reads external data only from the model's own folder", path)
+        try:
+            mode = os.stat(real).st_mode
+        except OSError as exc:
+            raise InputFileError(f"cannot read its external data {location!r}: {exc.strerror or exc}", path) from None
+        if not stat.S_ISREG(mode):
+            raise InputFileError(f"its external data {location!r} is not a regular file", path)
 
 
 # ----------------------------------------------------------------------------------------------------- the head
@@ -539,6 +564,7 @@ class OnnxRunner:
         if device.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
             index = int(device.split(":")[1]) if ":" in device else 0
             providers.insert(0, ("CUDAExecutionProvider", {"device_id": index}))
+        graph = _graph_without_data(self.path)
         options = ort.SessionOptions()
         options.log_severity_level = 3
         try:
@@ -558,7 +584,7 @@ class OnnxRunner:
             raise InputFileError(f"the model has no output {output!r}; its outputs are {', '.join(names)}", path)
         self.output = output or ("logits" if "logits" in names else names[0])
         self.providers = self.session.get_providers()
-        self.probabilities = _ends_in_softmax(self.path, self.output)
+        self.probabilities = graph is not None and _ends_in_softmax(graph, self.output)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         if self.input_dtype is not None:
@@ -576,14 +602,21 @@ class OnnxRunner:
         return torch.from_numpy(np.asarray(self.run(x.detach().cpu().numpy())))
 
 
-def _ends_in_softmax(path: Path, output: str) -> bool:
-    """Whether `output` is a Softmax's (through pass-through layers): probabilities rather than logits."""
+def _graph_without_data(path: Path):
+    """The model's graph, its external data checked (check_external_data) before onnxruntime reads it; None when
+    onnx is missing or cannot read the file (onnxruntime then says what is wrong)."""
     try:
         import onnx
 
-        graph = onnx.load(str(path), load_external_data=False).graph
-    except Exception:  # onnx missing or the file unreadable by it: onnxruntime ran it, so no warning
-        return False
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # onnx missing or the file unreadable by it
+        return None
+    check_external_data(model, path)
+    return model.graph
+
+
+def _ends_in_softmax(graph, output: str) -> bool:
+    """Whether `output` is a Softmax's (through pass-through layers): probabilities rather than logits."""
     producers = {name: node for node in graph.node for name in node.output}
     node, seen = producers.get(output), set()
     while node is not None and (node.op_type in PASS_THROUGH or node.op_type == "Cast") and node.input \

@@ -40,6 +40,21 @@ def weights_only_everywhere():
             os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = old
 
 
+@contextmanager
+def quiet_export_log():
+    """Silence torch.export's logger, which prints a failed load's traceback as a warning before raising; lacal
+    reports the failure itself, in one line."""
+    import logging
+
+    logger = logging.getLogger("torch.export")
+    old = logger.disabled
+    logger.disabled = True
+    try:
+        yield
+    finally:
+        logger.disabled = old
+
+
 def check_export_archive(path: Path) -> None:
     """Refuse a .pt2 archive that torch.export.load would unpickle Python objects from, or load compiled code from.
 
@@ -59,6 +74,12 @@ def check_export_archive(path: Path) -> None:
                     configs.append((info.filename, archive.read(info)))
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, RuntimeError, ValueError, EOFError) as exc:
         raise InputFileError(f"cannot read as a torch.export archive: {exc}", path) from None
+    root = members[0].filename.replace("\\", "/").split("/")[0] if members else ""
+    for info in members:
+        parts = info.filename.replace("\\", "/").split("/")
+        if len(parts) < 2 or parts[0] != root or ".." in parts or ":" in parts[0]:
+            raise InputFileError(f"refused: the archive's member {info.filename!r} lies outside its folder "
+                                 f"{root + '/'!r}; a torch.export archive keeps every member in one folder", path)
     for info in members:
         lowered = info.filename.lower().replace("\\", "/")
         if os.path.basename(lowered).startswith(PICKLED_OBJECT_PREFIXES):
@@ -101,7 +122,7 @@ def load_model(path: str | os.PathLike):
     if suffix in EXPORT_SUFFIXES:
         check_export_archive(path)
         try:
-            with weights_only_everywhere():
+            with weights_only_everywhere(), quiet_export_log():
                 program = torch.export.load(str(path))
         except (pickle.UnpicklingError, RuntimeError, ValueError, KeyError, zipfile.BadZipFile) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -114,6 +135,7 @@ def load_model(path: str | os.PathLike):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", DeprecationWarning)  # "switch to torch.export": the user's choice
+                warnings.simplefilter("ignore", FutureWarning)
                 model = torch.jit.load(str(path), map_location="cpu")
         except (RuntimeError, ValueError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -10,6 +10,7 @@ TorchScript's own loader, and .pt2 archives are checked and loaded as lacal.mode
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import zipfile
 from dataclasses import dataclass
@@ -111,7 +112,7 @@ def open_script(path, kind: str | None = None) -> ScriptFile:
     import torch
 
     from ..data.readers import check_readable
-    from .run import check_export_archive, weights_only_everywhere
+    from .run import check_export_archive, quiet_export_log, weights_only_everywhere
 
     path = check_readable(path)
     extras = {name: "" for name in _extra_names(path)}
@@ -120,7 +121,8 @@ def open_script(path, kind: str | None = None) -> ScriptFile:
     if kind == "export":
         check_export_archive(path)
         try:
-            with weights_only_everywhere(), warnings.catch_warnings(), open(path, "rb") as handle:
+            with weights_only_everywhere(), quiet_export_log(), warnings.catch_warnings(), \
+                    open(path, "rb") as handle:
                 warnings.simplefilter("ignore")
                 program = torch.export.load(handle, extra_files=extras)
         except Exception as exc:  # torch.export.load raises many kinds; none may escape as a traceback
@@ -199,13 +201,18 @@ def write_script(file: ScriptFile, patch, out, force: bool = False, in_place: bo
     extras[PATCH_EXTRA_FILE] = json.dumps(patch.record)
     result = None
     with atomic_path(target, force or in_place, [] if in_place else [file.path, *inputs]) as temporary:
+        # saved into memory, then written here: torch.jit.save aborts the whole process on a full disk, and a write of
+        # our own fails with an OSError that says so
+        buffer = io.BytesIO()
         if file.kind == "export":
-            with open(temporary, "wb") as handle:  # a file object: the temporary name does not end in .pt2
-                torch.export.save(file.program, handle, extra_files=extras)
+            torch.export.save(file.program, buffer, extra_files=extras)
         else:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", FutureWarning)
-                torch.jit.save(file.program, str(temporary), _extra_files=extras)
+                torch.jit.save(file.program, buffer, _extra_files=extras)
+        with open(temporary, "wb") as handle:
+            handle.write(buffer.getbuffer())
+        del buffer
         if in_place:
             shutil.copymode(file.path, temporary)
         written = open_script(temporary, file.kind)

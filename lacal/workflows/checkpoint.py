@@ -73,7 +73,7 @@ def patch_checkpoint(checkpoint, calibration=None, *, out=None, head: Optional[s
     Example:
         >>> lacal.patch_checkpoint("model.safetensors", "calibration.json", out="model-adjusted.safetensors")
     """
-    from ..models.checkpoints import is_checkpoint
+    from ..models.checkpoints import check_regular, sniff
     from ..models.deploy import deployed_kind
 
     context = make_context(device, context)
@@ -90,14 +90,16 @@ def patch_checkpoint(checkpoint, calibration=None, *, out=None, head: Optional[s
     args = (Path(checkpoint), None if out is None else Path(out), calibration, tau, train_labels, priors,
             class_names, label_column, smoothing, context.device, force, head, add_bias, in_place, link,
             verify_features, key, target_priors, target_logits, budget)
+    check_regular(Path(checkpoint))  # a device, FIFO or socket is refused by name, never opened
     kind = deployed_kind(checkpoint)
     if kind is not None:
         return _patch_deployed(kind, *args, fitted=fitted)
-    if not is_checkpoint(checkpoint, key):
+    found, read = sniff(checkpoint, key)  # what it read to tell is opened, not read again
+    if not found:
         from ..errors import InputFileError
 
         raise InputFileError("is not a checkpoint lacal can patch", checkpoint)
-    return _patch_checkpoint(*args, fitted=fitted)
+    return _patch_checkpoint(*args, fitted=fitted, read=read)
 
 
 def _calibration_name(calibration) -> str:
@@ -110,7 +112,7 @@ def _calibration_path(calibration):
 
 def _patch_checkpoint(path, out, calibration, tau, train_labels, priors, classes, label_column, smoothing, compute,
                       force, head, add_bias, in_place, link, verify_features, key, target, target_logits, budget,
-                      fitted=None) -> CheckpointPatch:
+                      fitted=None, read=None) -> CheckpointPatch:
     from ..models.checkpoints import find_heads, head_notes, open_checkpoint
     from ..data.readers import read_logits, sha256_file
     from ..models.patch import make_patch, verify_patch, write_checkpoint
@@ -125,7 +127,7 @@ def _patch_checkpoint(path, out, calibration, tau, train_labels, priors, classes
         from ..data.writers import check_output
 
         check_output(out, force, [path, *inputs])
-    model = open_checkpoint(path)
+    model = open_checkpoint(path, read)
     if fitted is None and calibration is not None:
         fitted = calibration_for(calibration, tau, train_labels, priors, None, smoothing, None, label_column, True,
                                  target, target_logits, key, compute, budget, notes=notes)
