@@ -283,6 +283,7 @@ def fit_multilabel_tau(logits, labels, priors, tau_range=DEFAULT_TAU_RANGE, metr
         best = segments.max().item()
     else:
         tau, interval, best = None, None, floor
+    segment = (tau, interval, best)
     best_point = at_points.max().item()
     if tau is None or better(best_point, best, exact):  # a point beats every segment: flips of both kinds meet
         candidates = points[best_mask(at_points, exact)].cpu().numpy()
@@ -291,10 +292,17 @@ def fit_multilabel_tau(logits, labels, priors, tau_range=DEFAULT_TAU_RANGE, metr
     search_value = 1 - best / unit if unit else float("nan")
 
     # the reported figures are measured directly, with apply's arithmetic, at 0, 1, the range ends and the fitted tau
-    special = sorted({0.0, 1.0, lo, hi, tau})
+    special = sorted({0.0, 1.0, lo, hi, tau, *(() if segment[0] is None else (segment[0],))})
     evaluations = evaluate_multilabel(source, truth.numpy(), [-t * ratios for t in special], device, rows,
                                       memory_budget=budget, context=context)
     direct = dict(zip(special, evaluations))
+    delivered = direct[tau].metric(metric)
+    if interval[0] == interval[1] and segment[0] is not None and delivered > search_value + FLOAT_TIE_TOLERANCE \
+            and direct[segment[0]].metric(metric) <= delivered + FLOAT_TIE_TOLERANCE:
+        # a single point where flips meet exactly: apply's float arithmetic does not land on it (the decisions come
+        # out on one side), so it cannot be delivered; the best open segment can
+        tau, interval, best = segment
+        search_value = 1 - best / unit if unit else float("nan")
     in_range = [t for t in special if lo <= t <= hi]
     fallback = min(in_range, key=lambda t: (direct[t].metric(metric), abs(t - 1.0)))
     if direct[fallback].metric(metric) < direct[tau].metric(metric) - FLOAT_TIE_TOLERANCE:
