@@ -361,7 +361,24 @@ def summaries(correct: np.ndarray, support: np.ndarray, groups) -> np.ndarray:
 
 
 @dataclass(frozen=True, eq=False)
-class TauBootstrap:
+class Replicates:
+    """What every bootstrap of a tau fit holds, for a single- or a multi-label head: how it was resampled, the
+    fitted tau, each replicate's refitted tau, and the replicates' figures at tau = 0, at the fitted tau, at their own
+    tau, and the original samples' figures at each replicate's tau (their mean difference is the optimism)."""
+
+    replicates: int
+    seed: int
+    level: float
+    tau: float
+    taus: np.ndarray = field(repr=False)
+    before: np.ndarray = field(repr=False)
+    at_fitted: np.ndarray = field(repr=False)
+    refit: np.ndarray = field(repr=False)
+    original_at_refit: np.ndarray = field(repr=False)
+
+
+@dataclass(frozen=True, eq=False)
+class TauBootstrap(Replicates):
     """Bootstrap replicates of a tau fit and the intervals they give.
 
     Attributes:
@@ -376,19 +393,10 @@ class TauBootstrap:
         has_groups: whether training counts gave shot groups.
     """
 
-    replicates: int
-    seed: int
-    level: float
-    stratified: bool
-    tau: float
-    taus: np.ndarray = field(repr=False)
-    before: np.ndarray = field(repr=False)
-    at_fitted: np.ndarray = field(repr=False)
-    refit: np.ndarray = field(repr=False)
-    original_at_refit: np.ndarray = field(repr=False)
-    support: np.ndarray = field(repr=False)
-    correct_before: np.ndarray = field(repr=False)
-    correct_after: np.ndarray = field(repr=False)
+    stratified: bool = True
+    support: np.ndarray = field(default=None, repr=False)
+    correct_before: np.ndarray = field(default=None, repr=False)
+    correct_after: np.ndarray = field(default=None, repr=False)
     groups: np.ndarray | None = field(default=None, repr=False)
     refitted: bool = True
     refit_tau_ci: tuple | None = None  # without a refit here: where tau falls when refitted on these samples
@@ -596,8 +604,8 @@ def bootstrap_fit(intervals: SampleIntervals, tau: float, tau_range, replicates:
     order = np.argsort(merged[0])
     _, taus, before, at_fitted, refit, original_refit = (m[order] for m in merged)
     correct = class_sums(fixed.T.numpy(), starts, support)
-    return TauBootstrap(replicates, seed, level, stratified, float(tau), taus, before, at_fitted, refit,
-                        original_refit, support, correct[0], correct[1], groups)
+    return TauBootstrap(replicates, seed, level, float(tau), taus, before, at_fitted, refit, original_refit,
+                        stratified, support, correct[0], correct[1], groups)
 
 
 def in_workers(work, blocks: list) -> list:
@@ -661,8 +669,8 @@ def bootstrap_fixed(hits: np.ndarray, labels, num_classes: int, replicates: int 
     before, after = merged[1][order], merged[2][order]
     correct = class_sums(fixed.T.astype(np.float64), starts, support)
     nothing = np.zeros_like(before)
-    return TauBootstrap(replicates, seed, level, stratified, float("nan"), np.zeros(0), before, after, nothing,
-                        nothing, support, correct[0], correct[1], groups, refitted=False)
+    return TauBootstrap(replicates, seed, level, float("nan"), np.zeros(0), before, after, nothing, nothing,
+                        stratified, support, correct[0], correct[1], groups, refitted=False)
 
 
 def class_matrix(masks: np.ndarray, labels: np.ndarray, classes: int):

@@ -16,14 +16,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .bootstrap import DEFAULT_REPLICATES, SampleIntervals, Sweep, class_matrix, class_sums, single_threaded
+from .bootstrap import DEFAULT_REPLICATES, Replicates, SampleIntervals, Sweep, class_matrix, class_sums, \
+    single_threaded
 from .resampling import DEFAULT_LEVEL, Slots, percentile_interval
 
 METRICS = ("balanced_error", "macro_f1")
 
 
 @dataclass(frozen=True, eq=False)
-class MultiLabelBootstrap:
+class MultiLabelBootstrap(Replicates):
     """Bootstrap replicates of a multi-label fit (or of a fixed adjustment, `refitted` False).
 
     Attributes:
@@ -35,15 +36,6 @@ class MultiLabelBootstrap:
         original: 2 x 2, the original samples' figures at tau = 0 and at the fitted tau.
     """
 
-    replicates: int
-    seed: int
-    level: float
-    tau: float
-    taus: np.ndarray = field(repr=False)
-    before: np.ndarray = field(repr=False)
-    at_fitted: np.ndarray = field(repr=False)
-    refit: np.ndarray = field(repr=False)
-    original_at_refit: np.ndarray = field(repr=False)
     per_label: np.ndarray = field(repr=False)
     original: np.ndarray = field(repr=False)
     refitted: bool = True
