@@ -42,4 +42,5 @@ def test_onnx_model_takes_the_multilabel_offsets(tmp_path):
     refused = runner.invoke(app, ["apply", str(tmp_path / "model.onnx"), "--multi-label", "--tau", "1", "--priors",
                                   str(tmp_path / "cal.json"), "--out", str(tmp_path / "again.onnx")])
     assert refused.exit_code == 6 and "fit-tau --multi-label --out" in refused.stderr
+    assert refused.stderr.startswith("lacal: error: --multi-label: ")
     assert not (tmp_path / "again.onnx").exists()

@@ -165,3 +165,36 @@ def test_a_calibration_file_brings_its_task_to_apply_and_report(task, tmp_path):
     assert report.task is task
     expected = lacal.report(logits, labels, lacal.Calibration.load(tmp_path / "c.json")).to_dict()
     assert report.to_dict() == expected
+
+
+@pytest.mark.parametrize("multi_label", [False, True], ids=["single-label", "multi-label"])
+def test_patch_checkpoint_takes_the_task_from_a_fit_result_or_the_flag(tmp_path, multi_label):
+    """One `patch_checkpoint` for both tasks: a fit result of either task, or `tau` with training labels and the
+    task's flag, gives a head whose bias is the task's offsets (-tau log pi, or -tau log(pi / (1 - pi)))."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    rng = np.random.default_rng(3)
+    rates = np.array([0.5, 0.3, 0.2, 0.1, 0.05])
+    if multi_label:
+        logits = rng.normal(size=(200, 5)).astype(np.float32)
+        labels = (rng.random((200, 5)) < rates).astype(np.int64)
+        train = (rng.random((3000, 5)) < rates).astype(np.int64)
+        positives = train.sum(0)
+        expected_at_one = -(np.log(positives) - np.log(len(train) - positives))
+    else:
+        labels = rng.integers(0, 5, 200)
+        logits = (rng.normal(size=(200, 5)) + 2 * np.eye(5)[labels]).astype(np.float32)
+        train = rng.choice(5, size=3000, p=rates / rates.sum())
+        counts = np.bincount(train, minlength=5)
+        expected_at_one = -np.log(counts / counts.sum())
+    save_file({"fc.weight": torch.zeros(5, 8), "fc.bias": torch.zeros(5)}, str(tmp_path / "m.safetensors"))
+    fit = lacal.fit(logits, labels, train_labels=train, multi_label=multi_label, device="cpu")
+    lacal.patch_checkpoint(tmp_path / "m.safetensors", fit, out=tmp_path / "fit.safetensors", device="cpu")
+    assert fit.task.multi_label == multi_label
+    np.testing.assert_allclose(load_file(str(tmp_path / "fit.safetensors"))["fc.bias"].numpy(),
+                               fit.tau * expected_at_one, rtol=1e-6, atol=1e-6)
+    lacal.patch_checkpoint(tmp_path / "m.safetensors", tau=1.0, train_labels=train, multi_label=multi_label,
+                           out=tmp_path / "tau.safetensors", device="cpu")
+    np.testing.assert_allclose(load_file(str(tmp_path / "tau.safetensors"))["fc.bias"].numpy(), expected_at_one,
+                               rtol=1e-6, atol=1e-6)

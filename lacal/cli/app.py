@@ -481,18 +481,10 @@ def apply_command(
     options = dict(tau=tau, train_labels=train_labels, priors=priors, class_names=classes, label_column=label_column,
                    smoothing=smoothing, target_priors=target_priors, target_logits=target_logits, key=key,
                    memory_budget=memory_budget, force=force, context=context)
-    deployed = deployed_kind(source_path) is not None
     multi = multi_label or is_multilabel_calibration(calibration)
-    if deployed and multi_label and not is_multilabel_calibration(calibration):
-        raise OptionError("a multi-label ONNX, TorchScript or torch.export model is patched from the calibration "
-                          "file of `lacal fit-tau --multi-label --out`; give it with --calibration", "--multi-label")
-    if multi and not deployed and is_checkpoint(source_path, key):
-        show.patched(_patch_multi_label(source_path, calibration, out, head, add_bias, in_place, link,
-                                        verify_features, options))
-        return
-    if deployed or is_checkpoint(source_path, key):
+    if deployed_kind(source_path) is not None or is_checkpoint(source_path, key):
         result = patch_checkpoint(source_path, calibration, out=out, head=head, add_bias=add_bias, in_place=in_place,
-                                  link=link, verify_features=verify_features, **options)
+                                  link=link, verify_features=verify_features, multi_label=multi_label, **options)
         show.patched(result)
         return
     if out is None:
@@ -510,24 +502,6 @@ def apply_command(
     else:
         labels = f"{result.num_classes} labels, " if result.task.multi_label else ""
         _wrote(result.out, f" ({result.rows} samples, {labels}tau = {result.tau:.4f})")
-
-
-def _patch_multi_label(source_path, calibration, out, head, add_bias, in_place, link, verify_features, options):
-    """A checkpoint patched with a multi-label calibration (the one given, or one built from --tau and the
-    training labels)."""
-    from ..core.tasks import MULTI_LABEL
-    from ..workflows import patch_checkpoint
-    from ..workflows.task_inputs import task_calibration
-
-    context = options["context"]
-    MULTI_LABEL.refuse(label_column=options["label_column"], target_logits=options["target_logits"],
-                       target_priors=options["target_priors"].strip().lower() != "uniform", torchrun=context.active)
-    fitted = task_calibration(MULTI_LABEL, calibration, options["tau"], options["train_labels"], options["priors"],
-                              None, options["smoothing"], None)
-    return patch_checkpoint(source_path, fitted, calibration_file=calibration, out=out, head=head, add_bias=add_bias,
-                            in_place=in_place, link=link, verify_features=verify_features,
-                            class_names=options["class_names"], smoothing=options["smoothing"], key=options["key"],
-                            device=context.device, memory_budget=options["memory_budget"], force=options["force"])
 
 
 # --------------------------------------------------------------------------------------------------------- report

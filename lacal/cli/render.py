@@ -25,7 +25,7 @@ FLAGS = {
     "test_features": "--test-features", "num_classes": "--num-classes", "em_tolerance": "--em-tolerance",
     "tolerance": "--em-tolerance", "max_iterations": "--em-max-iter", "batch_size": "--batch-size", "amp": "--amp",
     "compare": "--compare", "em": "--em", "bootstrap": "--bootstrap", "seed": "--seed", "level": "--level",
-    "folds": "--folds", "tau_rule": "--tau-rule",
+    "folds": "--folds", "tau_rule": "--tau-rule", "multi_label": "--multi-label",
 }
 
 

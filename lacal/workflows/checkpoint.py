@@ -10,6 +10,7 @@ from typing import Any, Optional
 
 from ..errors import OptionError
 from .inputs import Notes, calibration_for, is_path, make_context, memory_bytes, paths_of, read_names
+from .task_inputs import is_multilabel_calibration, task_calibration, task_for
 
 
 @dataclass(frozen=True, eq=False)
@@ -46,7 +47,7 @@ def patch_checkpoint(checkpoint, calibration=None, *, out=None, head: Optional[s
                      train_labels=None, priors=None, class_names=None, label_column: Optional[str] = None,
                      smoothing: float = 0.0, target_priors: Any = "uniform", target_logits=None,
                      key: Optional[str] = None, device: str = "auto", memory_budget=None, force: bool = False,
-                     calibration_file=None, context=None) -> CheckpointPatch:
+                     calibration_file=None, context=None, multi_label: bool = False) -> CheckpointPatch:
     """Write a copy of a model whose classifier head gives the adjusted logits, as `lacal apply CHECKPOINT` does.
 
     Args:
@@ -66,6 +67,9 @@ def patch_checkpoint(checkpoint, calibration=None, *, out=None, head: Optional[s
             the patch record).
         tau, train_labels, priors, class_names, label_column, smoothing: as for `apply`.
         target_priors, target_logits, key, device, memory_budget, context: as for `apply`.
+        multi_label: a multi-label head (one sigmoid per label): the offsets are -tau * log(pi / (1 - pi)) of the
+            training positive rates; also taken when `calibration` or `priors` are a multi-label head's. A served
+            model (ONNX, TorchScript, torch.export) takes a multi-label calibration file.
 
     Returns:
         A `CheckpointPatch` (the heads, tau, what was written, warnings and messages).
@@ -80,6 +84,12 @@ def patch_checkpoint(checkpoint, calibration=None, *, out=None, head: Optional[s
     if context.active:
         raise OptionError("patching a model file does not run under torchrun yet; run it in one process", "torchrun")
     budget = memory_bytes(memory_budget)
+    task = task_for(multi_label, calibration, priors)
+    if task.multi_label:
+        calibration, calibration_file = _label_calibration(checkpoint, calibration, calibration_file, tau,
+                                                           train_labels, priors, smoothing, label_column,
+                                                           target_priors, target_logits, multi_label, context)
+        tau = train_labels = priors = None
     if calibration is not None and not is_path(calibration):  # a fit result or a Calibration
         from ..core.conversions import as_calibration
 
@@ -100,6 +110,25 @@ def patch_checkpoint(checkpoint, calibration=None, *, out=None, head: Optional[s
 
         raise InputFileError("is not a checkpoint lacal can patch", checkpoint)
     return _patch_checkpoint(*args, fitted=fitted, read=read)
+
+
+def _label_calibration(checkpoint, calibration, calibration_file, tau, train_labels, priors, smoothing, column,
+                       target_priors, target_logits, multi_label, context):
+    """(the multi-label `Calibration`, the file it came from): the one given, or one built from `tau` and the
+    training labels or priors."""
+    from ..core.tasks import MULTI_LABEL
+    from ..models.deploy import deployed_kind
+
+    uniform = is_path(target_priors) and str(target_priors).strip().lower() == "uniform"
+    MULTI_LABEL.refuse(label_column=column, target_logits=target_logits is not None, target_priors=not uniform,
+                       torchrun=context.active)
+    if deployed_kind(checkpoint) is not None:
+        if multi_label and not is_multilabel_calibration(calibration):
+            raise OptionError("a multi-label ONNX, TorchScript or torch.export model is patched from the calibration "
+                              "file of `lacal fit-tau --multi-label --out`; give it as `calibration`", "multi_label")
+        return calibration, calibration_file
+    fitted = task_calibration(MULTI_LABEL, calibration, tau, train_labels, priors, None, smoothing, None)
+    return fitted, calibration_file if calibration_file is not None else _calibration_path(calibration)
 
 
 def _calibration_name(calibration) -> str:
