@@ -2,6 +2,7 @@
 written files with onnxruntime against float64 numpy computations of the same graphs."""
 
 import hashlib
+import warnings
 import json
 import os
 import sys
@@ -564,3 +565,39 @@ def test_torchvision_and_timm_models(tmp_path, calibration):
             expected = model.double()(x.double()).numpy() + OFFSETS
         got = _run(out, x.numpy())
         np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4 * (1 + np.abs(expected).max()))
+
+
+# A multi-label calibration patches a served model too: every label's output becomes f - tau * log(pi / (1 - pi)),
+# and `--multi-label --tau` (which would build a single-label calibration) is refused for served models.
+
+LABEL_POSITIVES = np.array([300, 120, 40, 9, 2])
+LABEL_SAMPLES = 1000
+LABEL_TAU = 0.8
+
+
+def test_onnx_model_takes_the_multilabel_offsets(tmp_path):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 5)).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.randn(1, 6),), str(tmp_path / "model.onnx"), dynamo=False,
+                          input_names=["x"], output_names=["logits"], dynamic_axes={"x": {0: "n"}, "logits": {0: "n"}})
+    rates = LABEL_POSITIVES / LABEL_SAMPLES
+    calibration = lacal.Calibration(tau=LABEL_TAU, priors=rates, counts=LABEL_POSITIVES, multi_label=True, train_samples=LABEL_SAMPLES)
+    calibration.save(tmp_path / "cal.json")
+    runner = CliRunner()
+    result = runner.invoke(app, ["apply", str(tmp_path / "model.onnx"), "--calibration", str(tmp_path / "cal.json"),
+                                 "--out", str(tmp_path / "patched.onnx")])
+    assert result.exit_code == 0, result.output
+    x = np.random.default_rng(1).normal(size=(7, 6)).astype(np.float32)
+    session = ort.InferenceSession(str(tmp_path / "patched.onnx"), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"x": x})[0].astype(np.float64)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(x)).double().numpy() - LABEL_TAU * np.log(rates / (1 - rates))
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
+
+    refused = runner.invoke(app, ["apply", str(tmp_path / "model.onnx"), "--multi-label", "--tau", "1", "--priors",
+                                  str(tmp_path / "cal.json"), "--out", str(tmp_path / "again.onnx")])
+    assert refused.exit_code == 6 and "fit-tau --multi-label --out" in refused.stderr
+    assert refused.stderr.startswith("lacal: error: --multi-label: ")
+    assert not (tmp_path / "again.onnx").exists()

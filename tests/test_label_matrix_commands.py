@@ -1,4 +1,5 @@
-"""`--multi-label` on fit-tau, apply, report and priors, checked against float64 numpy on the same files."""
+"""Label matrices (N x C 0/1, one sigmoid per label) from the shell: `--multi-label` on fit-tau, apply, report and
+priors, checked against float64 numpy on the same files."""
 
 import csv
 import json
