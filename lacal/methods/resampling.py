@@ -71,12 +71,12 @@ class Slots:
         else:
             self.first = np.zeros(self.size, dtype=np.int64)
             self.choices = np.full(self.size, self.size, dtype=np.int64)
-        self.scale = self.choices / 2.0 ** 32
+        self.choices_unsigned = self.choices.astype(np.uint64)
 
     def counts(self, seed: int, replicates):
         """N x R float64 tensor: how often each sample (class order) is drawn in each of the replicates given (a
         column per replicate). Replicate b takes 32 random bits per slot from SFC64 seeded by
-        SeedSequence([seed, b]) and scales them to the slot's range."""
+        SeedSequence([seed, b]) and scales them to the slot's range (floor(bits * n / 2**32))."""
         import torch
         from numpy.random import SFC64, SeedSequence
 
@@ -84,14 +84,14 @@ class Slots:
         raw = np.empty((len(replicates), half), dtype=np.uint64)
         for row, b in enumerate(replicates):
             raw[row] = SFC64(SeedSequence([seed, int(b)])).random_raw(half)
-        # floor(bits * n / 2**32) in float64: exact, as n / 2**32 is, and bits * it is below n by more than its
-        # rounding for any n < 2**31
-        picks = torch.from_numpy(self.first + (raw.view(np.uint32)[:, :self.size] * self.scale).astype(np.int64))
-        out = torch.zeros(self.size, len(replicates), dtype=torch.float64)
-        ones = torch.ones(self.size, dtype=torch.float64)
-        for column in range(len(replicates)):  # added straight into the column: cheaper than a transpose after
-            out[:, column].index_add_(0, picks[column], ones)
-        return out
+        # floor(bits * n / 2**32) in integers: bits * n < 2**64 for any n < 2**32
+        picks = self.first + ((raw.view(np.uint32)[:, :self.size].astype(np.uint64) * self.choices_unsigned)
+                              >> np.uint64(32)).astype(np.int64)
+        # one histogram of the whole block (a row per replicate, so each row's counts stay together in memory),
+        # turned into the N x R layout the sweep adds rows of
+        picks += (np.arange(len(replicates), dtype=np.int64) * self.size)[:, None]
+        drawn = np.bincount(picks.ravel(), minlength=len(replicates) * self.size)
+        return torch.from_numpy(drawn.reshape(len(replicates), self.size).T.astype(np.float64))
 
     def folds(self, seed: int, folds: int, labels: np.ndarray) -> np.ndarray:
         """The fold (0..K-1) of each sample (class order, `labels` sorted): within each class, the samples in a
