@@ -61,6 +61,22 @@ def test_every_replicate_is_an_exact_refit(stratified, seed, dtype):
         assert boot.at_fitted[b, 0] == pytest.approx(at_fitted.grid_values[0], abs=1e-12)
 
 
+
+def test_replicates_of_equal_class_supports_are_exact_refits():
+    """Every class with the same number of validation samples (as ImageNet-LT's 20): each class weighs 1, and the
+    replicates are still the refits of their rebuilt datasets."""
+    logits, _, counts = long_tail_problem(num_samples=160, num_classes=8, seed=4)
+    labels = np.arange(160) % 8
+    logits[np.arange(160), labels] += 1.0
+    fit, intervals = intervals_of(logits, labels, counts)
+    boot = bootstrap_fit(intervals, fit.tau, (0.0, 4.0), replicates=12, seed=5, block=5)
+    weights = replicate_counts(labels, 8, 5, range(12))
+    for b in range(12):
+        rows = np.repeat(np.arange(labels.size), weights[b])
+        refit = fit_tau(logits[rows], labels[rows], counts)
+        assert boot.taus[b] == refit.tau
+        assert boot.refit[b, 0] == pytest.approx(refit.after.balanced_error, abs=1e-12)
+
 def test_replicates_reach_the_independent_reference_minimum():
     """Against tests/reference.py (naive float64 loops): each replicate's own error is the brute-force minimum
     over its resampled data, and its tau reaches it."""
@@ -113,6 +129,30 @@ def test_weights_follow_the_samples_not_their_position_in_a_shard():
     again = replicate_counts(labels.copy(), 6, 4, [3, 1])
     assert np.array_equal(again, whole[[3, 1]])
 
+
+
+@pytest.mark.parametrize("stratified", [True, False])
+def test_weights_are_the_documented_draw(stratified):
+    """Replicate b's counts are the documented draw, computed here slot by slot in plain Python: SFC64 seeded by
+    SeedSequence([seed, b]), one 32-bit number x per slot (the low half of each 64-bit output first), the pick
+    floor(x * n / 2**32) among the slot's n choices (its class's samples in class order, or all samples).
+    A class of 70,000 samples makes x * n overflow 32 bits, as large validation sets do."""
+    from numpy.random import SFC64, SeedSequence
+
+    labels = np.concatenate([np.full(70_000, 2), np.arange(40) % 5, [4]])
+    np.random.default_rng(8).shuffle(labels)
+    order = np.argsort(labels, kind="stable")
+    sizes = np.bincount(labels)
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    counts = replicate_counts(labels, 5, 13, [0, 6], stratified)
+    for row, b in enumerate([0, 6]):
+        words = SFC64(SeedSequence([13, b])).random_raw((labels.size + 1) // 2)
+        bits = [int(w) >> shift & 0xFFFFFFFF for w in words.tolist() for shift in (0, 32)]
+        expected = np.zeros(labels.size, dtype=np.int64)
+        for slot, label in enumerate(labels[order].tolist()):
+            first, n = (int(starts[label]), int(sizes[label])) if stratified else (0, labels.size)
+            expected[order[first + (bits[slot] * n >> 32)]] += 1
+        assert np.array_equal(counts[row], expected)
 
 # --------------------------------------------------------------------------------------------------- intervals
 

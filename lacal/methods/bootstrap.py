@@ -572,13 +572,15 @@ def bootstrap_fit(intervals: SampleIntervals, tau: float, tau_range, replicates:
                              .astype(np.float64))
     fixed_sums = class_matrix(fixed.numpy(), data.labels, support.size)
     sample_weight = sweep.sample_weight.double()
+    unit_weights = bool((sample_weight == 1).all())  # equal class supports: the mass is the counts themselves
     sweep.original_errors([tau])  # computes the original curve once, before any worker reads it
 
     def one_block(numbers):
         counts = slots.counts(seed, numbers)  # N x R: a column per replicate
         if stratified:
             row_support = np.broadcast_to(support, (len(numbers), support.size))
-            mass, exact, units = counts * sample_weight[:, None], sweep.exact, np.full(len(numbers), sweep.unit)
+            mass = counts if unit_weights else counts * sample_weight[:, None]
+            exact, units = sweep.exact, np.full(len(numbers), sweep.unit)
         else:
             row_support = class_sums(counts.numpy(), starts, support).astype(np.int64)
             row_weights, exact = _row_weights(row_support)
