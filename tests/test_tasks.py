@@ -198,3 +198,20 @@ def test_patch_checkpoint_takes_the_task_from_a_fit_result_or_the_flag(tmp_path,
                            out=tmp_path / "tau.safetensors", device="cpu")
     np.testing.assert_allclose(load_file(str(tmp_path / "tau.safetensors"))["fc.bias"].numpy(), expected_at_one,
                                rtol=1e-6, atol=1e-6)
+
+
+def test_a_single_label_calibration_for_a_multi_label_head_names_the_parameter(tmp_path):
+    """The library's error names `multi_label` (its parameter), not the CLI's --multi-label; the CLI shows the
+    flag."""
+    from lacal.errors import MismatchError
+
+    logits, labels, train = make_problem(SINGLE_LABEL)
+    fit = lacal.fit(logits, labels, train_labels=train, device="cpu")
+    with pytest.raises(MismatchError) as error:
+        lacal.apply(logits, fit, multi_label=True)
+    assert "`multi_label` was given" in str(error.value) and "--multi-label" not in str(error.value)
+    fit.calibration.save(tmp_path / "c.json")
+    np.save(tmp_path / "x.npy", logits)
+    result = run("apply", tmp_path / "x.npy", "--calibration", tmp_path / "c.json", "--out", tmp_path / "y.npy",
+                 "--multi-label")
+    assert result.exit_code == 7 and "calibration, but --multi-label was given" in result.stderr
