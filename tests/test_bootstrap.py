@@ -309,6 +309,8 @@ def test_coverage_on_a_small_simulation():
     (["--folds", "500"], "--folds", "more than the smallest class"),
     (["--tau-rule", "median"], "--tau-rule", "unknown tau rule"),
     (["--bootstrap", "10", "--metric", "worst-class-error"], "--bootstrap", "exact balanced-error search"),
+    (["--folds", "3", "--metric", "worst-class-error"], "--folds", "exact balanced-error search"),
+    (["--tau-rule", "one-se", "--search", "grid"], "--tau-rule", "exact balanced-error search"),
     (["--bootstrap", "10", "--seed", "-1"], "--seed", "at least 0"),
 ])
 def test_bad_options_are_refused_in_one_line(files, options, flag, text):
