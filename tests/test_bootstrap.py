@@ -273,6 +273,25 @@ def test_fit_with_intervals_and_rules():
         one_se.intervals.bootstrap.standard_error + 1e-9
 
 
+def test_one_se_run_is_not_called_an_interval_of_equal_error(tmp_path):
+    """Under the one-SE rule the interval beside tau is the run of taus within one standard error of the minimum,
+    whose errors differ: fit-tau must not print it as "the same balanced error for every tau in (a, b)"."""
+    logits, labels, counts = long_tail_problem(num_samples=400, num_classes=8, seed=1)
+    np.save(tmp_path / "logits.npy", logits)
+    np.save(tmp_path / "labels.npy", labels)
+    np.save(tmp_path / "counts.npy", counts)
+    args = ["fit-tau", tmp_path / "logits.npy", tmp_path / "labels.npy", "--priors", tmp_path / "counts.npy",
+            "--device", "cpu", "--bootstrap", "100", "--tau-rule", "one-se"]
+    table = runner.invoke(app, [str(a) for a in args], env={"COLUMNS": "200"})
+    assert table.exit_code == 0, table.output
+    data = json.loads(runner.invoke(app, [str(a) for a in args + ["--json"]]).stdout)
+    low, high = data["tau_interval"]
+    errors = {reference.metric_at(logits, labels, counts, t) for t in np.linspace(low, high, 23)[1:-1]}
+    assert data["tau"] != data["tau_min"] and len(errors) > 1  # the case under test
+    assert "the same balanced error for every tau" not in table.stdout
+    assert f"every tau in ({low:.4f}, {high:.4f}) is within one bootstrap standard error" in table.stdout
+
+
 def test_few_samples_and_unidentified_tau_are_warned():
     logits, labels, counts = long_tail_problem(num_samples=24, num_classes=8, seed=1, margin=0.2)
     result = lacal.fit(logits, labels, counts, bootstrap=200, device="cpu")
@@ -330,6 +349,8 @@ def test_coverage_on_a_small_simulation():
     (["--folds", "500"], "--folds", "more than the smallest class"),
     (["--tau-rule", "median"], "--tau-rule", "unknown tau rule"),
     (["--bootstrap", "10", "--metric", "worst-class-error"], "--bootstrap", "exact balanced-error search"),
+    (["--folds", "3", "--metric", "worst-class-error"], "--folds", "exact balanced-error search"),
+    (["--tau-rule", "one-se", "--search", "grid"], "--tau-rule", "exact balanced-error search"),
     (["--bootstrap", "10", "--seed", "-1"], "--seed", "at least 0"),
 ])
 def test_bad_options_are_refused_in_one_line(files, options, flag, text):

@@ -77,5 +77,7 @@ def test_cli_multilabel_bootstrap(tmp_path):
     data = json.loads(result.stdout)
     assert data["tau_ci"][0] <= data["tau"] <= data["tau_ci"][1]
     assert data["macro_f1_change_ci"] is not None
-    refused = runner.invoke(app, [str(a) for a in args + ["--folds", 3]])
-    assert refused.exit_code == 6 and "--folds" in refused.stderr
+    for extra, flag in ((["--folds", 3], "--folds"), (["--tau-rule", "one-se"], "--tau-rule")):
+        refused = runner.invoke(app, [str(a) for a in args + extra])
+        lines = refused.stderr.strip().splitlines()
+        assert refused.exit_code == 6 and len(lines) == 1 and lines[0].startswith(f"lacal: error: {flag}: "), lines

@@ -141,6 +141,17 @@ def test_callback_logs_lacal_fit_numbers_and_leaves_an_adjusted_best_checkpoint(
     assert logged["val/balanced_error_adjusted"] < logged["val/balanced_error"]
 
 
+def test_callback_takes_a_count_priors_result_and_hooks_the_head(tmp_path):
+    """Results compose: `priors=lacal.count_priors(...)` with a validation_step that returns no logits (the head is
+    found by the priors' number of classes; `len()` of the result failed before)."""
+    train, val = loaders()
+    callback = LogitAdjustment(priors=lacal.count_priors(np.repeat(np.arange(len(COUNTS)), COUNTS)))
+    t = trainer(tmp_path, epochs=1, callbacks=[callback], enable_checkpointing=False)
+    t.fit(TinyClassifier(return_logits=False), train, val)
+    logits, targets = val_logits(t.lightning_module, val)
+    assert callback.calibration.tau == lacal.fit(logits.numpy(), targets.numpy(), np.array(COUNTS)).tau
+
+
 def test_callback_patches_the_module_in_memory(tmp_path):
     class Snapshot(L.Callback):  # runs before LogitAdjustment's on_fit_end: the weights before the patch
         def on_fit_end(self, trainer, pl_module):

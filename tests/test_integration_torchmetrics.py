@@ -63,6 +63,19 @@ def test_intervals_give_the_same_fit_as_the_logits(metric):
     assert parts[0].result.calibration.offsets.tolist() == expected.calibration.offsets.tolist()
 
 
+@pytest.mark.parametrize("keep", ["logits", "intervals"])
+def test_a_count_priors_result_is_taken_as_priors(keep):
+    """Results compose: `count_priors(...)` is accepted as `priors` whatever `keep` is (it crashed with a TypeError
+    under keep="intervals")."""
+    logits, labels, counts = long_tail_problem(num_samples=300, num_classes=5, seed=3)
+    priors = lacal.count_priors(np.repeat(np.arange(5), counts))
+    metric = LogitAdjustedError(priors, keep=keep)
+    metric.update(torch.from_numpy(logits), torch.from_numpy(labels))
+    expected = lacal.fit(logits, labels, counts).tau_fit
+    assert float(metric.compute()) == expected.after.balanced_error
+    assert float(metric.tau) == expected.tau
+
+
 def test_bad_input_is_refused():
     metric = LogitAdjustedError([10, 5, 1])
     with pytest.raises(lacal.LacalError, match="logits"):

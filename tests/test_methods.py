@@ -165,6 +165,19 @@ def test_plot_is_a_sensible_png(head_files):
     assert wrong.exit_code == 6 and "PNG" in wrong.stderr
 
 
+def test_plot_title_takes_a_file_name_as_text_not_mathtext(head_files):
+    """The title names the logits file; a name with dollar signs (`$\\frac$`, invalid mathtext) is drawn as it is,
+    not parsed as matplotlib mathtext (which raised a traceback from tight_layout)."""
+    d, _, _ = head_files
+    logits = d / "t$\\frac$.npy"
+    logits.write_bytes((d / "test_logits.npy").read_bytes())
+    result = run("report", logits, d / "test_labels.npy", "--tau", 1.0, "--priors", d / "counts.npy",
+                 "--plot", d / "dollar.png", "--limit", 0)
+    assert result.exit_code == 0, result.output
+    (width, height), _ = _png_size(d / "dollar.png")
+    assert width > 1000 and height > 300
+
+
 def test_plot_without_matplotlib_says_what_to_install(head_files):
     d, _, _ = head_files
     code = ("import sys; sys.modules['matplotlib'] = None; from lacal.cli.app import main; "

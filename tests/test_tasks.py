@@ -198,3 +198,39 @@ def test_patch_checkpoint_takes_the_task_from_a_fit_result_or_the_flag(tmp_path,
                            out=tmp_path / "tau.safetensors", device="cpu")
     np.testing.assert_allclose(load_file(str(tmp_path / "tau.safetensors"))["fc.bias"].numpy(), expected_at_one,
                                rtol=1e-6, atol=1e-6)
+
+
+def test_a_single_label_calibration_for_a_multi_label_head_names_the_parameter(tmp_path):
+    """The library's error names `multi_label` (its parameter), not the CLI's --multi-label; the CLI shows the
+    flag."""
+    from lacal.errors import MismatchError
+
+    logits, labels, train = make_problem(SINGLE_LABEL)
+    fit = lacal.fit(logits, labels, train_labels=train, device="cpu")
+    with pytest.raises(MismatchError) as error:
+        lacal.apply(logits, fit, multi_label=True)
+    assert "`multi_label` was given" in str(error.value) and "--multi-label" not in str(error.value)
+    fit.calibration.save(tmp_path / "c.json")
+    np.save(tmp_path / "x.npy", logits)
+    result = run("apply", tmp_path / "x.npy", "--calibration", tmp_path / "c.json", "--out", tmp_path / "y.npy",
+                 "--multi-label")
+    assert result.exit_code == 7 and "calibration, but --multi-label was given" in result.stderr
+
+
+def test_em_refuses_a_multi_label_heads_priors_by_saying_so(tmp_path):
+    """EM estimates a softmax head's target priors. Multi-label priors (a result or the file `lacal priors
+    --multi-label` writes) are refused as such: not with a hint to pass a `multi_label` that estimate_priors does not
+    take, nor as "not a lacal priors file"."""
+    logits, _, train = make_problem(MULTI_LABEL)
+    priors = lacal.count_priors(train, multi_label=True)
+    with pytest.raises(OptionError) as error:
+        lacal.estimate_priors(logits, priors)
+    assert error.value.source == "train_priors" and "multi-label" in str(error.value)
+    assert "multi_label=True" not in str(error.value)
+    np.save(tmp_path / "t.npy", train)
+    np.save(tmp_path / "x.npy", logits)
+    assert run("priors", tmp_path / "t.npy", "--multi-label", "--out", tmp_path / "p.json").exit_code == 0
+    result = run("priors", "--em", tmp_path / "x.npy", "--priors", tmp_path / "p.json")
+    assert result.exit_code == 6, result.output
+    assert result.stderr.startswith("lacal: error: --priors: ") and "multi-label" in result.stderr
+    assert "not a lacal priors file" not in result.stderr

@@ -227,7 +227,11 @@ def fit_tables(result) -> None:
     out.print(bold_lead(f"tau = {fit.tau:.4f}", f"  {fit.search} search over [{fit.tau_range[0]:g}, "
               f"{fit.tau_range[1]:g}] for the lowest {fit.metric.replace('-', ' ')}"))
     metric = fit.metric.replace("-", " ")
-    if fit.interval[0] == fit.interval[1]:
+    rule = result.intervals
+    if rule is not None and rule.tau_rule == "one-se" and fit.tau != rule.tau_min:  # the interval is the rule's run
+        out.print(f"every tau in ({fit.interval[0]:.4f}, {fit.interval[1]:.4f}) is within one bootstrap standard "
+                  f"error of the lowest {metric}")
+    elif fit.interval[0] == fit.interval[1]:
         out.print(f"only the single point tau = {fit.tau:g} reaches this {metric} (exact ties in the logits)")
     elif fit.search == "exact":
         out.print(f"the same {metric} for every tau in ({fit.interval[0]:.4f}, {fit.interval[1]:.4f})")

@@ -174,9 +174,12 @@ class LogitAdjustment(Callback):
             pl_module.log(name, value, on_step=False, on_epoch=True, sync_dist=False)
 
     def _num_classes(self) -> Optional[int]:
+        from ..core.conversions import PRIORS_KINDS, held
+
         if self.priors is None or isinstance(self.priors, (str, Path)):
             return None
-        return int(getattr(self.priors, "num_classes", None) or len(self.priors))
+        found = held(self.priors, "priors", PRIORS_KINDS)  # a Priors, or a count_priors result holding one
+        return int(found.num_classes if found is not None else len(self.priors))
 
     def _collected(self, trainer):
         """This rank's logits and targets, without the samples DistributedSampler added to even out the ranks."""

@@ -12,10 +12,8 @@ is classified right and its target (3 numbers a sample, whatever the number of c
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
-import numpy as np
 import torch
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
@@ -32,7 +30,8 @@ class LogitAdjustedError(Metric):
     exactly on the logits and targets accumulated.
 
     Args:
-        priors: the training class counts or priors (a vector, a `lacal.Priors`, or a priors file).
+        priors: the training class counts or priors (a vector, a `lacal.Priors` or `count_priors` result, or a
+            priors file).
         metric: "balanced-error" or "worst-class-error": what tau minimises and what `compute` returns.
         tau_range: (low, high) searched for tau.
         keep: "logits" (N x C floats), or "intervals": each sample's tau-interval of correct classification and
@@ -124,11 +123,7 @@ class LogitAdjustedError(Metric):
 
 
 def _priors(priors):
-    """A `Priors` from a `Priors`, a priors file, or a vector of counts or probabilities."""
-    from ..core.priors import Priors, priors_from_vector, read_priors
+    """A `Priors` from a `Priors`, a `count_priors` result, a priors file, or a vector of counts or probabilities."""
+    from ..core.conversions import as_priors
 
-    if isinstance(priors, Priors):
-        return priors
-    if isinstance(priors, (str, os.PathLike)):
-        return read_priors(priors)
-    return priors_from_vector(np.asarray(priors.cpu() if hasattr(priors, "cpu") else priors, dtype=np.float64))
+    return as_priors(priors)

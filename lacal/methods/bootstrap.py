@@ -830,8 +830,10 @@ def assess_fit(source, tau_fit, priors, *, replicates: int | None = None, seed: 
     from ..data.readers import LogitsSource, source_from_array
 
     if tau_fit.metric != "balanced-error" or tau_fit.search != "exact":
+        given = [name for name, value in (("bootstrap", replicates is not None), ("folds", folds is not None),
+                                          ("tau_rule", tau_rule != "min")) if value]
         raise OptionError("intervals, cross-fitting and the tau rule go with the exact balanced-error search "
-                          "(`search` exact, `metric` balanced-error)", "bootstrap")
+                          "(`search` exact, `metric` balanced-error)", (given or ["bootstrap"])[0])
     check_options(replicates, level, seed, folds, tau_rule, tau_fit.before.support)
     source = source if isinstance(source, LogitsSource) else source_from_array(source)
     log_priors = np.log(as_priors_array(priors))

@@ -160,8 +160,10 @@ def fit(val_logits=None, val_labels=None, priors=None, *, train_labels=None, tau
 
         check_options(bootstrap, level, seed, folds, tau_rule, None)
         if method != "logit-adjustment" or (task.multi_label and (folds is not None or tau_rule != "min")):
+            given = [name for name, value in (("bootstrap", bootstrap is not None and method != "logit-adjustment"),
+                                              ("folds", folds is not None), ("tau_rule", tau_rule != "min")) if value]
             raise OptionError("`bootstrap`, `folds` and `tau_rule` go with logit adjustment (and only `bootstrap` "
-                              "with `multi_label`)", "bootstrap")
+                              "with `multi_label`)", given[0])
     uniform = isinstance(target_priors, str) and target_priors.strip().lower() == "uniform"
     task.refuse(method=method != "logit-adjustment", search=search != "exact", grid_size=grid_size,
                 target_priors=not uniform, target_logits=target_logits is not None, calibrate=calibrate,

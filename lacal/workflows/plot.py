@@ -49,7 +49,7 @@ def plot_report(path, report, curve=None, tau: float | None = None, title: str =
     for axis, panel in zip(axes[0], panels):
         draw[panel](axis)
     if title:
-        figure.suptitle(title)
+        figure.suptitle(title, parse_math=False)  # a file name with `$...$` is text, not mathtext
     figure.tight_layout()
     try:
         with atomic_path(path, force, inputs) as temporary:

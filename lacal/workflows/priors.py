@@ -11,7 +11,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from ..core.tasks import SINGLE_LABEL, Task, task_of
-from ..errors import MismatchError
+from ..errors import MismatchError, OptionError
 from .inputs import Notes, estimate, is_path, make_context, open_logits, open_priors, output_check, paths_of, \
     read_names
 
@@ -154,7 +154,11 @@ def estimate_priors(target_logits, train_priors=None, *, train_labels=None, clas
         >>> q = lacal.estimate_priors(test_logits, priors).priors
     """
     from ..core.priors import Priors
+    from .inputs import multi_label_given
 
+    if multi_label_given(None, train_priors):
+        raise OptionError("holds a multi-label head's priors; EM estimates the target priors of a single-label "
+                          "(softmax) head only", "train_priors")
     notes = Notes()
     names = read_names(class_names)
     context = make_context(device, context)

@@ -158,7 +158,7 @@ def multilabel_calibration(calibration=None, tau: Optional[float] = None, train_
         loaded = calibration_for(calibration, tau, train_labels, priors, num_classes, smoothing, names, None,
                                  required)
         if loaded is not None and not loaded.multi_label:
-            raise MismatchError("is a single-label (softmax) calibration, but --multi-label was given",
+            raise MismatchError("is a single-label (softmax) calibration, but `multi_label` was given",
                                 calibration if is_path(calibration) else "calibration")
         return loaded
     if not math.isfinite(tau):
