@@ -234,3 +234,23 @@ def test_em_refuses_a_multi_label_heads_priors_by_saying_so(tmp_path):
     assert result.exit_code == 6, result.output
     assert result.stderr.startswith("lacal: error: --priors: ") and "multi-label" in result.stderr
     assert "not a lacal priors file" not in result.stderr
+
+
+def test_apply_guesses_the_task_from_a_training_label_matrix_and_says_so(tmp_path):
+    """`apply CHECKPOINT --tau 1 --train-labels MATRIX` without --multi-label: the matrix can only be multi-label
+    labels, so the head gets -tau * log(pi / (1 - pi)), and a note says what was guessed."""
+    import torch
+    from safetensors.numpy import load_file
+    from safetensors.torch import save_file
+
+    rng = np.random.default_rng(0)
+    train = (rng.random((500, 4)) < [0.5, 0.3, 0.1, 0.05]).astype(np.int64)
+    np.save(tmp_path / "train.npy", train)
+    save_file({"fc.weight": torch.zeros(4, 3), "fc.bias": torch.zeros(4)}, str(tmp_path / "m.safetensors"))
+    result = CliRunner().invoke(app, ["apply", str(tmp_path / "m.safetensors"), "--tau", "1", "--train-labels",
+                                      str(tmp_path / "train.npy"), "--out", str(tmp_path / "p.safetensors")])
+    assert result.exit_code == 0, result.output
+    assert "read as multi-label" in result.stderr
+    positives = train.sum(0)
+    np.testing.assert_allclose(load_file(str(tmp_path / "p.safetensors"))["fc.bias"],
+                               -np.log(positives / (len(train) - positives)), rtol=1e-6, atol=1e-6)

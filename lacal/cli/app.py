@@ -481,10 +481,14 @@ def apply_command(
     options = dict(tau=tau, train_labels=train_labels, priors=priors, class_names=classes, label_column=label_column,
                    smoothing=smoothing, target_priors=target_priors, target_logits=target_logits, key=key,
                    memory_budget=memory_budget, force=force, context=context)
-    multi = multi_label or is_multilabel_calibration(calibration)
+    from .task_choice import wanted
+
+    # multi-label with the flag, a multi-label calibration, or training labels that can only be a label matrix
+    multi = (multi_label or is_multilabel_calibration(calibration)
+             or (calibration is None and wanted(False, train_labels, "training labels", label_column=label_column)))
     if deployed_kind(source_path) is not None or is_checkpoint(source_path, key):
         result = patch_checkpoint(source_path, calibration, out=out, head=head, add_bias=add_bias, in_place=in_place,
-                                  link=link, verify_features=verify_features, multi_label=multi_label, **options)
+                                  link=link, verify_features=verify_features, multi_label=multi, **options)
         show.patched(result)
         return
     if out is None:
