@@ -401,3 +401,15 @@ def test_report_plot_with_bootstrap_band(tmp_path):
     report = lacal.report(logits, labels, tau=1.0, priors=counts, bootstrap=40, plot=tmp_path / "r.png",
                           device="cpu")
     assert report.plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("with_tau", [True, False], ids=["adjusted", "raw logits"])
+def test_a_report_with_the_bootstrap_reports_the_same_numbers(with_tau):
+    """The bootstrap's per-sample hits come from the report's own pass (no second pass): the evaluations they give
+    equal those of a report without the bootstrap, key for key."""
+    logits, labels, counts = long_tail_problem(num_samples=500, num_classes=6, seed=11)
+    options = dict(tau=1.0, priors=counts) if with_tau else dict(priors=counts)
+    plain = lacal.report(logits, labels, device="cpu", **options).to_dict()
+    booted = lacal.report(logits, labels, device="cpu", bootstrap=30, seed=2, **options)
+    assert booted.intervals is not None
+    assert {key: value for key, value in booted.to_dict().items() if key in plain} == plain

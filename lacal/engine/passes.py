@@ -87,10 +87,9 @@ def labels_tensor(labels, source: LogitsSource, device, num_classes: int | None 
     return torch.from_numpy(labels).to(device)
 
 
-def score_pass(source, labels, offsets=(), device="cpu", rows: int | None = None, progress=None,
-               memory_budget: int | None = None) -> tuple[ClassEvaluation, ...]:
-    """One pass over `source` (a LogitsSource or an array): for each offset vector in `offsets`, the per-class
-    evaluation of argmax(logits + offset) (torch.argmax takes the first of tied maxima)."""
+def _shifted(source, labels, offsets, device):
+    """(the source, the device, the labels on it, each offset as a tensor in the logits' compute dtype), offsets
+    that would overflow that dtype refused: what `score_pass` and `hit_pass` start from."""
     import torch
 
     source = source_from_array(source) if not isinstance(source, LogitsSource) else source
@@ -100,6 +99,16 @@ def score_pass(source, labels, offsets=(), device="cpu", rows: int | None = None
     shifts = [torch.as_tensor(np.asarray(o), dtype=dtype, device=device) for o in offsets]
     for offset, shift in zip(offsets, shifts):
         check_fits(shift, offset, 1.0, getattr(source, "name", None))
+    return source, device, targets, shifts
+
+
+def score_pass(source, labels, offsets=(), device="cpu", rows: int | None = None, progress=None,
+               memory_budget: int | None = None) -> tuple[ClassEvaluation, ...]:
+    """One pass over `source` (a LogitsSource or an array): for each offset vector in `offsets`, the per-class
+    evaluation of argmax(logits + offset) (torch.argmax takes the first of tied maxima)."""
+    import torch
+
+    source, device, targets, shifts = _shifted(source, labels, offsets, device)
     correct = torch.zeros(len(shifts), source.num_classes, dtype=torch.int64, device=device)
     for start, block in iter_blocks(source, device, rows, progress, memory_budget):
         y = targets[start:start + block.shape[0]]
@@ -265,21 +274,21 @@ def hit_pass(source, labels, offsets, device="cpu", rows: int | None = None, pro
              memory_budget: int | None = None) -> np.ndarray:
     """One pass over `source`: an N x K bool array, whether argmax(logits + offsets[k]) is each sample's label (what
     `score_pass` counts, kept per sample for resampling)."""
-    import torch
-
-    source = source_from_array(source) if not isinstance(source, LogitsSource) else source
-    device = torch.device(device)
-    targets = labels_tensor(labels, source, device)
-    dtype = compute_dtype(source)
-    shifts = [torch.as_tensor(np.asarray(o), dtype=dtype, device=device) for o in offsets]
-    for offset, shift in zip(offsets, shifts):
-        check_fits(shift, offset, 1.0, getattr(source, "name", None))
+    source, device, targets, shifts = _shifted(source, labels, offsets, device)
     hits = np.zeros((source.num_samples, len(shifts)), dtype=bool)
     for start, block in iter_blocks(source, device, rows, progress, memory_budget):
         y = targets[start:start + block.shape[0]]
         for k, shift in enumerate(shifts):
             hits[start:start + block.shape[0], k] = ((block + shift).argmax(1) == y).cpu().numpy()
     return hits
+
+
+def count_hits(hits: np.ndarray, labels, num_classes: int) -> tuple[ClassEvaluation, ...]:
+    """`score_pass`'s evaluations from `hit_pass`'s per-sample hits (one column per offset), without another pass."""
+    labels = np.asarray(labels, dtype=np.int64)
+    support = np.bincount(labels, minlength=num_classes)
+    return tuple(ClassEvaluation(support, np.bincount(labels[column], minlength=num_classes))
+                 for column in np.asarray(hits, dtype=bool).T)
 
 
 def check_fits(shift, offset, scale: float, name) -> None:

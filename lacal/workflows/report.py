@@ -186,7 +186,8 @@ def report(logits=None, labels=None, calibration=None, *, tau: Optional[float] =
         counts = task_priors(task, train_labels, priors, source.num_classes, smoothing, names, label_column).counts
     affines = [(1.0, np.zeros(source.num_classes))] + ([fitted.affine()] if fitted is not None else [])
     with progress_bar(progress, (1 if task.multi_label else 2) * source.num_samples, "report") as step:
-        evaluations, quality = _evaluate(task, source, values, affines, bins, compute, budget, step, context)
+        evaluations, quality, hits = _evaluate(task, source, values, affines, bins, compute, budget, step, context,
+                                               keep_hits=bootstrap is not None)
     result = Report(baseline=evaluations[0], adjusted=evaluations[1] if fitted is not None else None,
                     train_counts=counts, class_names=names, tau=None if fitted is None else fitted.tau,
                     baseline_quality=quality[0], adjusted_quality=quality[1] if fitted is not None else None,
@@ -195,8 +196,8 @@ def report(logits=None, labels=None, calibration=None, *, tau: Optional[float] =
                     plot=None if plot is None else Path(plot), warnings=tuple(notes.warnings), task=task)
     if bootstrap is not None:
         intervals = (_label_intervals(source, values, fitted, bootstrap, seed, level, context) if task.multi_label
-                     else _intervals(source, values, [shift / scale for scale, shift in affines], bootstrap, seed,
-                                     level, counts, fitted, compute, budget, context))
+                     else _intervals(source, values, hits, bootstrap, seed, level, counts, fitted, compute, budget,
+                                     context))
         result = replace(result, intervals=intervals)
     if task.multi_label:
         if counts is None:
@@ -210,46 +211,45 @@ def report(logits=None, labels=None, calibration=None, *, tau: Optional[float] =
     return result
 
 
-def _evaluate(task, source, values, affines, bins, compute, budget, step, context):
+def _evaluate(task, source, values, affines, bins, compute, budget, step, context, keep_hits=False):
     """The evaluations of the logits under each (scale, shift), reduced over the ranks, and (single-label) the
-    probability metrics; a multi-label head's evaluations only (and None for the metrics)."""
-    from ..engine.passes import probability_pass, score_pass
+    probability metrics; a multi-label head's evaluations only (and None for the metrics). With `keep_hits`
+    (single-label), also each sample's correctness under each (for the bootstrap), from the same pass; else None."""
+    from ..engine.passes import count_hits, hit_pass, probability_pass, score_pass
 
     if task.multi_label:
         from ..methods.multilabel import evaluate_multilabel
 
         evaluations = evaluate_multilabel(source, values, [shift for _, shift in affines], compute, progress=step,
                                           memory_budget=budget, context=context)
-        return evaluations, [None] * len(affines)
+        return evaluations, [None] * len(affines), None
     # argmax(f * scale + shift) = argmax(f + shift / scale), as scale = 1 / temperature > 0
     offsets = [shift / scale for scale, shift in affines]
-    failure = None
+    failure = hits = None
     try:
-        evaluations = score_pass(source, values, offsets, device=compute, progress=step, memory_budget=budget)
+        if keep_hits:
+            hits = hit_pass(source, values, offsets, compute, progress=step, memory_budget=budget)
+            evaluations = count_hits(hits, values, source.num_classes)
+        else:
+            evaluations = score_pass(source, values, offsets, device=compute, progress=step, memory_budget=budget)
         quality = probability_pass(source, values, affines, bins, compute, memory_budget=budget,
                                    progress=lambda done: step(source.num_samples + done))
     except Exception as exc:  # noqa: BLE001  (re-raised on every rank by agree)
         failure = exc
     context.agree(failure)
     return ([evaluation.reduce(context) for evaluation in evaluations],
-            [metrics.reduce(context) for metrics in quality])
+            [metrics.reduce(context) for metrics in quality], hits)
 
 
-def _intervals(source, labels, offsets, replicates, seed, level, counts, fitted, compute, budget, context):
-    """Bootstrap intervals of the report's numbers: each sample's correctness before and after, resampled; with
-    an adjustment, also where tau falls when refitted (balanced target, exact search) on the same replicates."""
+def _intervals(source, labels, hits, replicates, seed, level, counts, fitted, compute, budget, context):
+    """Bootstrap intervals of the report's numbers: each sample's correctness before and after (`hits`, from the
+    report's own pass; before twice without an adjustment), resampled; with an adjustment, also where tau falls
+    when refitted (balanced target, exact search) on the same replicates."""
     from ..core.offsets import as_priors_array
-    from ..engine.passes import hit_pass
     from ..methods.bootstrap import bootstrap_fit, bootstrap_fixed, sample_intervals
     from ..methods.search import fit_tau
 
-    hits = failure = None
-    try:
-        hits = hit_pass(source, labels, offsets if len(offsets) == 2 else offsets * 2, compute,
-                        memory_budget=budget)
-    except Exception as exc:  # noqa: BLE001  (re-raised on every rank by agree)
-        failure = exc
-    context.agree(failure)
+    hits = hits if hits.shape[1] == 2 else hits[:, [0, 0]]
     boot = bootstrap_fixed(hits, np.asarray(labels), source.num_classes, replicates, seed, level,
                            train_counts=counts, context=context)
     if fitted is None:
