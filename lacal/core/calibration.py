@@ -67,13 +67,19 @@ class Calibration:
         return int(self.priors.shape[0])
 
     @property
+    def log_odds(self) -> np.ndarray:
+        """A multi-label calibration's log(pi / (1 - pi)) per label, from the training counts when stored (so that
+        a rate of exactly one half gives exactly 0); `offsets` is -tau times it."""
+        from .positive_rates import log_odds, multilabel_priors
+
+        if self.counts is not None and self.train_samples is not None:
+            return multilabel_priors(self.counts, self.train_samples, self.smoothing).log_odds
+        return log_odds(self.priors)
+
+    @property
     def offsets(self) -> np.ndarray:
         if self.multi_label:
-            from .positive_rates import log_odds, multilabel_priors
-
-            if self.counts is not None and self.train_samples is not None:
-                return -self.tau * multilabel_priors(self.counts, self.train_samples, self.smoothing).log_odds
-            return -self.tau * log_odds(self.priors)
+            return -self.tau * self.log_odds
         shift = -self.tau * np.log(self.priors)
         return shift if self.target_priors is None else shift + np.log(self.target_priors)
 

@@ -264,15 +264,9 @@ def _intervals(source, labels, hits, replicates, seed, level, counts, fitted, co
 
 def _label_intervals(source, matrix, fitted, replicates, seed, level, context):
     """A multi-label report's intervals of the macro figures: samples resampled, the adjustment held fixed."""
-    from ..core.positive_rates import log_odds, multilabel_priors
     from ..methods.bootstrap_multilabel import bootstrap_multilabel
 
-    if fitted is None:
-        ratios = np.zeros(source.num_classes)
-    elif fitted.counts is not None and fitted.train_samples is not None:  # exactly as `Calibration.offsets` does
-        ratios = multilabel_priors(fitted.counts, fitted.train_samples, fitted.smoothing).log_odds
-    else:
-        ratios = log_odds(fitted.priors)
+    ratios = np.zeros(source.num_classes) if fitted is None else fitted.log_odds
     logits = source.rows(0, source.num_samples).cpu().numpy()
     return bootstrap_multilabel(logits, matrix, ratios, 0.0 if fitted is None else fitted.tau, (0.0, 4.0),
                                 replicates, seed, level, refit=False, context=context)
