@@ -147,3 +147,25 @@ def test_vit_image_classification_adjusted_folder(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(reloaded(pixel_values=pixels).logits.double(), in_memory, rtol=0, atol=1e-5)
     assert lacal.Calibration.load(tmp_path / "calibration.json").tau == callback.calibration.tau
+
+
+def test_save_adjusted_takes_a_fit_result_and_saves_its_calibration(tmp_path):
+    """`save_adjusted(model, lacal.fit(...), out, calibration_path=...)`: the fit result is saved as a calibration
+    file and the folder reloads with its offsets added to the logits."""
+    from lacal.integrations.huggingface import save_adjusted
+
+    torch.manual_seed(0)
+    config = ViTConfig(image_size=8, patch_size=4, num_channels=3, hidden_size=16, num_hidden_layers=1,
+                       num_attention_heads=2, intermediate_size=32, num_labels=len(COUNTS))
+    model = ViTForImageClassification(config).eval()
+    pixels = torch.randn(40, 3, 8, 8)
+    with torch.no_grad():
+        logits = model(pixel_values=pixels).logits.double()
+    labels = np.arange(40) % len(COUNTS)
+    fit = lacal.fit(logits.numpy(), labels, np.array(COUNTS), device="cpu")
+    save_adjusted(model, fit, tmp_path / "adjusted", calibration_path=tmp_path / "calibration.json")
+    assert lacal.Calibration.load(tmp_path / "calibration.json").tau == fit.tau
+    reloaded = AutoModelForImageClassification.from_pretrained(tmp_path / "adjusted").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(pixel_values=pixels).logits.double(),
+                                   logits + torch.from_numpy(fit.calibration.offsets), rtol=0, atol=1e-5)

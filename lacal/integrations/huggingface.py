@@ -13,6 +13,7 @@ classification models alike.
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import warnings
@@ -144,7 +145,7 @@ def save_adjusted(model, calibration, out, processing_class=None, calibration_pa
 
     Args:
         model: a `PreTrainedModel` (sequence or image classification).
-        calibration: a `lacal.Calibration` or a calibration file.
+        calibration: a `fit` result, a `lacal.Calibration` or a calibration file.
         out: the adjusted folder (replaced if it exists).
         processing_class: a tokenizer or image processor to save beside the weights (for `pipeline`).
         calibration_path: where to save the calibration first (its sha256 goes into the record); None keeps it only
@@ -155,10 +156,12 @@ def save_adjusted(model, calibration, out, processing_class=None, calibration_pa
     """
     from ..workflows import patch_checkpoint
 
+    from ..core.conversions import as_calibration
+
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    if calibration_path is not None and not isinstance(calibration, (str, Path)):
-        calibration.save(calibration_path, force=True)
+    if calibration_path is not None and not isinstance(calibration, (str, os.PathLike)):
+        as_calibration(calibration, "calibration").save(calibration_path, force=True)  # a fit result too
         calibration = calibration_path
     staging = Path(tempfile.mkdtemp(prefix=".lacal-", dir=out.parent))
     try:
