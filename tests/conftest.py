@@ -2,6 +2,7 @@ import os
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
 os.environ.setdefault("COLUMNS", "120")
 
@@ -33,3 +34,19 @@ def files(tmp_path, problem):
     np.random.default_rng(1).shuffle(train)
     (tmp_path / "train_labels.txt").write_text("\n".join(map(str, train)) + "\n")
     return tmp_path
+
+
+def run(*args):
+    """The `lacal` command in process, at 120 columns, with every argument as a string."""
+    from lacal.cli.app import app
+
+    return CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "120"})
+
+
+def one_clean_line(result, code):
+    """The run failed with `code`, one `lacal: error:` line on stderr, and no traceback."""
+    assert result.exit_code == code, result.output
+    assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit), result.exception
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("lacal: error: "), result.stderr
+    return lines[0]

@@ -23,24 +23,12 @@ from lacal.cli.app import app
 from lacal.errors import OutputError
 from lacal.data.writers import atomic_path
 
+from .conftest import one_clean_line, run
 from .models import C, TimmLike, TorchvisionLike, build, save_hf_folder
 
 runner = CliRunner()
 COUNTS = np.array([400, 150, 60, 25, 10, 4])
 REPO = Path(__file__).resolve().parents[1]
-
-
-def run(*args):
-    return runner.invoke(app, [str(a) for a in args], env={"COLUMNS": "120"})
-
-
-def one_clean_line(result, code):
-    """The run failed with `code`, one `lacal: error:` line on stderr, and no traceback."""
-    assert result.exit_code == code, result.output
-    assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit), result.exception
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("lacal: error: "), result.stderr
-    return lines[0]
 
 
 def visible(folder):

@@ -26,6 +26,7 @@ from typer.testing import CliRunner
 import lacal
 from lacal.cli.app import app
 
+from .conftest import one_clean_line, run
 from .models import C, TorchvisionLike, build, save_hf_folder
 
 runner = CliRunner()
@@ -33,19 +34,6 @@ COUNTS = np.array([400, 150, 60, 25, 10, 4])
 PRIORS = COUNTS / COUNTS.sum()
 TAU = 1.3
 OFFSETS = -TAU * np.log(PRIORS)
-
-
-def run(*args):
-    return runner.invoke(app, [str(a) for a in args], env={"COLUMNS": "120"})
-
-
-def one_clean_line(result, code):
-    """The run failed with `code`, one `lacal: error:` line on stderr, and no traceback."""
-    assert result.exit_code == code, result.output
-    assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit), result.exception
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("lacal: error: "), result.stderr
-    return lines[0]
 
 
 @pytest.fixture
