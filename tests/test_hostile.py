@@ -16,17 +16,14 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from typer.testing import CliRunner
 
 import lacal
-from lacal.cli.app import app
 from lacal.errors import OutputError
 from lacal.data.writers import atomic_path
 
 from .conftest import one_clean_line, run
 from .models import C, TimmLike, TorchvisionLike, build, save_hf_folder
 
-runner = CliRunner()
 COUNTS = np.array([400, 150, 60, 25, 10, 4])
 REPO = Path(__file__).resolve().parents[1]
 

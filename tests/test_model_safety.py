@@ -21,15 +21,12 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from typer.testing import CliRunner
 
 import lacal
-from lacal.cli.app import app
 
 from .conftest import one_clean_line, run
 from .models import C, TorchvisionLike, build, save_hf_folder
 
-runner = CliRunner()
 COUNTS = np.array([400, 150, 60, 25, 10, 4])
 PRIORS = COUNTS / COUNTS.sum()
 TAU = 1.3
