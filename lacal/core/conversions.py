@@ -8,7 +8,6 @@ is a `LacalError` that names the parameter.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 

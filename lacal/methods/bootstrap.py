@@ -642,7 +642,6 @@ def bootstrap_fixed(hits: np.ndarray, labels, num_classes: int, replicates: int 
         >>> boot = bootstrap_fixed(hits, labels, 1000, replicates=1000)
         >>> boot.ci("balanced_error", "change")
     """
-    import torch
 
     if context is not None and context.active:
         parts = context.gather((np.asarray(hits), np.asarray(labels)))
@@ -726,7 +725,6 @@ def one_se_tau(intervals: SampleIntervals, tau_range, standard_error: float):
     """The one-standard-error rule: among the taus whose balanced error is within `standard_error` of the minimum,
     the one nearest tau = 1 (tau = 1 itself when it qualifies, else the midpoint of the nearest qualifying segment).
     Returns (tau, the run of qualifying segments around it)."""
-    import torch
 
     sweep = Sweep(intervals, tau_range)
     mass, unit = sweep.sample_weight.double(), sweep.unit

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import (CheckpointError, InputDataError, InputFileError, MismatchError, MissingDependencyError,
+from ..errors import (CheckpointError, InputFileError, MismatchError, MissingDependencyError,
                      OptionError, OutputError, VerificationError)
 from ..data.writers import atomic_path
 

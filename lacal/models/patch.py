@@ -9,7 +9,6 @@ that a second patch of the same checkpoint is caught.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
