@@ -32,6 +32,7 @@ DEFAULT_REPLICATES = 1000
 TAU_RULES = ("min", "one-se")
 FEW_SAMPLES = 5  # classes with fewer validation samples than this are warned about
 BLOCK_BYTES = 96 << 20  # working memory of a block of replicates
+SINGLE_EXACT = 2 ** 22  # float32 holds every integer up to 2**24, and the sweep's sums stay within 4x the total
 OPTIMISM_REPLICATES = 200
 BUCKETS = 512  # buckets of segments whose bounds let the sweep skip most of the range  # replicates that estimate the optimism of the group and worst-class errors
 SUMMARIES = ("balanced_error", "worst_class_error") + GROUPS
@@ -195,25 +196,15 @@ class Sweep:
         else:
             optimal = values >= (best - FLOAT_TIE_TOLERANCE * best.clamp(min=1.0))[:, None]
         columns = mass.shape[1]
-        column, local = optimal.nonzero(as_tuple=True)
-        at_segment = torch.from_numpy(segment_of)[local]
-        count = torch.bincount(column, minlength=columns).numpy()
-        first = torch.full((columns,), self.segments, dtype=torch.int64).scatter_reduce_(
-            0, column, at_segment, "amin").numpy()
-        last = torch.full((columns,), -1, dtype=torch.int64).scatter_reduce_(0, column, at_segment, "amax").numpy()
-        left, right = self.points[first], self.points[last + 1]
-        middle = left + (right - left) / 2
-        at = np.searchsorted(self.points, middle)
-        on_point = (first < at) & (at <= last) & (self.points[np.minimum(at, self.segments)] == middle)
-        simple = (count == last - first + 1) & ~on_point
-        taus, lefts, rights = middle.copy(), left.copy(), right.copy()
-        for k in np.flatnonzero(~simple).tolist():
+        column, local = optimal.nonzero(as_tuple=True)  # by column, then segment
+        taus, lefts, rights, on_point = self._choose_runs(column.numpy(), segment_of[local.numpy()], columns)
+        for k in np.flatnonzero(on_point).tolist():  # the chosen midpoint sits on a point: settled one by one
             full = np.zeros(self.segments, dtype=bool)
             full[segment_of[optimal[k].numpy()]] = True
             taus[k], (lefts[k], rights[k]) = self._choose(full, mass[:, k])
-        scores = best.numpy().copy()
+        scores = best.numpy().astype(np.float64)
         if self.point_hits is not None:  # a point scored directly wins only when strictly better than every segment
-            point_scores = (self.point_hits @ mass).numpy()
+            point_scores = (self.point_hits.to(mass.dtype) @ mass).numpy().astype(np.float64)
             pick = point_scores.argmax(0)  # the first maximum: the preferred point among tied ones
             top = point_scores[pick, np.arange(columns)]
             wins = top > (scores if exact else scores + FLOAT_TIE_TOLERANCE * np.maximum(1.0, np.abs(scores)))
@@ -266,6 +257,27 @@ class Sweep:
         values += (base.T[:, torch.from_numpy(chosen)] - offset)[:, torch.from_numpy(bucket_local)]
         values[:, torch.from_numpy(~self.usable_segments[segment_of])] = -torch.inf
         return values, segment_of
+
+    def _choose_runs(self, column: np.ndarray, segment: np.ndarray, columns: int):
+        """`search.choose` for every column at once, from the optimal segments (`segment`, ascending within each
+        `column`): each column's runs of consecutive optimal segments, and the midpoint of its run nearest tau = 1
+        (the lower on a tie; among runs with a float strictly inside them, when there are any). Returns the taus,
+        the runs' ends and where a midpoint falls on a point inside its run (those need `_choose`)."""
+        new_run = np.ones(column.size, dtype=bool)
+        new_run[1:] = (column[1:] != column[:-1]) | (segment[1:] != segment[:-1] + 1)
+        begin = np.flatnonzero(new_run)
+        owner, first, last = column[begin], segment[begin], segment[np.r_[begin[1:], column.size] - 1]
+        left, right = self.points[first], self.points[last + 1]
+        middle = left + (right - left) / 2
+        usable = (left < middle) & (middle < right)  # a run one float wide has no float strictly inside it
+        eligible = usable | (np.bincount(owner[usable], minlength=columns) == 0)[owner]
+        distance = np.where(right < 1, 1 - right, np.where(left > 1, left - 1, 0.0))
+        order = np.lexsort((left, distance, ~eligible, owner))
+        pick = order[np.r_[True, owner[order][1:] != owner[order][:-1]]]  # each column's first in that order
+        at = np.searchsorted(self.points, middle[pick])
+        on_point = (first[pick] < at) & (at <= last[pick]) & \
+            (self.points[np.minimum(at, self.segments)] == middle[pick])
+        return middle[pick], left[pick], right[pick], on_point
 
     def _choose(self, optimal: np.ndarray, mass):
         """`search.choose` over this sweep's points, where only the ends of the intervals drawn in this column (not
@@ -570,13 +582,16 @@ def bootstrap_fit(intervals: SampleIntervals, tau: float, tau_range, replicates:
     rank, world = (context.rank, context.world) if context is not None and context.active else (0, 1)
     fixed = torch.from_numpy(np.stack([data.right_at(0.0), sweep.right_at([tau])[:, 0].numpy()], 0)
                              .astype(np.float64))
-    fixed_sums = class_matrix(fixed.numpy(), data.labels, support.size)
-    sample_weight = sweep.sample_weight.double()
+    # float32 counts and sums where they are exact (every sum an integer well below 2**24): half the memory traffic
+    exact_single = stratified and sweep.exact and max(sweep.unit, slots.size) <= SINGLE_EXACT
+    dtype = torch.float32 if exact_single else torch.float64
+    fixed_sums = class_matrix(fixed.numpy(), data.labels, support.size, dtype)
+    sample_weight = sweep.sample_weight.to(dtype)
     unit_weights = bool((sample_weight == 1).all())  # equal class supports: the mass is the counts themselves
     sweep.original_errors([tau])  # computes the original curve once, before any worker reads it
 
     def one_block(numbers):
-        counts = slots.counts(seed, numbers)  # N x R: a column per replicate
+        counts = slots.counts(seed, numbers, dtype)  # N x R: a column per replicate
         if stratified:
             row_support = np.broadcast_to(support, (len(numbers), support.size))
             mass = counts if unit_weights else counts * sample_weight[:, None]
@@ -593,8 +608,8 @@ def bootstrap_fit(intervals: SampleIntervals, tau: float, tau_range, replicates:
         refit[:, 0], original[:, 0] = 1.0 - scores / units, sweep.original_errors(taus)
         if numbers.start < OPTIMISM_REPLICATES:
             right = sweep.right_at(taus)
-            refit[:, 1:] = summaries(class_sums((counts * right).numpy(), starts, support), row_support,
-                                     groups)[:, 1:]
+            refit[:, 1:] = summaries(class_sums((counts * right).numpy().astype(np.float64), starts, support),
+                                     row_support, groups)[:, 1:]
             original[:, 1:] = summaries(class_sums(right.numpy().astype(np.float64), starts, support), support,
                                         groups)[:, 1:]
         return (np.asarray(numbers), taus, summaries(at_fixed[0], row_support, groups),
@@ -626,7 +641,8 @@ def in_workers(work, blocks: list) -> list:
 
 def at_fixed_sums(fixed_sums, counts, classes: int) -> np.ndarray:
     """K x R x C: per fixed mask, replicate and class, the summed counts of the class's samples in the mask."""
-    return (fixed_sums @ counts).numpy().reshape(-1, classes, counts.shape[1]).transpose(0, 2, 1)
+    sums = (fixed_sums @ counts).numpy().astype(np.float64)
+    return sums.reshape(-1, classes, counts.shape[1]).transpose(0, 2, 1)
 
 
 @single_threaded
@@ -674,16 +690,16 @@ def bootstrap_fixed(hits: np.ndarray, labels, num_classes: int, replicates: int 
                         stratified, support, correct[0], correct[1], groups, refitted=False)
 
 
-def class_matrix(masks: np.ndarray, labels: np.ndarray, classes: int):
-    """A sparse (K * C) x N matrix whose product with counts (N x R) gives, for each of the K masks (K x N) and
-    each class, the summed counts of the class's samples inside the mask."""
+def class_matrix(masks: np.ndarray, labels: np.ndarray, classes: int, dtype=None):
+    """A sparse (K * C) x N matrix (float64, or `dtype`) whose product with counts (N x R) gives, for each of the
+    K masks (K x N) and each class, the summed counts of the class's samples inside the mask."""
     import torch
 
     mask, sample = np.nonzero(masks)
     rows = torch.from_numpy(mask * classes + labels[sample])
+    shape = (masks.shape[0] * classes, masks.shape[1])
     entries = torch.sparse_coo_tensor(torch.stack([rows, torch.from_numpy(sample)]),
-                                      torch.ones(sample.size, dtype=torch.float64), (masks.shape[0] * classes,
-                                                                                    masks.shape[1]),
+                                      torch.ones(sample.size, dtype=dtype or torch.float64), shape,
                                       check_invariants=True)
     return entries.coalesce()
 

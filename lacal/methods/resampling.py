@@ -16,6 +16,7 @@ from ..errors import OptionError
 
 DEFAULT_LEVEL = 0.95
 FOLD_STREAM = 2**32 - 1  # the random stream of the folds, apart from every replicate's
+COUNT_CHUNK_BYTES = 3 << 20  # the draws' working memory: a few replicates' picks, within a core's cache
 
 
 def check_replicates(replicates) -> int:
@@ -72,26 +73,39 @@ class Slots:
             self.first = np.zeros(self.size, dtype=np.int64)
             self.choices = np.full(self.size, self.size, dtype=np.int64)
         self.choices_unsigned = self.choices.astype(np.uint64)
+        self.first_unsigned = self.first.astype(np.uint64)
 
-    def counts(self, seed: int, replicates):
-        """N x R float64 tensor: how often each sample (class order) is drawn in each of the replicates given (a
-        column per replicate). Replicate b takes 32 random bits per slot from SFC64 seeded by
+    def counts(self, seed: int, replicates, dtype=None):
+        """N x R tensor (float64, or `dtype`): how often each sample (class order) is drawn in each of the
+        replicates given (a column per replicate). Replicate b takes 32 random bits per slot from SFC64 seeded by
         SeedSequence([seed, b]) and scales them to the slot's range (floor(bits * n / 2**32))."""
         import torch
         from numpy.random import SFC64, SeedSequence
 
-        half = (self.size + 1) // 2
-        raw = np.empty((len(replicates), half), dtype=np.uint64)
-        for row, b in enumerate(replicates):
-            raw[row] = SFC64(SeedSequence([seed, int(b)])).random_raw(half)
-        # floor(bits * n / 2**32) in integers: bits * n < 2**64 for any n < 2**32
-        picks = self.first + ((raw.view(np.uint32)[:, :self.size].astype(np.uint64) * self.choices_unsigned)
-                              >> np.uint64(32)).astype(np.int64)
-        # one histogram of the whole block (a row per replicate, so each row's counts stay together in memory),
-        # turned into the N x R layout the sweep adds rows of
-        picks += (np.arange(len(replicates), dtype=np.int64) * self.size)[:, None]
-        drawn = np.bincount(picks.ravel(), minlength=len(replicates) * self.size)
-        return torch.from_numpy(drawn.reshape(len(replicates), self.size).T.astype(np.float64))
+        dtype = dtype or torch.float64
+        half, rows = (self.size + 1) // 2, len(replicates)
+        numbers = [int(b) for b in replicates]
+        drawn = np.empty((rows, self.size), dtype=np.int64)
+        # a few replicates at a time, so that the in-place integer steps below work in the CPU's cache
+        chunk = max(1, min(rows, COUNT_CHUNK_BYTES // (16 * max(1, self.size))))
+        raw = np.empty((chunk, half), dtype=np.uint64)
+        picks = np.empty((chunk, self.size), dtype=np.uint64)
+        offsets = (np.arange(chunk, dtype=np.uint64) * np.uint64(self.size))[:, None]
+        for top in range(0, rows, chunk):
+            part = numbers[top:top + chunk]
+            for row, b in enumerate(part):
+                raw[row] = SFC64(SeedSequence([seed, b])).random_raw(half)
+            # floor(bits * n / 2**32) in integers (bits * n < 2**64 for any n < 2**32); each pick offset by its
+            # row's place in one histogram of the chunk
+            here = picks[:len(part)]
+            np.multiply(raw[:len(part)].view(np.uint32)[:, :self.size], self.choices_unsigned, out=here)
+            here >>= np.uint64(32)
+            here += self.first_unsigned
+            here += offsets[:len(part)]
+            drawn[top:top + len(part)] = np.bincount(here.view(np.int64).ravel(),
+                                                     minlength=len(part) * self.size).reshape(len(part), -1)
+        numpy_dtype = torch.empty(0, dtype=dtype).numpy().dtype
+        return torch.from_numpy(drawn.T.astype(numpy_dtype))
 
     def folds(self, seed: int, folds: int, labels: np.ndarray) -> np.ndarray:
         """The fold (0..K-1) of each sample (class order, `labels` sorted): within each class, the samples in a
