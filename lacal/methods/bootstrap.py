@@ -166,8 +166,32 @@ class Sweep:
         self.event_order = np.argsort(event_bucket, kind="stable")
         self.event_first = np.searchsorted(event_bucket[self.event_order], np.arange(self.buckets + 1))
         self.event_at = np.concatenate([starts, ends])
-        self.torch_start_bucket = torch.from_numpy(self.start_bucket)
-        self.torch_end_bucket = torch.from_numpy(self.end_bucket)
+        # one sparse matrix gives every bucket's sums from the samples' masses: the starts inside it (rows
+        # 0..buckets), the ends inside it (the next buckets + 1 rows), the starts minus the ends on its first edge
+        kept, rows = self.kept.numpy(), self.buckets + 1
+        on_start, on_end = self.start_on_edge, self.end_on_edge
+        self._bucket_entries = (np.concatenate([self.start_bucket, rows + self.end_bucket,
+                                                2 * rows + self.start_bucket[on_start],
+                                                2 * rows + self.end_bucket[on_end]]),
+                                np.concatenate([kept, kept, kept[on_start], kept[on_end]]),
+                                np.concatenate([np.ones(2 * kept.size + on_start.size), -np.ones(on_end.size)]))
+        self._bucket_matrices = {}
+
+    def bucket_matrix(self, dtype):
+        """The sparse (3 x (buckets + 1)) x N matrix of `_buckets` (compressed rows, in `dtype`)."""
+        import warnings
+
+        import torch
+
+        if dtype not in self._bucket_matrices:
+            rows, columns, values = self._bucket_entries
+            shape = (3 * (self.buckets + 1), self.intervals.lo.size)
+            with warnings.catch_warnings():  # compressed-row tensors are marked beta; products with them are exact
+                warnings.simplefilter("ignore", UserWarning)
+                self._bucket_matrices[dtype] = torch.sparse_coo_tensor(
+                    torch.from_numpy(np.stack([rows, columns])), torch.from_numpy(values).to(dtype), shape,
+                    check_invariants=True).coalesce().to_sparse_csr()
+        return self._bucket_matrices[dtype]
 
     def columns_per_block(self, budget: int = BLOCK_BYTES) -> int:
         per_column = 8 * (2 * (self.segments + 1) + 6 * self.intervals.lo.size)
@@ -221,16 +245,9 @@ class Sweep:
         import torch
 
         buckets, columns = self.buckets, mass.shape[1]
-        kept = mass.index_select(0, self.kept)
-        sums = torch.zeros(3 * (buckets + 1), columns, dtype=mass.dtype)
-        sums.index_add_(0, self.torch_start_bucket, kept).index_add_(0, self.torch_end_bucket, kept, alpha=-1)
-        sums.index_add_(0, self.torch_start_bucket + (buckets + 1), kept)
-        edge = 2 * (buckets + 1)
-        on_edge = torch.from_numpy(self.start_on_edge)
-        sums.index_add_(0, self.torch_start_bucket[on_edge] + edge, kept[on_edge])
-        on_edge = torch.from_numpy(self.end_on_edge)
-        sums.index_add_(0, self.torch_end_bucket[on_edge] + edge, kept[on_edge], alpha=-1)
-        change, rises, at_edge = sums[:buckets], sums[buckets + 1:2 * buckets + 1], sums[edge:edge + buckets]
+        sums = self.bucket_matrix(mass.dtype) @ mass
+        rises, at_edge = sums[:buckets], sums[2 * (buckets + 1):2 * (buckets + 1) + buckets]
+        change = rises - sums[buckets + 1:2 * buckets + 1]
         base = torch.cat([torch.zeros(1, columns, dtype=mass.dtype), change.cumsum(0)[:-1]])
         first = torch.where(self.edge_usable[:, None], base + at_edge, -torch.inf)
         known = first.amax(0)
@@ -249,8 +266,10 @@ class Sweep:
         start = events < self.start_bucket.size
         sample = np.where(start, events, events - self.start_bucket.size)
         step = torch.zeros(segment_of.size, columns, dtype=mass.dtype)
-        step.index_add_(0, torch.from_numpy(local[start]), kept[torch.from_numpy(sample[start])])
-        step.index_add_(0, torch.from_numpy(local[~start]), kept[torch.from_numpy(sample[~start])], alpha=-1)
+        sample = self.kept[torch.from_numpy(sample)]
+        start = torch.from_numpy(start)
+        step.index_add_(0, torch.from_numpy(local)[start], mass.index_select(0, sample[start]))
+        step.index_add_(0, torch.from_numpy(local)[~start], mass.index_select(0, sample[~start]), alpha=-1)
         values = step.T.contiguous().cumsum_(1)
         before_bucket = np.concatenate([[0], np.cumsum(sizes)[:-1]])  # each bucket's first local segment
         offset = torch.cat([torch.zeros(columns, 1, dtype=mass.dtype), values], 1)[:, before_bucket]
@@ -317,7 +336,7 @@ class Sweep:
         scores = self._original[k].copy()
         special = (self.points[k] == taus) | np.isin(taus, list(self.intervals.hits))
         for index in np.flatnonzero(special).tolist():
-            scores[index] = float(self.sample_weight.numpy() @ self.intervals.right_at(float(taus[index])))
+            scores[index] = float(self.sample_weight.numpy()[self.intervals.right_at(float(taus[index]))].sum())
         return 1.0 - scores / self.unit
 
 
@@ -346,24 +365,29 @@ def class_weights(support: np.ndarray):
     return weights, False, float((support > 0).sum())
 
 
-def _group_matrix(groups) -> np.ndarray:
-    return np.stack([groups == g for g in GROUPS], 1).astype(np.float64)  # C x 3
-
-
 def summaries(correct: np.ndarray, support: np.ndarray, groups) -> np.ndarray:
     """R x 5: balanced error, worst-class error and the many/medium/few-shot errors of per-class counts (R x C)."""
-    support = np.broadcast_to(support, correct.shape)
+    correct = np.asarray(correct, dtype=np.float64)
+    support = np.asarray(support)
     present = support > 0
-    errors = 1.0 - correct / np.maximum(support, 1)
-    count = present.sum(1)
+    errors = correct / np.maximum(support, 1)
+    np.subtract(1.0, errors, out=errors)
+    every = bool(present.all())  # the usual case: no absent class to leave out (the same numbers, fewer passes)
+    wrong = errors if every else errors * present
+    count = np.broadcast_to(present.sum(-1), correct.shape[:1])
     out = np.full((correct.shape[0], len(SUMMARIES)), np.nan)
     has = count > 0
-    out[has, 0] = (errors * present).sum(1)[has] / count[has]
-    out[has, 1] = np.where(present, errors, -np.inf).max(1)[has]
+    out[has, 0] = wrong.sum(1)[has] / count[has]
+    out[has, 1] = (errors if every else np.where(present, errors, -np.inf)).max(1)[has]
     if groups is not None:
-        members = _group_matrix(groups)
-        sizes = present.astype(np.float64) @ members
-        sums = (errors * present) @ members
+        # masked sums rather than a product with a group matrix: numpy hands products to a BLAS whose idle threads
+        # spin, taking the CPU from the bootstrap's other worker
+        members = [np.asarray(groups) == g for g in GROUPS]
+        if present.ndim == 1:
+            sizes = np.broadcast_to([present[m].sum() for m in members], (correct.shape[0], len(members)))
+        else:
+            sizes = np.stack([present[:, m].sum(1) for m in members], 1)
+        sums = np.stack([wrong[:, m].sum(1) for m in members], 1)
         with np.errstate(invalid="ignore", divide="ignore"):
             out[:, 2:] = np.where(sizes > 0, sums / sizes, np.nan)
     return out
@@ -586,9 +610,11 @@ def bootstrap_fit(intervals: SampleIntervals, tau: float, tau_range, replicates:
     exact_single = stratified and sweep.exact and max(sweep.unit, slots.size) <= SINGLE_EXACT
     dtype = torch.float32 if exact_single else torch.float64
     fixed_sums = class_matrix(fixed.numpy(), data.labels, support.size, dtype)
+    members = class_matrix(np.ones((1, data.labels.size), dtype=bool), data.labels, support.size, dtype)
     sample_weight = sweep.sample_weight.to(dtype)
     unit_weights = bool((sample_weight == 1).all())  # equal class supports: the mass is the counts themselves
     sweep.original_errors([tau])  # computes the original curve once, before any worker reads it
+    sweep.bucket_matrix(dtype)  # likewise the sparse matrix of the sweep's buckets
 
     def one_block(numbers):
         counts = slots.counts(seed, numbers, dtype)  # N x R: a column per replicate
@@ -607,11 +633,9 @@ def bootstrap_fit(intervals: SampleIntervals, tau: float, tau_range, replicates:
         original = refit.copy()
         refit[:, 0], original[:, 0] = 1.0 - scores / units, sweep.original_errors(taus)
         if numbers.start < OPTIMISM_REPLICATES:
-            right = sweep.right_at(taus)
-            refit[:, 1:] = summaries(class_sums((counts * right).numpy().astype(np.float64), starts, support),
-                                     row_support, groups)[:, 1:]
-            original[:, 1:] = summaries(class_sums(right.numpy().astype(np.float64), starts, support), support,
-                                        groups)[:, 1:]
+            right = sweep.right_at(taus).to(dtype)
+            refit[:, 1:] = summaries((members @ (counts * right)).T.numpy(), row_support, groups)[:, 1:]
+            original[:, 1:] = summaries((members @ right).T.numpy(), support, groups)[:, 1:]
         return (np.asarray(numbers), taus, summaries(at_fixed[0], row_support, groups),
                 summaries(at_fixed[1], row_support, groups), refit, original)
 
@@ -746,7 +770,7 @@ def one_se_tau(intervals: SampleIntervals, tau_range, standard_error: float):
     mass, unit = sweep.sample_weight.double(), sweep.unit
     errors = 1.0 - sweep.curve(mass[:, None])[0].numpy() / unit
     errors = np.where(representable(sweep.points), errors, np.inf)
-    scored = {t: 1.0 - float(mass.numpy() @ intervals.hits[t]) / unit for t in sweep.scored}
+    scored = {t: 1.0 - float(mass.numpy()[intervals.hits[t]].sum()) / unit for t in sweep.scored}
     threshold = min([errors.min(), *scored.values()]) + standard_error + 1e-12
     qualifying = errors <= threshold
     left, right = sweep.points[:-1], sweep.points[1:]
