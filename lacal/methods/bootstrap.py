@@ -168,13 +168,15 @@ class Sweep:
         self.event_at = np.concatenate([starts, ends])
         # one sparse matrix gives every bucket's sums from the samples' masses: the starts inside it (rows
         # 0..buckets), the ends inside it (the next buckets + 1 rows), the starts minus the ends on its first edge
+        # (ends at the top of the range fall in no bucket and are left out)
         kept, rows = self.kept.numpy(), self.buckets + 1
         on_start, on_end = self.start_on_edge, self.end_on_edge
-        self._bucket_entries = (np.concatenate([self.start_bucket, rows + self.end_bucket,
+        self._bucket_entries = (np.concatenate([self.start_bucket, rows + self.end_bucket[ends_inside],
                                                 2 * rows + self.start_bucket[on_start],
                                                 2 * rows + self.end_bucket[on_end]]),
-                                np.concatenate([kept, kept, kept[on_start], kept[on_end]]),
-                                np.concatenate([np.ones(2 * kept.size + on_start.size), -np.ones(on_end.size)]))
+                                np.concatenate([kept, kept[ends_inside], kept[on_start], kept[on_end]]),
+                                np.concatenate([np.ones(kept.size + int(ends_inside.sum()) + on_start.size),
+                                                -np.ones(on_end.size)]))
         self._bucket_matrices = {}
 
     def bucket_matrix(self, dtype):
@@ -185,12 +187,14 @@ class Sweep:
 
         if dtype not in self._bucket_matrices:
             rows, columns, values = self._bucket_entries
-            shape = (3 * (self.buckets + 1), self.intervals.lo.size)
+            order = np.lexsort((columns, rows))  # a sample adds to a row at most once, so no entries to merge
+            height = 3 * (self.buckets + 1)
+            crow = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=height))])
             with warnings.catch_warnings():  # compressed-row tensors are marked beta; products with them are exact
                 warnings.simplefilter("ignore", UserWarning)
-                self._bucket_matrices[dtype] = torch.sparse_coo_tensor(
-                    torch.from_numpy(np.stack([rows, columns])), torch.from_numpy(values).to(dtype), shape,
-                    check_invariants=True).coalesce().to_sparse_csr()
+                self._bucket_matrices[dtype] = torch.sparse_csr_tensor(
+                    torch.from_numpy(crow), torch.from_numpy(columns[order]),
+                    torch.from_numpy(values[order]).to(dtype), (height, self.intervals.lo.size))
         return self._bucket_matrices[dtype]
 
     def columns_per_block(self, budget: int = BLOCK_BYTES) -> int:
@@ -634,8 +638,8 @@ def bootstrap_fit(intervals: SampleIntervals, tau: float, tau_range, replicates:
         refit[:, 0], original[:, 0] = 1.0 - scores / units, sweep.original_errors(taus)
         if numbers.start < OPTIMISM_REPLICATES:
             right = sweep.right_at(taus).to(dtype)
-            refit[:, 1:] = summaries((members @ (counts * right)).T.numpy(), row_support, groups)[:, 1:]
             original[:, 1:] = summaries((members @ right).T.numpy(), support, groups)[:, 1:]
+            refit[:, 1:] = summaries((members @ right.mul_(counts)).T.numpy(), row_support, groups)[:, 1:]
         return (np.asarray(numbers), taus, summaries(at_fixed[0], row_support, groups),
                 summaries(at_fixed[1], row_support, groups), refit, original)
 
