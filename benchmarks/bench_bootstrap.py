@@ -5,12 +5,13 @@
 
 It builds long-tailed logits (class evidence plus log-prior, like an ERM model's; 20 validation samples a class, as
 ImageNet-LT's validation split has) and times, in one process and one run:
-  (a) one exact fit: lacal.methods.fit_tau on the logits (the interval pass and the search);
+  (a) one exact fit: lacal.methods.fit_tau on the logits array, as a user calls it (the interval pass and the search);
   (b) the bootstrap: every sample's interval gathered once, then --replicates stratified replicates, each an exact
       refit of tau with the errors at tau = 0, at the fitted tau and at its own tau (methods.bootstrap);
   (c) the K-fold cross-fit (5 folds).
-(a) and (b) alternate --repeats times. It prints medians and the ratio b/a (the target: at most 5), and the peak resident memory of (a) and of (a) + (b) in
-fresh processes (the bootstrap works on blocks of replicates, so its memory does not grow with --replicates).
+(b) reads the logits through the source the workflow already holds. (a) and (b) alternate --repeats times. It prints
+medians and the ratio b/a (the target: at most 5), and the peak resident memory of (a) and of (a) + (b) in fresh
+processes (the bootstrap works on blocks of replicates, so its memory does not grow with --replicates).
 Results go to benchmarks/results/.
 """
 

@@ -33,8 +33,8 @@ TAU_RULES = ("min", "one-se")
 FEW_SAMPLES = 5  # classes with fewer validation samples than this are warned about
 BLOCK_BYTES = 96 << 20  # working memory of a block of replicates
 SINGLE_EXACT = 2 ** 22  # float32 holds every integer up to 2**24, and the sweep's sums stay within 4x the total
-OPTIMISM_REPLICATES = 200
-BUCKETS = 512  # buckets of segments whose bounds let the sweep skip most of the range  # replicates that estimate the optimism of the group and worst-class errors
+OPTIMISM_REPLICATES = 200  # replicates that estimate the optimism of the group and worst-class errors
+BUCKETS = 512  # buckets of segments whose bounds let the sweep skip most of the range
 SUMMARIES = ("balanced_error", "worst_class_error") + GROUPS
 
 
