@@ -5,6 +5,10 @@ other. On a block of a few MiB an operation takes well under a millisecond, so o
 holds a core the waiting dominates (OpenMP threads spin, and a descheduled one stalls the rest). Giving each worker
 whole blocks, with torch's own threading turned off for the duration of the pass, leaves nothing to wait for: a
 worker that is descheduled delays only its own block.
+
+Code run by these workers (and just before them) makes no numpy matrix product (`@`, `dot`): numpy hands those to
+OpenBLAS, whose own threads then spin for about a tenth of a second, taking the cores the workers need (in the
+bootstrap that made two workers barely faster than one). Use torch, or masked sums.
 """
 
 from __future__ import annotations
