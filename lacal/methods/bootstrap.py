@@ -123,6 +123,9 @@ class Sweep:
         lo, hi = intervals.lo, intervals.hi
         keep = (lo < hi) & (lo < self.hi_tau) & (hi > self.lo_tau)
         self.kept = torch.from_numpy(np.flatnonzero(keep))
+        # the samples right at some tau of the range: those kept, and those right at a point scored directly
+        self.live = np.flatnonzero(keep | np.any([hits for hits in intervals.hits.values()], axis=0)) \
+            if intervals.hits else self.kept.numpy()
         starts = np.maximum(lo[keep], self.lo_tau)
         ends = np.minimum(hi[keep], self.hi_tau)
         self.points, where = np.unique(np.concatenate([[self.lo_tau, self.hi_tau], starts, ends]),
@@ -318,17 +321,18 @@ class Sweep:
         following = events[np.searchsorted(events, at, side="right")]
         return float((self.points[at] + self.points[following]) / 2), run
 
-    def right_at(self, taus):
-        """N x R bool tensor: whether each sample is right at each tau of `taus`."""
+    def right_at(self, taus, rows=None):
+        """N x R bool tensor: whether each sample (or each of `rows`) is right at each tau of `taus`."""
         import torch
 
         intervals = self.intervals
+        pick = (lambda values: values) if rows is None else (lambda values: values[rows])  # noqa: E731
         taus = torch.as_tensor(np.asarray(taus, dtype=np.float64))
-        lo, hi = torch.from_numpy(intervals.lo), torch.from_numpy(intervals.hi)
+        lo, hi = torch.from_numpy(pick(intervals.lo)), torch.from_numpy(pick(intervals.hi))
         right = (lo[:, None] < taus[None, :]) & (taus[None, :] < hi[:, None])
         for k, tau in enumerate(taus.tolist()):
             if tau in intervals.hits:
-                right[:, k] = torch.from_numpy(intervals.hits[tau])
+                right[:, k] = torch.from_numpy(pick(intervals.hits[tau]))
         return right
 
     def original_errors(self, taus) -> np.ndarray:
@@ -614,7 +618,8 @@ def bootstrap_fit(intervals: SampleIntervals, tau: float, tau_range, replicates:
     exact_single = stratified and sweep.exact and max(sweep.unit, slots.size) <= SINGLE_EXACT
     dtype = torch.float32 if exact_single else torch.float64
     fixed_sums = class_matrix(fixed.numpy(), data.labels, support.size, dtype)
-    members = class_matrix(np.ones((1, data.labels.size), dtype=bool), data.labels, support.size, dtype)
+    live = torch.from_numpy(sweep.live)
+    members = class_matrix(np.ones((1, live.numel()), dtype=bool), data.labels[sweep.live], support.size, dtype)
     sample_weight = sweep.sample_weight.to(dtype)
     unit_weights = bool((sample_weight == 1).all())  # equal class supports: the mass is the counts themselves
     sweep.original_errors([tau])  # computes the original curve once, before any worker reads it
@@ -637,9 +642,11 @@ def bootstrap_fit(intervals: SampleIntervals, tau: float, tau_range, replicates:
         original = refit.copy()
         refit[:, 0], original[:, 0] = 1.0 - scores / units, sweep.original_errors(taus)
         if numbers.start < OPTIMISM_REPLICATES:
-            right = sweep.right_at(taus).to(dtype)
+            # only the samples right somewhere in the range can be right at a replicate's tau
+            right = sweep.right_at(taus, sweep.live).to(dtype)
             original[:, 1:] = summaries((members @ right).T.numpy(), support, groups)[:, 1:]
-            refit[:, 1:] = summaries((members @ right.mul_(counts)).T.numpy(), row_support, groups)[:, 1:]
+            right.mul_(counts.index_select(0, live))
+            refit[:, 1:] = summaries((members @ right).T.numpy(), row_support, groups)[:, 1:]
         return (np.asarray(numbers), taus, summaries(at_fixed[0], row_support, groups),
                 summaries(at_fixed[1], row_support, groups), refit, original)
 

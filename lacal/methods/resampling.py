@@ -90,20 +90,17 @@ class Slots:
         chunk = max(1, min(rows, COUNT_CHUNK_BYTES // (16 * max(1, self.size))))
         raw = np.empty((chunk, half), dtype=np.uint64)
         picks = np.empty((chunk, self.size), dtype=np.uint64)
-        offsets = (np.arange(chunk, dtype=np.uint64) * np.uint64(self.size))[:, None]
         for top in range(0, rows, chunk):
             part = numbers[top:top + chunk]
             for row, b in enumerate(part):
                 raw[row] = SFC64(SeedSequence([seed, b])).random_raw(half)
-            # floor(bits * n / 2**32) in integers (bits * n < 2**64 for any n < 2**32); each pick offset by its
-            # row's place in one histogram of the chunk
+            # floor(bits * n / 2**32) in integers (bits * n < 2**64 for any n < 2**32), then each row's histogram
             here = picks[:len(part)]
             np.multiply(raw[:len(part)].view(np.uint32)[:, :self.size], self.choices_unsigned, out=here)
             here >>= np.uint64(32)
             here += self.first_unsigned
-            here += offsets[:len(part)]
-            drawn[top:top + len(part)] = np.bincount(here.view(np.int64).ravel(),
-                                                     minlength=len(part) * self.size).reshape(len(part), -1)
+            for row in range(len(part)):
+                drawn[top + row] = np.bincount(here[row].view(np.int64), minlength=self.size)
         numpy_dtype = torch.empty(0, dtype=dtype).numpy().dtype
         return torch.from_numpy(drawn.T.astype(numpy_dtype))
 
