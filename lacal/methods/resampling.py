@@ -76,8 +76,8 @@ class Slots:
         self.first_unsigned = self.first.astype(np.uint64)
 
     def counts(self, seed: int, replicates, dtype=None):
-        """N x R tensor (float64, or `dtype`): how often each sample (class order) is drawn in each of the
-        replicates given (a column per replicate). Replicate b takes 32 random bits per slot from SFC64 seeded by
+        """N x R tensor (float64, or `dtype`; a view of R x N storage): how often each sample (class order) is
+        drawn in each of the replicates given (a column per replicate). Replicate b takes 32 random bits per slot from SFC64 seeded by
         SeedSequence([seed, b]) and scales them to the slot's range (floor(bits * n / 2**32))."""
         import torch
         from numpy.random import SFC64, SeedSequence
@@ -85,7 +85,8 @@ class Slots:
         dtype = dtype or torch.float64
         half, rows = (self.size + 1) // 2, len(replicates)
         numbers = [int(b) for b in replicates]
-        drawn = np.empty((rows, self.size), dtype=np.int64)
+        # stored a replicate a row (each row's histogram written where it lies), returned as its N x R view
+        drawn = np.empty((rows, self.size), dtype=torch.empty(0, dtype=dtype).numpy().dtype)
         # a few replicates at a time, so that the in-place integer steps below work in the CPU's cache
         chunk = max(1, min(rows, COUNT_CHUNK_BYTES // (16 * max(1, self.size))))
         raw = np.empty((chunk, half), dtype=np.uint64)
@@ -101,8 +102,7 @@ class Slots:
             here += self.first_unsigned
             for row in range(len(part)):
                 drawn[top + row] = np.bincount(here[row].view(np.int64), minlength=self.size)
-        numpy_dtype = torch.empty(0, dtype=dtype).numpy().dtype
-        return torch.from_numpy(drawn.T.astype(numpy_dtype))
+        return torch.from_numpy(drawn).T
 
     def folds(self, seed: int, folds: int, labels: np.ndarray) -> np.ndarray:
         """The fold (0..K-1) of each sample (class order, `labels` sorted): within each class, the samples in a
