@@ -275,8 +275,8 @@ class Sweep:
         step = torch.zeros(segment_of.size, columns, dtype=mass.dtype)
         sample = self.kept[torch.from_numpy(sample)]
         start = torch.from_numpy(start)
-        step.index_add_(0, torch.from_numpy(local)[start], take_rows(mass, sample[start]))
-        step.index_add_(0, torch.from_numpy(local)[~start], take_rows(mass, sample[~start]), alpha=-1)
+        step.index_add_(0, torch.from_numpy(local)[start], mass.index_select(0, sample[start]))
+        step.index_add_(0, torch.from_numpy(local)[~start], mass.index_select(0, sample[~start]), alpha=-1)
         values = step.T.contiguous().cumsum_(1)
         before_bucket = np.concatenate([[0], np.cumsum(sizes)[:-1]])  # each bucket's first local segment
         offset = torch.cat([torch.zeros(columns, 1, dtype=mass.dtype), values], 1)[:, before_bucket]
@@ -346,14 +346,6 @@ class Sweep:
         for index in np.flatnonzero(special).tolist():
             scores[index] = float(self.sample_weight.numpy()[self.intervals.right_at(float(taus[index]))].sum())
         return 1.0 - scores / self.unit
-
-
-def take_rows(values, index):
-    """`values.index_select(0, index)` for an N x R tensor stored either way: for the column-major view that
-    `Slots.counts` returns, each replicate's row of storage is gathered along itself."""
-    if values.dim() == 2 and values.stride(0) == 1 and values.shape[1] > 1:
-        return values.T.index_select(1, index).T
-    return values.index_select(0, index)
 
 
 def class_sums(values, starts: np.ndarray, support: np.ndarray) -> np.ndarray:
@@ -634,7 +626,7 @@ def bootstrap_fit(intervals: SampleIntervals, tau: float, tau_range, replicates:
     sweep.bucket_matrix(dtype)  # likewise the sparse matrix of the sweep's buckets
 
     def one_block(numbers):
-        counts = slots.counts(seed, numbers, dtype)  # N x R: a column per replicate
+        counts = slots.counts(seed, numbers, dtype, reuse=True)  # N x R: a column per replicate
         if stratified:
             row_support = np.broadcast_to(support, (len(numbers), support.size))
             mass = counts if unit_weights else counts * sample_weight[:, None]
@@ -653,7 +645,7 @@ def bootstrap_fit(intervals: SampleIntervals, tau: float, tau_range, replicates:
             # only the samples right somewhere in the range can be right at a replicate's tau
             right = sweep.right_at(taus, sweep.live).to(dtype)
             original[:, 1:] = summaries((members @ right).T.numpy(), support, groups)[:, 1:]
-            right.mul_(take_rows(counts, live))
+            right.mul_(counts.index_select(0, live))
             refit[:, 1:] = summaries((members @ right).T.numpy(), row_support, groups)[:, 1:]
         return (np.asarray(numbers), taus, summaries(at_fixed[0], row_support, groups),
                 summaries(at_fixed[1], row_support, groups), refit, original)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .bootstrap import DEFAULT_REPLICATES, Replicates, SampleIntervals, Sweep, class_matrix, class_sums, \
-    single_threaded, take_rows
+    single_threaded
 from .resampling import DEFAULT_LEVEL, Slots, percentile_interval
 
 METRICS = ("balanced_error", "macro_f1")
@@ -165,7 +165,7 @@ def bootstrap_multilabel(logits, truth, ratios, tau: float, tau_range, replicate
     mine = []
     for index in range(rank, len(blocks), world):
         numbers = blocks[index]
-        counts = take_rows(slots.counts(seed, numbers), unit_row)  # units x R
+        counts = slots.counts(seed, numbers).index_select(0, unit_row)  # units x R
         row_support = class_sums(counts.numpy(), starts, support)
         correct = (fixed_sums @ counts).numpy().reshape(2, 2 * classes, len(numbers)).transpose(0, 2, 1)
         zero, at_tau = _figures(correct[0], row_support), _figures(correct[1], row_support)

@@ -75,22 +75,25 @@ class Slots:
         self.choices_unsigned = self.choices.astype(np.uint64)
         self.first_unsigned = self.first.astype(np.uint64)
 
-    def counts(self, seed: int, replicates, dtype=None):
-        """N x R tensor (float64, or `dtype`; a view of R x N storage): how often each sample (class order) is
-        drawn in each of the replicates given (a column per replicate). Replicate b takes 32 random bits per slot from SFC64 seeded by
-        SeedSequence([seed, b]) and scales them to the slot's range (floor(bits * n / 2**32))."""
+    def counts(self, seed: int, replicates, dtype=None, reuse: bool = False):
+        """N x R tensor (float64, or `dtype`): how often each sample (class order) is drawn in each of the
+        replicates given (a column per replicate). Replicate b takes 32 random bits per slot from SFC64 seeded by
+        SeedSequence([seed, b]) and scales them to the slot's range (floor(bits * n / 2**32)).
+
+        `reuse`: work in, and return, this thread's arrays from its previous call with as many replicates (whose
+        result is overwritten): a fresh array of a few MB costs more in page faults than filling it does."""
         import torch
         from numpy.random import SFC64, SeedSequence
 
-        dtype = dtype or torch.float64
+        kind = torch.empty(0, dtype=dtype or torch.float64).numpy().dtype
         half, rows = (self.size + 1) // 2, len(replicates)
         numbers = [int(b) for b in replicates]
-        # stored a replicate a row (each row's histogram written where it lies), returned as its N x R view
-        drawn = np.empty((rows, self.size), dtype=torch.empty(0, dtype=dtype).numpy().dtype)
+        array = self._kept_array if reuse else (lambda name, shape, kind: np.empty(shape, dtype=kind))
+        drawn = array("drawn", (rows, self.size), kind)  # a replicate a row: each row's histogram written in place
         # a few replicates at a time, so that the in-place integer steps below work in the CPU's cache
         chunk = max(1, min(rows, COUNT_CHUNK_BYTES // (16 * max(1, self.size))))
-        raw = np.empty((chunk, half), dtype=np.uint64)
-        picks = np.empty((chunk, self.size), dtype=np.uint64)
+        raw = array("raw", (chunk, half), np.uint64)
+        picks = array("picks", (chunk, self.size), np.uint64)
         for top in range(0, rows, chunk):
             part = numbers[top:top + chunk]
             for row, b in enumerate(part):
@@ -102,7 +105,19 @@ class Slots:
             here += self.first_unsigned
             for row in range(len(part)):
                 drawn[top + row] = np.bincount(here[row].view(np.int64), minlength=self.size)
-        return torch.from_numpy(drawn).T
+        out = array("out", (self.size, rows), kind)
+        np.copyto(out, drawn.T)
+        return torch.from_numpy(out)
+
+    def _kept_array(self, name: str, shape: tuple, kind) -> np.ndarray:
+        """This thread's array `name` of that shape and type, kept between calls."""
+        import threading
+
+        store = self.__dict__.setdefault("_arrays", threading.local()).__dict__
+        key = (name, shape, np.dtype(kind))
+        if key not in store:
+            store[key] = np.empty(shape, dtype=kind)
+        return store[key]
 
     def folds(self, seed: int, folds: int, labels: np.ndarray) -> np.ndarray:
         """The fold (0..K-1) of each sample (class order, `labels` sorted): within each class, the samples in a
