@@ -269,6 +269,10 @@ def test_fit_with_intervals_and_rules():
     one_se = lacal.fit(logits, labels, counts, bootstrap=100, tau_rule="one-se", device="cpu")
     assert one_se.intervals.tau_min == plain.tau
     assert one_se.calibration.tau == one_se.tau
+    # the calibration file says which rule chose tau (its tau_interval is then the rule's run), and the minimiser
+    assert one_se.calibration.validation["tau_rule"] == "one-se"
+    assert one_se.calibration.validation["tau_min"] == plain.tau
+    assert "tau_rule" not in result.calibration.validation and "tau_rule" not in plain.calibration.validation
     assert one_se.tau_fit.after.balanced_error <= plain.tau_fit.after.balanced_error + \
         one_se.intervals.bootstrap.standard_error + 1e-9
 

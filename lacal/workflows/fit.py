@@ -220,6 +220,11 @@ def fit(val_logits=None, val_labels=None, priors=None, *, train_labels=None, tau
     inputs = provenance(val_logits, val_labels, train_labels, priors, class_names, checkpoint, features,
                         target_logits) if record_inputs else None
     calibration = Calibration.from_fit(tau_fit, prior, names, inputs, q, target_info, probability)
+    if getattr(intervals, "tau_rule", "min") != "min":  # the file says which rule chose tau, and the minimiser
+        from dataclasses import replace
+
+        calibration = replace(calibration, validation={**calibration.validation, "tau_rule": intervals.tau_rule,
+                                                       "tau_min": intervals.tau_min})
     if out is not None and context.leader:
         calibration.save(out, force, paths_of(*given))
     if task.multi_label:
