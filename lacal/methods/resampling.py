@@ -85,28 +85,31 @@ class Slots:
         import torch
         from numpy.random import SFC64, SeedSequence
 
-        kind = torch.empty(0, dtype=dtype or torch.float64).numpy().dtype
-        half, rows = (self.size + 1) // 2, len(replicates)
+        dtype = dtype or torch.float64
+        kind = torch.empty(0, dtype=dtype).numpy().dtype
+        half, count = (self.size + 1) // 2, len(replicates)
         numbers = [int(b) for b in replicates]
         array = self._kept_array if reuse else (lambda name, shape, kind: np.empty(shape, dtype=kind))
-        drawn = array("drawn", (rows, self.size), kind)  # a replicate a row: each row's histogram written in place
+        drawn = torch.from_numpy(array("drawn", (count, self.size), kind))  # a replicate a row
+        drawn.zero_()
         # a few replicates at a time, so that the in-place integer steps below work in the CPU's cache
-        chunk = max(1, min(rows, COUNT_CHUNK_BYTES // (16 * max(1, self.size))))
+        chunk = max(1, min(count, COUNT_CHUNK_BYTES // (16 * max(1, self.size))))
         raw = array("raw", (chunk, half), np.uint64)
         picks = array("picks", (chunk, self.size), np.uint64)
-        for top in range(0, rows, chunk):
+        ones = torch.ones(1, dtype=dtype).expand(chunk, self.size)
+        for top in range(0, count, chunk):
             part = numbers[top:top + chunk]
             for row, b in enumerate(part):
                 raw[row] = SFC64(SeedSequence([seed, b])).random_raw(half)
             # floor(bits * n / 2**32) in integers (bits * n < 2**64 for any n < 2**32), then each row's histogram
+            # (torch's scatter-add: numpy's bincount holds the interpreter lock, so the workers would take turns)
             here = picks[:len(part)]
             np.multiply(raw[:len(part)].view(np.uint32)[:, :self.size], self.choices_unsigned, out=here)
             here >>= np.uint64(32)
             here += self.first_unsigned
-            for row in range(len(part)):
-                drawn[top + row] = np.bincount(here[row].view(np.int64), minlength=self.size)
-        out = array("out", (self.size, rows), kind)
-        np.copyto(out, drawn.T)
+            drawn[top:top + len(part)].scatter_add_(1, torch.from_numpy(here.view(np.int64)), ones[:len(part)])
+        out = array("out", (self.size, count), kind)
+        np.copyto(out, drawn.numpy().T)
         return torch.from_numpy(out)
 
     def _kept_array(self, name: str, shape: tuple, kind) -> np.ndarray:
