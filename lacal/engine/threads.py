@@ -8,7 +8,9 @@ worker that is descheduled delays only its own block.
 
 Code run by these workers (and just before them) makes no numpy matrix product (`@`, `dot`): numpy hands those to
 OpenBLAS, whose own threads then spin for about a tenth of a second, taking the cores the workers need (in the
-bootstrap that made two workers barely faster than one). Use torch, or masked sums.
+bootstrap that made two workers barely faster than one). Use torch, or masked sums. Nor does it spend long in a numpy
+function that keeps the interpreter lock, such as `np.bincount`: the workers then take turns (torch's `bincount`
+and `scatter_add_` release it).
 """
 
 from __future__ import annotations
