@@ -1,4 +1,5 @@
 import os
+import subprocess
 
 import numpy as np
 import pytest
@@ -17,6 +18,26 @@ def long_tail_problem(num_samples=600, num_classes=8, seed=0, margin=1.5, imbala
     logits[np.arange(num_samples), labels] += margin
     logits += np.log(counts / counts.sum())[None, :]
     return logits.astype(dtype), labels.astype(np.int64), counts
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """Mounts a small tmpfs: `tmpfs("128k")` gives its folder (needs root and mount; the test is skipped elsewhere),
+    unmounted after the test."""
+    mounted = []
+
+    def mount(size: str):
+        disk = tmp_path / f"disk{len(mounted) or ''}"
+        disk.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(disk)], capture_output=True)
+        if done.returncode != 0:
+            pytest.skip("cannot mount a tmpfs here")
+        mounted.append(disk)
+        return disk
+
+    yield mount
+    for disk in mounted:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
 
 
 @pytest.fixture

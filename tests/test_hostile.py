@@ -230,15 +230,9 @@ def test_long_legal_name_is_written(tmp_path, priors_input):
 
 
 @pytest.fixture
-def small_disk(tmp_path):
-    """A 256 KiB tmpfs (needs root and mount; skipped elsewhere)."""
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)], capture_output=True)
-    if done.returncode != 0:
-        pytest.skip("cannot mount a tmpfs here")
-    yield disk
-    subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+def small_disk(tmpfs):
+    """A 256 KiB tmpfs (skipped where one cannot be mounted)."""
+    return tmpfs("256k")
 
 
 def test_full_and_read_only_disks(tmp_path, small_disk):
@@ -733,7 +727,7 @@ def test_deeply_nested_json_in_multilabel_and_deployed_inputs(small, tmp_path):
 
 
 def test_onnx_graph_that_loops_or_has_an_inputless_node_is_refused(tmp_path):
-    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnx")
     from onnx import TensorProto, helper
 
     np.save(tmp_path / "counts.npy", np.array([50, 20, 5]))
