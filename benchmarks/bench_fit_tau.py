@@ -423,7 +423,7 @@ def main() -> None:
               + ", ".join(f"{k} {v:.0f}" for k, v in result["peak_added_mb"].items())
               + (f"; CUDA peak allocated {result['cuda_peak_allocated_mb']:.0f} MB"
                  if "cuda_peak_allocated_mb" in result else ""))
-        print(f"  peak resident memory of the whole process (MB): "
+        print("  peak resident memory of the whole process (MB): "
               + ", ".join(f"{k} {v:.0f}" for k, v in result["peak_total_mb"].items()))
         threads = result.get("threads")
         for state in ("idle", "busy"):

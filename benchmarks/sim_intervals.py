@@ -105,7 +105,7 @@ def study(n_per_class, draws, replicates, classes, margin, population, counts, l
           prior_scale=1.0):
     from lacal.core.metrics import GROUPS, shot_groups
     from lacal.methods.bootstrap import bootstrap_fit, cross_fit, one_se_tau
-    from lacal.methods.resampling import percentile_interval, wilson_interval
+    from lacal.methods.resampling import percentile_interval
 
     groups = shot_groups(counts)
     true_tau = population.minimiser()

@@ -13,7 +13,7 @@ from lacal.core.offsets import as_priors_array
 from lacal.data.readers import source_from_array
 from lacal.errors import OptionError
 from lacal.methods import fit_tau
-from lacal.methods.bootstrap import (bootstrap_fit, bootstrap_fixed, cross_fit, one_se_tau, replicate_counts,
+from lacal.methods.bootstrap import (bootstrap_fit, cross_fit, one_se_tau, replicate_counts,
                                      sample_intervals)
 from lacal.methods.resampling import percentile_interval, wilson_interval
 

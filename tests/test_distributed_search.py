@@ -2,7 +2,6 @@
 the single-process search, in one process: a context that claims to be distributed but holds all the data."""
 
 import numpy as np
-import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st

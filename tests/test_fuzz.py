@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch  # imported here, not first under tracemalloc (which makes a large import slow)
-from hypothesis import HealthCheck, assume, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 import lacal
 from lacal.core.calibration import Calibration

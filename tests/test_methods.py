@@ -14,7 +14,6 @@ from lacal.cli.app import app
 from lacal.methods.taunorm import fit_tau_norm, tau_norm_logits
 
 from . import reference
-from .conftest import long_tail_problem
 
 runner = CliRunner()
 

@@ -1,5 +1,4 @@
 import json
-import os
 import zipfile
 
 import numpy as np

@@ -218,8 +218,6 @@ class Sweep:
     def fit(self, mass, exact: bool):
         """For each column of `mass` (N x R float64 tensor: times drawn x class weight): the tau and run of optimal
         tau that `search.fit_tau` finds on the data with each sample repeated that often, and the optimal score."""
-        import torch
-
         values, segment_of = self._candidate_values(mass, exact)
         best = values.amax(1)
         if exact:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import InputDataError, OptionError, PriorsError
+from ..errors import InputDataError, OptionError
 from ..core.metrics import Counts, macro_mean
 from .search import DEFAULT_TAU_RANGE, Measured, check_tau_range
 
