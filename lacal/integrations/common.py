@@ -13,18 +13,32 @@ from ..errors import OptionError
 LABEL_KEYS = ("labels", "label", "targets", "target", "y")
 
 
-def fit_logits(logits, targets, priors, *, tau_range=(0.0, 4.0), metric: str = "balanced-error", context=None):
+def fit_logits(logits, targets, priors, *, tau_range=(0.0, 4.0), metric: str = "balanced-error",
+               smoothing: float = 0.0, class_names=None, context=None):
     """`lacal.fit` on logits and targets held in memory (arrays or tensors), nothing written. Under
     torch.distributed, `context` (see `distributed_context`) makes each rank's rows its share of the validation set,
-    merged exactly as `lacal fit-tau` under torchrun merges them.
+    merged exactly as `lacal fit-tau` under torchrun merges them. Targets that are not integer class ids are refused.
 
     Returns:
         The `FitResult`.
     """
     from ..workflows import fit
 
-    return fit(_numpy(logits), _numpy(targets).astype(np.int64), priors, tau_range=tau_range, metric=metric,
-               record_inputs=False, device="cpu", context=context)
+    return fit(_numpy(logits), _numpy(targets), priors, tau_range=tau_range, metric=metric, smoothing=smoothing,
+               class_names=class_names, record_inputs=False, device="cpu", context=context)
+
+
+def check_fit_options(metric: str, tau_range, smoothing: float = 0.0) -> tuple[float, float]:
+    """Refuse a bad `metric`, `tau_range` or `smoothing` when an integration is built, rather than after an epoch of
+    training; returns the range as (low, high)."""
+    from ..methods.search import METRICS, check_tau_range
+
+    if metric not in METRICS:
+        raise OptionError(f"unknown metric {metric!r}; use one of {', '.join(METRICS)}", "metric")
+    if isinstance(smoothing, bool) or not isinstance(smoothing, (int, float, np.integer, np.floating)) \
+            or not np.isfinite(smoothing) or smoothing < 0:
+        raise OptionError(f"`smoothing` must be a finite number of at least 0, got {smoothing!r}", "smoothing")
+    return check_tau_range(tau_range)
 
 
 def fit_numbers(result, prefix: str = "") -> dict[str, float]:
@@ -56,14 +70,16 @@ def distributed_context(local_rank: int = 0):
 
 def module_head(module, num_classes: int | None = None, name: str | None = None) -> tuple[str, Any]:
     """(name, layer) of the classifier head of a `torch.nn.Module` in memory, found as checkpoint patching finds it
-    (a Linear or 1x1 convolution, by usual name and by the number of classes; `name` chooses it)."""
-    from ..models.checkpoints import Checkpoint, TensorInfo, find_heads
-    from pathlib import Path
+    (a Linear or 1x1 convolution, by usual name and by the number of classes; `name` chooses it). A model whose
+    logits average several heads is refused: no one layer's output is its logits."""
+    from ..models.checkpoints import find_heads
+    from ..models.module_patch import module_checkpoint
 
-    where = Path("<module>")
-    tensors = {key: TensorInfo(key, tuple(t.shape), str(t.dtype).replace("torch.", ""), where, position)
-               for position, (key, t) in enumerate(module.state_dict(keep_vars=True).items())}
-    head = find_heads(Checkpoint(where, "module", tensors), num_classes, name)[0]
+    heads = find_heads(module_checkpoint(module), num_classes, name)
+    if len(heads) > 1:
+        raise OptionError(f"the model averages {len(heads)} classifier heads ({', '.join(h.name for h in heads)}), "
+                          "so no one layer's output is its logits", "head")
+    head = heads[0]
     return head.name, (module.get_submodule(head.name) if head.name else module)
 
 
@@ -107,7 +123,7 @@ def step_targets(outputs):
 
 
 def check_tau(tau) -> str | float:
-    """"auto", or a finite tau >= 0."""
+    """"auto", or a finite number."""
     if isinstance(tau, str):
         if tau != "auto":
             raise OptionError(f"`tau` must be \"auto\" or a number, got {tau!r}", "tau")

@@ -25,7 +25,8 @@ import torch
 from transformers import TrainerCallback
 
 from ..errors import OptionError
-from .common import LABEL_KEYS, fit_logits, fit_numbers
+from ..methods.search import DEFAULT_TAU_RANGE
+from .common import LABEL_KEYS, check_fit_options, fit_logits, fit_numbers
 
 CALIBRATION_FILE = "calibration.json"
 ADJUSTED_FOLDER = "adjusted"
@@ -40,6 +41,7 @@ class LogitAdjustmentMetrics:
             data set itself (its `labels` / `label` column or items are counted).
         tau_range: (low, high) searched for tau.
         metric: "balanced-error" or "worst-class-error", minimised by tau.
+        smoothing: added to every training count (needed when a class has none; see `lacal.count_priors`).
 
     Attributes:
         result: the `lacal.FitResult` of the last evaluation (None before one).
@@ -50,10 +52,12 @@ class LogitAdjustmentMetrics:
         >>> trainer.evaluate()["eval_balanced_error_adjusted"]
     """
 
-    def __init__(self, priors: Any, *, tau_range=(0.0, 4.0), metric: str = "balanced-error"):
+    def __init__(self, priors: Any, *, tau_range=DEFAULT_TAU_RANGE, metric: str = "balanced-error",
+                 smoothing: float = 0.0):
         self.priors = priors
-        self.tau_range = tuple(tau_range)
+        self.tau_range = check_fit_options(metric, tau_range, smoothing)
         self.metric = metric
+        self.smoothing = smoothing
         self.result = None
         self._counts = None
 
@@ -63,7 +67,7 @@ class LogitAdjustmentMetrics:
             logits = logits[0]
         labels = prediction.label_ids
         self.result = fit_logits(np.asarray(logits), np.asarray(labels), self.train_priors(np.shape(logits)[1]),
-                                 tau_range=self.tau_range, metric=self.metric)
+                                 tau_range=self.tau_range, metric=self.metric, smoothing=self.smoothing)
         return fit_numbers(self.result)
 
     def train_priors(self, num_classes: int):
@@ -88,6 +92,7 @@ class LogitAdjustmentCallback(TrainerCallback):
             `calibration.json` goes beside it.
         tau_range: (low, high) searched for tau.
         metric: "balanced-error" or "worst-class-error", minimised by tau.
+        smoothing: added to every training count (needed when a class has none; see `lacal.count_priors`).
         patch_model: also patch the trained model in memory (`lacal.patch_module`).
 
     Attributes:
@@ -101,12 +106,13 @@ class LogitAdjustmentCallback(TrainerCallback):
         >>> AutoModelForSequenceClassification.from_pretrained(f"{args.output_dir}/adjusted")  # adjusted logits
     """
 
-    def __init__(self, priors: Any = None, *, output_dir=None, tau_range=(0.0, 4.0), metric: str = "balanced-error",
-                 patch_model: bool = False):
+    def __init__(self, priors: Any = None, *, output_dir=None, tau_range=DEFAULT_TAU_RANGE,
+                 metric: str = "balanced-error", smoothing: float = 0.0, patch_model: bool = False):
         self.priors = priors
         self.output_dir = output_dir
-        self.tau_range = tuple(tau_range)
+        self.tau_range = check_fit_options(metric, tau_range, smoothing)
         self.metric = metric
+        self.smoothing = smoothing
         self.patch_model = patch_model
         self.calibration = None
         self.result = None
@@ -128,7 +134,8 @@ class LogitAdjustmentCallback(TrainerCallback):
                 raise OptionError("no training data set to count the classes of; pass the training counts as "
                                   "`priors`", "priors")
             priors = count_labels(train_dataloader.dataset, logits.shape[1])
-        self.result = fit_logits(logits, labels, priors, tau_range=self.tau_range, metric=self.metric)
+        self.result = fit_logits(logits, labels, priors, tau_range=self.tau_range, metric=self.metric,
+                                 smoothing=self.smoothing)
         self.calibration = self.result.calibration
         out = Path(self.output_dir) if self.output_dir is not None else Path(args.output_dir) / ADJUSTED_FOLDER
         self.output_path, self.calibration_path = out, out.parent / CALIBRATION_FILE

@@ -26,8 +26,9 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from ..errors import OptionError
-from .common import batch_targets, distributed_context, fit_logits, fit_numbers, module_head, step_logits, \
-    step_targets
+from ..methods.search import DEFAULT_TAU_RANGE
+from .common import batch_targets, check_fit_options, distributed_context, fit_logits, fit_numbers, module_head, \
+    step_logits, step_targets
 
 CALIBRATION_FILE = "calibration.json"
 
@@ -43,6 +44,7 @@ class LogitAdjustment(Callback):
             name and by the number of classes when None.
         tau_range: (low, high) searched for tau.
         metric: "balanced-error" or "worst-class-error", minimised by tau.
+        smoothing: added to every training count (needed when a class has none; see `lacal.count_priors`).
         prefix: the logged names' prefix.
         save: at the end of `fit`, write `calibration.json` beside the best checkpoint and its patched copy
             `NAME-adjusted.ckpt`.
@@ -61,13 +63,14 @@ class LogitAdjustment(Callback):
         >>> Classifier.load_from_checkpoint(trainer.callbacks[0].patched_path)   # adjusted logits
     """
 
-    def __init__(self, priors: Any = None, *, head: Optional[str] = None, tau_range=(0.0, 4.0),
-                 metric: str = "balanced-error", prefix: str = "val/", save: bool = True,
+    def __init__(self, priors: Any = None, *, head: Optional[str] = None, tau_range=DEFAULT_TAU_RANGE,
+                 metric: str = "balanced-error", smoothing: float = 0.0, prefix: str = "val/", save: bool = True,
                  patch_module: bool = False):
         self.priors = priors
         self.head = head
-        self.tau_range = tuple(tau_range)
+        self.tau_range = check_fit_options(metric, tau_range, smoothing)
         self.metric = metric
+        self.smoothing = smoothing
         self.prefix = prefix
         self.save = save
         self.patch_module = patch_module
@@ -167,7 +170,7 @@ class LogitAdjustment(Callback):
         if priors is None:
             return
         self.result = fit_logits(logits, targets, priors, tau_range=self.tau_range, metric=self.metric,
-                                 context=context)
+                                 smoothing=self.smoothing, context=context)
         self.calibration = self.result.calibration
         self._fits[trainer.global_step] = self.calibration
         for name, value in fit_numbers(self.result, self.prefix).items():

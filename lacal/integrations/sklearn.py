@@ -106,16 +106,18 @@ class LogitAdjustedClassifier(MetaEstimatorMixin, ClassifierMixin, BaseEstimator
         method = self._method(base)
         self.class_counts_ = counts
         self.fit_result_ = None
+        names = [str(c) for c in self.classes_]
         if tau == "auto":
             splitter = check_cv(self.cv, codes, classifier=True)
             scores = cross_val_predict(clone(base), X, codes, cv=splitter, method=method, n_jobs=self.n_jobs,
                                        params=fit_params)
             self.fit_result_ = fit_logits(_log_scores(scores, method, len(self.classes_)), codes, counts,
-                                          tau_range=tuple(self.tau_range), metric=METRICS[self.metric])
+                                          tau_range=tuple(self.tau_range), metric=METRICS[self.metric],
+                                          class_names=names)
             self.calibration_ = self.fit_result_.calibration
         else:
             self.calibration_ = Calibration(tau=tau, priors=counts / counts.sum(), counts=counts,
-                                            class_names=[str(c) for c in self.classes_])
+                                            class_names=names)
         self.tau_ = float(self.calibration_.tau)
         self.estimator_ = clone(base).fit(X, codes, **fit_params)
         return self

@@ -51,7 +51,7 @@ class PatchResult:
                 "warnings": list(self.warnings)}
 
 
-def _module_checkpoint(module):
+def module_checkpoint(module):
     """The module's parameters and buffers as a `Checkpoint` that the head finder reads (shapes only)."""
     from .checkpoints import Checkpoint, TensorInfo
 
@@ -125,7 +125,7 @@ def patch_module(module, calibration, *, head: str | None = None, add_bias: bool
             raise CheckpointError(f"already carries a lacal patch{describe_patch(earlier)}; patching again would add "
                                   "the offsets twice; pass force=True if that is really what you want", "module")
         warnings.append(f"the module already carried a lacal patch{describe_patch(earlier)}; the offsets add up")
-    checkpoint = _module_checkpoint(module)
+    checkpoint = module_checkpoint(module)
     heads = find_heads(checkpoint, calibration.num_classes, head)
     calibration.check_num_classes(heads[0].num_classes, "module's head")
     layers = [_layer(module, found.name) for found in heads]
