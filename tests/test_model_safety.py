@@ -108,6 +108,29 @@ def test_transformers_folder_with_safetensors_and_bin_patches_both(tmp_path, cal
     assert record["copies"] == ["pytorch_model.bin.index.json" if sharded else "pytorch_model.bin"]
 
 
+def test_folder_whose_bin_holds_a_training_checkpoint_is_patched_where_its_state_dict_is(tmp_path, calibration):
+    """A Hugging Face folder's pytorch_model.bin saved as {"state_dict": ..., "epoch": ...}: the head inside that
+    state dict gets the offsets, in the model's own set and as the copy beside model.safetensors."""
+    model = build(TorchvisionLike)
+    state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+    for with_safetensors in (False, True):
+        folder = tmp_path / f"hf{int(with_safetensors)}"
+        folder.mkdir()
+        (folder / "config.json").write_text(json.dumps({"architectures": ["ResNetForImageClassification"]}))
+        torch.save({"state_dict": state, "epoch": 1}, folder / "pytorch_model.bin")
+        if with_safetensors:
+            save_file(state, folder / "model.safetensors")
+        out = tmp_path / f"out{int(with_safetensors)}"
+        lacal.patch_checkpoint(folder, calibration, out=out)
+        saved = torch.load(out / "pytorch_model.bin", weights_only=True)
+        assert saved["epoch"] == 1 and set(saved["state_dict"]) == set(state)
+        np.testing.assert_allclose(saved["state_dict"]["fc.bias"].double().numpy(),
+                                   state["fc.bias"].double().numpy() + OFFSETS, rtol=1e-6, atol=1e-6)
+        if with_safetensors:
+            np.testing.assert_allclose(load_file(out / "model.safetensors")["fc.bias"].double().numpy(),
+                                       state["fc.bias"].double().numpy() + OFFSETS, rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.slow
 def test_timm_save_for_hf_both_formats_patches_both(tmp_path, calibration):
     """timm's save_for_hf(safe_serialization="both") writes model.safetensors and pytorch_model.bin."""

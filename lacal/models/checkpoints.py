@@ -76,9 +76,14 @@ class WeightFile:
     def state(self, key: tuple) -> dict:
         """The state dict at key path `key` of a PyTorch file's object."""
         obj = self.obj
-        for part in key:
+        for part in self.key_path(key):
             obj = obj[part]
         return obj
+
+    def key_path(self, key: tuple) -> tuple:
+        """`key`, or where this file keeps the model's state dict when no key is given: in a folder each PyTorch file
+        has its own layout (a `pytorch_model.bin` may hold a training checkpoint's {"state_dict": ...})."""
+        return key or (self.layout.main if self.layout is not None else ())
 
 
 @dataclass

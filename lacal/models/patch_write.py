@@ -40,7 +40,8 @@ def file_changes(checkpoint: Checkpoint, patch) -> dict[Path, dict[tuple, tuple[
         for names, slot in ((replace, 0), (add, 1)):
             for name, tensor in names.items():
                 file = weights.tensors[name if slot == 0 else _weight_of(name)].file
-                changes.setdefault(file, {}).setdefault(weights.key, ({}, {}))[slot][name] = tensor
+                key = checkpoint.files[file].key_path(weights.key)
+                changes.setdefault(file, {}).setdefault(key, ({}, {}))[slot][name] = tensor
     return changes
 
 
