@@ -745,3 +745,17 @@ def test_onnx_graph_that_loops_or_has_an_inputless_node_is_refused(tmp_path):
                                 capture_output=True, text=True, timeout=60)
         assert result.returncode == 9 and "Traceback" not in result.stderr, (name, result.stderr)
         assert not (tmp_path / f"p-{name}").exists()
+
+
+@pytest.mark.parametrize("which", ["logits", "labels", "priors"])
+def test_npy_of_python_objects_is_refused_as_such(tmp_path, which):
+    """An object array (saved with allow_pickle) is refused for what it is, never unpickled and never taken for a
+    short file, whichever input it is."""
+    files = {"logits": tmp_path / "logits.npy", "labels": tmp_path / "labels.npy", "priors": tmp_path / "counts.npy"}
+    np.save(files["logits"], np.random.default_rng(0).normal(size=(12, 3)).astype(np.float32))
+    np.save(files["labels"], np.arange(12) % 3)
+    np.save(files["priors"], np.array([50, 20, 5]))
+    np.save(files[which], np.array([[1, "a", None]] * 12, dtype=object), allow_pickle=True)
+    line = one_clean_line(run("fit-tau", files["logits"], files["labels"], "--priors", files["priors"],
+                              "--device", "cpu"), 3)
+    assert files[which].name in line and "Python objects" in line

@@ -213,8 +213,12 @@ def _pick_key(keys: list[str], key: str | None, path: Path, what: str) -> str:
 NUMPY_READ_ERRORS = (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError, MemoryError, OverflowError)
 
 
-def check_header_shape(shape, path) -> None:
-    """Refuse a .npy header whose shape has a negative dimension (numpy reads one without complaint)."""
+def check_header(shape, dtype, path) -> None:
+    """Refuse a .npy header whose array holds Python objects (pickled: lacal never unpickles them), or whose shape
+    has a negative dimension (numpy reads one without complaint)."""
+    if dtype.hasobject:
+        raise InputFileError(f"cannot read as .npy: it holds Python objects ({dtype}), which lacal never unpickles; "
+                             "save a numeric array", path)
     if any(not isinstance(n, int) or n < 0 for n in shape):
         raise InputFileError(f"cannot read as .npy: its header has the shape {tuple(shape)}, with a negative "
                              "dimension", path)
@@ -230,7 +234,7 @@ def check_npy_size(handle, available: int, path, name: str = "") -> None:
         shape, _, dtype = np.lib.format.read_array_header_2_0(handle)
     else:
         return  # numpy checks the rest when it loads
-    check_header_shape(shape, path)
+    check_header(shape, dtype, path)
     needed = math.prod(shape) * dtype.itemsize
     if needed > available - handle.tell():
         raise InputFileError(f"is cut short: the header{' of ' + name if name else ''} promises shape "
@@ -262,13 +266,13 @@ def _read_npy(path: Path, key: str | None, what: str = "logits") -> LogitsSource
     except NUMPY_READ_ERRORS as exc:
         raise InputFileError(f"cannot read as .npy: {exc or 'the file is empty or cut short'}", path) from None
     try:
-        check_header_shape(shape, path)
+        check_header(shape, dtype, path)
         if math.prod(shape) * dtype.itemsize > os.fstat(handle.fileno()).st_size - offset:  # Python ints: exact
             raise InputFileError(f"is cut short: the header promises shape {tuple(shape)} of {dtype.name}", path)
     except LacalError:
         handle.close()
         raise
-    if fortran_order or dtype.hasobject:
+    if fortran_order:
         handle.close()
         return _read_npy_mapped(path, what)
     _check_shape_dtype(shape, dtype.name, str(path), what)
