@@ -18,7 +18,7 @@ from lacal.methods.bootstrap import (bootstrap_fit, cross_fit, one_se_tau, repli
 from lacal.methods.resampling import percentile_interval, wilson_interval
 
 from . import reference
-from .conftest import long_tail_problem
+from .conftest import long_tail_problem, one_clean_line, run
 
 runner = CliRunner()
 
@@ -365,6 +365,21 @@ def test_bad_options_are_refused_in_one_line(files, options, flag, text):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"lacal: error: {flag}: ") and text in lines[0]
     assert not (files / "cal.json").exists()
+
+
+@pytest.mark.parametrize("command", ["fit-tau", "report"])
+@pytest.mark.parametrize("options,flag", [(["--level", "1.5"], "--level"), (["--level", "nan"], "--level"),
+                                          (["--seed", "-1"], "--seed")])
+def test_bad_level_or_seed_is_refused_even_without_bootstrap(files, command, options, flag):
+    """A typo in --level or --seed is not silently ignored because --bootstrap was left out."""
+    inputs = ["--train-labels", files / "train_labels.txt"]
+    if command == "report":
+        assert run("fit-tau", files / "val_logits.npy", files / "val_labels.npy", *inputs, "--device", "cpu",
+                   "--out", files / "cal.json").exit_code == 0
+        inputs = ["--calibration", files / "cal.json"]
+    line = one_clean_line(run(command, files / "val_logits.npy", files / "val_labels.npy", *inputs, "--device", "cpu",
+                              *options), OptionError.exit_code)
+    assert line.startswith(f"lacal: error: {flag}: ")
 
 
 def test_cli_prints_and_writes_intervals(files):

@@ -125,6 +125,14 @@ SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the bootstrap resa
                                                     "(the intervals depend only on it and the data, not on the "
                                                     "number of torchrun ranks).")]
 LevelOpt = Annotated[float, typer.Option("--level", help="Level of the intervals, between 0 and 1.")]
+ReportBootstrapOpt = Annotated[Optional[int], typer.Option(
+    "--bootstrap", help="Also give intervals from N stratified bootstrap replicates of the samples, the adjustment "
+                        "held fixed: the balanced error before and after, their change, the shot groups and, in "
+                        "--json, every class; and where tau would fall if refitted on them. 1000 is usual.",
+    metavar="N", show_default=False)]
+ReportSeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the bootstrap resampling (the intervals depend "
+                                                          "only on it and the data, not on the number of torchrun "
+                                                          "ranks).")]
 HeadOpt = Annotated[Optional[str], typer.Option("--head", help="The classifier layer's name in the checkpoint (for "
                                                 "example fc or head.fc); for an ONNX model, the name of its logits "
                                                 "output. Found by shape and usual names when omitted.",
@@ -569,8 +577,8 @@ def report_command(
     metric: Annotated[Metric, typer.Option("--metric", help="With --multi-label --compare: what the shared tau is "
                                                             "fitted for (balanced-error or macro-f1).")
                       ] = Metric.balanced_error,
-    bootstrap: BootstrapOpt = None,
-    seed: SeedOpt = 0,
+    bootstrap: ReportBootstrapOpt = None,
+    seed: ReportSeedOpt = 0,
     level: LevelOpt = 0.95,
 ):
     """Per-class errors before and after adjustment, grouped into many/medium/few-shot classes, with NLL, Brier

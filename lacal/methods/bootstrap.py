@@ -539,15 +539,15 @@ class TauBootstrap(Replicates):
                                 "stratified": self.stratified, "standard_error": self.standard_error,
                                 "optimism": _number(self.optimism[0])}}
         if self.refitted or self.refit_tau_ci is not None:
-            result["tau_ci"] = _pair(self.tau_ci if self.refitted else self.refit_tau_ci)
+            result["tau_ci"] = interval_pair(self.tau_ci if self.refitted else self.refit_tau_ci)
         for when in ("before", "after"):
-            result[f"balanced_error_{when}_ci"] = _pair(self.ci("balanced_error", when))
-        result["balanced_error_change_ci"] = _pair(self.ci("balanced_error", "change"))
+            result[f"balanced_error_{when}_ci"] = interval_pair(self.ci("balanced_error", when))
+        result["balanced_error_change_ci"] = interval_pair(self.ci("balanced_error", "change"))
         if self.has_groups:
             for when in ("before", "after"):
-                result[f"groups_{when}_ci"] = {g: _pair(self.group_ci(g, when)) for g in GROUPS}
+                result[f"groups_{when}_ci"] = {g: interval_pair(self.group_ci(g, when)) for g in GROUPS}
         for when in ("before", "after"):
-            result[f"per_class_error_{when}_ci"] = [_pair(row) for row in self.per_class_ci(when)]
+            result[f"per_class_error_{when}_ci"] = [interval_pair(row) for row in self.per_class_ci(when)]
         return result
 
 
@@ -571,7 +571,8 @@ class CrossFit:
                 "worst_class_error": self.evaluation.worst_class_error}
 
 
-def _pair(interval):
+def interval_pair(interval):
+    """[low, high] of an interval as floats; None for none, or one with a NaN end."""
     return None if interval is None or any(v != v for v in interval) else [float(interval[0]), float(interval[1])]
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .bootstrap import DEFAULT_REPLICATES, Replicates, SampleIntervals, Sweep, class_matrix, class_sums, \
-    single_threaded
+    interval_pair, single_threaded
 from .resampling import DEFAULT_LEVEL, Slots, percentile_interval
 
 METRICS = ("balanced_error", "macro_f1")
@@ -64,17 +64,14 @@ class MultiLabelBootstrap(Replicates):
         result = {"bootstrap": {"replicates": self.replicates, "seed": self.seed, "level": self.level,
                                 "resampled": "samples", "optimism": self.optimism}}
         if self.refitted:
-            result["tau_ci"] = _pair(self.tau_ci)
+            result["tau_ci"] = interval_pair(self.tau_ci)
         for metric in METRICS:
             for when in ("before", "after", "change"):
-                result[f"{metric}_{when}_ci"] = _pair(self.ci(metric, when))
+                result[f"{metric}_{when}_ci"] = interval_pair(self.ci(metric, when))
         result["per_label_balanced_error_after_ci"] = [
-            _pair(percentile_interval(self.per_label[:, k], self.level)) for k in range(self.per_label.shape[1])]
+            interval_pair(percentile_interval(self.per_label[:, k], self.level))
+            for k in range(self.per_label.shape[1])]
         return result
-
-
-def _pair(interval):
-    return None if interval is None else [float(interval[0]), float(interval[1])]
 
 
 def unit_intervals(logits, truth, ratios, points):

@@ -155,10 +155,10 @@ def fit(val_logits=None, val_labels=None, priors=None, *, train_labels=None, tau
 
     task = task_for(multi_label, priors=priors)
     assess = bootstrap is not None or folds is not None or tau_rule != "min"
-    if assess:
-        from ..methods.bootstrap import check_options
+    from ..methods.bootstrap import check_options
 
-        check_options(bootstrap, level, seed, folds, tau_rule, None)
+    check_options(bootstrap, level, seed, folds, tau_rule, None)  # a bad level or seed is refused even when unused
+    if assess:
         if method != "logit-adjustment" or (task.multi_label and (folds is not None or tau_rule != "min")):
             given = [name for name, value in (("bootstrap", bootstrap is not None and method != "logit-adjustment"),
                                               ("folds", folds is not None), ("tau_rule", tau_rule != "min")) if value]

@@ -149,10 +149,9 @@ def report(logits=None, labels=None, calibration=None, *, tau: Optional[float] =
         >>> lacal.report(test_logits, test_labels, calibration).to_dict()["balanced_error"]
     """
     task = task_for(multi_label, calibration, priors)
-    if bootstrap is not None:
-        from ..methods.bootstrap import check_options
+    from ..methods.bootstrap import check_options
 
-        check_options(bootstrap, level, seed, None, "min", None)
+    check_options(bootstrap, level, seed, None, "min", None)  # a bad level or seed is refused even when unused
     uniform = is_path(target_priors) and str(target_priors).strip().lower() == "uniform"
     task.refuse(checkpoint=checkpoint is not None, features=features is not None, head=head, plot=plot,
                 label_column=label_column, target_priors=not uniform, target_logits=target_logits is not None,
