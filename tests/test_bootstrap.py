@@ -268,6 +268,15 @@ def test_fit_with_intervals_and_rules():
     assert data["balanced_error_cross_fitted"] == result.intervals.cross_fit.balanced_error
     one_se = lacal.fit(logits, labels, counts, bootstrap=100, tau_rule="one-se", device="cpu")
     assert one_se.intervals.tau_min == plain.tau
+    # its replicates are those of a full bootstrap at the rule's tau (refits and the errors at that tau)
+    assert one_se.tau != plain.tau
+    fitted = fit_tau(logits, labels, counts, keep_intervals=True)
+    intervals = sample_intervals(source_from_array(logits), fitted.intervals, np.log(as_priors_array(counts)),
+                                 [0.0, 1.0, 4.0])
+    full = bootstrap_fit(intervals, one_se.tau, (0.0, 4.0), replicates=100, seed=0, train_counts=counts)
+    for name in ("taus", "before", "at_fitted", "refit", "original_at_refit", "correct_after"):
+        np.testing.assert_array_equal(getattr(one_se.intervals.bootstrap, name), getattr(full, name))
+    assert one_se.intervals.bootstrap.tau == one_se.tau
     assert one_se.calibration.tau == one_se.tau
     # the calibration file says which rule chose tau (its tau_interval is then the rule's run), and the minimiser
     assert one_se.calibration.validation["tau_rule"] == "one-se"

@@ -373,7 +373,7 @@ def class_weights(support: np.ndarray):
 
 def summaries(correct: np.ndarray, support: np.ndarray, groups) -> np.ndarray:
     """R x 5: balanced error, worst-class error and the many/medium/few-shot errors of per-class counts (R x C)."""
-    correct = np.asarray(correct, dtype=np.float64)
+    correct = np.ascontiguousarray(correct, dtype=np.float64)  # sums in one order whatever the layout given
     support = np.asarray(support)
     present = support > 0
     errors = correct / np.maximum(support, 1)
@@ -898,8 +898,12 @@ def assess_fit(source, tau_fit, priors, *, replicates: int | None = None, seed: 
         if tau != tau_fit.tau:
             correct = np.bincount(intervals.labels[intervals.right_at(tau)], minlength=intervals.num_classes)
             tau_fit = replace(tau_fit, tau=tau, interval=run, after=ClassEvaluation(intervals.support, correct))
-            boot = bootstrap_fit(intervals, tau, tau_range, replicates or DEFAULT_REPLICATES, seed, level,
-                                 stratified, train_counts, context)
+            # the replicates' refits do not depend on the fitted tau: only the errors at it change, and the same
+            # draws (same seed, same samples) give them without refitting (every rank holds all the samples here)
+            hits = np.stack([intervals.right_at(0.0), intervals.right_at(tau)], 1)
+            fixed = bootstrap_fixed(hits, intervals.labels, intervals.num_classes, replicates or DEFAULT_REPLICATES,
+                                    seed, level, stratified, train_counts)
+            boot = replace(boot, tau=float(tau), at_fitted=fixed.at_fitted, correct_after=fixed.correct_after)
     crossed = None if folds is None else cross_fit(intervals, tau_range, folds, seed)
     result = FitIntervals(boot, crossed, tau_rule, float(tau_min), tau_fit.after.balanced_error,
                           tuple(interval_warnings(boot, tau_range)))
