@@ -585,7 +585,8 @@ def _indexed_shards(index: Path, suffixes=()) -> list[Path]:
     names = [entry["file"] for entry in read_shard_index(index)]
     if any(Path(name).is_absolute() or ".." in Path(name).parts for name in names):
         raise InputDataError("lists a shard outside its folder", index)
-    twice = next((name for k, name in enumerate(names) if name in names[:k]), None)
+    seen: set = set()
+    twice = next((name for name in names if name in seen or seen.add(name)), None)
     if twice is not None:
         raise InputDataError(f"lists {twice} twice: its rows would be read twice; the folder is not as lacal wrote it",
                              index)

@@ -30,7 +30,7 @@ def check_output(path: str | os.PathLike, force: bool = False, inputs=()) -> Pat
     from .readers import expand_inputs
 
     path = Path(path)
-    stat_or_none(path, OutputError)  # a name too long is said before anything else
+    info = stat_or_none(path, OutputError)  # a name too long is said before anything else
     for source in expand_inputs(inputs):
         if source.is_dir() and path.resolve().parent == source.resolve():
             raise OutputError(f"is inside the input folder {source}, where it would be read as one more shard; "
@@ -41,7 +41,6 @@ def check_output(path: str | os.PathLike, force: bool = False, inputs=()) -> Pat
         if spec is not None and _is_pattern(spec) and fnmatch.fnmatch(os.path.abspath(path), os.path.abspath(spec)):
             raise OutputError(f"matches the input pattern {spec}, where it would be read as one more shard; "
                               "choose another --out", path)
-    info = stat_or_none(path, OutputError)
     if info is not None and stat.S_ISDIR(info.st_mode):
         raise OutputError("is a folder; give a file name", path)
     if info is not None and not stat.S_ISREG(info.st_mode):
@@ -337,15 +336,22 @@ def write_logits(path, blocks, shape: tuple[int, int], dtype_name: str, force: b
 
 
 def torch_save(obj, path: Path) -> None:
-    """torch.save, with its failures as OSError: torch reports a full disk as a RuntimeError about stream positions
-    ("unexpected pos 704 vs 598"), so a failed save on a disk with (next to) no room left says so."""
+    """torch.save, with its failures as OSError: torch reports a full disk (or a quota) as a RuntimeError about stream
+    positions ("unexpected pos 704 vs 598"). Written through a Python file, the write's own OSError is behind it and is
+    raised instead; failing that, a failed save on a disk with (next to) no room left says so."""
     import errno
 
     import torch
 
     try:
-        torch.save(obj, path)
+        with open(path, "wb") as handle:
+            torch.save(obj, handle)
     except RuntimeError as exc:
+        cause = exc.__cause__ or exc.__context__
+        while cause is not None and not isinstance(cause, OSError):
+            cause = cause.__cause__ or cause.__context__
+        if cause is not None:
+            raise OSError(cause.errno, cause.strerror or str(cause)) from None
         try:
             room = os.statvfs(Path(path).parent)
             full = room.f_bavail * room.f_frsize < (1 << 20)  # what the failed write left over is under a block

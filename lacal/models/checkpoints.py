@@ -291,8 +291,7 @@ def open_checkpoint(path: str | os.PathLike, read=None) -> Checkpoint:
     path = Path(path)
     if path.is_dir():
         return _open_folder(path)
-    check_readable(path)
-    check_regular(path)
+    check_readable(path)  # (a device, FIFO or socket is refused here by name)
     if is_safetensors(path):
         file, tensors, metadata = _open_safetensors(path, read)
         checkpoint = Checkpoint(path, "safetensors", tensors, patch=_patch_from_metadata(metadata, path))
