@@ -433,6 +433,25 @@ def test_replacing_keeps_permissions(tmp_path, priors_input):
         os.umask(old)
 
 
+def test_a_patched_copy_of_a_private_model_stays_private(tmp_path):
+    """A new patched file takes its input's permissions (the umask would make a copy of a 0600 model readable by
+    everyone), for torch, safetensors and TorchScript models alike."""
+    old = os.umask(0o022)
+    try:
+        lacal.Calibration(tau=1.0, priors=COUNTS / COUNTS.sum()).save(tmp_path / "cal.json")
+        model = build(TorchvisionLike).eval()
+        torch.save(model.state_dict(), tmp_path / "m.pt")
+        save_file(model.state_dict(), tmp_path / "m.safetensors")
+        torch.jit.script(model).save(str(tmp_path / "m.jit.pt"))
+        for name, out in (("m.pt", "p.pt"), ("m.safetensors", "p.safetensors"), ("m.jit.pt", "p.jit.pt")):
+            os.chmod(tmp_path / name, 0o600)
+            result = run("apply", tmp_path / name, "--calibration", tmp_path / "cal.json", "--out", tmp_path / out)
+            assert result.exit_code == 0, result.output
+            assert stat.S_IMODE(os.stat(tmp_path / out).st_mode) == 0o600, name
+    finally:
+        os.umask(old)
+
+
 def test_integer_bias_is_refused(tmp_path):
     state = build(TorchvisionLike).state_dict()
     state["fc.bias"] = torch.arange(C, dtype=torch.int64)

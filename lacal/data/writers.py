@@ -109,15 +109,19 @@ def _running(pid: int) -> bool:
 
 
 @contextmanager
-def atomic_path(path: str | os.PathLike, force: bool = False, inputs=()):
+def atomic_path(path: str | os.PathLike, force: bool = False, inputs=(), mode_of=None):
     """Yield a temporary path beside `path`; on success it becomes `path`, on any error it is removed.
 
     Without `force` the target is created exclusively (a hard link that fails if it exists), so of two runs
-    writing the same new output exactly one succeeds. A replaced file keeps its permissions."""
+    writing the same new output exactly one succeeds. A replaced file keeps its permissions; a new one takes those
+    of `mode_of` (the file it is a changed copy of: a private checkpoint's copy stays private), else the umask's."""
     path = check_output(path, force, inputs)
     temporary = None
     try:
-        mode = (os.stat(path).st_mode & 0o7777) if path.exists() else 0o666 & ~_umask()
+        if path.exists():
+            mode = os.stat(path).st_mode & 0o7777
+        else:
+            mode = (os.stat(mode_of).st_mode & 0o7777) if mode_of is not None else 0o666 & ~_umask()
         remove_stale(path)
         handle, temporary = tempfile.mkstemp(prefix=temporary_prefix(path), suffix=TEMPORARY_SUFFIX,
                                              dir=path.parent)

@@ -511,7 +511,8 @@ def write_onnx(file: OnnxFile, patch: OnnxPatch, out, force: bool = False, in_pl
         raise CheckpointError("the patched model is over 2 GB without external data; save it with "
                               "onnx.save_model(..., save_as_external_data=True) first", file.path) from None
     notes, created = [], []
-    with atomic_path(target, force or in_place, [] if in_place else [file.path, *inputs]) as temporary:
+    with atomic_path(target, force or in_place, [] if in_place else [file.path, *inputs],
+                     mode_of=file.path) as temporary:
         try:
             if target.parent.resolve() != file.path.parent.resolve():
                 for location in external_files(file.model):

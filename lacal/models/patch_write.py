@@ -160,7 +160,7 @@ def write_checkpoint(checkpoint: Checkpoint, patch, out: Path | None, force: boo
     if checkpoint.kind == "torch":  # refused before anything is written: the record must not replace an input
         check_output(record, True, [checkpoint.path, *inputs])
     changes = file_changes(checkpoint, patch).get(checkpoint.path, {})
-    with atomic_path(target, force or in_place, protected) as temporary:
+    with atomic_path(target, force or in_place, protected, mode_of=checkpoint.path) as temporary:
         _write_file(checkpoint.files[checkpoint.path], temporary, changes, patch.record)
     if checkpoint.kind == "torch":  # after the checkpoint, which carries the record too: never a record alone
         write_text(record, json.dumps(patch.record, indent=2) + "\n", True, [checkpoint.path, *inputs])

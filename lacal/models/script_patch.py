@@ -200,7 +200,8 @@ def write_script(file: ScriptFile, patch, out, force: bool = False, in_place: bo
     extras = dict(file.extras)
     extras[PATCH_EXTRA_FILE] = json.dumps(patch.record)
     result = None
-    with atomic_path(target, force or in_place, [] if in_place else [file.path, *inputs]) as temporary:
+    with atomic_path(target, force or in_place, [] if in_place else [file.path, *inputs],
+                     mode_of=file.path) as temporary:
         # saved into memory, then written here: torch.jit.save aborts the whole process on a full disk, and a write of
         # our own fails with an OSError that says so
         buffer = io.BytesIO()
