@@ -196,7 +196,8 @@ def priors_from_labels(labels, num_classes: int, smoothing: float = 0.0, classes
 
 def check_num_classes(priors: Priors, num_classes: int, what: str, name: str | None) -> None:
     if priors.num_classes != num_classes:
-        raise InputDataError(f"priors have {priors.num_classes} classes but {what} has {num_classes}", name)
+        verb = "have" if what.endswith("logits") else "has"
+        raise InputDataError(f"priors have {priors.num_classes} classes but {what} {verb} {num_classes}", name)
 
 
 def read_train_labels(path: str | os.PathLike, num_classes: int, smoothing: float = 0.0,

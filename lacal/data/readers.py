@@ -60,8 +60,9 @@ def _unique_keys(pairs: list) -> dict:
 
 
 def parse_json(text: str | bytes):
-    """`json.loads` that refuses an object naming a key twice (raising DuplicateKeyError, a JSONDecodeError).
-    Every JSON file lacal reads is parsed with it."""
+    """`json.loads` that refuses an object naming a key twice (raising DuplicateKeyError, a JSONDecodeError). Every
+    JSON input file a user names (calibration, priors, shard index, class names) is parsed with it; model files' own
+    JSON (config.json, weight indexes, safetensors headers, patch records) is read with `json.loads`."""
     return json.loads(text, object_pairs_hook=_unique_keys)
 
 

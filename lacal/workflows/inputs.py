@@ -289,7 +289,7 @@ def target_priors(spec, target_logits, prior, num_classes: int, key, device, bud
         raise OptionError("`target_logits` is for `target_priors` em", "target_logits")
     q, record = as_target_priors(spec, "target_priors")
     if q.shape != (num_classes,) and is_path(spec):  # as for a training priors file
-        raise InputDataError(f"priors have {q.size} classes but the logits has {num_classes}", spec)
+        raise InputDataError(f"priors have {q.size} classes but the logits have {num_classes}", spec)
     if q.shape != (num_classes,):
         raise MismatchError(f"has {q.size} classes but the logits have {num_classes}", "target_priors")
     return q, record
