@@ -389,7 +389,7 @@ def fit_tau_command(
     tau_rule: Annotated[str, typer.Option(
         "--tau-rule", help="min: the exact minimiser. one-se: among the taus whose balanced error is within one "
                            "bootstrap standard error of the minimum, the one nearest tau = 1 (measured: better only "
-                           "when the best tau is near 1; see the intervals guide).")] = "min",
+                           "when the best tau is near 1; see the intervals guide).", metavar="min|one-se")] = "min",
 ):
     """Find the tau that minimises the validation balanced error of argmax f(x) - tau * log(pi).
 
